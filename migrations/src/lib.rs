@@ -1,0 +1,17 @@
+//! Schema migrations for parallax-mcp.
+//!
+//! Written with SeaQuery builders only, so one migration runs unchanged on SQLite and PostgreSQL.
+//! Migrations never import the application's entities: the schema here is the source of truth.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_initial::Migration)]
+    }
+}

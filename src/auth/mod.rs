@@ -1,0 +1,133 @@
+//! Who is calling. The caller types here can only be constructed by this module, after the caller
+//! proved who it is: services take them as arguments, so no service runs for an unknown caller.
+
+use crate::domain::*;
+use crate::service::{ServiceError, ServiceResult};
+use crate::store::Store;
+
+/// A human member of a workspace, identified by the operator's CLI (`--as`) or a member token.
+#[derive(Debug, Clone)]
+pub struct MemberCaller {
+    workspace: Workspace,
+    member: Member,
+}
+
+impl MemberCaller {
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor::Member(self.member.email.clone())
+    }
+}
+
+/// Resolves `email` to a member of the workspace named by `workspace` (slug or id).
+pub async fn member(store: &Store, workspace: &str, email: &str) -> ServiceResult<MemberCaller> {
+    let email = Email::parse(email)?;
+    let tx = store.read().await?;
+    let ws = match tx.workspace_by_slug(workspace).await? {
+        Some(ws) => ws,
+        None => tx.workspace_by_id(workspace).await?.ok_or_else(|| ServiceError::not_found("workspace", workspace))?,
+    };
+    let member = tx.member_by_email(&ws.id, email.as_str()).await?.ok_or_else(|| {
+        ServiceError::Unauthenticated(format!("{email} is not a member of workspace {}", ws.slug))
+    })?;
+    Ok(MemberCaller { workspace: ws, member })
+}
+
+/// An approved agent, identified by its API key.
+#[derive(Debug, Clone)]
+pub struct AgentCaller {
+    agent: Agent,
+    credential_id: String,
+}
+
+impl AgentCaller {
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    pub fn workspace_id(&self) -> &str {
+        &self.agent.workspace_id
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent.id
+    }
+
+    pub fn credential_id(&self) -> &str {
+        &self.credential_id
+    }
+
+    pub fn has(&self, p: Permission) -> bool {
+        self.agent.granted_permissions.contains(p)
+    }
+
+    pub fn actor(&self) -> Actor {
+        Actor::Agent(self.agent.id.clone())
+    }
+}
+
+/// Why an agent's credential was refused. The messages never echo the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentAuthError {
+    #[error("malformed API key")]
+    Malformed,
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("API key revoked")]
+    KeyRevoked,
+    #[error("API key expired")]
+    KeyExpired,
+    #[error("agent access is {0}")]
+    NotApproved(AgentStatus),
+    #[error("agents are disabled in this workspace")]
+    WorkspaceDisabled,
+}
+
+/// The outcome of checking a key: the caller, or a refusal with enough context to audit it.
+pub struct AgentAuthRefusal {
+    pub error: AgentAuthError,
+    /// Workspace and agent the key belonged to, when it matched a stored key.
+    pub owner: Option<(String, String)>,
+}
+
+/// Authenticates an agent from its raw API key: shape and checksum first (no lookup for garbage),
+/// then the stored hash, then the key's and the agent's state. Reads the store on every call, so a
+/// revocation or permission change applies to the very next request on every replica.
+pub async fn agent(store: &Store, raw_key: &str) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
+    let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
+    let Ok(key) = ApiKey::parse(raw_key) else {
+        return refuse(AgentAuthError::Malformed, None);
+    };
+    let tx = store.read().await?;
+    let Some((cred, stored)) = tx.credential_by_hash(&key.hash()).await? else {
+        return refuse(AgentAuthError::UnknownKey, None);
+    };
+    if !stored.matches(&key) {
+        return refuse(AgentAuthError::UnknownKey, None);
+    }
+    let owner = Some((cred.workspace_id.clone(), cred.agent_id.clone()));
+    if cred.revoked_at.is_some() {
+        return refuse(AgentAuthError::KeyRevoked, owner);
+    }
+    if cred.expires_at.is_some_and(|exp| exp <= chrono::Utc::now()) {
+        return refuse(AgentAuthError::KeyExpired, owner);
+    }
+    let Some(agent) = tx.agent(&cred.workspace_id, &cred.agent_id).await? else {
+        return refuse(AgentAuthError::UnknownKey, None);
+    };
+    if agent.status != AgentStatus::Approved {
+        return refuse(AgentAuthError::NotApproved(agent.status), owner);
+    }
+    let ws = tx.workspace_by_id(&agent.workspace_id).await?.ok_or_else(|| ServiceError::not_found("workspace", &agent.workspace_id))?;
+    if !ws.settings.enabled {
+        return refuse(AgentAuthError::WorkspaceDisabled, owner);
+    }
+    Ok(Ok(AgentCaller { agent, credential_id: cred.id }))
+}

@@ -1,0 +1,1 @@
+//! The command line (owned by the CLI work; see issue 2).

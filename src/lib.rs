@@ -1,0 +1,39 @@
+//! # parallax-mcp
+//!
+//! An MCP server that lets AI agents work inside a team's workspace with human-approved, scoped,
+//! audited access. See `README.md` for running it and `../shared/DESIGN.md` for the product.
+//!
+//! ## Code map
+//!
+//! A request reads top to bottom: transport → authenticate → gate (authorize + audit) → service →
+//! store. Each layer calls only the one below it.
+//!
+//! - [`domain`]: the vocabulary — ids, permissions, statuses, API keys, settings, records. Pure:
+//!   no IO, and no rmcp, axum or sea_orm types. Values are parsed once here and trusted after.
+//! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
+//!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
+//!   workspace; a `Tx` dropped without commit rolls back.
+//! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
+//!   can only be constructed here, so no service runs for an unauthenticated caller.
+//! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
+//!   change with its activity entry and outbox event in one transaction. Knows no transport.
+//! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate, stdio and
+//!   streamable HTTP. **The only module that imports `rmcp`.**
+//! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
+//! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
+//!
+//! ## Invariants
+//!
+//! - Identity comes from the credential, never from a tool argument.
+//! - Default deny: a tool missing from the catalogue cannot be called; every decision is audited.
+//! - Secrets (API keys) are stored only as blake3 hashes and never logged or `Debug`-printed.
+//! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
+//!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod mcp;
+pub mod service;
+pub mod store;

@@ -1,0 +1,170 @@
+//! Domain services: every rule of DESIGN §1–§3, each change in one transaction.
+//!
+//! Services take an authenticated caller ([`MemberCaller`] or [`AgentCaller`]) that only `auth`
+//! can construct, check the caller's role or permission, and write the change, its activity entry
+//! and its event (the outbox) in the same transaction. They know nothing of CLI, MCP or HTTP.
+
+mod access;
+mod activity;
+mod delegations;
+mod error;
+mod work;
+mod workspaces;
+
+pub use access::{AccessOutcome, AccessRequest, AgentDetails};
+pub use delegations::DelegationResolution;
+pub use error::{ServiceError, ServiceResult};
+pub use work::{AssignTarget, TaskUpdate};
+
+use crate::auth::MemberCaller;
+use crate::domain::*;
+use crate::store::{Store, Tx};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Value, json};
+
+/// The entry point for every domain operation; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    store: Store,
+}
+
+/// The current time at the precision both backends store (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+impl Service {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Checks the member's role. A refusal is itself audited, in its own transaction, because the
+    /// refused change's transaction never commits.
+    async fn require(&self, caller: &MemberCaller, needed: Role, action: &str) -> ServiceResult<()> {
+        if caller.member().role.allows(needed) {
+            return Ok(());
+        }
+        let reason = format!(
+            "{} has role {} but {action} needs {needed}",
+            caller.member().email,
+            caller.member().role
+        );
+        let tx = self.store.write().await?;
+        tx.insert_activity(
+            &Activity::new(&caller.workspace().id, &caller.actor(), "member.denied")
+                .outcome("denied")
+                .description(&reason)
+                .metadata(json!({ "action": action, "needed_role": needed }))
+                .build(),
+        )
+        .await?;
+        tx.commit().await?;
+        Err(ServiceError::Forbidden(reason))
+    }
+}
+
+/// Builds an activity entry; `build` stamps its id and time.
+pub(crate) struct Activity {
+    entry: ActivityEntry,
+}
+
+impl Activity {
+    pub(crate) fn new(workspace_id: &str, actor: &Actor, activity_type: &str) -> Self {
+        let agent_id = match actor {
+            Actor::Agent(id) => Some(id.clone()),
+            _ => None,
+        };
+        Self {
+            entry: ActivityEntry {
+                id: String::new(),
+                workspace_id: workspace_id.to_owned(),
+                actor_kind: actor.kind(),
+                actor_id: actor.id().to_owned(),
+                agent_id,
+                activity_type: activity_type.to_owned(),
+                outcome: None,
+                description: String::new(),
+                metadata: json!({}),
+                project_id: None,
+                task_id: None,
+                page_id: None,
+                created_at: now(),
+            },
+        }
+    }
+
+    /// The agent the entry is about (when the actor is a member acting on an agent).
+    pub(crate) fn agent(mut self, agent_id: &str) -> Self {
+        self.entry.agent_id = Some(agent_id.to_owned());
+        self
+    }
+
+    pub(crate) fn outcome(mut self, outcome: &str) -> Self {
+        self.entry.outcome = Some(outcome.to_owned());
+        self
+    }
+
+    pub(crate) fn description(mut self, text: &str) -> Self {
+        self.entry.description = text.to_owned();
+        self
+    }
+
+    pub(crate) fn metadata(mut self, metadata: Value) -> Self {
+        self.entry.metadata = metadata;
+        self
+    }
+
+    pub(crate) fn project(mut self, id: Option<&str>) -> Self {
+        self.entry.project_id = id.map(str::to_owned);
+        self
+    }
+
+    pub(crate) fn task(mut self, id: Option<&str>) -> Self {
+        self.entry.task_id = id.map(str::to_owned);
+        self
+    }
+
+    pub(crate) fn page(mut self, id: Option<&str>) -> Self {
+        self.entry.page_id = id.map(str::to_owned);
+        self
+    }
+
+    pub(crate) fn build(mut self) -> ActivityEntry {
+        self.entry.id = new_id();
+        self.entry
+    }
+}
+
+/// Writes an event to the outbox inside the caller's transaction.
+pub(crate) async fn emit(tx: &Tx, workspace_id: &str, event_type: EventType, agent_id: Option<&str>, data: Value) -> ServiceResult<()> {
+    tx.insert_event(&Event {
+        id: new_id(),
+        workspace_id: workspace_id.to_owned(),
+        event_type,
+        agent_id: agent_id.map(str::to_owned),
+        data,
+        created_at: now(),
+    })
+    .await?;
+    Ok(())
+}
+
+/// Trims a required free-text field and refuses it empty or too long.
+pub(crate) fn required_text(field: &str, value: &str, max: usize) -> ServiceResult<String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ServiceError::Invalid(format!("{field} must not be empty")));
+    }
+    bounded_text(field, v, max)
+}
+
+pub(crate) fn bounded_text(field: &str, value: &str, max: usize) -> ServiceResult<String> {
+    if value.chars().count() > max {
+        return Err(ServiceError::Invalid(format!("{field} is longer than {max} characters")));
+    }
+    Ok(value.to_owned())
+}

@@ -1,0 +1,644 @@
+//! The store: the only module that knows about SeaORM and SQL.
+//!
+//! Services open a [`Tx`] (a read or write transaction), call its methods, and commit. Dropping a
+//! `Tx` without committing rolls it back, so an error anywhere in a service leaves nothing behind.
+//! Every method takes the workspace id: no query here ever crosses workspaces.
+
+mod convert;
+mod entities;
+
+use crate::domain::*;
+use chrono::{DateTime, Utc};
+use entities::*;
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use std::time::Duration;
+
+/// Failures of the store. Callers see "unavailable" (try again later) or "corrupt" (a bug or a bad
+/// manual edit); the database's own message goes to the log, not to agents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        let text = e.to_string();
+        match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable(text),
+            _ if text.contains("UNIQUE constraint") || text.contains("duplicate key") => StoreError::Conflict(text),
+            _ if text.contains("database is locked") || text.contains("PoolTimedOut") => StoreError::Unavailable(text),
+            _ => StoreError::Query(text),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A pooled connection to SQLite or PostgreSQL.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend_name()).finish()
+    }
+}
+
+/// Turns a plain path into a SQLite URL that creates the file on first use.
+pub fn database_url_for_path(path: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+impl Store {
+    /// Connects without touching the schema. `url` is `sqlite://path?mode=rwc`, `sqlite::memory:`
+    /// or `postgres://…`.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(10));
+        if url.starts_with("sqlite:") {
+            // WAL lets readers run beside the single writer; the busy timeout makes writers queue
+            // instead of failing; foreign keys are off by default in SQLite.
+            opts.max_connections(if url.contains(":memory:") { 1 } else { 8 })
+                .min_connections(1)
+                .map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                        .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                        .foreign_keys(true)
+                        .create_if_missing(true)
+                });
+        } else {
+            opts.max_connections(16).min_connections(1);
+        }
+        let db = Database::connect(opts).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Store { db })
+    }
+
+    /// Connects and applies pending migrations: what the server does on start.
+    pub async fn open(url: &str) -> StoreResult<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations; returns the names of those applied (empty when up to date).
+    pub async fn migrate(&self) -> StoreResult<Vec<String>> {
+        let pending: Vec<String> =
+            Migrator::get_pending_migrations(&self.db).await?.iter().map(|m| m.name().to_owned()).collect();
+        if !pending.is_empty() {
+            Migrator::up(&self.db, None).await?;
+        }
+        Ok(pending)
+    }
+
+    /// Names of migrations not yet applied.
+    pub async fn pending_migrations(&self) -> StoreResult<Vec<String>> {
+        Ok(Migrator::get_pending_migrations(&self.db).await?.iter().map(|m| m.name().to_owned()).collect())
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => "sqlite",
+            DbBackend::Postgres => "postgres",
+            _ => "other",
+        }
+    }
+
+    /// Round-trips to the database, for readiness checks.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// A transaction for reads.
+    pub async fn read(&self) -> StoreResult<Tx> {
+        Ok(Tx { tx: self.db.begin().await? })
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so two writers queue on the busy timeout instead of deadlocking on upgrade.
+    pub async fn write(&self) -> StoreResult<Tx> {
+        let tx = match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                self.db
+                    .begin_with_options(TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    })
+                    .await?
+            }
+            _ => self.db.begin().await?,
+        };
+        Ok(Tx { tx })
+    }
+
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+/// An open transaction. Commit to keep its writes; drop to roll back.
+pub struct Tx {
+    tx: DatabaseTransaction,
+}
+
+/// Filters for the activity log.
+#[derive(Debug, Clone, Default)]
+pub struct ActivityQuery {
+    pub agent_id: Option<String>,
+    pub project_id: Option<String>,
+    pub task_id: Option<String>,
+    pub activity_type: Option<String>,
+    /// Only entries older than this id (the previous page's last id).
+    pub before: Option<String>,
+    pub limit: u64,
+}
+
+impl Tx {
+    pub async fn commit(self) -> StoreResult<()> {
+        self.tx.commit().await.map_err(Into::into)
+    }
+
+    // ---- workspaces ----
+
+    pub async fn insert_workspace(&self, w: &Workspace) -> StoreResult<()> {
+        workspace::Entity::insert(convert::workspace_model(w)?.into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn workspace_by_slug(&self, slug: &str) -> StoreResult<Option<Workspace>> {
+        workspace::Entity::find()
+            .filter(workspace::Column::Slug.eq(slug))
+            .one(&self.tx)
+            .await?
+            .map(convert::workspace)
+            .transpose()
+    }
+
+    pub async fn workspace_by_id(&self, id: &str) -> StoreResult<Option<Workspace>> {
+        workspace::Entity::find_by_id(id.to_owned()).one(&self.tx).await?.map(convert::workspace).transpose()
+    }
+
+    pub async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
+        workspace::Entity::find()
+            .order_by_asc(workspace::Column::Slug)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::workspace)
+            .collect()
+    }
+
+    pub async fn update_workspace_settings(&self, id: &str, settings: &WorkspaceSettings, at: DateTime<Utc>) -> StoreResult<()> {
+        let json = serde_json::to_string(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        workspace::Entity::update_many()
+            .col_expr(workspace::Column::Settings, Expr::value(json))
+            .col_expr(workspace::Column::UpdatedAt, Expr::value(at))
+            .filter(workspace::Column::Id.eq(id))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the workspace's row lock for the rest of the transaction. Quota checks run after this,
+    /// so two concurrent approvals cannot both see room for one more agent (on PostgreSQL the row
+    /// lock serialises them; on SQLite the write transaction already does).
+    pub async fn lock_workspace(&self, id: &str) -> StoreResult<()> {
+        workspace::Entity::update_many()
+            .col_expr(workspace::Column::LockVersion, Expr::col(workspace::Column::LockVersion).add(1))
+            .filter(workspace::Column::Id.eq(id))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    // ---- members ----
+
+    pub async fn insert_member(&self, m: &Member) -> StoreResult<()> {
+        member::Entity::insert(convert::member_model(m).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn member_by_email(&self, workspace_id: &str, email: &str) -> StoreResult<Option<Member>> {
+        member::Entity::find()
+            .filter(member::Column::WorkspaceId.eq(workspace_id))
+            .filter(member::Column::Email.eq(email))
+            .one(&self.tx)
+            .await?
+            .map(convert::member)
+            .transpose()
+    }
+
+    pub async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<Member>> {
+        member::Entity::find()
+            .filter(member::Column::WorkspaceId.eq(workspace_id))
+            .order_by_asc(member::Column::Email)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::member)
+            .collect()
+    }
+
+    pub async fn update_member_role(&self, workspace_id: &str, member_id: &str, role: Role) -> StoreResult<()> {
+        member::Entity::update_many()
+            .col_expr(member::Column::Role, Expr::value(role.as_str()))
+            .filter(member::Column::WorkspaceId.eq(workspace_id))
+            .filter(member::Column::Id.eq(member_id))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    // ---- projects, tasks, pages ----
+
+    pub async fn insert_project(&self, p: &Project) -> StoreResult<()> {
+        project::Entity::insert(convert::project_model(p).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn project(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Project>> {
+        project::Entity::find()
+            .filter(project::Column::WorkspaceId.eq(workspace_id))
+            .filter(project::Column::Id.eq(id))
+            .one(&self.tx)
+            .await?
+            .map(convert::project)
+            .transpose()
+    }
+
+    pub async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>> {
+        project::Entity::find()
+            .filter(project::Column::WorkspaceId.eq(workspace_id))
+            .order_by_asc(project::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::project)
+            .collect()
+    }
+
+    pub async fn insert_task(&self, t: &Task) -> StoreResult<()> {
+        task::Entity::insert(convert::task_model(t).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn update_task(&self, t: &Task) -> StoreResult<()> {
+        convert::task_model(t).into_active_model().reset_all().update(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn task(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Task>> {
+        task::Entity::find()
+            .filter(task::Column::WorkspaceId.eq(workspace_id))
+            .filter(task::Column::Id.eq(id))
+            .one(&self.tx)
+            .await?
+            .map(convert::task)
+            .transpose()
+    }
+
+    pub async fn tasks_by_ids(&self, workspace_id: &str, ids: &[String]) -> StoreResult<Vec<Task>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        task::Entity::find()
+            .filter(task::Column::WorkspaceId.eq(workspace_id))
+            .filter(task::Column::Id.is_in(ids.iter().cloned()))
+            .order_by_asc(task::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::task)
+            .collect()
+    }
+
+    pub async fn list_tasks(&self, workspace_id: &str, project_id: Option<&str>, status: Option<TaskStatus>) -> StoreResult<Vec<Task>> {
+        let mut q = task::Entity::find().filter(task::Column::WorkspaceId.eq(workspace_id));
+        if let Some(p) = project_id {
+            q = q.filter(task::Column::ProjectId.eq(p));
+        }
+        if let Some(s) = status {
+            q = q.filter(task::Column::Status.eq(s.as_str()));
+        }
+        q.order_by_asc(task::Column::Id).all(&self.tx).await?.into_iter().map(convert::task).collect()
+    }
+
+    pub async fn insert_page(&self, p: &Page) -> StoreResult<()> {
+        page::Entity::insert(convert::page_model(p).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn page(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Page>> {
+        page::Entity::find()
+            .filter(page::Column::WorkspaceId.eq(workspace_id))
+            .filter(page::Column::Id.eq(id))
+            .one(&self.tx)
+            .await?
+            .map(convert::page)
+            .transpose()
+    }
+
+    pub async fn list_pages(&self, workspace_id: &str, project_id: Option<&str>) -> StoreResult<Vec<Page>> {
+        let mut q = page::Entity::find().filter(page::Column::WorkspaceId.eq(workspace_id));
+        if let Some(p) = project_id {
+            q = q.filter(page::Column::ProjectId.eq(p));
+        }
+        q.order_by_asc(page::Column::Id).all(&self.tx).await?.into_iter().map(convert::page).collect()
+    }
+
+    // ---- agents ----
+
+    pub async fn insert_agent(&self, a: &Agent) -> StoreResult<()> {
+        agent::Entity::insert(convert::agent_model(a)?.into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn update_agent(&self, a: &Agent) -> StoreResult<()> {
+        convert::agent_model(a)?.into_active_model().reset_all().update(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Agent>> {
+        agent::Entity::find_by_id((workspace_id.to_owned(), id.to_owned()))
+            .one(&self.tx)
+            .await?
+            .map(convert::agent)
+            .transpose()
+    }
+
+    pub async fn list_agents(&self, workspace_id: &str, status: Option<AgentStatus>) -> StoreResult<Vec<Agent>> {
+        let mut q = agent::Entity::find().filter(agent::Column::WorkspaceId.eq(workspace_id));
+        if let Some(s) = status {
+            q = q.filter(agent::Column::Status.eq(s.as_str()));
+        }
+        q.order_by_asc(agent::Column::Id).all(&self.tx).await?.into_iter().map(convert::agent).collect()
+    }
+
+    pub async fn count_agents(&self, workspace_id: &str, statuses: &[AgentStatus]) -> StoreResult<u64> {
+        Ok(agent::Entity::find()
+            .filter(agent::Column::WorkspaceId.eq(workspace_id))
+            .filter(agent::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
+            .count(&self.tx)
+            .await?)
+    }
+
+    /// Records that the agent was seen, without touching anything else about it.
+    pub async fn touch_agent(&self, workspace_id: &str, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        agent::Entity::update_many()
+            .col_expr(agent::Column::LastSeenAt, Expr::value(at))
+            .filter(agent::Column::WorkspaceId.eq(workspace_id))
+            .filter(agent::Column::Id.eq(id))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    // ---- credentials ----
+
+    pub async fn insert_credential(&self, c: &Credential, hash: &KeyHash) -> StoreResult<()> {
+        credential::Entity::insert(convert::credential_model(c, hash).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    /// The credential whose stored hash equals `hash`, with that hash for a constant-time recheck.
+    pub async fn credential_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<(Credential, KeyHash)>> {
+        Ok(credential::Entity::find()
+            .filter(credential::Column::KeyHash.eq(hash.as_str()))
+            .one(&self.tx)
+            .await?
+            .map(|m| {
+                let stored = KeyHash::from_stored(m.key_hash.clone());
+                (convert::credential(m), stored)
+            }))
+    }
+
+    pub async fn list_credentials(&self, workspace_id: &str, agent_id: &str) -> StoreResult<Vec<Credential>> {
+        Ok(credential::Entity::find()
+            .filter(credential::Column::WorkspaceId.eq(workspace_id))
+            .filter(credential::Column::AgentId.eq(agent_id))
+            .order_by_asc(credential::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::credential)
+            .collect())
+    }
+
+    /// Revokes every live key of an agent; returns how many were live.
+    pub async fn revoke_credentials(&self, workspace_id: &str, agent_id: &str, at: DateTime<Utc>) -> StoreResult<u64> {
+        let res = credential::Entity::update_many()
+            .col_expr(credential::Column::RevokedAt, Expr::value(at))
+            .filter(credential::Column::WorkspaceId.eq(workspace_id))
+            .filter(credential::Column::AgentId.eq(agent_id))
+            .filter(credential::Column::RevokedAt.is_null())
+            .exec(&self.tx)
+            .await?;
+        Ok(res.rows_affected)
+    }
+
+    pub async fn touch_credential(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        credential::Entity::update_many()
+            .col_expr(credential::Column::LastUsedAt, Expr::value(at))
+            .filter(credential::Column::Id.eq(id))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    // ---- assignments ----
+
+    pub async fn insert_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        assignment::Entity::insert(convert::assignment_model(a).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn end_assignment(&self, workspace_id: &str, id: &str, by: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        assignment::Entity::update_many()
+            .col_expr(assignment::Column::UnassignedAt, Expr::value(at))
+            .col_expr(assignment::Column::UnassignedBy, Expr::value(by))
+            .filter(assignment::Column::WorkspaceId.eq(workspace_id))
+            .filter(assignment::Column::Id.eq(id))
+            .filter(assignment::Column::UnassignedAt.is_null())
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn assignment(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Assignment>> {
+        assignment::Entity::find()
+            .filter(assignment::Column::WorkspaceId.eq(workspace_id))
+            .filter(assignment::Column::Id.eq(id))
+            .one(&self.tx)
+            .await?
+            .map(convert::assignment)
+            .transpose()
+    }
+
+    /// An agent's assignments, newest first; ended ones only when asked.
+    pub async fn agent_assignments(&self, workspace_id: &str, agent_id: &str, include_ended: bool) -> StoreResult<Vec<Assignment>> {
+        let mut q = assignment::Entity::find()
+            .filter(assignment::Column::WorkspaceId.eq(workspace_id))
+            .filter(assignment::Column::AgentId.eq(agent_id));
+        if !include_ended {
+            q = q.filter(assignment::Column::UnassignedAt.is_null());
+        }
+        q.order_by_desc(assignment::Column::Id).all(&self.tx).await?.into_iter().map(convert::assignment).collect()
+    }
+
+    /// Assignments in a workspace, optionally narrowed to a project or task; newest first.
+    pub async fn list_assignments(
+        &self,
+        workspace_id: &str,
+        project_id: Option<&str>,
+        task_id: Option<&str>,
+        include_ended: bool,
+    ) -> StoreResult<Vec<Assignment>> {
+        let mut q = assignment::Entity::find().filter(assignment::Column::WorkspaceId.eq(workspace_id));
+        if let Some(p) = project_id {
+            q = q.filter(assignment::Column::ProjectId.eq(p));
+        }
+        if let Some(t) = task_id {
+            q = q.filter(assignment::Column::TaskId.eq(t));
+        }
+        if !include_ended {
+            q = q.filter(assignment::Column::UnassignedAt.is_null());
+        }
+        q.order_by_desc(assignment::Column::Id).all(&self.tx).await?.into_iter().map(convert::assignment).collect()
+    }
+
+    // ---- delegations ----
+
+    pub async fn insert_delegation(&self, d: &Delegation) -> StoreResult<()> {
+        delegation::Entity::insert(convert::delegation_model(d).into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn update_delegation(&self, d: &Delegation) -> StoreResult<()> {
+        convert::delegation_model(d).into_active_model().reset_all().update(&self.tx).await?;
+        Ok(())
+    }
+
+    pub async fn delegation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Delegation>> {
+        delegation::Entity::find()
+            .filter(delegation::Column::WorkspaceId.eq(workspace_id))
+            .filter(delegation::Column::Id.eq(id))
+            .one(&self.tx)
+            .await?
+            .map(convert::delegation)
+            .transpose()
+    }
+
+    pub async fn list_delegations(&self, workspace_id: &str, status: Option<DelegationStatus>) -> StoreResult<Vec<Delegation>> {
+        let mut q = delegation::Entity::find().filter(delegation::Column::WorkspaceId.eq(workspace_id));
+        if let Some(s) = status {
+            q = q.filter(delegation::Column::Status.eq(s.as_str()));
+        }
+        q.order_by_desc(delegation::Column::Id).all(&self.tx).await?.into_iter().map(convert::delegation).collect()
+    }
+
+    // ---- activity and events ----
+
+    pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
+        activity::Entity::insert(convert::activity_model(e)?.into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    /// Inserts many entries in one statement: the gate's batched audit writes use this.
+    pub async fn insert_activities(&self, entries: &[ActivityEntry]) -> StoreResult<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let models = entries
+            .iter()
+            .map(|e| convert::activity_model(e).map(IntoActiveModel::into_active_model))
+            .collect::<StoreResult<Vec<_>>>()?;
+        activity::Entity::insert_many(models).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    /// Activity of one workspace, newest first, paged by id.
+    pub async fn query_activity(&self, workspace_id: &str, q: &ActivityQuery) -> StoreResult<Vec<ActivityEntry>> {
+        let mut s = activity::Entity::find().filter(activity::Column::WorkspaceId.eq(workspace_id));
+        if let Some(a) = &q.agent_id {
+            s = s.filter(activity::Column::AgentId.eq(a.as_str()));
+        }
+        if let Some(p) = &q.project_id {
+            s = s.filter(activity::Column::ProjectId.eq(p.as_str()));
+        }
+        if let Some(t) = &q.task_id {
+            s = s.filter(activity::Column::TaskId.eq(t.as_str()));
+        }
+        if let Some(t) = &q.activity_type {
+            s = s.filter(activity::Column::ActivityType.eq(t.as_str()));
+        }
+        if let Some(b) = &q.before {
+            s = s.filter(activity::Column::Id.lt(b.as_str()));
+        }
+        s.order_by_desc(activity::Column::Id)
+            .limit(q.limit)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::activity)
+            .collect()
+    }
+
+    /// Deletes a workspace's activity older than `cutoff`; returns how many entries went.
+    pub async fn prune_activity(&self, workspace_id: &str, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let res = activity::Entity::delete_many()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(activity::Column::CreatedAt.lt(cutoff))
+            .exec(&self.tx)
+            .await?;
+        Ok(res.rows_affected)
+    }
+
+    pub async fn insert_event(&self, e: &Event) -> StoreResult<()> {
+        event::Entity::insert(convert::event_model(e)?.into_active_model()).exec(&self.tx).await?;
+        Ok(())
+    }
+
+    /// Events of a workspace after `after` (an event id), oldest first.
+    pub async fn list_events(&self, workspace_id: &str, after: Option<&str>, limit: u64) -> StoreResult<Vec<Event>> {
+        let mut q = event::Entity::find().filter(event::Column::WorkspaceId.eq(workspace_id));
+        if let Some(a) = after {
+            q = q.filter(event::Column::Id.gt(a));
+        }
+        q.order_by_asc(event::Column::Id).limit(limit).all(&self.tx).await?.into_iter().map(convert::event).collect()
+    }
+
+    /// Lists every table and column, for the schema-equivalence test of fresh vs upgraded databases.
+    pub async fn describe_schema(&self) -> StoreResult<Vec<String>> {
+        let backend = self.tx.get_database_backend();
+        let sql = match backend {
+            DbBackend::Sqlite => {
+                "SELECT m.name || '.' || p.name || ':' || p.type || ':' || p.\"notnull\" AS d \
+                 FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1"
+            }
+            _ => {
+                "SELECT table_name || '.' || column_name || ':' || data_type || ':' || is_nullable AS d \
+                 FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1"
+            }
+        };
+        let rows = self.tx.query_all_raw(sea_orm::Statement::from_string(backend, sql)).await?;
+        rows.iter().map(|r| r.try_get::<String>("", "d").map_err(Into::into)).collect()
+    }
+}

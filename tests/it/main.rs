@@ -1,0 +1,6 @@
+//! One integration-test binary (faster to link than one per file), sharing `support`.
+
+mod cli;
+mod mcp;
+mod service;
+mod support;
