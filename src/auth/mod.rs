@@ -91,6 +91,7 @@ pub enum AgentAuthError {
 }
 
 /// The outcome of checking a key: the caller, or a refusal with enough context to audit it.
+#[derive(Debug, Clone)]
 pub struct AgentAuthRefusal {
     pub error: AgentAuthError,
     /// Workspace and agent the key belonged to, when it matched a stored key.

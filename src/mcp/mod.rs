@@ -1,6 +1,19 @@
-//! The MCP server. Only this module imports rmcp. (Being built: see issue 3.)
+//! The MCP server: tool catalogue, the one gate, and the stdio and streamable HTTP transports.
+//! Only this module imports rmcp.
+
+pub mod catalogue;
+pub mod gate;
+pub mod http;
+pub mod server;
+pub mod tools;
 
 use crate::config::Config;
+use crate::service::{Service, ServiceError};
+use crate::store::Store;
+use rmcp::ServiceExt;
+
+/// The environment variable that carries an agent's key in stdio mode.
+pub const API_KEY_ENV: &str = "PARALLAX_API_KEY";
 
 /// Errors that stop a transport from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -8,17 +21,66 @@ pub enum ServeError {
     #[error("{0}")]
     Startup(String),
     #[error(transparent)]
-    Service(#[from] crate::service::ServiceError),
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// Serves MCP over streamable HTTP until ctrl-c or SIGTERM.
-pub async fn serve_http(_config: &Config) -> Result<(), ServeError> {
-    Err(ServeError::Startup("the HTTP transport is not built yet".into()))
+/// Serves MCP over streamable HTTP on `config.listen` until ctrl-c or SIGTERM.
+pub async fn serve_http(config: &Config) -> Result<(), ServeError> {
+    let store = Store::open(&config.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+    http::run(store, listener, http::HttpOptions::default(), shutdown_signal()).await
 }
 
-/// Serves MCP over stdio for the agent whose key is in `PARALLAX_API_KEY`.
-pub async fn serve_stdio(_config: &Config) -> Result<(), ServeError> {
-    Err(ServeError::Startup("the stdio transport is not built yet".into()))
+/// Serves MCP over stdio for the agent whose key is in `PARALLAX_API_KEY`. The key is checked at
+/// start (a bad key is a clear error and a non-zero exit) and again on every request.
+pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
+    let key = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| ServeError::Startup(format!("{API_KEY_ENV} is not set: put the agent's API key (mcp_agent_…) in it")))?;
+    let key = key.trim().to_owned();
+    let store = Store::open(&config.database_url).await?;
+    let gate = gate::Gate::new(Service::new(store));
+    match crate::auth::agent(gate.service().store(), &key).await? {
+        Ok(caller) => tracing::info!(agent = caller.agent_id(), "stdio session starting"),
+        Err(refusal) => {
+            gate.audit_refusal(&refusal, "stdio start").await;
+            return Err(ServeError::Startup(format!("{API_KEY_ENV} refused: {}", refusal.error)));
+        }
+    }
+    let server = server::ParallaxServer::new(gate, server::Credential::Key(key.into()));
+    let running = server
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| ServeError::Startup(format!("MCP handshake failed: {e}")))?;
+    running.waiting().await.map_err(|e| ServeError::Startup(format!("stdio transport failed: {e}")))?;
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }

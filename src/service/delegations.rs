@@ -29,6 +29,18 @@ impl Service {
     /// Files a delegation of `task_id` from the calling agent to `to_agent`. The caller must be
     /// assigned to the task; the target must be another approved agent of the same workspace.
     pub async fn request_delegation(&self, caller: &AgentCaller, task_id: &str, to_agent: &str, reason: &str) -> ServiceResult<Delegation> {
+        self.request_delegation_audited(caller, None, task_id, to_agent, reason).await
+    }
+
+    /// [`Service::request_delegation`], committing the gate's audit entry with the change.
+    pub async fn request_delegation_audited(
+        &self,
+        caller: &AgentCaller,
+        audit: Option<&ActivityEntry>,
+        task_id: &str,
+        to_agent: &str,
+        reason: &str,
+    ) -> ServiceResult<Delegation> {
         if !caller.has(Permission::DelegateAgents) {
             return Err(ServiceError::Forbidden("delegating needs the delegate:agents permission".into()));
         }
@@ -73,6 +85,9 @@ impl Service {
             resolution_note: None,
         };
         tx.insert_delegation(&d).await?;
+        if let Some(audit) = audit {
+            tx.insert_activity(audit).await?;
+        }
         tx.insert_activity(
             &Activity::new(ws_id, &caller.actor(), EventType::DelegationRequested.as_str())
                 .project(Some(&task.project_id))

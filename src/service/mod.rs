@@ -5,6 +5,8 @@
 //! and its event (the outbox) in the same transaction. They know nothing of CLI, MCP or HTTP.
 
 mod access;
+mod agent_tools;
+mod audit;
 mod activity;
 mod delegations;
 mod error;
@@ -12,6 +14,8 @@ mod work;
 mod workspaces;
 
 pub use access::{AccessOutcome, AccessRequest, AgentDetails};
+pub use audit::AuditWriter;
+pub use agent_tools::{AgentLogEntry, LoggedActivity, MyAssignments};
 pub use delegations::DelegationResolution;
 pub use error::{ServiceError, ServiceResult};
 pub use work::{AssignTarget, TaskUpdate};
@@ -68,7 +72,7 @@ impl Service {
 }
 
 /// Builds an activity entry; `build` stamps its id and time.
-pub(crate) struct Activity {
+pub struct Activity {
     entry: ActivityEntry,
 }
 

@@ -1,0 +1,168 @@
+//! The one gate every tool call passes, on every transport: authenticate, authorize against the
+//! catalogue, audit the decision, and only then run the tool body.
+
+use super::catalogue::{self, ToolSpec};
+use super::tools;
+use crate::auth::{AgentAuthRefusal, AgentCaller};
+use crate::domain::{Actor, ActivityEntry};
+use crate::service::{Activity, AuditWriter, Service, ServiceError};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+/// A call the gate let through: the tool's structured result, or a refusal the model can act on
+/// (returned as a tool result with `isError`).
+#[derive(Debug)]
+pub enum CallOutcome {
+    Ok(Value),
+    Refused(String),
+}
+
+/// A call the gate rejects at the protocol level (JSON-RPC errors).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("unauthorized: {0}")]
+    Unauthenticated(String),
+    #[error("unknown tool: {0}")]
+    UnknownTool(String),
+    #[error("invalid arguments for {tool}: {message}")]
+    InvalidParams { tool: String, message: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Arguments are stored in the audit trail up to this size, so one call cannot bloat it.
+const MAX_AUDITED_ARGS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct Gate {
+    service: Service,
+    audit: AuditWriter,
+}
+
+impl Gate {
+    pub fn new(service: Service) -> Self {
+        let audit = AuditWriter::spawn(service.store().clone());
+        Self { service, audit }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The tools this caller may call; `tools/list` shows no others.
+    pub fn visible_tools<'a>(&self, caller: &'a AgentCaller) -> impl Iterator<Item = &'static ToolSpec> + 'a {
+        catalogue::CATALOGUE.iter().filter(move |t| t.requirement.is_met_by(caller))
+    }
+
+    /// Records a refused authentication where the key identified its owner (a revoked or expired
+    /// key, a pending agent); a key that matches nothing has no workspace to record it in.
+    pub async fn audit_refusal(&self, refusal: &AgentAuthRefusal, what: &str) {
+        match &refusal.owner {
+            Some((ws, agent)) => {
+                let entry = Activity::new(ws, &Actor::Agent(agent.clone()), "auth.refused")
+                    .outcome("denied")
+                    .description(&format!("{what}: {}", refusal.error))
+                    .build();
+                if let Err(e) = self.audit.record(entry).await {
+                    tracing::error!(error = %e, "could not audit a refused authentication");
+                }
+            }
+            None => tracing::warn!(reason = %refusal.error, "refused an unknown credential"),
+        }
+    }
+
+    /// Runs one tool call through the gate.
+    pub async fn call(&self, auth: Result<AgentCaller, AgentAuthRefusal>, name: &str, args: Option<Map<String, Value>>) -> Result<CallOutcome, GateError> {
+        let caller = match auth {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.audit_refusal(&refusal, &format!("call to {name}")).await;
+                return Err(GateError::Unauthenticated(refusal.error.to_string()));
+            }
+        };
+        let args = Value::Object(args.unwrap_or_default());
+        let entry = |outcome: &str, reason: &str| self.entry(&caller, name, &args, outcome, reason);
+
+        let Some(spec) = catalogue::find(name) else {
+            self.record(entry("denied", "unknown tool")).await?;
+            return Err(GateError::UnknownTool(name.to_owned()));
+        };
+        if !spec.requirement.is_met_by(&caller) {
+            let reason = format!("{name} needs {}", spec.requirement.describe());
+            self.record(entry("denied", &reason)).await?;
+            return Ok(CallOutcome::Refused(format!("permission denied: {reason}")));
+        }
+
+        let allowed = entry("allowed", "");
+        let result = match self.dispatch(spec, &caller, &args, &allowed).await {
+            Ok(result) => result,
+            Err(GateError::InvalidParams { tool, message }) => {
+                self.record(entry("denied", &format!("invalid arguments: {message}"))).await?;
+                return Err(GateError::InvalidParams { tool, message });
+            }
+            Err(other) => return Err(other),
+        };
+        match result {
+            Ok(value) => Ok(CallOutcome::Ok(value)),
+            Err(ServiceError::Store(e)) => {
+                tracing::error!(tool = name, error = %e, "tool failed on the store");
+                let _ = self.audit.record(entry("error", "store unavailable")).await;
+                Err(GateError::Internal("the workspace store is unavailable; try again shortly".into()))
+            }
+            Err(refusal) => {
+                // The tool's own transaction rolled back, so its audit entry must be written here.
+                let message = refusal.to_string();
+                self.record(entry("denied", &message)).await?;
+                Ok(CallOutcome::Refused(message))
+            }
+        }
+    }
+
+    /// Parses the arguments into the tool's input type and runs its body.
+    async fn dispatch(&self, spec: &ToolSpec, caller: &AgentCaller, args: &Value, allowed: &ActivityEntry) -> Result<Result<Value, ServiceError>, GateError> {
+        let svc = &self.service;
+        let name = spec.name;
+        Ok(match name {
+            catalogue::MY_ASSIGNMENTS => self.read(allowed.clone(), tools::my_assignments(svc, caller, parse(name, args)?)).await,
+            catalogue::LIST_WORKSPACE => self.read(allowed.clone(), tools::list_workspace(svc, caller, parse(name, args)?)).await,
+            catalogue::UPDATE_STATUS => tools::update_status(svc, caller, allowed, parse(name, args)?).await,
+            catalogue::LOG_ACTIVITY => tools::log_activity(svc, caller, allowed, parse(name, args)?).await,
+            catalogue::DELEGATE_TASK => tools::delegate_task(svc, caller, allowed, parse(name, args)?).await,
+            // A catalogue entry without a body is a bug; refuse rather than guess.
+            other => Err(ServiceError::Forbidden(format!("{other} has no implementation"))),
+        })
+    }
+
+    /// A read tool: its audit entry is committed (batched) while the read runs, and both must
+    /// succeed before the response goes out.
+    async fn read(&self, allowed: ActivityEntry, body: impl Future<Output = Result<Value, ServiceError>>) -> Result<Value, ServiceError> {
+        let (audited, result) = tokio::join!(self.audit.record(allowed), body);
+        audited?;
+        result
+    }
+
+    async fn record(&self, entry: ActivityEntry) -> Result<(), GateError> {
+        self.audit.record(entry).await.map_err(|e| GateError::Internal(format!("audit log unavailable: {e}")))
+    }
+
+    fn entry(&self, caller: &AgentCaller, tool: &str, args: &Value, outcome: &str, reason: &str) -> ActivityEntry {
+        let mut text = args.to_string();
+        if text.len() > MAX_AUDITED_ARGS {
+            let mut cut = MAX_AUDITED_ARGS;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        Activity::new(caller.workspace_id(), &caller.actor(), "tool.call")
+            .outcome(outcome)
+            .description(&if reason.is_empty() { tool.to_owned() } else { format!("{tool}: {reason}") })
+            .metadata(json!({ "tool": tool, "arguments": text }))
+            .build()
+    }
+}
+
+fn parse<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, GateError> {
+    serde_json::from_value(args.clone()).map_err(|e| GateError::InvalidParams { tool: tool.to_owned(), message: e.to_string() })
+}

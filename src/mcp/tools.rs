@@ -1,0 +1,278 @@
+//! The five agent tools: wire types (with schemars schemas) and the bodies that convert them to
+//! domain calls. One function per tool; each parses its input, calls one service, shapes output.
+
+use crate::auth::AgentCaller;
+use crate::domain::*;
+use crate::service::{AgentLogEntry, Service, ServiceResult};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+// ---- inputs ----
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MyAssignmentsInput {
+    /// Only tasks with this status. Omit to see every assigned task.
+    pub status: Option<TaskStatus>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateStatusInput {
+    /// Your working status.
+    pub status: WorkingStatus,
+    /// Id of the assigned task you are working on; omit or null when none.
+    pub current_task: Option<String>,
+    /// A short human-readable note about what you are doing (at most 2000 characters).
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogActivityInput {
+    /// What happened. `task_started` / `task_completed` move an assigned task's status when you
+    /// hold write:tasks.
+    #[serde(rename = "type")]
+    pub kind: AgentActivityKind,
+    /// What you did, in a sentence or two (at most 4000 characters).
+    pub description: String,
+    /// A project of your workspace this entry is about.
+    pub project_id: Option<String>,
+    /// One of your assigned tasks this entry is about.
+    pub task_id: Option<String>,
+    /// A page of your workspace this entry is about.
+    pub page_id: Option<String>,
+    /// Extra structured details (a JSON object, at most 16 KiB).
+    pub metadata: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListWorkspaceInput {
+    /// Only agents with this access status.
+    pub status: Option<AgentStatus>,
+    /// Only agents that have every one of these capabilities.
+    pub capabilities: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelegateTaskInput {
+    /// Id of a task you are assigned to.
+    pub task_id: String,
+    /// Id of the approved agent of your workspace who should take the task over.
+    pub to_agent_id: String,
+    /// Why the other agent should take it (shown to the human who approves).
+    pub reason: String,
+}
+
+// ---- outputs ----
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MyAssignmentsOutput {
+    pub projects: Vec<ProjectAssignmentOut>,
+    pub tasks: Vec<TaskAssignmentOut>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectAssignmentOut {
+    pub assignment_id: String,
+    pub role: AssignmentRole,
+    pub assigned_at: String,
+    pub project: ProjectOut,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectOut {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub status: ProjectStatus,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskAssignmentOut {
+    pub assignment_id: String,
+    pub role: AssignmentRole,
+    pub assigned_at: String,
+    pub task: TaskOut,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskOut {
+    pub id: String,
+    pub project_id: String,
+    pub title: String,
+    pub description: String,
+    pub status: TaskStatus,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatusOutput {
+    pub agent_id: String,
+    pub status: WorkingStatus,
+    pub current_task: Option<String>,
+    pub message: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogActivityOutput {
+    pub activity_id: String,
+    #[serde(rename = "type")]
+    pub kind: AgentActivityKind,
+    pub created_at: String,
+    /// The task's new status, when logging moved it.
+    pub task_status: Option<TaskStatus>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListWorkspaceOutput {
+    pub agents: Vec<AgentOut>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentOut {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub capabilities: Vec<String>,
+    pub status: AgentStatus,
+    pub working_status: WorkingStatus,
+    pub current_task: Option<String>,
+    pub last_seen_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegateTaskOutput {
+    pub delegation_id: String,
+    pub status: DelegationStatus,
+    pub task_id: String,
+    pub to_agent_id: String,
+    pub expires_at: String,
+    /// True while a human still has to approve the hand-over.
+    pub awaiting_approval: bool,
+}
+
+fn ts(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("tool outputs serialise")
+}
+
+// ---- bodies ----
+
+pub async fn my_assignments(svc: &Service, caller: &AgentCaller, input: MyAssignmentsInput) -> ServiceResult<Value> {
+    let mine = svc.my_assignments(caller, input.status).await?;
+    Ok(to_value(&MyAssignmentsOutput {
+        projects: mine
+            .projects
+            .into_iter()
+            .map(|(a, p)| ProjectAssignmentOut {
+                assignment_id: a.id,
+                role: a.role,
+                assigned_at: ts(&a.assigned_at),
+                project: ProjectOut { id: p.id, name: p.name, description: p.description, status: p.status },
+            })
+            .collect(),
+        tasks: mine
+            .tasks
+            .into_iter()
+            .map(|(a, t)| TaskAssignmentOut {
+                assignment_id: a.id,
+                role: a.role,
+                assigned_at: ts(&a.assigned_at),
+                task: TaskOut {
+                    updated_at: ts(&t.updated_at),
+                    id: t.id,
+                    project_id: t.project_id,
+                    title: t.title,
+                    description: t.description,
+                    status: t.status,
+                },
+            })
+            .collect(),
+    }))
+}
+
+pub async fn update_status(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: UpdateStatusInput) -> ServiceResult<Value> {
+    let agent = svc
+        .update_working_status(caller, audit, input.status, input.current_task.as_deref(), input.message.as_deref())
+        .await?;
+    Ok(to_value(&UpdateStatusOutput {
+        agent_id: agent.id,
+        status: agent.working_status,
+        current_task: agent.current_task_id,
+        message: agent.status_message,
+        updated_at: ts(&agent.updated_at),
+    }))
+}
+
+pub async fn log_activity(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: LogActivityInput) -> ServiceResult<Value> {
+    let kind = input.kind;
+    let logged = svc
+        .log_agent_activity(
+            caller,
+            audit,
+            AgentLogEntry {
+                kind,
+                description: input.description,
+                project_id: input.project_id,
+                task_id: input.task_id,
+                page_id: input.page_id,
+                metadata: input.metadata.map(Value::Object),
+            },
+        )
+        .await?;
+    Ok(to_value(&LogActivityOutput {
+        activity_id: logged.entry.id,
+        kind,
+        created_at: ts(&logged.entry.created_at),
+        task_status: logged.task_status,
+    }))
+}
+
+pub async fn list_workspace(svc: &Service, caller: &AgentCaller, input: ListWorkspaceInput) -> ServiceResult<Value> {
+    let agents = svc.list_workspace_agents(caller, input.status, input.capabilities.as_deref().unwrap_or(&[])).await?;
+    Ok(to_value(&ListWorkspaceOutput {
+        agents: agents
+            .into_iter()
+            .map(|a| AgentOut {
+                last_seen_at: a.last_seen_at.as_ref().map(ts),
+                id: a.id,
+                name: a.name,
+                description: a.description,
+                capabilities: a.capabilities,
+                status: a.status,
+                working_status: a.working_status,
+                current_task: a.current_task_id,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn delegate_task(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: DelegateTaskInput) -> ServiceResult<Value> {
+    let d = svc.request_delegation_audited(caller, Some(audit), &input.task_id, &input.to_agent_id, &input.reason).await?;
+    Ok(to_value(&DelegateTaskOutput {
+        awaiting_approval: d.status == DelegationStatus::Pending,
+        delegation_id: d.id,
+        status: d.status,
+        task_id: d.task_id,
+        to_agent_id: d.to_agent_id,
+        expires_at: ts(&d.expires_at),
+    }))
+}

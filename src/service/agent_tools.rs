@@ -1,0 +1,221 @@
+//! What approved agents may do (DESIGN §2), always as themselves: every method takes the
+//! [`AgentCaller`] built from the agent's credential and never an agent or workspace id for it.
+//!
+//! Writing methods take the gate's audit entry and commit it in the same transaction as the change,
+//! so a change is never recorded without its decision, nor the decision without the change.
+
+use super::*;
+use crate::auth::AgentCaller;
+
+/// An agent's current work: projects and tasks it is assigned to.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MyAssignments {
+    pub projects: Vec<(Assignment, Project)>,
+    pub tasks: Vec<(Assignment, Task)>,
+}
+
+/// An entry the agent logs (`agent_log_activity`).
+#[derive(Debug, Clone)]
+pub struct AgentLogEntry {
+    pub kind: AgentActivityKind,
+    pub description: String,
+    pub project_id: Option<String>,
+    pub task_id: Option<String>,
+    pub page_id: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// The outcome of logging: the entry, and the task's new status if logging moved it.
+#[derive(Debug, Clone)]
+pub struct LoggedActivity {
+    pub entry: ActivityEntry,
+    pub task_status: Option<TaskStatus>,
+}
+
+fn need(caller: &AgentCaller, p: Permission) -> ServiceResult<()> {
+    if caller.has(p) {
+        Ok(())
+    } else {
+        Err(ServiceError::Forbidden(format!("this needs the {p} permission")))
+    }
+}
+
+impl Service {
+    /// The caller's active assignments; tasks optionally filtered by status.
+    pub async fn my_assignments(&self, caller: &AgentCaller, status: Option<TaskStatus>) -> ServiceResult<MyAssignments> {
+        need(caller, Permission::ReadTasks)?;
+        let ws = caller.workspace_id();
+        let tx = self.store.read().await?;
+        let assignments = tx.agent_assignments(ws, caller.agent_id(), false).await?;
+        let task_ids: Vec<String> = assignments.iter().filter_map(|a| a.task_id.clone()).collect();
+        let tasks = tx.tasks_by_ids(ws, &task_ids).await?;
+        let mut out = MyAssignments { projects: Vec::new(), tasks: Vec::new() };
+        for a in assignments {
+            match &a.task_id {
+                Some(tid) => {
+                    if let Some(t) = tasks.iter().find(|t| &t.id == tid)
+                        && status.is_none_or(|s| s == t.status)
+                    {
+                        out.tasks.push((a.clone(), t.clone()));
+                    }
+                }
+                None => {
+                    if let Some(p) = tx.project(ws, &a.project_id).await? {
+                        out.projects.push((a, p));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the caller's working status. `current_task` must be one of its assigned tasks.
+    pub async fn update_working_status(
+        &self,
+        caller: &AgentCaller,
+        audit: &ActivityEntry,
+        status: WorkingStatus,
+        current_task: Option<&str>,
+        message: Option<&str>,
+    ) -> ServiceResult<Agent> {
+        let ws = caller.workspace_id();
+        let message = message.map(|m| bounded_text("message", m.trim(), 2000)).transpose()?;
+        let current_task = current_task.map(|t| RecordId::parse("task", t)).transpose()?;
+        let tx = self.store.write().await?;
+        let mut agent = tx.agent(ws, caller.agent_id()).await?.ok_or_else(|| ServiceError::not_found("agent", caller.agent_id()))?;
+        if let Some(t) = &current_task {
+            assigned_task(&tx, caller, t.as_str()).await?;
+        }
+        let old = agent.working_status;
+        let at = now();
+        agent.working_status = status;
+        agent.current_task_id = current_task.map(RecordId::into_string);
+        agent.status_message = message;
+        agent.last_seen_at = Some(at);
+        agent.updated_at = at;
+        tx.update_agent(&agent).await?;
+        tx.insert_activity(audit).await?;
+        tx.insert_activity(
+            &Activity::new(ws, &caller.actor(), EventType::StatusChanged.as_str())
+                .task(agent.current_task_id.as_deref())
+                .description(&format!("{old} -> {status}{}", agent.status_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()))
+                .build(),
+        )
+        .await?;
+        emit(
+            &tx,
+            ws,
+            EventType::StatusChanged,
+            Some(&agent.id),
+            json!({ "agentId": agent.id, "previous": old, "status": status, "currentTask": agent.current_task_id, "message": agent.status_message }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(agent)
+    }
+
+    /// Records a typed entry. References must be in the caller's workspace (else not found) and a
+    /// task must be one of its assignments. Starting or completing a task moves its status when
+    /// the caller holds `write:tasks`.
+    pub async fn log_agent_activity(&self, caller: &AgentCaller, audit: &ActivityEntry, entry: AgentLogEntry) -> ServiceResult<LoggedActivity> {
+        let ws = caller.workspace_id();
+        let description = required_text("description", &entry.description, 4000)?;
+        let metadata = entry.metadata.unwrap_or_else(|| json!({}));
+        if !metadata.is_object() {
+            return Err(ServiceError::Invalid("metadata must be a JSON object".into()));
+        }
+        if serde_json::to_string(&metadata).map_or(0, |s| s.len()) > 16 * 1024 {
+            return Err(ServiceError::Invalid("metadata is larger than 16 KiB".into()));
+        }
+        let project_id = entry.project_id.as_deref().map(|p| RecordId::parse("project", p)).transpose()?;
+        let task_id = entry.task_id.as_deref().map(|t| RecordId::parse("task", t)).transpose()?;
+        let page_id = entry.page_id.as_deref().map(|p| RecordId::parse("page", p)).transpose()?;
+        let tx = self.store.write().await?;
+        let mut project = match &project_id {
+            Some(p) => Some(tx.project(ws, p.as_str()).await?.ok_or_else(|| ServiceError::not_found("project", p.as_str()))?.id),
+            None => None,
+        };
+        let mut task = match &task_id {
+            Some(t) => Some(assigned_task(&tx, caller, t.as_str()).await?),
+            None => None,
+        };
+        if let Some(p) = &page_id {
+            tx.page(ws, p.as_str()).await?.ok_or_else(|| ServiceError::not_found("page", p.as_str()))?;
+        }
+        if let Some(t) = &task {
+            match &project {
+                Some(p) if p != &t.project_id => {
+                    return Err(ServiceError::Invalid(format!("task {} is not in project {p}", t.id)));
+                }
+                _ => project = Some(t.project_id.clone()),
+            }
+        }
+        let mut task_status = None;
+        if let Some(t) = task.as_mut() {
+            let target = match entry.kind {
+                AgentActivityKind::TaskStarted => Some(TaskStatus::InProgress),
+                AgentActivityKind::TaskCompleted => Some(TaskStatus::Completed),
+                _ => None,
+            };
+            if let Some(s) = target
+                && caller.has(Permission::WriteTasks)
+                && t.status != s
+            {
+                t.status = s;
+                t.updated_at = now();
+                tx.update_task(t).await?;
+                task_status = Some(s);
+            }
+        }
+        tx.insert_activity(audit).await?;
+        let logged = Activity::new(ws, &caller.actor(), &format!("agent.{}", entry.kind))
+            .project(project.as_deref())
+            .task(task.as_ref().map(|t| t.id.as_str()))
+            .page(page_id.as_ref().map(|p| p.as_str()))
+            .description(&description)
+            .metadata(metadata)
+            .build();
+        tx.insert_activity(&logged).await?;
+        if let Some(event) = entry.kind.event() {
+            emit(
+                &tx,
+                ws,
+                event,
+                Some(caller.agent_id()),
+                json!({
+                    "agentId": caller.agent_id(),
+                    "activityId": logged.id,
+                    "description": logged.description,
+                    "projectId": logged.project_id,
+                    "taskId": logged.task_id,
+                    "pageId": logged.page_id,
+                    "taskStatus": task_status,
+                    "metadata": logged.metadata,
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(LoggedActivity { entry: logged, task_status })
+    }
+
+    /// Agents of the caller's workspace (never another's), by status and required capabilities.
+    pub async fn list_workspace_agents(&self, caller: &AgentCaller, status: Option<AgentStatus>, capabilities: &[String]) -> ServiceResult<Vec<Agent>> {
+        need(caller, Permission::ReadAgents)?;
+        let mut agents = self.store.read().await?.list_agents(caller.workspace_id(), status).await?;
+        agents.retain(|a| capabilities.iter().all(|c| a.capabilities.iter().any(|x| x == c)));
+        Ok(agents)
+    }
+}
+
+/// The task, if it is in the caller's workspace (else not found) and assigned to the caller.
+async fn assigned_task(tx: &Tx, caller: &AgentCaller, task_id: &str) -> ServiceResult<Task> {
+    let ws = caller.workspace_id();
+    let task = tx.task(ws, task_id).await?.ok_or_else(|| ServiceError::not_found("task", task_id))?;
+    let mine = tx.agent_assignments(ws, caller.agent_id(), false).await?;
+    if mine.iter().any(|a| a.task_id.as_deref() == Some(task.id.as_str())) {
+        Ok(task)
+    } else {
+        Err(ServiceError::Forbidden(format!("task {task_id} is not assigned to you")))
+    }
+}

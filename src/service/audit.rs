@@ -1,0 +1,61 @@
+//! The audit writer: group commit for the gate's decision entries.
+//!
+//! Each call's entry must be durable before its response is sent. Writing one transaction per
+//! call would serialise every call on SQLite's single writer, so entries submitted while a write
+//! is in flight are collected and committed together in the next transaction, and each submitter
+//! is released when its own batch has committed.
+
+use super::{ServiceError, ServiceResult};
+use crate::domain::ActivityEntry;
+use crate::store::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// The most entries one batch commits.
+const MAX_BATCH: usize = 512;
+
+/// A handle to the background writer; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<(ActivityEntry, Ack)>,
+}
+
+impl AuditWriter {
+    /// Starts the writer on the current Tokio runtime. It stops when every handle is dropped.
+    pub fn spawn(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(ActivityEntry, Ack)>(4096);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let entries: Vec<ActivityEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
+                let result = write(&store, &entries).await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, entries = entries.len(), "audit batch failed");
+                }
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Submits an entry and waits until it is committed.
+    pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
+        let (ack, done) = oneshot::channel();
+        let closed = || ServiceError::Store(StoreError::Unavailable("audit writer stopped".into()));
+        self.tx.send((entry, ack)).await.map_err(|_| closed())?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!("audit log not written: {e}")))),
+            Err(_) => Err(closed()),
+        }
+    }
+}
+
+async fn write(store: &Store, entries: &[ActivityEntry]) -> Result<(), StoreError> {
+    let tx = store.write().await?;
+    tx.insert_activities(entries).await?;
+    tx.commit().await
+}
