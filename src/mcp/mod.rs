@@ -30,11 +30,12 @@ pub enum ServeError {
 
 /// Serves MCP over streamable HTTP on `config.listen` until ctrl-c or SIGTERM.
 pub async fn serve_http(config: &Config) -> Result<(), ServeError> {
+    let shutdown = shutdown_signal();
     let store = Store::open(&config.database_url).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
-    http::run(store, listener, http::HttpOptions::default(), shutdown_signal()).await
+    http::run(store, listener, http::HttpOptions::default(), shutdown).await
 }
 
 /// Serves MCP over stdio for the agent whose key is in `PARALLAX_API_KEY`. The key is checked at
@@ -63,24 +64,27 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on ctrl-c or SIGTERM. The handlers are installed now, not on first poll, so a signal
+/// that arrives right after start-up is not lost to the default action (exit by signal).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        let term = async {
+            match term.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
