@@ -158,7 +158,7 @@ impl Gate {
         Activity::new(caller.workspace_id(), &caller.actor(), "tool.call")
             .outcome(outcome)
             .description(&if reason.is_empty() { tool.to_owned() } else { format!("{tool}: {reason}") })
-            .metadata(json!({ "tool": tool, "arguments": text }))
+            .metadata(json!({ "tool": tool, "arguments": text, "credential": caller.credential_id() }))
             .build()
     }
 }

@@ -54,8 +54,30 @@ impl AuditWriter {
     }
 }
 
+/// Commits a batch, and marks the agents and keys it shows in use as seen: once per batch, so a
+/// busy agent costs one update per batch rather than one per call.
 async fn write(store: &Store, entries: &[ActivityEntry]) -> Result<(), StoreError> {
     let tx = store.write().await?;
     tx.insert_activities(entries).await?;
+    let mut agents: Vec<(&str, &str, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let mut keys: Vec<(&str, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    for e in entries.iter().filter(|e| e.activity_type == "tool.call") {
+        if let Some(agent) = e.agent_id.as_deref()
+            && !agents.iter().any(|(w, a, _)| *w == e.workspace_id && *a == agent)
+        {
+            agents.push((&e.workspace_id, agent, e.created_at));
+        }
+        if let Some(key) = e.metadata.get("credential").and_then(|v| v.as_str())
+            && !keys.iter().any(|(k, _)| *k == key)
+        {
+            keys.push((key, e.created_at));
+        }
+    }
+    for (ws, agent, at) in agents {
+        tx.touch_agent(ws, agent, at).await?;
+    }
+    for (key, at) in keys {
+        tx.touch_credential(key, at).await?;
+    }
     tx.commit().await
 }

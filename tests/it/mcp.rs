@@ -230,6 +230,10 @@ async fn lifecycle(transport: Transport) {
     let err = call(&client, "agent_drop_tables", json!({})).await.unwrap_err();
     assert!(err.to_string().contains("unknown tool"), "{err}");
 
+    let shown = w.svc.agent_details(&w.admin, "bot-1").await.unwrap();
+    assert!(shown.agent.last_seen_at.is_some(), "calls mark the agent as seen");
+    assert!(shown.credentials.iter().any(|c| c.last_used_at.is_some()), "calls mark the key as used");
+
     let allowed = audit(&w.svc, &w.admin, "bot-1").await.into_iter().filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some("allowed")).count();
     assert_eq!(allowed, 7, "every allowed call is audited once");
 
