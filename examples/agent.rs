@@ -19,21 +19,30 @@ type Client = RunningService<RoleClient, ClientConfig>;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let key = std::env::var("PARALLAX_API_KEY").map_err(|_| "set PARALLAX_API_KEY to the agent's key")?;
+    let key =
+        std::env::var("PARALLAX_API_KEY").map_err(|_| "set PARALLAX_API_KEY to the agent's key")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let client: Client = match args.first().map(String::as_str) {
         Some("http") => {
-            let url = args.get(1).cloned().unwrap_or_else(|| "http://127.0.0.1:8720/mcp".into());
+            let url = args
+                .get(1)
+                .cloned()
+                .unwrap_or_else(|| "http://127.0.0.1:8720/mcp".into());
             let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(key);
-            ClientConfig::default().serve(StreamableHttpClientTransport::from_config(config)).await?
+            ClientConfig::default()
+                .serve(StreamableHttpClientTransport::from_config(config))
+                .await?
         }
         Some("stdio") | None => {
             // The server reads the key from its environment; it inherits ours. Extra arguments
             // (e.g. `--database-url …`) are passed to it.
-            let server = std::env::var("PARALLAX_MCP_BIN").unwrap_or_else(|_| "parallax-mcp".into());
+            let server =
+                std::env::var("PARALLAX_MCP_BIN").unwrap_or_else(|_| "parallax-mcp".into());
             let mut cmd = tokio::process::Command::new(server);
             cmd.args(args.iter().skip(1)).arg("stdio");
-            ClientConfig::default().serve(TokioChildProcess::new(cmd)?).await?
+            ClientConfig::default()
+                .serve(TokioChildProcess::new(cmd)?)
+                .await?
         }
         Some(other) => return Err(format!("unknown transport {other:?}: use stdio or http").into()),
     };
@@ -48,26 +57,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tasks = mine["tasks"].as_array().cloned().unwrap_or_default();
     println!("{} assigned task(s)", tasks.len());
     let Some(first) = tasks.first() else {
-        call(&client, "agent_update_status", json!({ "status": "idle", "message": "nothing assigned" })).await?;
+        call(
+            &client,
+            "agent_update_status",
+            json!({ "status": "idle", "message": "nothing assigned" }),
+        )
+        .await?;
         client.cancel().await?;
         return Ok(());
     };
     let task_id = first["task"]["id"].as_str().unwrap_or_default().to_owned();
     println!("working on {:?}", first["task"]["title"]);
     call(&client, "agent_update_status", json!({ "status": "working", "currentTask": task_id, "message": "started by the example agent" })).await?;
-    let logged = call(&client, "agent_log_activity", json!({ "type": "task_started", "description": "picked up the task", "taskId": task_id })).await?;
-    println!("logged activity {} (task status now {})", logged["activityId"], logged["taskStatus"]);
+    let logged = call(
+        &client,
+        "agent_log_activity",
+        json!({ "type": "task_started", "description": "picked up the task", "taskId": task_id }),
+    )
+    .await?;
+    println!(
+        "logged activity {} (task status now {})",
+        logged["activityId"], logged["taskStatus"]
+    );
     call(&client, "agent_update_status", json!({ "status": "idle" })).await?;
     client.cancel().await?;
     Ok(())
 }
 
 /// Calls a tool and returns its structured result, or the tool's error message as an error.
-async fn call(client: &Client, tool: &str, args: Value) -> Result<Value, Box<dyn std::error::Error>> {
-    let Value::Object(map) = args else { unreachable!("arguments are objects") };
-    let res = client.call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(map)).await?;
+async fn call(
+    client: &Client,
+    tool: &str,
+    args: Value,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let Value::Object(map) = args else {
+        unreachable!("arguments are objects")
+    };
+    let res = client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(map))
+        .await?;
     if res.is_error == Some(true) {
-        let text = res.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default();
+        let text = res
+            .content
+            .first()
+            .and_then(|c| c.as_text())
+            .map(|t| t.text.clone())
+            .unwrap_or_default();
         return Err(format!("{tool}: {text}").into());
     }
     Ok(res.structured_content.unwrap_or(Value::Null))

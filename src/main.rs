@@ -1,1 +1,79 @@
-fn main() {}
+//! The `parallax-mcp` binary: parse the command line, load configuration, set up logging, run the
+//! command, and turn any failure into one `error: …` line and an exit code.
+
+use clap::Parser;
+use parallax_mcp::cli::{self, Cli, CliError};
+use parallax_mcp::config::{Config, ConfigError, Overrides};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Clap prints its own usage errors and exits 2; `--help` and `--version` exit 0.
+    let cli = Cli::parse();
+    init_logging(cli::is_server(&cli));
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the source said: scripts read the first line of stderr.
+            let msg = format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: {msg}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let listen = match &cli.command {
+        cli::args::Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
+    let flags = Overrides {
+        config_file: cli.global.config.clone(),
+        database_url: cli.global.database_url.clone(),
+        db_path: cli.global.db.clone(),
+        listen,
+    };
+    let config = Config::load(&flags)?;
+    cli::run(cli, &config).await?;
+    Ok(())
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(e) = e.downcast_ref::<CliError>() {
+        e.exit_code()
+    } else if e.downcast_ref::<ConfigError>().is_some() {
+        cli::exit::USAGE
+    } else {
+        cli::exit::INTERNAL
+    }
+}
+
+/// Logs go to stderr only: in `stdio` mode stdout carries the MCP protocol, and for the admin
+/// commands stdout is the answer. Servers log at `info` by default, one-shot commands at `warn` so
+/// their output stays clean; `PARALLAX_LOG` (or `RUST_LOG`) overrides either.
+fn init_logging(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let spec = std::env::var("PARALLAX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let filter = match spec.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("warning: ignoring invalid PARALLAX_LOG/RUST_LOG filter: {e}");
+            EnvFilter::new(default)
+        }
+        None => EnvFilter::new(default),
+    };
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .init();
+}

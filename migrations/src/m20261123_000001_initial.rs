@@ -45,7 +45,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        unique_index(m, Members::Table, "ux_members_workspace_email", [Members::WorkspaceId, Members::Email]).await?;
+        unique_index(
+            m,
+            Members::Table,
+            "ux_members_workspace_email",
+            [Members::WorkspaceId, Members::Email],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -61,7 +67,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Projects::Table, "ix_projects_workspace", [Projects::WorkspaceId]).await?;
+        index(
+            m,
+            Projects::Table,
+            "ix_projects_workspace",
+            [Projects::WorkspaceId],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -85,7 +97,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Tasks::Table, "ix_tasks_workspace_project", [Tasks::WorkspaceId, Tasks::ProjectId]).await?;
+        index(
+            m,
+            Tasks::Table,
+            "ix_tasks_workspace_project",
+            [Tasks::WorkspaceId, Tasks::ProjectId],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -144,7 +162,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Agents::Table, "ix_agents_workspace_status", [Agents::WorkspaceId, Agents::Status]).await?;
+        index(
+            m,
+            Agents::Table,
+            "ix_agents_workspace_status",
+            [Agents::WorkspaceId, Agents::Status],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -158,11 +182,21 @@ impl MigrationTrait for Migration {
                 .col(timestamp_with_time_zone_null(Credentials::LastUsedAt))
                 .col(timestamp_with_time_zone_null(Credentials::ExpiresAt))
                 .col(timestamp_with_time_zone_null(Credentials::RevokedAt))
-                .foreign_key(&mut fk_agent(Credentials::Table, Credentials::WorkspaceId, Credentials::AgentId))
+                .foreign_key(&mut fk_agent(
+                    Credentials::Table,
+                    Credentials::WorkspaceId,
+                    Credentials::AgentId,
+                ))
                 .to_owned(),
         )
         .await?;
-        index(m, Credentials::Table, "ix_credentials_agent", [Credentials::WorkspaceId, Credentials::AgentId]).await?;
+        index(
+            m,
+            Credentials::Table,
+            "ix_credentials_agent",
+            [Credentials::WorkspaceId, Credentials::AgentId],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -178,7 +212,11 @@ impl MigrationTrait for Migration {
                 .col(timestamp_with_time_zone(Assignments::AssignedAt))
                 .col(string_null(Assignments::UnassignedBy))
                 .col(timestamp_with_time_zone_null(Assignments::UnassignedAt))
-                .foreign_key(&mut fk_agent(Assignments::Table, Assignments::WorkspaceId, Assignments::AgentId))
+                .foreign_key(&mut fk_agent(
+                    Assignments::Table,
+                    Assignments::WorkspaceId,
+                    Assignments::AgentId,
+                ))
                 .foreign_key(
                     ForeignKey::create()
                         .name("fk_assignments_project")
@@ -196,9 +234,27 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Assignments::Table, "ix_assignments_agent", [Assignments::WorkspaceId, Assignments::AgentId]).await?;
-        index(m, Assignments::Table, "ix_assignments_project", [Assignments::WorkspaceId, Assignments::ProjectId]).await?;
-        index(m, Assignments::Table, "ix_assignments_task", [Assignments::WorkspaceId, Assignments::TaskId]).await?;
+        index(
+            m,
+            Assignments::Table,
+            "ix_assignments_agent",
+            [Assignments::WorkspaceId, Assignments::AgentId],
+        )
+        .await?;
+        index(
+            m,
+            Assignments::Table,
+            "ix_assignments_project",
+            [Assignments::WorkspaceId, Assignments::ProjectId],
+        )
+        .await?;
+        index(
+            m,
+            Assignments::Table,
+            "ix_assignments_task",
+            [Assignments::WorkspaceId, Assignments::TaskId],
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -215,7 +271,10 @@ impl MigrationTrait for Migration {
                 .col(timestamp_with_time_zone_null(Delegations::ResolvedAt))
                 .col(string_null(Delegations::ResolvedBy))
                 .col(text_null(Delegations::ResolutionNote))
-                .foreign_key(&mut fk_workspace(Delegations::Table, Delegations::WorkspaceId))
+                .foreign_key(&mut fk_workspace(
+                    Delegations::Table,
+                    Delegations::WorkspaceId,
+                ))
                 .foreign_key(
                     ForeignKey::create()
                         .name("fk_delegations_task")
@@ -226,7 +285,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Delegations::Table, "ix_delegations_workspace_status", [Delegations::WorkspaceId, Delegations::Status]).await?;
+        index(
+            m,
+            Delegations::Table,
+            "ix_delegations_workspace_status",
+            [Delegations::WorkspaceId, Delegations::Status],
+        )
+        .await?;
 
         // The audit trail. No foreign keys: an entry must outlive what it refers to.
         m.create_table(
@@ -248,11 +313,41 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Activity::Table, "ix_activity_workspace", [Activity::WorkspaceId, Activity::Id]).await?;
-        index(m, Activity::Table, "ix_activity_agent", [Activity::WorkspaceId, Activity::AgentId, Activity::Id]).await?;
-        index(m, Activity::Table, "ix_activity_project", [Activity::WorkspaceId, Activity::ProjectId, Activity::Id]).await?;
-        index(m, Activity::Table, "ix_activity_task", [Activity::WorkspaceId, Activity::TaskId, Activity::Id]).await?;
-        index(m, Activity::Table, "ix_activity_created", [Activity::WorkspaceId, Activity::CreatedAt]).await?;
+        index(
+            m,
+            Activity::Table,
+            "ix_activity_workspace",
+            [Activity::WorkspaceId, Activity::Id],
+        )
+        .await?;
+        index(
+            m,
+            Activity::Table,
+            "ix_activity_agent",
+            [Activity::WorkspaceId, Activity::AgentId, Activity::Id],
+        )
+        .await?;
+        index(
+            m,
+            Activity::Table,
+            "ix_activity_project",
+            [Activity::WorkspaceId, Activity::ProjectId, Activity::Id],
+        )
+        .await?;
+        index(
+            m,
+            Activity::Table,
+            "ix_activity_task",
+            [Activity::WorkspaceId, Activity::TaskId, Activity::Id],
+        )
+        .await?;
+        index(
+            m,
+            Activity::Table,
+            "ix_activity_created",
+            [Activity::WorkspaceId, Activity::CreatedAt],
+        )
+        .await?;
 
         // The outbox: each event is written in the transaction of the change it reports.
         m.create_table(
@@ -267,7 +362,13 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        index(m, Events::Table, "ix_events_workspace", [Events::WorkspaceId, Events::Id]).await?;
+        index(
+            m,
+            Events::Table,
+            "ix_events_workspace",
+            [Events::WorkspaceId, Events::Id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -291,10 +392,13 @@ impl MigrationTrait for Migration {
     }
 }
 
-fn fk_workspace<T: IntoIden + 'static, C: IntoIden + 'static>(table: T, col: C) -> ForeignKeyCreateStatement {
+fn fk_workspace<T: IntoIden + 'static, C: IntoIden + 'static>(
+    table: T,
+    col: C,
+) -> ForeignKeyCreateStatement {
     let table = table.into_iden();
     ForeignKey::create()
-        .name(format!("fk_{}_workspace", table.to_string()))
+        .name(format!("fk_{}_workspace", table))
         .from(table, col)
         .to(Workspaces::Table, Workspaces::Id)
         .on_delete(ForeignKeyAction::Cascade)
@@ -309,7 +413,7 @@ where
 {
     let table = table.into_iden();
     ForeignKey::create()
-        .name(format!("fk_{}_agent", table.to_string()))
+        .name(format!("fk_{}_agent", table))
         .from_tbl(table)
         .from_col(workspace)
         .from_col(agent)
@@ -320,7 +424,12 @@ where
         .to_owned()
 }
 
-async fn index<T, C, const N: usize>(m: &SchemaManager<'_>, table: T, name: &str, cols: [C; N]) -> Result<(), DbErr>
+async fn index<T, C, const N: usize>(
+    m: &SchemaManager<'_>,
+    table: T,
+    name: &str,
+    cols: [C; N],
+) -> Result<(), DbErr>
 where
     T: IntoIden + 'static,
     C: IntoIden + 'static,
@@ -333,7 +442,12 @@ where
     m.create_index(idx.to_owned()).await
 }
 
-async fn unique_index<T, C, const N: usize>(m: &SchemaManager<'_>, table: T, name: &str, cols: [C; N]) -> Result<(), DbErr>
+async fn unique_index<T, C, const N: usize>(
+    m: &SchemaManager<'_>,
+    table: T,
+    name: &str,
+    cols: [C; N],
+) -> Result<(), DbErr>
 where
     T: IntoIden + 'static,
     C: IntoIden + 'static,
@@ -482,6 +596,8 @@ enum Delegations {
     ResolutionNote,
 }
 
+// Column names mirror the table; `ActivityType` is the column `activity_type`.
+#[allow(clippy::enum_variant_names)]
 #[derive(DeriveIden)]
 enum Activity {
     Table,

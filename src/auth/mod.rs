@@ -32,12 +32,24 @@ pub async fn member(store: &Store, workspace: &str, email: &str) -> ServiceResul
     let tx = store.read().await?;
     let ws = match tx.workspace_by_slug(workspace).await? {
         Some(ws) => ws,
-        None => tx.workspace_by_id(workspace).await?.ok_or_else(|| ServiceError::not_found("workspace", workspace))?,
+        None => tx
+            .workspace_by_id(workspace)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", workspace))?,
     };
-    let member = tx.member_by_email(&ws.id, email.as_str()).await?.ok_or_else(|| {
-        ServiceError::Unauthenticated(format!("{email} is not a member of workspace {}", ws.slug))
-    })?;
-    Ok(MemberCaller { workspace: ws, member })
+    let member = tx
+        .member_by_email(&ws.id, email.as_str())
+        .await?
+        .ok_or_else(|| {
+            ServiceError::Unauthenticated(format!(
+                "{email} is not a member of workspace {}",
+                ws.slug
+            ))
+        })?;
+    Ok(MemberCaller {
+        workspace: ws,
+        member,
+    })
 }
 
 /// An approved agent, identified by its API key.
@@ -101,7 +113,10 @@ pub struct AgentAuthRefusal {
 /// Authenticates an agent from its raw API key: shape and checksum first (no lookup for garbage),
 /// then the stored hash, then the key's and the agent's state. Reads the store on every call, so a
 /// revocation or permission change applies to the very next request on every replica.
-pub async fn agent(store: &Store, raw_key: &str) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
+pub async fn agent(
+    store: &Store,
+    raw_key: &str,
+) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
     let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
     let Ok(key) = ApiKey::parse(raw_key) else {
         return refuse(AgentAuthError::Malformed, None);
@@ -126,9 +141,15 @@ pub async fn agent(store: &Store, raw_key: &str) -> ServiceResult<Result<AgentCa
     if agent.status != AgentStatus::Approved {
         return refuse(AgentAuthError::NotApproved(agent.status), owner);
     }
-    let ws = tx.workspace_by_id(&agent.workspace_id).await?.ok_or_else(|| ServiceError::not_found("workspace", &agent.workspace_id))?;
+    let ws = tx
+        .workspace_by_id(&agent.workspace_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("workspace", &agent.workspace_id))?;
     if !ws.settings.enabled {
         return refuse(AgentAuthError::WorkspaceDisabled, owner);
     }
-    Ok(Ok(AgentCaller { agent, credential_id: cred.id }))
+    Ok(Ok(AgentCaller {
+        agent,
+        credential_id: cred.id,
+    }))
 }

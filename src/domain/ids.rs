@@ -36,7 +36,8 @@ string_newtype!(AgentId);
 
 impl AgentId {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
+        let ok_char =
+            |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@');
         if raw.is_empty() || raw.len() > 128 || !raw.chars().all(ok_char) {
             return Err(ParseError::new(format!(
                 "invalid agent id {raw:?}: use 1-128 characters of letters, digits and - _ . : @"
@@ -54,7 +55,9 @@ string_newtype!(WorkspaceSlug);
 impl WorkspaceSlug {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let ok = (2..=64).contains(&raw.len())
-            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !raw.starts_with('-')
             && !raw.ends_with('-');
         if !ok {
@@ -122,7 +125,10 @@ mod tests {
         assert!(WorkspaceSlug::parse("acme-1").is_ok());
         assert!(WorkspaceSlug::parse("Acme").is_err());
         assert!(WorkspaceSlug::parse("-acme").is_err());
-        assert_eq!(Email::parse(" Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
+        assert_eq!(
+            Email::parse(" Alice@Example.COM ").unwrap().as_str(),
+            "alice@example.com"
+        );
         assert!(Email::parse("no-at-sign").is_err());
         assert!(Email::parse("a@b@c").is_err());
     }
@@ -130,7 +136,12 @@ mod tests {
     #[test]
     fn record_ids_are_normalised() {
         let id = new_id();
-        assert_eq!(RecordId::parse("task", &id.to_uppercase()).unwrap().as_str(), id);
+        assert_eq!(
+            RecordId::parse("task", &id.to_uppercase())
+                .unwrap()
+                .as_str(),
+            id
+        );
         assert!(RecordId::parse("task", "nope").is_err());
     }
 }

@@ -23,8 +23,9 @@ pub struct KeyHash(String);
 impl ApiKey {
     pub fn generate() -> Self {
         let mut rng = rand::rng();
-        let body: String =
-            (0..BODY_LEN).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+        let body: String = (0..BODY_LEN)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
         let check = checksum(&body);
         Self(format!("{PREFIX}{body}_{check}"))
     }
@@ -36,7 +37,10 @@ impl ApiKey {
         let (body, check) = rest.split_once('_').ok_or_else(bad)?;
         if body.len() != BODY_LEN
             || check.len() != CHECK_LEN
-            || !body.bytes().chain(check.bytes()).all(|b| b.is_ascii_alphanumeric())
+            || !body
+                .bytes()
+                .chain(check.bytes())
+                .all(|b| b.is_ascii_alphanumeric())
         {
             return Err(bad());
         }

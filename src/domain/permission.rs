@@ -30,8 +30,11 @@ impl Permission {
     ];
 
     /// The grant on approval when the approver names none (DESIGN §2).
-    pub const DEFAULT_GRANT: [Permission; 3] =
-        [Permission::ReadTasks, Permission::ReadProjects, Permission::ReadPages];
+    pub const DEFAULT_GRANT: [Permission; 3] = [
+        Permission::ReadTasks,
+        Permission::ReadProjects,
+        Permission::ReadPages,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,10 +52,16 @@ impl Permission {
 
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let raw = raw.trim();
-        Permission::ALL.into_iter().find(|p| p.as_str() == raw).ok_or_else(|| {
-            let known: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
-            ParseError::new(format!("unknown permission {raw:?}; known: {}", known.join(", ")))
-        })
+        Permission::ALL
+            .into_iter()
+            .find(|p| p.as_str() == raw)
+            .ok_or_else(|| {
+                let known: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                ParseError::new(format!(
+                    "unknown permission {raw:?}; known: {}",
+                    known.join(", ")
+                ))
+            })
     }
 }
 
@@ -95,7 +104,11 @@ impl PermissionSet {
     }
 
     pub fn parse_all<S: AsRef<str>>(items: &[S]) -> Result<Self, ParseError> {
-        items.iter().map(|s| Permission::parse(s.as_ref())).collect::<Result<BTreeSet<_>, _>>().map(Self)
+        items
+            .iter()
+            .map(|s| Permission::parse(s.as_ref()))
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map(Self)
     }
 
     pub fn contains(&self, p: Permission) -> bool {
@@ -143,7 +156,12 @@ mod tests {
         for p in Permission::ALL {
             assert_eq!(Permission::parse(p.as_str()).unwrap(), p);
         }
-        assert!(Permission::parse("admin:everything").unwrap_err().0.contains("read:tasks"));
+        assert!(
+            Permission::parse("admin:everything")
+                .unwrap_err()
+                .0
+                .contains("read:tasks")
+        );
     }
 
     #[test]

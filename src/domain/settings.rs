@@ -61,7 +61,11 @@ pub const SETTING_KEYS: &[&str] = &[
 ];
 
 fn optional(v: &str) -> Option<&str> {
-    if v.is_empty() || v == "none" { None } else { Some(v) }
+    if v.is_empty() || v == "none" {
+        None
+    } else {
+        Some(v)
+    }
 }
 
 impl WorkspaceSettings {
@@ -70,10 +74,15 @@ impl WorkspaceSettings {
     pub fn apply(&mut self, key: &str, value: &str) -> Result<(), ParseError> {
         let value = value.trim();
         let list = |v: &str| -> Vec<String> {
-            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
         };
         let num = |v: &str| -> Result<u32, ParseError> {
-            v.parse::<u32>().map_err(|_| ParseError::new(format!("{key} must be a whole number, got {v:?}")))
+            v.parse::<u32>()
+                .map_err(|_| ParseError::new(format!("{key} must be a whole number, got {v:?}")))
         };
         let positive = |v: &str| -> Result<u32, ParseError> {
             match num(v)? {
@@ -85,16 +94,22 @@ impl WorkspaceSettings {
             match v {
                 "true" | "yes" | "on" => Ok(true),
                 "false" | "no" | "off" => Ok(false),
-                _ => Err(ParseError::new(format!("{key} must be true or false, got {v:?}"))),
+                _ => Err(ParseError::new(format!(
+                    "{key} must be true or false, got {v:?}"
+                ))),
             }
         };
         match key {
             "enabled" => self.enabled = boolean(value)?,
             "auto_approve_capabilities" => self.auto_approve_capabilities = list(value),
-            "auto_approve_permissions" => self.auto_approve_permissions = PermissionSet::parse_list(value)?,
+            "auto_approve_permissions" => {
+                self.auto_approve_permissions = PermissionSet::parse_list(value)?
+            }
             "max_agents" => self.max_agents = positive(value)?,
             "max_agents_per_project" => self.max_agents_per_project = positive(value)?,
-            "max_active_assignments_per_agent" => self.max_active_assignments_per_agent = positive(value)?,
+            "max_active_assignments_per_agent" => {
+                self.max_active_assignments_per_agent = positive(value)?
+            }
             "default_permissions" => self.default_permissions = PermissionSet::parse_list(value)?,
             "delegation_requires_approval" => self.delegation_requires_approval = boolean(value)?,
             "delegation_ttl_hours" => self.delegation_ttl_hours = positive(value)?,
@@ -102,13 +117,19 @@ impl WorkspaceSettings {
             "control_plane_url" => {
                 self.control_plane_url = match optional(value) {
                     None => None,
-                    Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_owned()),
+                    Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                        Some(url.to_owned())
+                    }
                     Some(url) => {
-                        return Err(ParseError::new(format!("control_plane_url must be an http(s) URL, got {url:?}")));
+                        return Err(ParseError::new(format!(
+                            "control_plane_url must be an http(s) URL, got {url:?}"
+                        )));
                     }
                 }
             }
-            "activity_retention_days" => self.activity_retention_days = optional(value).map(positive).transpose()?,
+            "activity_retention_days" => {
+                self.activity_retention_days = optional(value).map(positive).transpose()?
+            }
             other => {
                 return Err(ParseError::new(format!(
                     "unknown setting {other:?}; known: {}",
@@ -124,7 +145,9 @@ impl WorkspaceSettings {
     pub fn auto_approves(&self, capabilities: &[String], permissions: &PermissionSet) -> bool {
         !self.auto_approve_permissions.is_empty()
             && permissions.is_subset(&self.auto_approve_permissions)
-            && capabilities.iter().all(|c| self.auto_approve_capabilities.contains(c))
+            && capabilities
+                .iter()
+                .all(|c| self.auto_approve_capabilities.contains(c))
     }
 }
 
@@ -136,13 +159,19 @@ mod tests {
     fn settings_apply_and_refuse() {
         let mut s = WorkspaceSettings::default();
         s.apply("max_agents", "3").unwrap();
-        s.apply("auto_approve_permissions", "read:tasks,read:pages").unwrap();
+        s.apply("auto_approve_permissions", "read:tasks,read:pages")
+            .unwrap();
         s.apply("activity_retention_days", "30").unwrap();
         s.apply("activity_retention_days", "none").unwrap();
         assert_eq!(s.max_agents, 3);
         assert_eq!(s.activity_retention_days, None);
         assert!(s.apply("max_agents", "0").is_err());
-        assert!(s.apply("max_agent", "1").unwrap_err().0.contains("unknown setting"));
+        assert!(
+            s.apply("max_agent", "1")
+                .unwrap_err()
+                .0
+                .contains("unknown setting")
+        );
         assert!(s.apply("control_plane_url", "ftp://x").is_err());
         assert!(s.apply("enabled", "maybe").is_err());
     }
@@ -152,7 +181,8 @@ mod tests {
         let mut s = WorkspaceSettings::default();
         let perms = PermissionSet::new([Permission::ReadTasks]);
         assert!(!s.auto_approves(&[], &perms), "off by default");
-        s.auto_approve_permissions = PermissionSet::new([Permission::ReadTasks, Permission::ReadPages]);
+        s.auto_approve_permissions =
+            PermissionSet::new([Permission::ReadTasks, Permission::ReadPages]);
         s.auto_approve_capabilities = vec!["summarize".into()];
         assert!(s.auto_approves(&["summarize".into()], &perms));
         assert!(!s.auto_approves(&["deploy".into()], &perms));

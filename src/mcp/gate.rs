@@ -4,7 +4,7 @@
 use super::catalogue::{self, ToolSpec};
 use super::tools;
 use crate::auth::{AgentAuthRefusal, AgentCaller};
-use crate::domain::{Actor, ActivityEntry};
+use crate::domain::{ActivityEntry, Actor};
 use crate::service::{Activity, AuditWriter, Service, ServiceError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -50,8 +50,13 @@ impl Gate {
     }
 
     /// The tools this caller may call; `tools/list` shows no others.
-    pub fn visible_tools<'a>(&self, caller: &'a AgentCaller) -> impl Iterator<Item = &'static ToolSpec> + 'a {
-        catalogue::CATALOGUE.iter().filter(move |t| t.requirement.is_met_by(caller))
+    pub fn visible_tools<'a>(
+        &self,
+        caller: &'a AgentCaller,
+    ) -> impl Iterator<Item = &'static ToolSpec> + 'a {
+        catalogue::CATALOGUE
+            .iter()
+            .filter(move |t| t.requirement.is_met_by(caller))
     }
 
     /// Records a refused authentication where the key identified its owner (a revoked or expired
@@ -72,11 +77,17 @@ impl Gate {
     }
 
     /// Runs one tool call through the gate.
-    pub async fn call(&self, auth: Result<AgentCaller, AgentAuthRefusal>, name: &str, args: Option<Map<String, Value>>) -> Result<CallOutcome, GateError> {
+    pub async fn call(
+        &self,
+        auth: Result<AgentCaller, AgentAuthRefusal>,
+        name: &str,
+        args: Option<Map<String, Value>>,
+    ) -> Result<CallOutcome, GateError> {
         let caller = match auth {
             Ok(c) => c,
             Err(refusal) => {
-                self.audit_refusal(&refusal, &format!("call to {name}")).await;
+                self.audit_refusal(&refusal, &format!("call to {name}"))
+                    .await;
                 return Err(GateError::Unauthenticated(refusal.error.to_string()));
             }
         };
@@ -97,7 +108,8 @@ impl Gate {
         let result = match self.dispatch(spec, &caller, &args, &allowed).await {
             Ok(result) => result,
             Err(GateError::InvalidParams { tool, message }) => {
-                self.record(entry("denied", &format!("invalid arguments: {message}"))).await?;
+                self.record(entry("denied", &format!("invalid arguments: {message}")))
+                    .await?;
                 return Err(GateError::InvalidParams { tool, message });
             }
             Err(other) => return Err(other),
@@ -107,7 +119,9 @@ impl Gate {
             Err(ServiceError::Store(e)) => {
                 tracing::error!(tool = name, error = %e, "tool failed on the store");
                 let _ = self.audit.record(entry("error", "store unavailable")).await;
-                Err(GateError::Internal("the workspace store is unavailable; try again shortly".into()))
+                Err(GateError::Internal(
+                    "the workspace store is unavailable; try again shortly".into(),
+                ))
             }
             Err(refusal) => {
                 // The tool's own transaction rolled back, so its audit entry must be written here.
@@ -119,33 +133,73 @@ impl Gate {
     }
 
     /// Parses the arguments into the tool's input type and runs its body.
-    async fn dispatch(&self, spec: &ToolSpec, caller: &AgentCaller, args: &Value, allowed: &ActivityEntry) -> Result<Result<Value, ServiceError>, GateError> {
+    async fn dispatch(
+        &self,
+        spec: &ToolSpec,
+        caller: &AgentCaller,
+        args: &Value,
+        allowed: &ActivityEntry,
+    ) -> Result<Result<Value, ServiceError>, GateError> {
         let svc = &self.service;
         let name = spec.name;
         Ok(match name {
-            catalogue::MY_ASSIGNMENTS => self.read(allowed.clone(), tools::my_assignments(svc, caller, parse(name, args)?)).await,
-            catalogue::LIST_WORKSPACE => self.read(allowed.clone(), tools::list_workspace(svc, caller, parse(name, args)?)).await,
-            catalogue::UPDATE_STATUS => tools::update_status(svc, caller, allowed, parse(name, args)?).await,
-            catalogue::LOG_ACTIVITY => tools::log_activity(svc, caller, allowed, parse(name, args)?).await,
-            catalogue::DELEGATE_TASK => tools::delegate_task(svc, caller, allowed, parse(name, args)?).await,
+            catalogue::MY_ASSIGNMENTS => {
+                self.read(
+                    allowed.clone(),
+                    tools::my_assignments(svc, caller, parse(name, args)?),
+                )
+                .await
+            }
+            catalogue::LIST_WORKSPACE => {
+                self.read(
+                    allowed.clone(),
+                    tools::list_workspace(svc, caller, parse(name, args)?),
+                )
+                .await
+            }
+            catalogue::UPDATE_STATUS => {
+                tools::update_status(svc, caller, allowed, parse(name, args)?).await
+            }
+            catalogue::LOG_ACTIVITY => {
+                tools::log_activity(svc, caller, allowed, parse(name, args)?).await
+            }
+            catalogue::DELEGATE_TASK => {
+                tools::delegate_task(svc, caller, allowed, parse(name, args)?).await
+            }
             // A catalogue entry without a body is a bug; refuse rather than guess.
-            other => Err(ServiceError::Forbidden(format!("{other} has no implementation"))),
+            other => Err(ServiceError::Forbidden(format!(
+                "{other} has no implementation"
+            ))),
         })
     }
 
     /// A read tool: its audit entry is committed (batched) while the read runs, and both must
     /// succeed before the response goes out.
-    async fn read(&self, allowed: ActivityEntry, body: impl Future<Output = Result<Value, ServiceError>>) -> Result<Value, ServiceError> {
+    async fn read(
+        &self,
+        allowed: ActivityEntry,
+        body: impl Future<Output = Result<Value, ServiceError>>,
+    ) -> Result<Value, ServiceError> {
         let (audited, result) = tokio::join!(self.audit.record(allowed), body);
         audited?;
         result
     }
 
     async fn record(&self, entry: ActivityEntry) -> Result<(), GateError> {
-        self.audit.record(entry).await.map_err(|e| GateError::Internal(format!("audit log unavailable: {e}")))
+        self.audit
+            .record(entry)
+            .await
+            .map_err(|e| GateError::Internal(format!("audit log unavailable: {e}")))
     }
 
-    fn entry(&self, caller: &AgentCaller, tool: &str, args: &Value, outcome: &str, reason: &str) -> ActivityEntry {
+    fn entry(
+        &self,
+        caller: &AgentCaller,
+        tool: &str,
+        args: &Value,
+        outcome: &str,
+        reason: &str,
+    ) -> ActivityEntry {
         let mut text = args.to_string();
         if text.len() > MAX_AUDITED_ARGS {
             let mut cut = MAX_AUDITED_ARGS;
@@ -157,12 +211,21 @@ impl Gate {
         }
         Activity::new(caller.workspace_id(), &caller.actor(), "tool.call")
             .outcome(outcome)
-            .description(&if reason.is_empty() { tool.to_owned() } else { format!("{tool}: {reason}") })
-            .metadata(json!({ "tool": tool, "arguments": text, "credential": caller.credential_id() }))
+            .description(&if reason.is_empty() {
+                tool.to_owned()
+            } else {
+                format!("{tool}: {reason}")
+            })
+            .metadata(
+                json!({ "tool": tool, "arguments": text, "credential": caller.credential_id() }),
+            )
             .build()
     }
 }
 
 fn parse<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, GateError> {
-    serde_json::from_value(args.clone()).map_err(|e| GateError::InvalidParams { tool: tool.to_owned(), message: e.to_string() })
+    serde_json::from_value(args.clone()).map_err(|e| GateError::InvalidParams {
+        tool: tool.to_owned(),
+        message: e.to_string(),
+    })
 }

@@ -1,9 +1,9 @@
 //! Streamable HTTP at `/mcp` (MCP 2025-11-25 sessions and 2026-07-28 stateless, one endpoint),
 //! behind bearer authentication, plus `/healthz` and `/readyz`.
 
+use super::ServeError;
 use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
-use super::ServeError;
 use crate::auth;
 use crate::store::Store;
 use axum::extract::{Request, State};
@@ -41,7 +41,12 @@ pub struct HttpOptions {
 impl Default for HttpOptions {
     fn default() -> Self {
         Self {
-            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "[::1]".into()],
+            allowed_hosts: vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                "[::1]".into(),
+            ],
             allowed_origins: Vec::new(),
             max_body_bytes: 1024 * 1024,
             public_url: None,
@@ -91,9 +96,17 @@ impl Drop for InFlightGuard {
 
 /// Serves until `shutdown` resolves, then lets in-flight calls finish (up to the drain timeout)
 /// before closing MCP sessions and returning.
-pub async fn run(store: Store, listener: TcpListener, opts: HttpOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    store: Store,
+    listener: TcpListener,
+    opts: HttpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    let base = opts.public_url.clone().unwrap_or_else(|| format!("http://{addr}/mcp"));
+    let base = opts
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/mcp"));
     let origin = base.trim_end_matches("/mcp").to_owned();
     let state = AppState {
         gate: Gate::new(crate::service::Service::new(store)),
@@ -122,8 +135,14 @@ pub async fn run(store: Store, listener: TcpListener, opts: HttpOptions, shutdow
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/.well-known/oauth-protected-resource", get(resource_metadata))
-        .route("/.well-known/oauth-protected-resource/mcp", get(resource_metadata))
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(resource_metadata),
+        )
         .with_state(state.clone());
 
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
@@ -160,7 +179,10 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .map(str::to_owned);
     let Some(token) = bearer else {
@@ -184,11 +206,21 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 }
 
 fn unauthorized(state: &AppState, message: &str, error: Option<&str>) -> Response {
-    let mut challenge = format!("Bearer resource_metadata=\"{}\"", state.resource_metadata_url);
+    let mut challenge = format!(
+        "Bearer resource_metadata=\"{}\"",
+        state.resource_metadata_url
+    );
     if let Some(code) = error {
-        challenge.push_str(&format!(", error=\"{code}\", error_description=\"{}\"", message.replace('"', "'")));
+        challenge.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{}\"",
+            message.replace('"', "'")
+        ));
     }
-    let mut res = (StatusCode::UNAUTHORIZED, Json(json!({ "error": "unauthorized", "message": message }))).into_response();
+    let mut res = (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "unauthorized", "message": message })),
+    )
+        .into_response();
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

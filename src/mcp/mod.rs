@@ -35,7 +35,22 @@ pub async fn serve_http(config: &Config) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
-    http::run(store, listener, http::HttpOptions::default(), shutdown).await
+    http::run(store, listener, http_options(config), shutdown).await
+}
+
+/// The transport settings from the `[http]` part of the configuration, over safe defaults.
+fn http_options(config: &Config) -> http::HttpOptions {
+    let mut opts = http::HttpOptions::default();
+    if let Some(hosts) = &config.http.allowed_hosts {
+        opts.allowed_hosts = hosts.clone();
+    }
+    if let Some(origins) = &config.http.allowed_origins {
+        opts.allowed_origins = origins.clone();
+    }
+    if let Some(bytes) = config.http.max_body_bytes {
+        opts.max_body_bytes = bytes;
+    }
+    opts
 }
 
 /// Serves MCP over stdio for the agent whose key is in `PARALLAX_API_KEY`. The key is checked at
@@ -44,7 +59,11 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
     let key = std::env::var(API_KEY_ENV)
         .ok()
         .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| ServeError::Startup(format!("{API_KEY_ENV} is not set: put the agent's API key (mcp_agent_…) in it")))?;
+        .ok_or_else(|| {
+            ServeError::Startup(format!(
+                "{API_KEY_ENV} is not set: put the agent's API key (mcp_agent_…) in it"
+            ))
+        })?;
     let key = key.trim().to_owned();
     let store = Store::open(&config.database_url).await?;
     let gate = gate::Gate::new(Service::new(store));
@@ -52,7 +71,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         Ok(caller) => tracing::info!(agent = caller.agent_id(), "stdio session starting"),
         Err(refusal) => {
             gate.audit_refusal(&refusal, "stdio start").await;
-            return Err(ServeError::Startup(format!("{API_KEY_ENV} refused: {}", refusal.error)));
+            return Err(ServeError::Startup(format!(
+                "{API_KEY_ENV} refused: {}",
+                refusal.error
+            )));
         }
     }
     let server = server::ParallaxServer::new(gate, server::Credential::Key(key.into()));
@@ -60,7 +82,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| ServeError::Startup(format!("MCP handshake failed: {e}")))?;
-    running.waiting().await.map_err(|e| ServeError::Startup(format!("stdio transport failed: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| ServeError::Startup(format!("stdio transport failed: {e}")))?;
     Ok(())
 }
 

@@ -6,8 +6,9 @@ use super::gate::{CallOutcome, Gate, GateError};
 use crate::auth::{self, AgentAuthRefusal, AgentCaller};
 use crate::service::ServiceError;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -49,16 +50,23 @@ impl ParallaxServer {
         Self { gate, credential }
     }
 
-    async fn authenticate(&self, ctx: &RequestContext<RoleServer>) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
+    async fn authenticate(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         match &self.credential {
-            Credential::Key(key) => auth::agent(self.gate.service().store(), key).await.map_err(store_error),
+            Credential::Key(key) => auth::agent(self.gate.service().store(), key)
+                .await
+                .map_err(store_error),
             Credential::PerRequest => {
                 let found = ctx
                     .extensions
                     .get::<http::request::Parts>()
                     .and_then(|parts| parts.extensions.get::<HttpAuth>())
                     .map(|a| (*a.0).clone());
-                found.ok_or_else(|| ErrorData::invalid_request("unauthorized: no credential on this request", None))
+                found.ok_or_else(|| {
+                    ErrorData::invalid_request("unauthorized: no credential on this request", None)
+                })
             }
         }
     }
@@ -66,7 +74,10 @@ impl ParallaxServer {
 
 fn store_error(e: ServiceError) -> ErrorData {
     tracing::error!(error = %e, "authentication failed on the store");
-    ErrorData::internal_error("the workspace store is unavailable; try again shortly", None)
+    ErrorData::internal_error(
+        "the workspace store is unavailable; try again shortly",
+        None,
+    )
 }
 
 fn to_tool(spec: &ToolSpec) -> Tool {
@@ -92,21 +103,36 @@ impl ServerHandler for ParallaxServer {
             )
     }
 
-    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, ctx: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
         match self.authenticate(&ctx).await? {
-            Ok(caller) => Ok(ListToolsResult::with_all_items(self.gate.visible_tools(&caller).map(to_tool).collect())),
+            Ok(caller) => Ok(ListToolsResult::with_all_items(
+                self.gate.visible_tools(&caller).map(to_tool).collect(),
+            )),
             Err(refusal) => {
                 self.gate.audit_refusal(&refusal, "tools/list").await;
-                Err(ErrorData::invalid_request(format!("unauthorized: {}", refusal.error), None))
+                Err(ErrorData::invalid_request(
+                    format!("unauthorized: {}", refusal.error),
+                    None,
+                ))
             }
         }
     }
 
-    async fn call_tool(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
         let auth = self.authenticate(&ctx).await?;
         match self.gate.call(auth, &request.name, request.arguments).await {
             Ok(CallOutcome::Ok(value)) => Ok(CallToolResult::structured(value).into()),
-            Ok(CallOutcome::Refused(message)) => Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into()),
+            Ok(CallOutcome::Refused(message)) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into())
+            }
             Err(e) => Err(gate_error(e)),
         }
     }
@@ -116,7 +142,9 @@ impl ServerHandler for ParallaxServer {
 fn gate_error(e: GateError) -> ErrorData {
     match e {
         GateError::Unauthenticated(_) => ErrorData::invalid_request(e.to_string(), None),
-        GateError::UnknownTool(_) | GateError::InvalidParams { .. } => ErrorData::invalid_params(e.to_string(), None),
+        GateError::UnknownTool(_) | GateError::InvalidParams { .. } => {
+            ErrorData::invalid_params(e.to_string(), None)
+        }
         GateError::Internal(_) => ErrorData::internal_error(e.to_string(), None),
     }
 }
@@ -125,6 +153,11 @@ fn gate_error(e: GateError) -> ErrorData {
 pub fn tool_definitions() -> Vec<(&'static str, serde_json::Value)> {
     super::catalogue::CATALOGUE
         .iter()
-        .map(|spec| (spec.name, serde_json::to_value(to_tool(spec)).expect("tool definitions serialise")))
+        .map(|spec| {
+            (
+                spec.name,
+                serde_json::to_value(to_tool(spec)).expect("tool definitions serialise"),
+            )
+        })
         .collect()
 }

@@ -176,7 +176,11 @@ fn to_value<T: Serialize>(v: &T) -> Value {
 
 // ---- bodies ----
 
-pub async fn my_assignments(svc: &Service, caller: &AgentCaller, input: MyAssignmentsInput) -> ServiceResult<Value> {
+pub async fn my_assignments(
+    svc: &Service,
+    caller: &AgentCaller,
+    input: MyAssignmentsInput,
+) -> ServiceResult<Value> {
     let mine = svc.my_assignments(caller, input.status).await?;
     Ok(to_value(&MyAssignmentsOutput {
         projects: mine
@@ -186,7 +190,12 @@ pub async fn my_assignments(svc: &Service, caller: &AgentCaller, input: MyAssign
                 assignment_id: a.id,
                 role: a.role,
                 assigned_at: ts(&a.assigned_at),
-                project: ProjectOut { id: p.id, name: p.name, description: p.description, status: p.status },
+                project: ProjectOut {
+                    id: p.id,
+                    name: p.name,
+                    description: p.description,
+                    status: p.status,
+                },
             })
             .collect(),
         tasks: mine
@@ -209,9 +218,20 @@ pub async fn my_assignments(svc: &Service, caller: &AgentCaller, input: MyAssign
     }))
 }
 
-pub async fn update_status(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: UpdateStatusInput) -> ServiceResult<Value> {
+pub async fn update_status(
+    svc: &Service,
+    caller: &AgentCaller,
+    audit: &ActivityEntry,
+    input: UpdateStatusInput,
+) -> ServiceResult<Value> {
     let agent = svc
-        .update_working_status(caller, audit, input.status, input.current_task.as_deref(), input.message.as_deref())
+        .update_working_status(
+            caller,
+            audit,
+            input.status,
+            input.current_task.as_deref(),
+            input.message.as_deref(),
+        )
         .await?;
     Ok(to_value(&UpdateStatusOutput {
         agent_id: agent.id,
@@ -222,7 +242,12 @@ pub async fn update_status(svc: &Service, caller: &AgentCaller, audit: &Activity
     }))
 }
 
-pub async fn log_activity(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: LogActivityInput) -> ServiceResult<Value> {
+pub async fn log_activity(
+    svc: &Service,
+    caller: &AgentCaller,
+    audit: &ActivityEntry,
+    input: LogActivityInput,
+) -> ServiceResult<Value> {
     let kind = input.kind;
     let logged = svc
         .log_agent_activity(
@@ -246,8 +271,18 @@ pub async fn log_activity(svc: &Service, caller: &AgentCaller, audit: &ActivityE
     }))
 }
 
-pub async fn list_workspace(svc: &Service, caller: &AgentCaller, input: ListWorkspaceInput) -> ServiceResult<Value> {
-    let agents = svc.list_workspace_agents(caller, input.status, input.capabilities.as_deref().unwrap_or(&[])).await?;
+pub async fn list_workspace(
+    svc: &Service,
+    caller: &AgentCaller,
+    input: ListWorkspaceInput,
+) -> ServiceResult<Value> {
+    let agents = svc
+        .list_workspace_agents(
+            caller,
+            input.status,
+            input.capabilities.as_deref().unwrap_or(&[]),
+        )
+        .await?;
     Ok(to_value(&ListWorkspaceOutput {
         agents: agents
             .into_iter()
@@ -265,8 +300,21 @@ pub async fn list_workspace(svc: &Service, caller: &AgentCaller, input: ListWork
     }))
 }
 
-pub async fn delegate_task(svc: &Service, caller: &AgentCaller, audit: &ActivityEntry, input: DelegateTaskInput) -> ServiceResult<Value> {
-    let d = svc.request_delegation_audited(caller, Some(audit), &input.task_id, &input.to_agent_id, &input.reason).await?;
+pub async fn delegate_task(
+    svc: &Service,
+    caller: &AgentCaller,
+    audit: &ActivityEntry,
+    input: DelegateTaskInput,
+) -> ServiceResult<Value> {
+    let d = svc
+        .request_delegation_audited(
+            caller,
+            Some(audit),
+            &input.task_id,
+            &input.to_agent_id,
+            &input.reason,
+        )
+        .await?;
     Ok(to_value(&DelegateTaskOutput {
         awaiting_approval: d.status == DelegationStatus::Pending,
         delegation_id: d.id,

@@ -42,15 +42,20 @@ fn parse_capabilities(raw: &[String]) -> ServiceResult<Vec<String>> {
     let mut caps: Vec<String> = Vec::new();
     for c in raw {
         let c = c.trim();
-        if c.is_empty() || c.len() > 64 || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-            return Err(ServiceError::Invalid(format!("invalid capability {c:?}: 1-64 characters, no spaces")));
+        if c.is_empty() || c.len() > 64 || c.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            return Err(ServiceError::Invalid(format!(
+                "invalid capability {c:?}: 1-64 characters, no spaces"
+            )));
         }
         if !caps.iter().any(|x| x == c) {
             caps.push(c.to_owned());
         }
     }
     if caps.len() > MAX_CAPABILITIES {
-        return Err(ServiceError::Invalid(format!("at most {MAX_CAPABILITIES} capabilities")));
+        return Err(ServiceError::Invalid(format!(
+            "at most {MAX_CAPABILITIES} capabilities"
+        )));
     }
     Ok(caps)
 }
@@ -69,42 +74,79 @@ fn access_event_data(agent: &Agent) -> Value {
 
 impl Service {
     /// A member files an access request on an agent's behalf (any role may: it grants nothing).
-    pub async fn request_access(&self, caller: &MemberCaller, req: AccessRequest) -> ServiceResult<AccessOutcome> {
-        self.require(caller, Role::Read, "requesting agent access").await?;
-        self.request_access_as(&caller.workspace().id, &caller.actor(), req).await
+    pub async fn request_access(
+        &self,
+        caller: &MemberCaller,
+        req: AccessRequest,
+    ) -> ServiceResult<AccessOutcome> {
+        self.require(caller, Role::Read, "requesting agent access")
+            .await?;
+        self.request_access_as(&caller.workspace().id, &caller.actor(), req)
+            .await
     }
 
     /// Records an access request from any source (a member, the control plane, the system).
     /// Idempotent per (workspace, agent id): a pending or approved agent is returned unchanged; a
     /// denied or revoked one is reopened as a new pending request.
-    pub async fn request_access_as(&self, workspace_id: &str, actor: &Actor, req: AccessRequest) -> ServiceResult<AccessOutcome> {
+    pub async fn request_access_as(
+        &self,
+        workspace_id: &str,
+        actor: &Actor,
+        req: AccessRequest,
+    ) -> ServiceResult<AccessOutcome> {
         let agent_id = AgentId::parse(&req.agent_id)?;
         let name = required_text("agent name", &req.name, 200)?;
         let description = bounded_text("description", req.description.trim(), 4000)?;
         let capabilities = parse_capabilities(&req.capabilities)?;
-        let justification = req.justification.as_deref().map(|j| bounded_text("justification", j.trim(), 4000)).transpose()?;
-        let endpoint = req.endpoint.as_deref().map(|e| bounded_text("endpoint", e.trim(), 2000)).transpose()?;
+        let justification = req
+            .justification
+            .as_deref()
+            .map(|j| bounded_text("justification", j.trim(), 4000))
+            .transpose()?;
+        let endpoint = req
+            .endpoint
+            .as_deref()
+            .map(|e| bounded_text("endpoint", e.trim(), 2000))
+            .transpose()?;
         let metadata = req.metadata.clone().unwrap_or_else(|| json!({}));
         if !metadata.is_object() {
-            return Err(ServiceError::Invalid("metadata must be a JSON object".into()));
+            return Err(ServiceError::Invalid(
+                "metadata must be a JSON object".into(),
+            ));
         }
         let requested_raw = PermissionSet::parse_all(&req.permissions)?;
 
         let tx = self.store.write().await?;
-        let ws = tx.workspace_by_id(workspace_id).await?.ok_or_else(|| ServiceError::not_found("workspace", workspace_id))?;
+        let ws = tx
+            .workspace_by_id(workspace_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", workspace_id))?;
         if !ws.settings.enabled {
-            return Err(ServiceError::Forbidden(format!("agents are disabled in workspace {}", ws.slug)));
+            return Err(ServiceError::Forbidden(format!(
+                "agents are disabled in workspace {}",
+                ws.slug
+            )));
         }
         tx.lock_workspace(&ws.id).await?;
-        let requested = if requested_raw.is_empty() { ws.settings.default_permissions.clone() } else { requested_raw };
+        let requested = if requested_raw.is_empty() {
+            ws.settings.default_permissions.clone()
+        } else {
+            requested_raw
+        };
 
         let existing = tx.agent(&ws.id, agent_id.as_str()).await?;
         if let Some(agent) = &existing
             && matches!(agent.status, AgentStatus::Pending | AgentStatus::Approved)
         {
-            return Ok(AccessOutcome { agent: agent.clone(), api_key: None, created: false });
+            return Ok(AccessOutcome {
+                agent: agent.clone(),
+                api_key: None,
+                created: false,
+            });
         }
-        let active = tx.count_agents(&ws.id, &[AgentStatus::Pending, AgentStatus::Approved]).await?;
+        let active = tx
+            .count_agents(&ws.id, &[AgentStatus::Pending, AgentStatus::Approved])
+            .await?;
         if active >= u64::from(ws.settings.max_agents) {
             return Err(ServiceError::QuotaExceeded {
                 limit: "max_agents",
@@ -150,10 +192,20 @@ impl Service {
                 .build(),
         )
         .await?;
-        emit(&tx, &ws.id, EventType::AccessRequested, Some(&agent.id), access_event_data(&agent)).await?;
+        emit(
+            &tx,
+            &ws.id,
+            EventType::AccessRequested,
+            Some(&agent.id),
+            access_event_data(&agent),
+        )
+        .await?;
 
         let mut api_key = None;
-        if ws.settings.auto_approves(&agent.capabilities, &agent.requested_permissions) {
+        if ws
+            .settings
+            .auto_approves(&agent.capabilities, &agent.requested_permissions)
+        {
             // Auto-approval still respects the approved-agent quota, checked above as active count.
             agent.status = AgentStatus::Approved;
             agent.granted_permissions = agent.requested_permissions.clone();
@@ -171,22 +223,49 @@ impl Service {
                     .build(),
             )
             .await?;
-            emit(&tx, &ws.id, EventType::AccessApproved, Some(&agent.id), access_event_data(&agent)).await?;
+            emit(
+                &tx,
+                &ws.id,
+                EventType::AccessApproved,
+                Some(&agent.id),
+                access_event_data(&agent),
+            )
+            .await?;
         }
         tx.commit().await?;
-        Ok(AccessOutcome { agent, api_key, created: true })
+        Ok(AccessOutcome {
+            agent,
+            api_key,
+            created: true,
+        })
     }
 
-    pub async fn list_agents(&self, caller: &MemberCaller, status: Option<AgentStatus>) -> ServiceResult<Vec<Agent>> {
+    pub async fn list_agents(
+        &self,
+        caller: &MemberCaller,
+        status: Option<AgentStatus>,
+    ) -> ServiceResult<Vec<Agent>> {
         self.require(caller, Role::Read, "listing agents").await?;
-        Ok(self.store.read().await?.list_agents(&caller.workspace().id, status).await?)
+        Ok(self
+            .store
+            .read()
+            .await?
+            .list_agents(&caller.workspace().id, status)
+            .await?)
     }
 
-    pub async fn agent_details(&self, caller: &MemberCaller, agent_id: &str) -> ServiceResult<AgentDetails> {
+    pub async fn agent_details(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+    ) -> ServiceResult<AgentDetails> {
         self.require(caller, Role::Read, "viewing agents").await?;
         let ws = &caller.workspace().id;
         let tx = self.store.read().await?;
-        let agent = tx.agent(ws, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        let agent = tx
+            .agent(ws, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         Ok(AgentDetails {
             credentials: tx.list_credentials(ws, agent_id).await?,
             assignments: tx.agent_assignments(ws, agent_id, true).await?,
@@ -196,17 +275,37 @@ impl Service {
 
     /// Approves a pending agent with `grant` (a subset of what it requested) or, when `grant` is
     /// none, the workspace's default permissions that it requested. Returns the new key, once.
-    pub async fn approve_agent(&self, caller: &MemberCaller, agent_id: &str, grant: Option<PermissionSet>) -> ServiceResult<(Agent, ApiKey)> {
-        self.require(caller, Role::Admin, "approving agents").await?;
+    pub async fn approve_agent(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        grant: Option<PermissionSet>,
+    ) -> ServiceResult<(Agent, ApiKey)> {
+        self.require(caller, Role::Admin, "approving agents")
+            .await?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
-        let ws = tx.workspace_by_id(ws_id).await?.ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
-        let mut agent = tx.agent(ws_id, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        let ws = tx
+            .workspace_by_id(ws_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
+        let mut agent = tx
+            .agent(ws_id, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         match agent.status {
             AgentStatus::Pending => {}
-            AgentStatus::Approved => return Err(ServiceError::Conflict(format!("agent {agent_id} is already approved"))),
-            other => return Err(ServiceError::Conflict(format!("agent {agent_id} is {other}; it must request access again"))),
+            AgentStatus::Approved => {
+                return Err(ServiceError::Conflict(format!(
+                    "agent {agent_id} is already approved"
+                )));
+            }
+            other => {
+                return Err(ServiceError::Conflict(format!(
+                    "agent {agent_id} is {other}; it must request access again"
+                )));
+            }
         }
         let granted = match grant {
             Some(g) => {
@@ -219,7 +318,10 @@ impl Service {
                 }
                 g
             }
-            None => ws.settings.default_permissions.intersection(&agent.requested_permissions),
+            None => ws
+                .settings
+                .default_permissions
+                .intersection(&agent.requested_permissions),
         };
         let approved = tx.count_agents(ws_id, &[AgentStatus::Approved]).await?;
         if approved >= u64::from(ws.settings.max_agents) {
@@ -247,19 +349,40 @@ impl Service {
                 .build(),
         )
         .await?;
-        emit(&tx, ws_id, EventType::AccessApproved, Some(agent_id), access_event_data(&agent)).await?;
+        emit(
+            &tx,
+            ws_id,
+            EventType::AccessApproved,
+            Some(agent_id),
+            access_event_data(&agent),
+        )
+        .await?;
         tx.commit().await?;
         Ok((agent, key))
     }
 
-    pub async fn deny_agent(&self, caller: &MemberCaller, agent_id: &str, reason: &str) -> ServiceResult<Agent> {
+    pub async fn deny_agent(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        reason: &str,
+    ) -> ServiceResult<Agent> {
         self.require(caller, Role::Admin, "denying agents").await?;
         let reason = required_text("reason", reason, 2000)?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
-        let mut agent = tx.agent(ws_id, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        // Every change to an agent's access takes the workspace lock first, like approval: two
+        // decisions on one agent then run one after the other instead of overwriting each other.
+        tx.lock_workspace(ws_id).await?;
+        let mut agent = tx
+            .agent(ws_id, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         if agent.status != AgentStatus::Pending {
-            return Err(ServiceError::Conflict(format!("agent {agent_id} is {}; only a pending request can be denied", agent.status)));
+            return Err(ServiceError::Conflict(format!(
+                "agent {agent_id} is {}; only a pending request can be denied",
+                agent.status
+            )));
         }
         let at = now();
         agent.status = AgentStatus::Denied;
@@ -286,14 +409,26 @@ impl Service {
 
     /// Revokes an approved agent: its keys die, its assignments end and its pending delegations are
     /// cancelled, all in one transaction. The next call with its key is refused.
-    pub async fn revoke_agent(&self, caller: &MemberCaller, agent_id: &str, reason: &str) -> ServiceResult<Agent> {
+    pub async fn revoke_agent(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        reason: &str,
+    ) -> ServiceResult<Agent> {
         self.require(caller, Role::Admin, "revoking agents").await?;
         let reason = required_text("reason", reason, 2000)?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
-        let mut agent = tx.agent(ws_id, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        tx.lock_workspace(ws_id).await?;
+        let mut agent = tx
+            .agent(ws_id, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         if agent.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!("agent {agent_id} is {}; only an approved agent can be revoked", agent.status)));
+            return Err(ServiceError::Conflict(format!(
+                "agent {agent_id} is {}; only an approved agent can be revoked",
+                agent.status
+            )));
         }
         let at = now();
         let actor = caller.actor();
@@ -312,7 +447,10 @@ impl Service {
             tx.end_assignment(ws_id, &a.id, &actor.label(), at).await?;
             emit(&tx, ws_id, EventType::Unassigned, Some(agent_id), json!({ "agentId": agent_id, "assignmentId": a.id, "projectId": a.project_id, "taskId": a.task_id, "reason": "revoked" })).await?;
         }
-        for mut d in tx.list_delegations(ws_id, Some(DelegationStatus::Pending)).await? {
+        for mut d in tx
+            .list_delegations(ws_id, Some(DelegationStatus::Pending))
+            .await?
+        {
             if d.from_agent_id == agent_id || d.to_agent_id == agent_id {
                 d.status = DelegationStatus::Cancelled;
                 d.resolved_at = Some(at);
@@ -338,13 +476,26 @@ impl Service {
     }
 
     /// Replaces an approved agent's permissions with a subset of what it requested.
-    pub async fn set_agent_permissions(&self, caller: &MemberCaller, agent_id: &str, perms: PermissionSet) -> ServiceResult<Agent> {
-        self.require(caller, Role::Admin, "changing agent permissions").await?;
+    pub async fn set_agent_permissions(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        perms: PermissionSet,
+    ) -> ServiceResult<Agent> {
+        self.require(caller, Role::Admin, "changing agent permissions")
+            .await?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
-        let mut agent = tx.agent(ws_id, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        tx.lock_workspace(ws_id).await?;
+        let mut agent = tx
+            .agent(ws_id, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         if agent.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!("agent {agent_id} is {}; permissions apply to approved agents", agent.status)));
+            return Err(ServiceError::Conflict(format!(
+                "agent {agent_id} is {}; permissions apply to approved agents",
+                agent.status
+            )));
         }
         let extra = perms.difference(&agent.requested_permissions);
         if !extra.is_empty() {
@@ -360,7 +511,10 @@ impl Service {
         tx.insert_activity(
             &Activity::new(ws_id, &caller.actor(), "agent.permissions_changed")
                 .agent(agent_id)
-                .description(&format!("permissions {old} -> {}", agent.granted_permissions))
+                .description(&format!(
+                    "permissions {old} -> {}",
+                    agent.granted_permissions
+                ))
                 .metadata(json!({ "old": old, "new": agent.granted_permissions }))
                 .build(),
         )
@@ -371,17 +525,35 @@ impl Service {
 
     /// Revokes the agent's keys and issues a new one (shown once). `ttl_days` overrides the
     /// workspace's key lifetime for this key.
-    pub async fn rotate_agent_key(&self, caller: &MemberCaller, agent_id: &str, ttl_days: Option<u32>) -> ServiceResult<(Credential, ApiKey)> {
-        self.require(caller, Role::Admin, "rotating agent keys").await?;
+    pub async fn rotate_agent_key(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        ttl_days: Option<u32>,
+    ) -> ServiceResult<(Credential, ApiKey)> {
+        self.require(caller, Role::Admin, "rotating agent keys")
+            .await?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
-        let ws = tx.workspace_by_id(ws_id).await?.ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
-        let mut agent = tx.agent(ws_id, agent_id).await?.ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+        tx.lock_workspace(ws_id).await?;
+        let ws = tx
+            .workspace_by_id(ws_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
+        let mut agent = tx
+            .agent(ws_id, agent_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
         if agent.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!("agent {agent_id} is {}; only an approved agent has keys", agent.status)));
+            return Err(ServiceError::Conflict(format!(
+                "agent {agent_id} is {}; only an approved agent has keys",
+                agent.status
+            )));
         }
         if ttl_days == Some(0) {
-            return Err(ServiceError::Invalid("key lifetime must be at least 1 day".into()));
+            return Err(ServiceError::Invalid(
+                "key lifetime must be at least 1 day".into(),
+            ));
         }
         let at = now();
         let revoked = tx.revoke_credentials(ws_id, agent_id, at).await?;
@@ -392,11 +564,19 @@ impl Service {
         tx.insert_activity(
             &Activity::new(ws_id, &caller.actor(), "agent.key_rotated")
                 .agent(agent_id)
-                .description(&format!("new key {}; {revoked} old key(s) revoked", key.display_prefix()))
+                .description(&format!(
+                    "new key {}; {revoked} old key(s) revoked",
+                    key.display_prefix()
+                ))
                 .build(),
         )
         .await?;
-        let cred = tx.list_credentials(ws_id, agent_id).await?.into_iter().find(|c| c.revoked_at.is_none()).expect("key just issued");
+        let cred = tx
+            .list_credentials(ws_id, agent_id)
+            .await?
+            .into_iter()
+            .find(|c| c.revoked_at.is_none())
+            .expect("key just issued");
         tx.commit().await?;
         Ok((cred, key))
     }

@@ -8,7 +8,11 @@ pub const MAX_PAGE: u64 = 500;
 
 impl Service {
     /// Activity of the caller's workspace, newest first. `q.limit` is clamped to 1..=500 (0 means 50).
-    pub async fn list_activity(&self, caller: &MemberCaller, mut q: ActivityQuery) -> ServiceResult<Vec<ActivityEntry>> {
+    pub async fn list_activity(
+        &self,
+        caller: &MemberCaller,
+        mut q: ActivityQuery,
+    ) -> ServiceResult<Vec<ActivityEntry>> {
         self.require(caller, Role::Read, "reading activity").await?;
         q.limit = match q.limit {
             0 => 50,
@@ -17,15 +21,23 @@ impl Service {
         if let Some(b) = &q.before {
             q.before = Some(RecordId::parse("activity", b)?.into_string());
         }
-        Ok(self.store.read().await?.query_activity(&caller.workspace().id, &q).await?)
+        Ok(self
+            .store
+            .read()
+            .await?
+            .query_activity(&caller.workspace().id, &q)
+            .await?)
     }
 
     /// Prunes the caller's workspace by its retention setting; returns how many entries went.
     pub async fn prune_activity(&self, caller: &MemberCaller) -> ServiceResult<u64> {
-        self.require(caller, Role::Admin, "pruning activity").await?;
+        self.require(caller, Role::Admin, "pruning activity")
+            .await?;
         let ws = self.workspace(caller).await?;
         let Some(days) = ws.settings.activity_retention_days else {
-            return Err(ServiceError::Invalid("activity_retention_days is not set: activity is kept forever".into()));
+            return Err(ServiceError::Invalid(
+                "activity_retention_days is not set: activity is kept forever".into(),
+            ));
         };
         self.prune_workspace(&ws, days, &caller.actor()).await
     }
@@ -41,7 +53,12 @@ impl Service {
         Ok(total)
     }
 
-    async fn prune_workspace(&self, ws: &Workspace, days: u32, actor: &Actor) -> ServiceResult<u64> {
+    async fn prune_workspace(
+        &self,
+        ws: &Workspace,
+        days: u32,
+        actor: &Actor,
+    ) -> ServiceResult<u64> {
         let cutoff = now() - chrono::Duration::days(i64::from(days));
         let tx = self.store.write().await?;
         let n = tx.prune_activity(&ws.id, cutoff).await?;

@@ -36,20 +36,32 @@ fn need(caller: &AgentCaller, p: Permission) -> ServiceResult<()> {
     if caller.has(p) {
         Ok(())
     } else {
-        Err(ServiceError::Forbidden(format!("this needs the {p} permission")))
+        Err(ServiceError::Forbidden(format!(
+            "this needs the {p} permission"
+        )))
     }
 }
 
 impl Service {
     /// The caller's active assignments; tasks optionally filtered by status.
-    pub async fn my_assignments(&self, caller: &AgentCaller, status: Option<TaskStatus>) -> ServiceResult<MyAssignments> {
+    pub async fn my_assignments(
+        &self,
+        caller: &AgentCaller,
+        status: Option<TaskStatus>,
+    ) -> ServiceResult<MyAssignments> {
         need(caller, Permission::ReadTasks)?;
         let ws = caller.workspace_id();
         let tx = self.store.read().await?;
         let assignments = tx.agent_assignments(ws, caller.agent_id(), false).await?;
-        let task_ids: Vec<String> = assignments.iter().filter_map(|a| a.task_id.clone()).collect();
+        let task_ids: Vec<String> = assignments
+            .iter()
+            .filter_map(|a| a.task_id.clone())
+            .collect();
         let tasks = tx.tasks_by_ids(ws, &task_ids).await?;
-        let mut out = MyAssignments { projects: Vec::new(), tasks: Vec::new() };
+        let mut out = MyAssignments {
+            projects: Vec::new(),
+            tasks: Vec::new(),
+        };
         for a in assignments {
             match &a.task_id {
                 Some(tid) => {
@@ -79,10 +91,20 @@ impl Service {
         message: Option<&str>,
     ) -> ServiceResult<Agent> {
         let ws = caller.workspace_id();
-        let message = message.map(|m| bounded_text("message", m.trim(), 2000)).transpose()?;
-        let current_task = current_task.map(|t| RecordId::parse("task", t)).transpose()?;
+        let message = message
+            .map(|m| bounded_text("message", m.trim(), 2000))
+            .transpose()?;
+        let current_task = current_task
+            .map(|t| RecordId::parse("task", t))
+            .transpose()?;
         let tx = self.store.write().await?;
-        let mut agent = tx.agent(ws, caller.agent_id()).await?.ok_or_else(|| ServiceError::not_found("agent", caller.agent_id()))?;
+        // The agent row is rewritten whole: hold the workspace lock so a concurrent revocation or
+        // permission change is not overwritten with the state read here.
+        tx.lock_workspace(ws).await?;
+        let mut agent = tx
+            .agent(ws, caller.agent_id())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", caller.agent_id()))?;
         if let Some(t) = &current_task {
             assigned_task(&tx, caller, t.as_str()).await?;
         }
@@ -98,7 +120,14 @@ impl Service {
         tx.insert_activity(
             &Activity::new(ws, &caller.actor(), EventType::StatusChanged.as_str())
                 .task(agent.current_task_id.as_deref())
-                .description(&format!("{old} -> {status}{}", agent.status_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()))
+                .description(&format!(
+                    "{old} -> {status}{}",
+                    agent
+                        .status_message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ))
                 .build(),
         )
         .await?;
@@ -117,22 +146,48 @@ impl Service {
     /// Records a typed entry. References must be in the caller's workspace (else not found) and a
     /// task must be one of its assignments. Starting or completing a task moves its status when
     /// the caller holds `write:tasks`.
-    pub async fn log_agent_activity(&self, caller: &AgentCaller, audit: &ActivityEntry, entry: AgentLogEntry) -> ServiceResult<LoggedActivity> {
+    pub async fn log_agent_activity(
+        &self,
+        caller: &AgentCaller,
+        audit: &ActivityEntry,
+        entry: AgentLogEntry,
+    ) -> ServiceResult<LoggedActivity> {
         let ws = caller.workspace_id();
         let description = required_text("description", &entry.description, 4000)?;
         let metadata = entry.metadata.unwrap_or_else(|| json!({}));
         if !metadata.is_object() {
-            return Err(ServiceError::Invalid("metadata must be a JSON object".into()));
+            return Err(ServiceError::Invalid(
+                "metadata must be a JSON object".into(),
+            ));
         }
         if serde_json::to_string(&metadata).map_or(0, |s| s.len()) > 16 * 1024 {
-            return Err(ServiceError::Invalid("metadata is larger than 16 KiB".into()));
+            return Err(ServiceError::Invalid(
+                "metadata is larger than 16 KiB".into(),
+            ));
         }
-        let project_id = entry.project_id.as_deref().map(|p| RecordId::parse("project", p)).transpose()?;
-        let task_id = entry.task_id.as_deref().map(|t| RecordId::parse("task", t)).transpose()?;
-        let page_id = entry.page_id.as_deref().map(|p| RecordId::parse("page", p)).transpose()?;
+        let project_id = entry
+            .project_id
+            .as_deref()
+            .map(|p| RecordId::parse("project", p))
+            .transpose()?;
+        let task_id = entry
+            .task_id
+            .as_deref()
+            .map(|t| RecordId::parse("task", t))
+            .transpose()?;
+        let page_id = entry
+            .page_id
+            .as_deref()
+            .map(|p| RecordId::parse("page", p))
+            .transpose()?;
         let tx = self.store.write().await?;
         let mut project = match &project_id {
-            Some(p) => Some(tx.project(ws, p.as_str()).await?.ok_or_else(|| ServiceError::not_found("project", p.as_str()))?.id),
+            Some(p) => Some(
+                tx.project(ws, p.as_str())
+                    .await?
+                    .ok_or_else(|| ServiceError::not_found("project", p.as_str()))?
+                    .id,
+            ),
             None => None,
         };
         let mut task = match &task_id {
@@ -140,12 +195,17 @@ impl Service {
             None => None,
         };
         if let Some(p) = &page_id {
-            tx.page(ws, p.as_str()).await?.ok_or_else(|| ServiceError::not_found("page", p.as_str()))?;
+            tx.page(ws, p.as_str())
+                .await?
+                .ok_or_else(|| ServiceError::not_found("page", p.as_str()))?;
         }
         if let Some(t) = &task {
             match &project {
                 Some(p) if p != &t.project_id => {
-                    return Err(ServiceError::Invalid(format!("task {} is not in project {p}", t.id)));
+                    return Err(ServiceError::Invalid(format!(
+                        "task {} is not in project {p}",
+                        t.id
+                    )));
                 }
                 _ => project = Some(t.project_id.clone()),
             }
@@ -196,14 +256,31 @@ impl Service {
             .await?;
         }
         tx.commit().await?;
-        Ok(LoggedActivity { entry: logged, task_status })
+        Ok(LoggedActivity {
+            entry: logged,
+            task_status,
+        })
     }
 
     /// Agents of the caller's workspace (never another's), by status and required capabilities.
-    pub async fn list_workspace_agents(&self, caller: &AgentCaller, status: Option<AgentStatus>, capabilities: &[String]) -> ServiceResult<Vec<Agent>> {
+    pub async fn list_workspace_agents(
+        &self,
+        caller: &AgentCaller,
+        status: Option<AgentStatus>,
+        capabilities: &[String],
+    ) -> ServiceResult<Vec<Agent>> {
         need(caller, Permission::ReadAgents)?;
-        let mut agents = self.store.read().await?.list_agents(caller.workspace_id(), status).await?;
-        agents.retain(|a| capabilities.iter().all(|c| a.capabilities.iter().any(|x| x == c)));
+        let mut agents = self
+            .store
+            .read()
+            .await?
+            .list_agents(caller.workspace_id(), status)
+            .await?;
+        agents.retain(|a| {
+            capabilities
+                .iter()
+                .all(|c| a.capabilities.iter().any(|x| x == c))
+        });
         Ok(agents)
     }
 }
@@ -211,11 +288,19 @@ impl Service {
 /// The task, if it is in the caller's workspace (else not found) and assigned to the caller.
 async fn assigned_task(tx: &Tx, caller: &AgentCaller, task_id: &str) -> ServiceResult<Task> {
     let ws = caller.workspace_id();
-    let task = tx.task(ws, task_id).await?.ok_or_else(|| ServiceError::not_found("task", task_id))?;
+    let task = tx
+        .task(ws, task_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("task", task_id))?;
     let mine = tx.agent_assignments(ws, caller.agent_id(), false).await?;
-    if mine.iter().any(|a| a.task_id.as_deref() == Some(task.id.as_str())) {
+    if mine
+        .iter()
+        .any(|a| a.task_id.as_deref() == Some(task.id.as_str()))
+    {
         Ok(task)
     } else {
-        Err(ServiceError::Forbidden(format!("task {task_id} is not assigned to you")))
+        Err(ServiceError::Forbidden(format!(
+            "task {task_id} is not assigned to you"
+        )))
     }
 }

@@ -48,7 +48,9 @@ impl AuditWriter {
         self.tx.send((entry, ack)).await.map_err(|_| closed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!("audit log not written: {e}")))),
+            Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!(
+                "audit log not written: {e}"
+            )))),
             Err(_) => Err(closed()),
         }
     }
@@ -63,7 +65,9 @@ async fn write(store: &Store, entries: &[ActivityEntry]) -> Result<(), StoreErro
     let mut keys: Vec<(&str, chrono::DateTime<chrono::Utc>)> = Vec::new();
     for e in entries.iter().filter(|e| e.activity_type == "tool.call") {
         if let Some(agent) = e.agent_id.as_deref()
-            && !agents.iter().any(|(w, a, _)| *w == e.workspace_id && *a == agent)
+            && !agents
+                .iter()
+                .any(|(w, a, _)| *w == e.workspace_id && *a == agent)
         {
             agents.push((&e.workspace_id, agent, e.created_at));
         }

@@ -28,8 +28,15 @@ fn delegation_event_data(d: &Delegation) -> Value {
 impl Service {
     /// Files a delegation of `task_id` from the calling agent to `to_agent`. The caller must be
     /// assigned to the task; the target must be another approved agent of the same workspace.
-    pub async fn request_delegation(&self, caller: &AgentCaller, task_id: &str, to_agent: &str, reason: &str) -> ServiceResult<Delegation> {
-        self.request_delegation_audited(caller, None, task_id, to_agent, reason).await
+    pub async fn request_delegation(
+        &self,
+        caller: &AgentCaller,
+        task_id: &str,
+        to_agent: &str,
+        reason: &str,
+    ) -> ServiceResult<Delegation> {
+        self.request_delegation_audited(caller, None, task_id, to_agent, reason)
+            .await
     }
 
     /// [`Service::request_delegation`], committing the gate's audit entry with the change.
@@ -42,7 +49,9 @@ impl Service {
         reason: &str,
     ) -> ServiceResult<Delegation> {
         if !caller.has(Permission::DelegateAgents) {
-            return Err(ServiceError::Forbidden("delegating needs the delegate:agents permission".into()));
+            return Err(ServiceError::Forbidden(
+                "delegating needs the delegate:agents permission".into(),
+            ));
         }
         let ws_id = caller.workspace_id();
         let me = caller.agent_id();
@@ -50,24 +59,52 @@ impl Service {
         let to = AgentId::parse(to_agent)?;
         let reason = required_text("reason", reason, 4000)?;
         if to.as_str() == me {
-            return Err(ServiceError::Invalid("cannot delegate a task to yourself".into()));
+            return Err(ServiceError::Invalid(
+                "cannot delegate a task to yourself".into(),
+            ));
         }
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
-        let ws = tx.workspace_by_id(ws_id).await?.ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
-        let task = tx.task(ws_id, task_id.as_str()).await?.ok_or_else(|| ServiceError::not_found("task", task_id.as_str()))?;
+        let ws = tx
+            .workspace_by_id(ws_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
+        let task = tx
+            .task(ws_id, task_id.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("task", task_id.as_str()))?;
         let mine = tx.agent_assignments(ws_id, me, false).await?;
-        if !mine.iter().any(|a| a.task_id.as_deref() == Some(task.id.as_str())) {
-            return Err(ServiceError::Forbidden(format!("you are not assigned to task {}", task.id)));
+        if !mine
+            .iter()
+            .any(|a| a.task_id.as_deref() == Some(task.id.as_str()))
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "you are not assigned to task {}",
+                task.id
+            )));
         }
-        let target = tx.agent(ws_id, to.as_str()).await?.ok_or_else(|| ServiceError::not_found("agent", to.as_str()))?;
+        let target = tx
+            .agent(ws_id, to.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("agent", to.as_str()))?;
         if target.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!("agent {to} is {}; delegate only to approved agents", target.status)));
+            return Err(ServiceError::Conflict(format!(
+                "agent {to} is {}; delegate only to approved agents",
+                target.status
+            )));
         }
         expire_due(&tx, ws_id).await?;
-        let pending = tx.list_delegations(ws_id, Some(DelegationStatus::Pending)).await?;
-        if let Some(d) = pending.iter().find(|d| d.task_id == task.id && d.from_agent_id == me) {
-            return Err(ServiceError::Conflict(format!("delegation {} of this task is already pending", d.id)));
+        let pending = tx
+            .list_delegations(ws_id, Some(DelegationStatus::Pending))
+            .await?;
+        if let Some(d) = pending
+            .iter()
+            .find(|d| d.task_id == task.id && d.from_agent_id == me)
+        {
+            return Err(ServiceError::Conflict(format!(
+                "delegation {} of this task is already pending",
+                d.id
+            )));
         }
         let at = now();
         let mut d = Delegation {
@@ -89,30 +126,59 @@ impl Service {
             tx.insert_activity(audit).await?;
         }
         tx.insert_activity(
-            &Activity::new(ws_id, &caller.actor(), EventType::DelegationRequested.as_str())
-                .project(Some(&task.project_id))
-                .task(Some(&task.id))
-                .description(&format!("asked to delegate task to {}", d.to_agent_id))
-                .metadata(json!({ "delegationId": d.id, "toAgentId": d.to_agent_id }))
-                .build(),
+            &Activity::new(
+                ws_id,
+                &caller.actor(),
+                EventType::DelegationRequested.as_str(),
+            )
+            .project(Some(&task.project_id))
+            .task(Some(&task.id))
+            .description(&format!("asked to delegate task to {}", d.to_agent_id))
+            .metadata(json!({ "delegationId": d.id, "toAgentId": d.to_agent_id }))
+            .build(),
         )
         .await?;
-        emit(&tx, ws_id, EventType::DelegationRequested, Some(me), delegation_event_data(&d)).await?;
+        emit(
+            &tx,
+            ws_id,
+            EventType::DelegationRequested,
+            Some(me),
+            delegation_event_data(&d),
+        )
+        .await?;
         if !ws.settings.delegation_requires_approval {
-            apply_resolution(&tx, &ws, &mut d, &Actor::System, DelegationResolution::Approve, None).await?;
+            apply_resolution(
+                &tx,
+                &ws,
+                &mut d,
+                &Actor::System,
+                DelegationResolution::Approve,
+                None,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(d)
     }
 
-    pub async fn list_delegations(&self, caller: &MemberCaller, status: Option<DelegationStatus>) -> ServiceResult<Vec<Delegation>> {
-        self.require(caller, Role::Read, "listing delegations").await?;
+    pub async fn list_delegations(
+        &self,
+        caller: &MemberCaller,
+        status: Option<DelegationStatus>,
+    ) -> ServiceResult<Vec<Delegation>> {
+        self.require(caller, Role::Read, "listing delegations")
+            .await?;
         let ws = &caller.workspace().id;
         // Expiring is a write; do it first so the listing never shows an overdue request as pending.
         let tx = self.store.write().await?;
         expire_due(&tx, ws).await?;
         tx.commit().await?;
-        Ok(self.store.read().await?.list_delegations(ws, status).await?)
+        Ok(self
+            .store
+            .read()
+            .await?
+            .list_delegations(ws, status)
+            .await?)
     }
 
     /// A human approves or denies a pending delegation. Approval moves the task assignment from the
@@ -124,24 +190,36 @@ impl Service {
         resolution: DelegationResolution,
         note: Option<&str>,
     ) -> ServiceResult<Delegation> {
-        self.require(caller, Role::Write, "resolving delegations").await?;
+        self.require(caller, Role::Write, "resolving delegations")
+            .await?;
         let ws_id = &caller.workspace().id;
         let id = RecordId::parse("delegation", delegation_id)?;
-        let note = note.map(|n| bounded_text("note", n.trim(), 2000)).transpose()?;
+        let note = note
+            .map(|n| bounded_text("note", n.trim(), 2000))
+            .transpose()?;
         if resolution == DelegationResolution::Deny && note.as_deref().is_none_or(str::is_empty) {
             return Err(ServiceError::Invalid("a denial needs a reason".into()));
         }
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
-        let ws = tx.workspace_by_id(ws_id).await?.ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
+        let ws = tx
+            .workspace_by_id(ws_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", ws_id))?;
         let expired = expire_due(&tx, ws_id).await?;
-        let mut d = tx.delegation(ws_id, id.as_str()).await?.ok_or_else(|| ServiceError::not_found("delegation", id.as_str()))?;
+        let mut d = tx
+            .delegation(ws_id, id.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("delegation", id.as_str()))?;
         if d.status != DelegationStatus::Pending {
             // Keep the expiry we just recorded, then refuse.
             if expired > 0 {
                 tx.commit().await?;
             }
-            return Err(ServiceError::Conflict(format!("delegation {} is {}", d.id, d.status)));
+            return Err(ServiceError::Conflict(format!(
+                "delegation {} is {}",
+                d.id, d.status
+            )));
         }
         apply_resolution(&tx, &ws, &mut d, &caller.actor(), resolution, note).await?;
         tx.commit().await?;
@@ -161,7 +239,10 @@ async fn apply_resolution(
     d.resolved_at = Some(at);
     d.resolved_by = Some(actor.label());
     d.resolution_note = note;
-    let task = tx.task(&ws.id, &d.task_id).await?.ok_or_else(|| ServiceError::not_found("task", &d.task_id))?;
+    let task = tx
+        .task(&ws.id, &d.task_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("task", &d.task_id))?;
     match resolution {
         DelegationResolution::Deny => {
             d.status = DelegationStatus::Denied;
@@ -177,24 +258,51 @@ async fn apply_resolution(
                     .build(),
             )
             .await?;
-            emit(tx, &ws.id, EventType::DelegationDenied, Some(&d.from_agent_id), delegation_event_data(d)).await?;
+            emit(
+                tx,
+                &ws.id,
+                EventType::DelegationDenied,
+                Some(&d.from_agent_id),
+                delegation_event_data(d),
+            )
+            .await?;
         }
         DelegationResolution::Approve => {
-            let from = tx.agent_assignments(&ws.id, &d.from_agent_id, false).await?;
-            let Some(old) = from.into_iter().find(|a| a.task_id.as_deref() == Some(task.id.as_str())) else {
+            let from = tx
+                .agent_assignments(&ws.id, &d.from_agent_id, false)
+                .await?;
+            let Some(old) = from
+                .into_iter()
+                .find(|a| a.task_id.as_deref() == Some(task.id.as_str()))
+            else {
                 return Err(ServiceError::Conflict(format!(
                     "agent {} is no longer assigned to task {}",
                     d.from_agent_id, task.id
                 )));
             };
-            tx.end_assignment(&ws.id, &old.id, &actor.label(), at).await?;
+            tx.end_assignment(&ws.id, &old.id, &actor.label(), at)
+                .await?;
             emit(tx, &ws.id, EventType::Unassigned, Some(&d.from_agent_id), json!({ "agentId": d.from_agent_id, "assignmentId": old.id, "projectId": old.project_id, "taskId": old.task_id, "reason": "delegated", "delegationId": d.id })).await?;
-            let (new, _) = assign_in(tx, ws, actor, &d.to_agent_id, &AssignTarget::Task(task.id.clone()), old.role).await?;
+            let (new, _) = assign_in(
+                tx,
+                ws,
+                actor,
+                &d.to_agent_id,
+                &AssignTarget::Task(task.id.clone()),
+                old.role,
+            )
+            .await?;
             d.status = DelegationStatus::Approved;
             tx.update_delegation(d).await?;
             for (agent, text) in [
-                (&d.from_agent_id, format!("task handed to {}", d.to_agent_id)),
-                (&d.to_agent_id, format!("task received from {}", d.from_agent_id)),
+                (
+                    &d.from_agent_id,
+                    format!("task handed to {}", d.to_agent_id),
+                ),
+                (
+                    &d.to_agent_id,
+                    format!("task received from {}", d.from_agent_id),
+                ),
             ] {
                 tx.insert_activity(
                     &Activity::new(&ws.id, actor, EventType::DelegationApproved.as_str())
@@ -208,7 +316,14 @@ async fn apply_resolution(
                 )
                 .await?;
             }
-            emit(tx, &ws.id, EventType::DelegationApproved, Some(&d.from_agent_id), delegation_event_data(d)).await?;
+            emit(
+                tx,
+                &ws.id,
+                EventType::DelegationApproved,
+                Some(&d.from_agent_id),
+                delegation_event_data(d),
+            )
+            .await?;
         }
     }
     Ok(())
@@ -218,7 +333,10 @@ async fn apply_resolution(
 async fn expire_due(tx: &Tx, ws_id: &str) -> ServiceResult<usize> {
     let at = now();
     let mut n = 0;
-    for mut d in tx.list_delegations(ws_id, Some(DelegationStatus::Pending)).await? {
+    for mut d in tx
+        .list_delegations(ws_id, Some(DelegationStatus::Pending))
+        .await?
+    {
         if d.expires_at <= at {
             d.status = DelegationStatus::Expired;
             d.resolved_at = Some(at);

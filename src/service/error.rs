@@ -15,7 +15,11 @@ pub enum ServiceError {
     #[error("{0}")]
     Conflict(String),
     #[error("quota exceeded: {limit} is {max}{detail}")]
-    QuotaExceeded { limit: &'static str, max: u32, detail: String },
+    QuotaExceeded {
+        limit: &'static str,
+        max: u32,
+        detail: String,
+    },
     #[error("{0}")]
     Unauthenticated(String),
     #[error(transparent)]
@@ -30,7 +34,10 @@ impl From<ParseError> for ServiceError {
 
 impl ServiceError {
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
-        ServiceError::NotFound { kind, id: id.into() }
+        ServiceError::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
 
     /// A stable, machine-readable name for the error kind (JSON output, API error bodies).

@@ -5,17 +5,17 @@
 //! and its event (the outbox) in the same transaction. They know nothing of CLI, MCP or HTTP.
 
 mod access;
+mod activity;
 mod agent_tools;
 mod audit;
-mod activity;
 mod delegations;
 mod error;
 mod work;
 mod workspaces;
 
 pub use access::{AccessOutcome, AccessRequest, AgentDetails};
-pub use audit::AuditWriter;
 pub use agent_tools::{AgentLogEntry, LoggedActivity, MyAssignments};
+pub use audit::AuditWriter;
 pub use delegations::DelegationResolution;
 pub use error::{ServiceError, ServiceResult};
 pub use work::{AssignTarget, TaskUpdate};
@@ -48,7 +48,12 @@ impl Service {
 
     /// Checks the member's role. A refusal is itself audited, in its own transaction, because the
     /// refused change's transaction never commits.
-    async fn require(&self, caller: &MemberCaller, needed: Role, action: &str) -> ServiceResult<()> {
+    async fn require(
+        &self,
+        caller: &MemberCaller,
+        needed: Role,
+        action: &str,
+    ) -> ServiceResult<()> {
         if caller.member().role.allows(needed) {
             return Ok(());
         }
@@ -144,7 +149,13 @@ impl Activity {
 }
 
 /// Writes an event to the outbox inside the caller's transaction.
-pub(crate) async fn emit(tx: &Tx, workspace_id: &str, event_type: EventType, agent_id: Option<&str>, data: Value) -> ServiceResult<()> {
+pub(crate) async fn emit(
+    tx: &Tx,
+    workspace_id: &str,
+    event_type: EventType,
+    agent_id: Option<&str>,
+    data: Value,
+) -> ServiceResult<()> {
     tx.insert_event(&Event {
         id: new_id(),
         workspace_id: workspace_id.to_owned(),
@@ -168,7 +179,9 @@ pub(crate) fn required_text(field: &str, value: &str, max: usize) -> ServiceResu
 
 pub(crate) fn bounded_text(field: &str, value: &str, max: usize) -> ServiceResult<String> {
     if value.chars().count() > max {
-        return Err(ServiceError::Invalid(format!("{field} is longer than {max} characters")));
+        return Err(ServiceError::Invalid(format!(
+            "{field} is longer than {max} characters"
+        )));
     }
     Ok(value.to_owned())
 }

@@ -1,33 +1,66 @@
 //! Workspaces, their settings and their members.
 
 use super::*;
+use crate::store::StoreError;
 
 impl Service {
     /// Creates a workspace and its first admin. This is the operator's bootstrap step (it needs
     /// access to the database, not a member), so it takes no caller.
-    pub async fn create_workspace(&self, slug: &str, name: &str, admin_email: &str, admin_name: &str) -> ServiceResult<(Workspace, Member)> {
+    pub async fn create_workspace(
+        &self,
+        slug: &str,
+        name: &str,
+        admin_email: &str,
+        admin_name: &str,
+    ) -> ServiceResult<(Workspace, Member)> {
         let slug = WorkspaceSlug::parse(slug)?;
         let email = Email::parse(admin_email)?;
         let name = required_text("workspace name", name, 200)?;
         let at = now();
-        let ws = Workspace { id: new_id(), slug: slug.into_string(), name, settings: WorkspaceSettings::default(), created_at: at };
+        let ws = Workspace {
+            id: new_id(),
+            slug: slug.into_string(),
+            name,
+            settings: WorkspaceSettings::default(),
+            created_at: at,
+        };
         let admin = Member {
             id: new_id(),
             workspace_id: ws.id.clone(),
-            name: if admin_name.trim().is_empty() { email.as_str().to_owned() } else { bounded_text("member name", admin_name.trim(), 200)? },
+            name: if admin_name.trim().is_empty() {
+                email.as_str().to_owned()
+            } else {
+                bounded_text("member name", admin_name.trim(), 200)?
+            },
             email: email.into_string(),
             role: Role::Admin,
             created_at: at,
         };
         let tx = self.store.write().await?;
         if tx.workspace_by_slug(&ws.slug).await?.is_some() {
-            return Err(ServiceError::Conflict(format!("workspace {:?} already exists", ws.slug)));
+            return Err(ServiceError::Conflict(format!(
+                "workspace {:?} already exists",
+                ws.slug
+            )));
         }
-        tx.insert_workspace(&ws).await?;
+        // A concurrent creation of the same slug can pass the check above (PostgreSQL runs both
+        // transactions at once); the unique index then refuses it, and that is the same conflict.
+        match tx.insert_workspace(&ws).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(ServiceError::Conflict(format!(
+                    "workspace {:?} already exists",
+                    ws.slug
+                )));
+            }
+            other => other?,
+        }
         tx.insert_member(&admin).await?;
         tx.insert_activity(
             &Activity::new(&ws.id, &Actor::System, "workspace.created")
-                .description(&format!("workspace {} created with admin {}", ws.slug, admin.email))
+                .description(&format!(
+                    "workspace {} created with admin {}",
+                    ws.slug, admin.email
+                ))
                 .build(),
         )
         .await?;
@@ -42,16 +75,29 @@ impl Service {
 
     /// The caller's workspace as it is now (the caller's copy may be older).
     pub async fn workspace(&self, caller: &MemberCaller) -> ServiceResult<Workspace> {
-        self.require(caller, Role::Read, "viewing the workspace").await?;
+        self.require(caller, Role::Read, "viewing the workspace")
+            .await?;
         let ws = &caller.workspace().id;
-        self.store.read().await?.workspace_by_id(ws).await?.ok_or_else(|| ServiceError::not_found("workspace", ws))
+        self.store
+            .read()
+            .await?
+            .workspace_by_id(ws)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("workspace", ws))
     }
 
     /// Applies `key=value` changes to the settings, all or none.
-    pub async fn update_settings(&self, caller: &MemberCaller, changes: &[(String, String)]) -> ServiceResult<Workspace> {
-        self.require(caller, Role::Admin, "changing settings").await?;
+    pub async fn update_settings(
+        &self,
+        caller: &MemberCaller,
+        changes: &[(String, String)],
+    ) -> ServiceResult<Workspace> {
+        self.require(caller, Role::Admin, "changing settings")
+            .await?;
         if changes.is_empty() {
-            return Err(ServiceError::Invalid("no setting to change: use --set key=value".into()));
+            return Err(ServiceError::Invalid(
+                "no setting to change: use --set key=value".into(),
+            ));
         }
         let tx = self.store.write().await?;
         let mut ws = tx
@@ -61,11 +107,22 @@ impl Service {
         for (k, v) in changes {
             ws.settings.apply(k, v)?;
         }
-        tx.update_workspace_settings(&ws.id, &ws.settings, now()).await?;
-        let changed: serde_json::Map<_, _> = changes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        tx.update_workspace_settings(&ws.id, &ws.settings, now())
+            .await?;
+        let changed: serde_json::Map<_, _> = changes
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         tx.insert_activity(
             &Activity::new(&ws.id, &caller.actor(), "workspace.settings_updated")
-                .description(&format!("settings changed: {}", changes.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")))
+                .description(&format!(
+                    "settings changed: {}",
+                    changes
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
                 .metadata(Value::Object(changed))
                 .build(),
         )
@@ -74,23 +131,45 @@ impl Service {
         Ok(ws)
     }
 
-    pub async fn add_member(&self, caller: &MemberCaller, email: &str, name: &str, role: Role) -> ServiceResult<Member> {
+    pub async fn add_member(
+        &self,
+        caller: &MemberCaller,
+        email: &str,
+        name: &str,
+        role: Role,
+    ) -> ServiceResult<Member> {
         self.require(caller, Role::Admin, "adding members").await?;
         let email = Email::parse(email)?;
         let ws = &caller.workspace().id;
         let member = Member {
             id: new_id(),
             workspace_id: ws.clone(),
-            name: if name.trim().is_empty() { email.as_str().to_owned() } else { bounded_text("member name", name.trim(), 200)? },
+            name: if name.trim().is_empty() {
+                email.as_str().to_owned()
+            } else {
+                bounded_text("member name", name.trim(), 200)?
+            },
             email: email.into_string(),
             role,
             created_at: now(),
         };
         let tx = self.store.write().await?;
         if tx.member_by_email(ws, &member.email).await?.is_some() {
-            return Err(ServiceError::Conflict(format!("{} is already a member", member.email)));
+            return Err(ServiceError::Conflict(format!(
+                "{} is already a member",
+                member.email
+            )));
         }
-        tx.insert_member(&member).await?;
+        // As for workspaces: a concurrent addition of the same email meets the unique index.
+        match tx.insert_member(&member).await {
+            Err(StoreError::Conflict(_)) => {
+                return Err(ServiceError::Conflict(format!(
+                    "{} is already a member",
+                    member.email
+                )));
+            }
+            other => other?,
+        }
         tx.insert_activity(
             &Activity::new(ws, &caller.actor(), "member.added")
                 .description(&format!("{} added as {}", member.email, member.role))
@@ -103,21 +182,41 @@ impl Service {
 
     pub async fn list_members(&self, caller: &MemberCaller) -> ServiceResult<Vec<Member>> {
         self.require(caller, Role::Read, "listing members").await?;
-        Ok(self.store.read().await?.list_members(&caller.workspace().id).await?)
+        Ok(self
+            .store
+            .read()
+            .await?
+            .list_members(&caller.workspace().id)
+            .await?)
     }
 
     /// Changes a member's role; the last admin cannot be demoted, so a workspace always has one.
-    pub async fn set_member_role(&self, caller: &MemberCaller, email: &str, role: Role) -> ServiceResult<Member> {
+    pub async fn set_member_role(
+        &self,
+        caller: &MemberCaller,
+        email: &str,
+        role: Role,
+    ) -> ServiceResult<Member> {
         self.require(caller, Role::Admin, "changing roles").await?;
         let email = Email::parse(email)?;
         let ws = &caller.workspace().id;
         let tx = self.store.write().await?;
         tx.lock_workspace(ws).await?;
-        let mut member = tx.member_by_email(ws, email.as_str()).await?.ok_or_else(|| ServiceError::not_found("member", email.as_str()))?;
+        let mut member = tx
+            .member_by_email(ws, email.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("member", email.as_str()))?;
         if member.role == Role::Admin && role != Role::Admin {
-            let admins = tx.list_members(ws).await?.iter().filter(|m| m.role == Role::Admin).count();
+            let admins = tx
+                .list_members(ws)
+                .await?
+                .iter()
+                .filter(|m| m.role == Role::Admin)
+                .count();
             if admins <= 1 {
-                return Err(ServiceError::Conflict(format!("{email} is the last admin; make another member admin first")));
+                return Err(ServiceError::Conflict(format!(
+                    "{email} is the last admin; make another member admin first"
+                )));
             }
         }
         let old = member.role;

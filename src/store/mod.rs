@@ -14,8 +14,9 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use std::time::Duration;
 
@@ -38,8 +39,12 @@ impl From<DbErr> for StoreError {
         let text = e.to_string();
         match e {
             DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable(text),
-            _ if text.contains("UNIQUE constraint") || text.contains("duplicate key") => StoreError::Conflict(text),
-            _ if text.contains("database is locked") || text.contains("PoolTimedOut") => StoreError::Unavailable(text),
+            _ if text.contains("UNIQUE constraint") || text.contains("duplicate key") => {
+                StoreError::Conflict(text)
+            }
+            _ if text.contains("database is locked") || text.contains("PoolTimedOut") => {
+                StoreError::Unavailable(text)
+            }
             _ => StoreError::Query(text),
         }
     }
@@ -55,7 +60,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend_name()).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish()
     }
 }
 
@@ -87,7 +94,9 @@ impl Store {
         } else {
             opts.max_connections(16).min_connections(1);
         }
-        let db = Database::connect(opts).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let db = Database::connect(opts)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Store { db })
     }
 
@@ -100,17 +109,35 @@ impl Store {
 
     /// Applies pending migrations; returns the names of those applied (empty when up to date).
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
-        let pending: Vec<String> =
-            Migrator::get_pending_migrations(&self.db).await?.iter().map(|m| m.name().to_owned()).collect();
+        let pending: Vec<String> = Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
         if !pending.is_empty() {
             Migrator::up(&self.db, None).await?;
         }
         Ok(pending)
     }
 
+    /// Applies at most `steps` pending migrations, oldest first; returns the names applied. Lets
+    /// the upgrade test build a database one migration at a time, as successive releases would.
+    pub async fn migrate_steps(&self, steps: u32) -> StoreResult<Vec<String>> {
+        let pending = self.pending_migrations().await?;
+        let applying: Vec<String> = pending.into_iter().take(steps as usize).collect();
+        if !applying.is_empty() {
+            Migrator::up(&self.db, Some(steps)).await?;
+        }
+        Ok(applying)
+    }
+
     /// Names of migrations not yet applied.
     pub async fn pending_migrations(&self) -> StoreResult<Vec<String>> {
-        Ok(Migrator::get_pending_migrations(&self.db).await?.iter().map(|m| m.name().to_owned()).collect())
+        Ok(Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect())
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -123,12 +150,17 @@ impl Store {
 
     /// Round-trips to the database, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
-        self.db.ping().await.map_err(|e| StoreError::Unavailable(e.to_string()))
+        self.db
+            .ping()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// A transaction for reads.
     pub async fn read(&self) -> StoreResult<Tx> {
-        Ok(Tx { tx: self.db.begin().await? })
+        Ok(Tx {
+            tx: self.db.begin().await?,
+        })
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
@@ -178,7 +210,9 @@ impl Tx {
     // ---- workspaces ----
 
     pub async fn insert_workspace(&self, w: &Workspace) -> StoreResult<()> {
-        workspace::Entity::insert(convert::workspace_model(w)?.into_active_model()).exec(&self.tx).await?;
+        workspace::Entity::insert(convert::workspace_model(w)?.into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -192,7 +226,11 @@ impl Tx {
     }
 
     pub async fn workspace_by_id(&self, id: &str) -> StoreResult<Option<Workspace>> {
-        workspace::Entity::find_by_id(id.to_owned()).one(&self.tx).await?.map(convert::workspace).transpose()
+        workspace::Entity::find_by_id(id.to_owned())
+            .one(&self.tx)
+            .await?
+            .map(convert::workspace)
+            .transpose()
     }
 
     pub async fn list_workspaces(&self) -> StoreResult<Vec<Workspace>> {
@@ -205,8 +243,14 @@ impl Tx {
             .collect()
     }
 
-    pub async fn update_workspace_settings(&self, id: &str, settings: &WorkspaceSettings, at: DateTime<Utc>) -> StoreResult<()> {
-        let json = serde_json::to_string(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub async fn update_workspace_settings(
+        &self,
+        id: &str,
+        settings: &WorkspaceSettings,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let json =
+            serde_json::to_string(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         workspace::Entity::update_many()
             .col_expr(workspace::Column::Settings, Expr::value(json))
             .col_expr(workspace::Column::UpdatedAt, Expr::value(at))
@@ -221,7 +265,10 @@ impl Tx {
     /// lock serialises them; on SQLite the write transaction already does).
     pub async fn lock_workspace(&self, id: &str) -> StoreResult<()> {
         workspace::Entity::update_many()
-            .col_expr(workspace::Column::LockVersion, Expr::col(workspace::Column::LockVersion).add(1))
+            .col_expr(
+                workspace::Column::LockVersion,
+                Expr::col(workspace::Column::LockVersion).add(1),
+            )
             .filter(workspace::Column::Id.eq(id))
             .exec(&self.tx)
             .await?;
@@ -231,11 +278,17 @@ impl Tx {
     // ---- members ----
 
     pub async fn insert_member(&self, m: &Member) -> StoreResult<()> {
-        member::Entity::insert(convert::member_model(m).into_active_model()).exec(&self.tx).await?;
+        member::Entity::insert(convert::member_model(m).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
-    pub async fn member_by_email(&self, workspace_id: &str, email: &str) -> StoreResult<Option<Member>> {
+    pub async fn member_by_email(
+        &self,
+        workspace_id: &str,
+        email: &str,
+    ) -> StoreResult<Option<Member>> {
         member::Entity::find()
             .filter(member::Column::WorkspaceId.eq(workspace_id))
             .filter(member::Column::Email.eq(email))
@@ -256,7 +309,12 @@ impl Tx {
             .collect()
     }
 
-    pub async fn update_member_role(&self, workspace_id: &str, member_id: &str, role: Role) -> StoreResult<()> {
+    pub async fn update_member_role(
+        &self,
+        workspace_id: &str,
+        member_id: &str,
+        role: Role,
+    ) -> StoreResult<()> {
         member::Entity::update_many()
             .col_expr(member::Column::Role, Expr::value(role.as_str()))
             .filter(member::Column::WorkspaceId.eq(workspace_id))
@@ -269,7 +327,9 @@ impl Tx {
     // ---- projects, tasks, pages ----
 
     pub async fn insert_project(&self, p: &Project) -> StoreResult<()> {
-        project::Entity::insert(convert::project_model(p).into_active_model()).exec(&self.tx).await?;
+        project::Entity::insert(convert::project_model(p).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -295,12 +355,18 @@ impl Tx {
     }
 
     pub async fn insert_task(&self, t: &Task) -> StoreResult<()> {
-        task::Entity::insert(convert::task_model(t).into_active_model()).exec(&self.tx).await?;
+        task::Entity::insert(convert::task_model(t).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
     pub async fn update_task(&self, t: &Task) -> StoreResult<()> {
-        convert::task_model(t).into_active_model().reset_all().update(&self.tx).await?;
+        convert::task_model(t)
+            .into_active_model()
+            .reset_all()
+            .update(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -329,7 +395,12 @@ impl Tx {
             .collect()
     }
 
-    pub async fn list_tasks(&self, workspace_id: &str, project_id: Option<&str>, status: Option<TaskStatus>) -> StoreResult<Vec<Task>> {
+    pub async fn list_tasks(
+        &self,
+        workspace_id: &str,
+        project_id: Option<&str>,
+        status: Option<TaskStatus>,
+    ) -> StoreResult<Vec<Task>> {
         let mut q = task::Entity::find().filter(task::Column::WorkspaceId.eq(workspace_id));
         if let Some(p) = project_id {
             q = q.filter(task::Column::ProjectId.eq(p));
@@ -337,11 +408,18 @@ impl Tx {
         if let Some(s) = status {
             q = q.filter(task::Column::Status.eq(s.as_str()));
         }
-        q.order_by_asc(task::Column::Id).all(&self.tx).await?.into_iter().map(convert::task).collect()
+        q.order_by_asc(task::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::task)
+            .collect()
     }
 
     pub async fn insert_page(&self, p: &Page) -> StoreResult<()> {
-        page::Entity::insert(convert::page_model(p).into_active_model()).exec(&self.tx).await?;
+        page::Entity::insert(convert::page_model(p).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -355,23 +433,38 @@ impl Tx {
             .transpose()
     }
 
-    pub async fn list_pages(&self, workspace_id: &str, project_id: Option<&str>) -> StoreResult<Vec<Page>> {
+    pub async fn list_pages(
+        &self,
+        workspace_id: &str,
+        project_id: Option<&str>,
+    ) -> StoreResult<Vec<Page>> {
         let mut q = page::Entity::find().filter(page::Column::WorkspaceId.eq(workspace_id));
         if let Some(p) = project_id {
             q = q.filter(page::Column::ProjectId.eq(p));
         }
-        q.order_by_asc(page::Column::Id).all(&self.tx).await?.into_iter().map(convert::page).collect()
+        q.order_by_asc(page::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::page)
+            .collect()
     }
 
     // ---- agents ----
 
     pub async fn insert_agent(&self, a: &Agent) -> StoreResult<()> {
-        agent::Entity::insert(convert::agent_model(a)?.into_active_model()).exec(&self.tx).await?;
+        agent::Entity::insert(convert::agent_model(a)?.into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
     pub async fn update_agent(&self, a: &Agent) -> StoreResult<()> {
-        convert::agent_model(a)?.into_active_model().reset_all().update(&self.tx).await?;
+        convert::agent_model(a)?
+            .into_active_model()
+            .reset_all()
+            .update(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -383,15 +476,28 @@ impl Tx {
             .transpose()
     }
 
-    pub async fn list_agents(&self, workspace_id: &str, status: Option<AgentStatus>) -> StoreResult<Vec<Agent>> {
+    pub async fn list_agents(
+        &self,
+        workspace_id: &str,
+        status: Option<AgentStatus>,
+    ) -> StoreResult<Vec<Agent>> {
         let mut q = agent::Entity::find().filter(agent::Column::WorkspaceId.eq(workspace_id));
         if let Some(s) = status {
             q = q.filter(agent::Column::Status.eq(s.as_str()));
         }
-        q.order_by_asc(agent::Column::Id).all(&self.tx).await?.into_iter().map(convert::agent).collect()
+        q.order_by_asc(agent::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::agent)
+            .collect()
     }
 
-    pub async fn count_agents(&self, workspace_id: &str, statuses: &[AgentStatus]) -> StoreResult<u64> {
+    pub async fn count_agents(
+        &self,
+        workspace_id: &str,
+        statuses: &[AgentStatus],
+    ) -> StoreResult<u64> {
         Ok(agent::Entity::find()
             .filter(agent::Column::WorkspaceId.eq(workspace_id))
             .filter(agent::Column::Status.is_in(statuses.iter().map(|s| s.as_str())))
@@ -400,7 +506,12 @@ impl Tx {
     }
 
     /// Records that the agent was seen, without touching anything else about it.
-    pub async fn touch_agent(&self, workspace_id: &str, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+    pub async fn touch_agent(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
         agent::Entity::update_many()
             .col_expr(agent::Column::LastSeenAt, Expr::value(at))
             .filter(agent::Column::WorkspaceId.eq(workspace_id))
@@ -413,12 +524,17 @@ impl Tx {
     // ---- credentials ----
 
     pub async fn insert_credential(&self, c: &Credential, hash: &KeyHash) -> StoreResult<()> {
-        credential::Entity::insert(convert::credential_model(c, hash).into_active_model()).exec(&self.tx).await?;
+        credential::Entity::insert(convert::credential_model(c, hash).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
     /// The credential whose stored hash equals `hash`, with that hash for a constant-time recheck.
-    pub async fn credential_by_hash(&self, hash: &KeyHash) -> StoreResult<Option<(Credential, KeyHash)>> {
+    pub async fn credential_by_hash(
+        &self,
+        hash: &KeyHash,
+    ) -> StoreResult<Option<(Credential, KeyHash)>> {
         Ok(credential::Entity::find()
             .filter(credential::Column::KeyHash.eq(hash.as_str()))
             .one(&self.tx)
@@ -429,7 +545,11 @@ impl Tx {
             }))
     }
 
-    pub async fn list_credentials(&self, workspace_id: &str, agent_id: &str) -> StoreResult<Vec<Credential>> {
+    pub async fn list_credentials(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+    ) -> StoreResult<Vec<Credential>> {
         Ok(credential::Entity::find()
             .filter(credential::Column::WorkspaceId.eq(workspace_id))
             .filter(credential::Column::AgentId.eq(agent_id))
@@ -442,7 +562,12 @@ impl Tx {
     }
 
     /// Revokes every live key of an agent; returns how many were live.
-    pub async fn revoke_credentials(&self, workspace_id: &str, agent_id: &str, at: DateTime<Utc>) -> StoreResult<u64> {
+    pub async fn revoke_credentials(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
         let res = credential::Entity::update_many()
             .col_expr(credential::Column::RevokedAt, Expr::value(at))
             .filter(credential::Column::WorkspaceId.eq(workspace_id))
@@ -465,11 +590,19 @@ impl Tx {
     // ---- assignments ----
 
     pub async fn insert_assignment(&self, a: &Assignment) -> StoreResult<()> {
-        assignment::Entity::insert(convert::assignment_model(a).into_active_model()).exec(&self.tx).await?;
+        assignment::Entity::insert(convert::assignment_model(a).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
-    pub async fn end_assignment(&self, workspace_id: &str, id: &str, by: &str, at: DateTime<Utc>) -> StoreResult<()> {
+    pub async fn end_assignment(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
         assignment::Entity::update_many()
             .col_expr(assignment::Column::UnassignedAt, Expr::value(at))
             .col_expr(assignment::Column::UnassignedBy, Expr::value(by))
@@ -481,7 +614,11 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn assignment(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Assignment>> {
+    pub async fn assignment(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> StoreResult<Option<Assignment>> {
         assignment::Entity::find()
             .filter(assignment::Column::WorkspaceId.eq(workspace_id))
             .filter(assignment::Column::Id.eq(id))
@@ -492,14 +629,24 @@ impl Tx {
     }
 
     /// An agent's assignments, newest first; ended ones only when asked.
-    pub async fn agent_assignments(&self, workspace_id: &str, agent_id: &str, include_ended: bool) -> StoreResult<Vec<Assignment>> {
+    pub async fn agent_assignments(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        include_ended: bool,
+    ) -> StoreResult<Vec<Assignment>> {
         let mut q = assignment::Entity::find()
             .filter(assignment::Column::WorkspaceId.eq(workspace_id))
             .filter(assignment::Column::AgentId.eq(agent_id));
         if !include_ended {
             q = q.filter(assignment::Column::UnassignedAt.is_null());
         }
-        q.order_by_desc(assignment::Column::Id).all(&self.tx).await?.into_iter().map(convert::assignment).collect()
+        q.order_by_desc(assignment::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::assignment)
+            .collect()
     }
 
     /// Assignments in a workspace, optionally narrowed to a project or task; newest first.
@@ -510,7 +657,8 @@ impl Tx {
         task_id: Option<&str>,
         include_ended: bool,
     ) -> StoreResult<Vec<Assignment>> {
-        let mut q = assignment::Entity::find().filter(assignment::Column::WorkspaceId.eq(workspace_id));
+        let mut q =
+            assignment::Entity::find().filter(assignment::Column::WorkspaceId.eq(workspace_id));
         if let Some(p) = project_id {
             q = q.filter(assignment::Column::ProjectId.eq(p));
         }
@@ -520,22 +668,37 @@ impl Tx {
         if !include_ended {
             q = q.filter(assignment::Column::UnassignedAt.is_null());
         }
-        q.order_by_desc(assignment::Column::Id).all(&self.tx).await?.into_iter().map(convert::assignment).collect()
+        q.order_by_desc(assignment::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::assignment)
+            .collect()
     }
 
     // ---- delegations ----
 
     pub async fn insert_delegation(&self, d: &Delegation) -> StoreResult<()> {
-        delegation::Entity::insert(convert::delegation_model(d).into_active_model()).exec(&self.tx).await?;
+        delegation::Entity::insert(convert::delegation_model(d).into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
     pub async fn update_delegation(&self, d: &Delegation) -> StoreResult<()> {
-        convert::delegation_model(d).into_active_model().reset_all().update(&self.tx).await?;
+        convert::delegation_model(d)
+            .into_active_model()
+            .reset_all()
+            .update(&self.tx)
+            .await?;
         Ok(())
     }
 
-    pub async fn delegation(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Delegation>> {
+    pub async fn delegation(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> StoreResult<Option<Delegation>> {
         delegation::Entity::find()
             .filter(delegation::Column::WorkspaceId.eq(workspace_id))
             .filter(delegation::Column::Id.eq(id))
@@ -545,18 +708,30 @@ impl Tx {
             .transpose()
     }
 
-    pub async fn list_delegations(&self, workspace_id: &str, status: Option<DelegationStatus>) -> StoreResult<Vec<Delegation>> {
-        let mut q = delegation::Entity::find().filter(delegation::Column::WorkspaceId.eq(workspace_id));
+    pub async fn list_delegations(
+        &self,
+        workspace_id: &str,
+        status: Option<DelegationStatus>,
+    ) -> StoreResult<Vec<Delegation>> {
+        let mut q =
+            delegation::Entity::find().filter(delegation::Column::WorkspaceId.eq(workspace_id));
         if let Some(s) = status {
             q = q.filter(delegation::Column::Status.eq(s.as_str()));
         }
-        q.order_by_desc(delegation::Column::Id).all(&self.tx).await?.into_iter().map(convert::delegation).collect()
+        q.order_by_desc(delegation::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::delegation)
+            .collect()
     }
 
     // ---- activity and events ----
 
     pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
-        activity::Entity::insert(convert::activity_model(e)?.into_active_model()).exec(&self.tx).await?;
+        activity::Entity::insert(convert::activity_model(e)?.into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
@@ -574,7 +749,11 @@ impl Tx {
     }
 
     /// Activity of one workspace, newest first, paged by id.
-    pub async fn query_activity(&self, workspace_id: &str, q: &ActivityQuery) -> StoreResult<Vec<ActivityEntry>> {
+    pub async fn query_activity(
+        &self,
+        workspace_id: &str,
+        q: &ActivityQuery,
+    ) -> StoreResult<Vec<ActivityEntry>> {
         let mut s = activity::Entity::find().filter(activity::Column::WorkspaceId.eq(workspace_id));
         if let Some(a) = &q.agent_id {
             s = s.filter(activity::Column::AgentId.eq(a.as_str()));
@@ -601,7 +780,11 @@ impl Tx {
     }
 
     /// Deletes a workspace's activity older than `cutoff`; returns how many entries went.
-    pub async fn prune_activity(&self, workspace_id: &str, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+    pub async fn prune_activity(
+        &self,
+        workspace_id: &str,
+        cutoff: DateTime<Utc>,
+    ) -> StoreResult<u64> {
         let res = activity::Entity::delete_many()
             .filter(activity::Column::WorkspaceId.eq(workspace_id))
             .filter(activity::Column::CreatedAt.lt(cutoff))
@@ -611,17 +794,30 @@ impl Tx {
     }
 
     pub async fn insert_event(&self, e: &Event) -> StoreResult<()> {
-        event::Entity::insert(convert::event_model(e)?.into_active_model()).exec(&self.tx).await?;
+        event::Entity::insert(convert::event_model(e)?.into_active_model())
+            .exec(&self.tx)
+            .await?;
         Ok(())
     }
 
     /// Events of a workspace after `after` (an event id), oldest first.
-    pub async fn list_events(&self, workspace_id: &str, after: Option<&str>, limit: u64) -> StoreResult<Vec<Event>> {
+    pub async fn list_events(
+        &self,
+        workspace_id: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> StoreResult<Vec<Event>> {
         let mut q = event::Entity::find().filter(event::Column::WorkspaceId.eq(workspace_id));
         if let Some(a) = after {
             q = q.filter(event::Column::Id.gt(a));
         }
-        q.order_by_asc(event::Column::Id).limit(limit).all(&self.tx).await?.into_iter().map(convert::event).collect()
+        q.order_by_asc(event::Column::Id)
+            .limit(limit)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::event)
+            .collect()
     }
 
     /// Lists every table and column, for the schema-equivalence test of fresh vs upgraded databases.
@@ -638,7 +834,12 @@ impl Tx {
                  FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1"
             }
         };
-        let rows = self.tx.query_all_raw(sea_orm::Statement::from_string(backend, sql)).await?;
-        rows.iter().map(|r| r.try_get::<String>("", "d").map_err(Into::into)).collect()
+        let rows = self
+            .tx
+            .query_all_raw(sea_orm::Statement::from_string(backend, sql))
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "d").map_err(Into::into))
+            .collect()
     }
 }

@@ -35,27 +35,72 @@ struct World {
 async fn world() -> World {
     let db = TestDb::new().await;
     let svc = db.service().await;
-    svc.create_workspace("acme", "Acme", "admin@acme.test", "Ada").await.unwrap();
-    svc.create_workspace("rival", "Rival", "admin@rival.test", "Rex").await.unwrap();
-    let admin = auth::member(svc.store(), "acme", "admin@acme.test").await.unwrap();
-    let other_admin = auth::member(svc.store(), "rival", "admin@rival.test").await.unwrap();
-    let project = svc.create_project(&admin, "Launch", "ship it").await.unwrap();
-    let task = svc.create_task(&admin, &project.id, "Write the docs", "all of them").await.unwrap();
-    let other_project = svc.create_project(&other_admin, "Secret", "").await.unwrap();
-    let other_task = svc.create_task(&other_admin, &other_project.id, "Their task", "").await.unwrap();
-    World { db, svc, admin, project, task, other_admin, other_task }
+    svc.create_workspace("acme", "Acme", "admin@acme.test", "Ada")
+        .await
+        .unwrap();
+    svc.create_workspace("rival", "Rival", "admin@rival.test", "Rex")
+        .await
+        .unwrap();
+    let admin = auth::member(svc.store(), "acme", "admin@acme.test")
+        .await
+        .unwrap();
+    let other_admin = auth::member(svc.store(), "rival", "admin@rival.test")
+        .await
+        .unwrap();
+    let project = svc
+        .create_project(&admin, "Launch", "ship it")
+        .await
+        .unwrap();
+    let task = svc
+        .create_task(&admin, &project.id, "Write the docs", "all of them")
+        .await
+        .unwrap();
+    let other_project = svc
+        .create_project(&other_admin, "Secret", "")
+        .await
+        .unwrap();
+    let other_task = svc
+        .create_task(&other_admin, &other_project.id, "Their task", "")
+        .await
+        .unwrap();
+    World {
+        db,
+        svc,
+        admin,
+        project,
+        task,
+        other_admin,
+        other_task,
+    }
 }
 
 /// Requests access for `id` asking for every permission, approves `grant`, returns the key.
-async fn approved_agent(svc: &Service, admin: &MemberCaller, id: &str, grant: &[Permission]) -> String {
-    let all: Vec<String> = Permission::ALL.iter().map(|p| p.as_str().to_owned()).collect();
+async fn approved_agent(
+    svc: &Service,
+    admin: &MemberCaller,
+    id: &str,
+    grant: &[Permission],
+) -> String {
+    let all: Vec<String> = Permission::ALL
+        .iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
     svc.request_access(
         admin,
-        AccessRequest { agent_id: id.into(), name: format!("Agent {id}"), capabilities: vec!["docs".into()], permissions: all, ..Default::default() },
+        AccessRequest {
+            agent_id: id.into(),
+            name: format!("Agent {id}"),
+            capabilities: vec!["docs".into()],
+            permissions: all,
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
-    let (_, key) = svc.approve_agent(admin, id, Some(PermissionSet::new(grant.iter().copied()))).await.unwrap();
+    let (_, key) = svc
+        .approve_agent(admin, id, Some(PermissionSet::new(grant.iter().copied())))
+        .await
+        .unwrap();
     key.expose().to_owned()
 }
 
@@ -80,7 +125,9 @@ async fn spawn_http(db_url: &str) -> HttpServer {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(i) = line.find("listening on http://") {
                 let rest = &line[i + "listening on ".len()..];
-                let end = rest.find(|c: char| c.is_whitespace() || c == '\u{1b}').unwrap_or(rest.len());
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .unwrap_or(rest.len());
                 return rest[..end].to_owned();
             }
         }
@@ -94,13 +141,20 @@ async fn spawn_http(db_url: &str) -> HttpServer {
 }
 
 async fn http_client(url: &str, key: &str, version: ProtocolVersion) -> Client {
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(key.to_owned()));
-    ClientConfig::default().with_protocol_version(version).serve(transport).await.expect("connect over HTTP")
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(key.to_owned()),
+    );
+    ClientConfig::default()
+        .with_protocol_version(version)
+        .serve(transport)
+        .await
+        .expect("connect over HTTP")
 }
 
 fn stdio_command(db_url: &str, key: Option<&str>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["--database-url", db_url, "stdio"]).env_remove("PARALLAX_API_KEY");
+    cmd.args(["--database-url", db_url, "stdio"])
+        .env_remove("PARALLAX_API_KEY");
     if let Some(k) = key {
         cmd.env("PARALLAX_API_KEY", k);
     }
@@ -108,40 +162,96 @@ fn stdio_command(db_url: &str, key: Option<&str>) -> tokio::process::Command {
 }
 
 async fn stdio_client(db_url: &str, key: &str) -> Client {
-    let transport = TokioChildProcess::builder(stdio_command(db_url, Some(key))).stderr(Stdio::null()).spawn().expect("spawn stdio").0;
-    ClientConfig::default().with_protocol_version(ProtocolVersion::V_2025_11_25).serve(transport).await.expect("connect over stdio")
+    let transport = TokioChildProcess::builder(stdio_command(db_url, Some(key)))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stdio")
+        .0;
+    ClientConfig::default()
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+        .serve(transport)
+        .await
+        .expect("connect over stdio")
 }
 
-async fn call(client: &Client, tool: &str, args: Value) -> Result<CallToolResult, rmcp::ServiceError> {
-    let Value::Object(map) = args else { panic!("arguments must be an object") };
-    client.call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(map)).await
+async fn call(
+    client: &Client,
+    tool: &str,
+    args: Value,
+) -> Result<CallToolResult, rmcp::ServiceError> {
+    let Value::Object(map) = args else {
+        panic!("arguments must be an object")
+    };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(map))
+        .await
 }
 
 /// Calls a tool that must succeed; returns its structured result (checked against the text copy).
 async fn ok(client: &Client, tool: &str, args: Value) -> Value {
-    let res = call(client, tool, args).await.unwrap_or_else(|e| panic!("{tool} failed: {e}"));
-    assert_ne!(res.is_error, Some(true), "{tool} returned an error: {res:?}");
+    let res = call(client, tool, args)
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed: {e}"));
+    assert_ne!(
+        res.is_error,
+        Some(true),
+        "{tool} returned an error: {res:?}"
+    );
     let structured = res.structured_content.clone().expect("structured content");
-    let text = res.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).expect("text content");
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), structured, "text and structured results differ");
+    let text = res
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .expect("text content");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        structured,
+        "text and structured results differ"
+    );
     structured
 }
 
 /// Calls a tool that must be refused as a tool error; returns the message.
 async fn refused(client: &Client, tool: &str, args: Value) -> String {
-    let res = call(client, tool, args).await.unwrap_or_else(|e| panic!("{tool}: expected a tool error, got {e}"));
-    assert_eq!(res.is_error, Some(true), "{tool} should have been refused: {res:?}");
-    res.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default()
+    let res = call(client, tool, args)
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: expected a tool error, got {e}"));
+    assert_eq!(
+        res.is_error,
+        Some(true),
+        "{tool} should have been refused: {res:?}"
+    );
+    res.content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
 }
 
 async fn tool_names(client: &Client) -> Vec<String> {
-    let mut names: Vec<String> = client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
     names.sort();
     names
 }
 
 async fn audit(svc: &Service, admin: &MemberCaller, agent: &str) -> Vec<ActivityEntry> {
-    svc.list_activity(admin, ActivityQuery { agent_id: Some(agent.into()), limit: 500, ..Default::default() }).await.unwrap()
+    svc.list_activity(
+        admin,
+        ActivityQuery {
+            agent_id: Some(agent.into()),
+            limit: 500,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 // ---- the lifecycle, on every transport ----
@@ -157,8 +267,24 @@ async fn lifecycle(transport: Transport) {
     let key = approved_agent(&w.svc, &w.admin, "bot-1", &Permission::ALL).await;
     approved_agent(&w.svc, &w.admin, "bot-2", &[Permission::ReadTasks]).await;
     approved_agent(&w.svc, &w.other_admin, "spy", &Permission::ALL).await;
-    w.svc.assign(&w.admin, "bot-1", AssignTarget::Project(w.project.id.clone()), AssignmentRole::Lead).await.unwrap();
-    w.svc.assign(&w.admin, "bot-1", AssignTarget::Task(w.task.id.clone()), AssignmentRole::Member).await.unwrap();
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-1",
+            AssignTarget::Project(w.project.id.clone()),
+            AssignmentRole::Lead,
+        )
+        .await
+        .unwrap();
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-1",
+            AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
 
     let server = match &transport {
         Transport::Http(_) => Some(spawn_http(&w.db.url).await),
@@ -174,17 +300,31 @@ async fn lifecycle(transport: Transport) {
         v.sort();
         v
     };
-    assert_eq!(tool_names(&client).await, all, "an agent with every permission sees every tool");
+    assert_eq!(
+        tool_names(&client).await,
+        all,
+        "an agent with every permission sees every tool"
+    );
 
     let mine = ok(&client, "agent_my_assignments", json!({})).await;
     assert_eq!(mine["tasks"][0]["task"]["id"], w.task.id);
     assert_eq!(mine["tasks"][0]["task"]["status"], "todo");
     assert_eq!(mine["projects"][0]["project"]["id"], w.project.id);
     assert_eq!(mine["projects"][0]["role"], "lead");
-    let done = ok(&client, "agent_my_assignments", json!({ "status": "completed" })).await;
+    let done = ok(
+        &client,
+        "agent_my_assignments",
+        json!({ "status": "completed" }),
+    )
+    .await;
     assert_eq!(done["tasks"], json!([]));
 
-    let status = ok(&client, "agent_update_status", json!({ "status": "working", "currentTask": w.task.id, "message": "on it" })).await;
+    let status = ok(
+        &client,
+        "agent_update_status",
+        json!({ "status": "working", "currentTask": w.task.id, "message": "on it" }),
+    )
+    .await;
     assert_eq!(status["status"], "working");
     let listed = w.svc.list_agents(&w.admin, None).await.unwrap();
     let me = listed.iter().find(|a| a.id == "bot-1").unwrap();
@@ -193,57 +333,159 @@ async fn lifecycle(transport: Transport) {
     assert_eq!(me.status_message.as_deref(), Some("on it"));
 
     // Another workspace's task is not found, and the refusal is audited.
-    let msg = refused(&client, "agent_update_status", json!({ "status": "working", "currentTask": w.other_task.id })).await;
+    let msg = refused(
+        &client,
+        "agent_update_status",
+        json!({ "status": "working", "currentTask": w.other_task.id }),
+    )
+    .await;
     assert!(msg.contains("not found"), "{msg}");
-    let msg = refused(&client, "agent_log_activity", json!({ "type": "note", "description": "peek", "taskId": w.other_task.id })).await;
+    let msg = refused(
+        &client,
+        "agent_log_activity",
+        json!({ "type": "note", "description": "peek", "taskId": w.other_task.id }),
+    )
+    .await;
     assert!(msg.contains("not found"), "{msg}");
-    let msg = refused(&client, "agent_delegate_task", json!({ "taskId": w.other_task.id, "toAgentId": "bot-2", "reason": "x" })).await;
+    let msg = refused(
+        &client,
+        "agent_delegate_task",
+        json!({ "taskId": w.other_task.id, "toAgentId": "bot-2", "reason": "x" }),
+    )
+    .await;
     assert!(msg.contains("not found"), "{msg}");
     let trail = audit(&w.svc, &w.admin, "bot-1").await;
-    let denied: Vec<_> = trail.iter().filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some("denied")).collect();
-    assert_eq!(denied.len(), 3, "each cross-workspace attempt is audited: {denied:#?}");
+    let denied: Vec<_> = trail
+        .iter()
+        .filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some("denied"))
+        .collect();
+    assert_eq!(
+        denied.len(),
+        3,
+        "each cross-workspace attempt is audited: {denied:#?}"
+    );
     assert!(denied.iter().all(|e| e.description.contains("not found")));
-    let other_trail = w.svc.list_activity(&w.other_admin, ActivityQuery { limit: 500, ..Default::default() }).await.unwrap();
-    assert!(other_trail.iter().all(|e| e.actor_id != "bot-1"), "nothing lands in the other workspace");
+    let other_trail = w
+        .svc
+        .list_activity(
+            &w.other_admin,
+            ActivityQuery {
+                limit: 500,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        other_trail.iter().all(|e| e.actor_id != "bot-1"),
+        "nothing lands in the other workspace"
+    );
 
-    let logged = ok(&client, "agent_log_activity", json!({ "type": "task_started", "description": "starting", "taskId": w.task.id })).await;
+    let logged = ok(
+        &client,
+        "agent_log_activity",
+        json!({ "type": "task_started", "description": "starting", "taskId": w.task.id }),
+    )
+    .await;
     assert_eq!(logged["taskStatus"], "in_progress");
-    let tasks = w.svc.list_tasks(&w.admin, None, Some(TaskStatus::InProgress)).await.unwrap();
+    let tasks = w
+        .svc
+        .list_tasks(&w.admin, None, Some(TaskStatus::InProgress))
+        .await
+        .unwrap();
     assert_eq!(tasks.len(), 1);
 
     let agents = ok(&client, "agent_list_workspace", json!({})).await;
-    let ids: Vec<&str> = agents["agents"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["bot-1", "bot-2"], "only this workspace's agents");
-    let none = ok(&client, "agent_list_workspace", json!({ "capabilities": ["deploy"] })).await;
+    let none = ok(
+        &client,
+        "agent_list_workspace",
+        json!({ "capabilities": ["deploy"] }),
+    )
+    .await;
     assert_eq!(none["agents"], json!([]));
 
-    let d = ok(&client, "agent_delegate_task", json!({ "taskId": w.task.id, "toAgentId": "bot-2", "reason": "bot-2 writes better docs" })).await;
+    let d = ok(
+        &client,
+        "agent_delegate_task",
+        json!({ "taskId": w.task.id, "toAgentId": "bot-2", "reason": "bot-2 writes better docs" }),
+    )
+    .await;
     assert_eq!(d["status"], "pending");
     assert_eq!(d["awaitingApproval"], true);
-    assert_eq!(w.svc.list_delegations(&w.admin, Some(DelegationStatus::Pending)).await.unwrap().len(), 1);
+    assert_eq!(
+        w.svc
+            .list_delegations(&w.admin, Some(DelegationStatus::Pending))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Malformed arguments and unknown tools are protocol errors.
-    let err = call(&client, "agent_update_status", json!({ "status": "working", "agentId": "bot-2" })).await.unwrap_err();
+    let err = call(
+        &client,
+        "agent_update_status",
+        json!({ "status": "working", "agentId": "bot-2" }),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("unknown field"), "{err}");
-    let err = call(&client, "agent_update_status", json!({ "status": "sleeping" })).await.unwrap_err();
+    let err = call(
+        &client,
+        "agent_update_status",
+        json!({ "status": "sleeping" }),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("sleeping"), "{err}");
-    let err = call(&client, "agent_drop_tables", json!({})).await.unwrap_err();
+    let err = call(&client, "agent_drop_tables", json!({}))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown tool"), "{err}");
 
     let shown = w.svc.agent_details(&w.admin, "bot-1").await.unwrap();
-    assert!(shown.agent.last_seen_at.is_some(), "calls mark the agent as seen");
-    assert!(shown.credentials.iter().any(|c| c.last_used_at.is_some()), "calls mark the key as used");
+    assert!(
+        shown.agent.last_seen_at.is_some(),
+        "calls mark the agent as seen"
+    );
+    assert!(
+        shown.credentials.iter().any(|c| c.last_used_at.is_some()),
+        "calls mark the key as used"
+    );
 
-    let allowed = audit(&w.svc, &w.admin, "bot-1").await.into_iter().filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some("allowed")).count();
+    let allowed = audit(&w.svc, &w.admin, "bot-1")
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some("allowed"))
+        .count();
     assert_eq!(allowed, 7, "every allowed call is audited once");
 
     // Revocation applies to the very next call.
-    w.svc.revoke_agent(&w.admin, "bot-1", "project over").await.unwrap();
-    let err = call(&client, "agent_my_assignments", json!({})).await.expect_err("a revoked agent is refused");
+    w.svc
+        .revoke_agent(&w.admin, "bot-1", "project over")
+        .await
+        .unwrap();
+    let err = call(&client, "agent_my_assignments", json!({}))
+        .await
+        .expect_err("a revoked agent is refused");
     // stdio answers with a JSON-RPC error; HTTP with a 401 whose challenge says why.
-    let reason = err.auth_challenge().map(str::to_owned).unwrap_or_else(|| err.to_string());
+    let reason = err
+        .auth_challenge()
+        .map(str::to_owned)
+        .unwrap_or_else(|| err.to_string());
     assert!(reason.contains("revoked"), "{reason}");
-    let refusals = audit(&w.svc, &w.admin, "bot-1").await.into_iter().filter(|e| e.activity_type == "auth.refused").count();
+    let refusals = audit(&w.svc, &w.admin, "bot-1")
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "auth.refused")
+        .count();
     assert!(refusals >= 1, "the refused call is audited");
     let _ = client.cancel().await;
     drop(server);
@@ -270,7 +512,9 @@ fn sample_args(tool: &str, task: &Task) -> Value {
         "agent_my_assignments" | "agent_list_workspace" => json!({}),
         "agent_update_status" => json!({ "status": "idle" }),
         "agent_log_activity" => json!({ "type": "note", "description": "checking in" }),
-        "agent_delegate_task" => json!({ "taskId": task.id, "toAgentId": "helper", "reason": "walk" }),
+        "agent_delegate_task" => {
+            json!({ "taskId": task.id, "toAgentId": "helper", "reason": "walk" })
+        }
         other => panic!("no sample arguments for {other}: add them when adding a tool"),
     }
 }
@@ -285,16 +529,25 @@ async fn every_tool_is_refused_without_its_requirement_and_runs_with_it() {
         match spec.requirement {
             Requirement::Permission(p) => {
                 // Everything except the one permission: hidden, refused, audited.
-                let without: Vec<Permission> = Permission::ALL.into_iter().filter(|x| *x != p).collect();
+                let without: Vec<Permission> =
+                    Permission::ALL.into_iter().filter(|x| *x != p).collect();
                 let id = format!("without-{i}");
                 let key = approved_agent(&w.svc, &w.admin, &id, &without).await;
                 let client = http_client(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
-                assert!(!tool_names(&client).await.contains(&spec.name.to_owned()), "{} is listed without {p}", spec.name);
+                assert!(
+                    !tool_names(&client).await.contains(&spec.name.to_owned()),
+                    "{} is listed without {p}",
+                    spec.name
+                );
                 let msg = refused(&client, spec.name, args.clone()).await;
-                assert!(msg.contains("permission denied") && msg.contains(p.as_str()), "{msg}");
+                assert!(
+                    msg.contains("permission denied") && msg.contains(p.as_str()),
+                    "{msg}"
+                );
                 let trail = audit(&w.svc, &w.admin, &id).await;
                 assert!(
-                    trail.iter().any(|e| e.outcome.as_deref() == Some("denied") && e.description.contains(spec.name)),
+                    trail.iter().any(|e| e.outcome.as_deref() == Some("denied")
+                        && e.description.contains(spec.name)),
                     "refusal of {} not audited",
                     spec.name
                 );
@@ -303,7 +556,15 @@ async fn every_tool_is_refused_without_its_requirement_and_runs_with_it() {
                 // Only that permission: listed, and it runs.
                 let id = format!("with-{i}");
                 let key = approved_agent(&w.svc, &w.admin, &id, &[p]).await;
-                w.svc.assign(&w.admin, &id, AssignTarget::Task(w.task.id.clone()), AssignmentRole::Member).await.unwrap();
+                w.svc
+                    .assign(
+                        &w.admin,
+                        &id,
+                        AssignTarget::Task(w.task.id.clone()),
+                        AssignmentRole::Member,
+                    )
+                    .await
+                    .unwrap();
                 let client = http_client(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
                 assert!(tool_names(&client).await.contains(&spec.name.to_owned()));
                 ok(&client, spec.name, args).await;
@@ -331,28 +592,75 @@ async fn http_refuses_missing_and_bad_credentials_with_a_challenge() {
     let base = server.url.trim_end_matches("/mcp").to_owned();
     let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
     let post = |auth: Option<String>| {
-        let mut req = http.post(&server.url).header("accept", "application/json, text/event-stream").json(&init);
+        let mut req = http
+            .post(&server.url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&init);
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
         req.send()
     };
-    for auth in [None, Some("Bearer mcp_agent_nope".to_owned()), Some(format!("Bearer {}", &key[..key.len() - 1]))] {
+    for auth in [
+        None,
+        Some("Bearer mcp_agent_nope".to_owned()),
+        Some(format!("Bearer {}", &key[..key.len() - 1])),
+    ] {
         let res = post(auth.clone()).await.unwrap();
         assert_eq!(res.status(), 401, "{auth:?}");
-        let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_owned();
-        assert!(challenge.starts_with("Bearer resource_metadata=\""), "{challenge}");
-        assert!(challenge.contains("/.well-known/oauth-protected-resource"), "{challenge}");
+        let challenge = res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.starts_with("Bearer resource_metadata=\""),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains("/.well-known/oauth-protected-resource"),
+            "{challenge}"
+        );
     }
-    assert_eq!(post(Some(format!("Bearer {key}"))).await.unwrap().status(), 200);
+    assert_eq!(
+        post(Some(format!("Bearer {key}"))).await.unwrap().status(),
+        200
+    );
 
-    let meta: Value = http.get(format!("{base}/.well-known/oauth-protected-resource/mcp")).send().await.unwrap().json().await.unwrap();
+    let meta: Value = http
+        .get(format!("{base}/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(meta["resource"], server.url);
-    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // DNS rebinding and browser origins are refused before authentication matters.
-    let res = http.post(&server.url).header("host", "evil.example.com").header("authorization", format!("Bearer {key}")).json(&init).send().await.unwrap();
+    let res = http
+        .post(&server.url)
+        .header("host", "evil.example.com")
+        .header("authorization", format!("Bearer {key}"))
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
     assert!(res.status().is_client_error(), "{}", res.status());
     let res = http
         .post(&server.url)
@@ -366,7 +674,14 @@ async fn http_refuses_missing_and_bad_credentials_with_a_challenge() {
     assert_eq!(res.status(), 403);
     // An oversized body is refused, not buffered.
     let huge = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping", "params": { "pad": "x".repeat(2 * 1024 * 1024) } });
-    let res = http.post(&server.url).header("accept", "application/json, text/event-stream").header("authorization", format!("Bearer {key}")).json(&huge).send().await.unwrap();
+    let res = http
+        .post(&server.url)
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {key}"))
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
 }
 
@@ -374,18 +689,35 @@ async fn http_refuses_missing_and_bad_credentials_with_a_challenge() {
 async fn stdio_refuses_to_start_without_a_good_key() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
-    for (k, expected) in [(None, "PARALLAX_API_KEY is not set"), (Some("mcp_agent_garbage"), "malformed API key")] {
-        let out = stdio_command(&w.db.url, k).stdin(Stdio::null()).output().await.unwrap();
+    for (k, expected) in [
+        (None, "PARALLAX_API_KEY is not set"),
+        (Some("mcp_agent_garbage"), "malformed API key"),
+    ] {
+        let out = stdio_command(&w.db.url, k)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{stderr}");
-        assert!(out.stdout.is_empty(), "stdio mode never prints to stdout on failure");
+        assert!(
+            out.stdout.is_empty(),
+            "stdio mode never prints to stdout on failure"
+        );
     }
     w.svc.revoke_agent(&w.admin, "bot", "gone").await.unwrap();
-    let out = stdio_command(&w.db.url, Some(&key)).stdin(Stdio::null()).output().await.unwrap();
+    let out = stdio_command(&w.db.url, Some(&key))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(&key[12..]), "the key is never echoed");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&key[12..]),
+        "the key is never echoed"
+    );
 }
 
 #[tokio::test]
@@ -393,9 +725,15 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
     let w = world().await;
     let mut server = spawn_http(&w.db.url).await;
     let pid = server.child.id().unwrap();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), server.child.wait()).await.expect("server stops").unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
+        .await
+        .expect("server stops")
+        .unwrap();
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
 }
 
@@ -415,7 +753,14 @@ fn committed_tool_schemas_match_the_code() {
             drift.push(path.display().to_string());
         }
     }
-    assert!(drift.is_empty(), "tool schemas drifted (run with PARALLAX_UPDATE_SCHEMAS=1 and commit): {drift:?}");
+    assert!(
+        drift.is_empty(),
+        "tool schemas drifted (run with PARALLAX_UPDATE_SCHEMAS=1 and commit): {drift:?}"
+    );
     let files = std::fs::read_dir(&dir).unwrap().count();
-    assert_eq!(files, CATALOGUE.len(), "schemas/tools has a file per tool and no stale ones");
+    assert_eq!(
+        files,
+        CATALOGUE.len(),
+        "schemas/tools has a file per tool and no stale ones"
+    );
 }

@@ -4,9 +4,12 @@
 
 #![allow(dead_code)]
 
-use parallax_mcp::service::Service;
-use parallax_mcp::store::Store;
+use parallax_mcp::auth::{self, AgentCaller, MemberCaller};
+use parallax_mcp::domain::*;
+use parallax_mcp::service::{AccessOutcome, AccessRequest, Service, ServiceError, ServiceResult};
+use parallax_mcp::store::{ActivityQuery, Store};
 use sea_orm::{ConnectionTrait, Database, Statement};
+use serde_json::{Value, json};
 
 pub const PG_ENV: &str = "PARALLAX_TEST_DATABASE_URL";
 
@@ -22,18 +25,31 @@ impl TestDb {
         match std::env::var(PG_ENV) {
             Ok(admin) if !admin.is_empty() => {
                 let name = format!("parallax_test_{}", uuid::Uuid::now_v7().simple());
-                let conn = Database::connect(&admin).await.expect("connect to PARALLAX_TEST_DATABASE_URL");
-                conn.execute_raw(Statement::from_string(conn.get_database_backend(), format!("CREATE DATABASE {name}")))
+                let conn = Database::connect(&admin)
                     .await
-                    .expect("create test database");
+                    .expect("connect to PARALLAX_TEST_DATABASE_URL");
+                conn.execute_raw(Statement::from_string(
+                    conn.get_database_backend(),
+                    format!("CREATE DATABASE {name}"),
+                ))
+                .await
+                .expect("create test database");
                 let _ = conn.close().await;
                 let url = replace_db_name(&admin, &name);
-                TestDb { url, _dir: None, pg: Some((admin, name)) }
+                TestDb {
+                    url,
+                    _dir: None,
+                    pg: Some((admin, name)),
+                }
             }
             _ => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-                TestDb { url, _dir: Some(dir), pg: None }
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                    pg: None,
+                }
             }
         }
     }
@@ -57,11 +73,16 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg.take() {
             // Drop runs outside async; use a private runtime on another thread to clean up.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     if let Ok(conn) = Database::connect(&admin).await {
                         let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                        let _ = conn.execute_raw(Statement::from_string(conn.get_database_backend(), sql)).await;
+                        let _ = conn
+                            .execute_raw(Statement::from_string(conn.get_database_backend(), sql))
+                            .await;
                         let _ = conn.close().await;
                     }
                 });
@@ -86,4 +107,234 @@ fn replace_db_name(url: &str, name: &str) -> String {
         Some(q) => format!("{new_base}?{q}"),
         None => new_base,
     }
+}
+
+// ---- service-level helpers ----
+
+/// A workspace with one member of each role, a project and a task in it.
+pub struct Seeded {
+    pub workspace: Workspace,
+    pub admin: MemberCaller,
+    pub writer: MemberCaller,
+    pub reader: MemberCaller,
+    pub project: Project,
+    pub task: Task,
+}
+
+impl Seeded {
+    pub fn ws(&self) -> &str {
+        &self.workspace.id
+    }
+}
+
+/// Creates workspace `slug` with `admin@<slug>.test` (admin), `writer@…` (write) and `reader@…`
+/// (read), a project and a task.
+pub async fn seed_workspace(svc: &Service, slug: &str) -> Seeded {
+    let (workspace, _) = svc
+        .create_workspace(
+            slug,
+            &format!("Workspace {slug}"),
+            &format!("admin@{slug}.test"),
+            "Admin",
+        )
+        .await
+        .expect("create workspace");
+    let admin = member(svc, slug, "admin").await;
+    svc.add_member(
+        &admin,
+        &format!("writer@{slug}.test"),
+        "Writer",
+        Role::Write,
+    )
+    .await
+    .expect("add writer");
+    svc.add_member(&admin, &format!("reader@{slug}.test"), "Reader", Role::Read)
+        .await
+        .expect("add reader");
+    let writer = member(svc, slug, "writer").await;
+    let reader = member(svc, slug, "reader").await;
+    let project = svc
+        .create_project(&admin, "Launch", "ship it")
+        .await
+        .expect("create project");
+    let task = svc
+        .create_task(&admin, &project.id, "Write the docs", "")
+        .await
+        .expect("create task");
+    Seeded {
+        workspace,
+        admin,
+        writer,
+        reader,
+        project,
+        task,
+    }
+}
+
+/// The member `<who>@<slug>.test` as a caller.
+pub async fn member(svc: &Service, slug: &str, who: &str) -> MemberCaller {
+    auth::member(svc.store(), slug, &format!("{who}@{slug}.test"))
+        .await
+        .expect("member caller")
+}
+
+/// An access request for `id` asking for `perms` (none: the workspace default).
+pub fn access_request(id: &str, perms: &[Permission]) -> AccessRequest {
+    AccessRequest {
+        agent_id: id.into(),
+        name: format!("Agent {id}"),
+        description: "test agent".into(),
+        capabilities: vec!["docs".into()],
+        permissions: perms.iter().map(|p| p.as_str().to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Files an access request for `id` asking for `perms`.
+pub async fn request(
+    svc: &Service,
+    admin: &MemberCaller,
+    id: &str,
+    perms: &[Permission],
+) -> AccessOutcome {
+    svc.request_access(admin, access_request(id, perms))
+        .await
+        .expect("request access")
+}
+
+/// An agent that requested and was granted exactly `perms`, and its key.
+pub async fn approved_agent(
+    svc: &Service,
+    admin: &MemberCaller,
+    id: &str,
+    perms: &[Permission],
+) -> (Agent, ApiKey) {
+    request(svc, admin, id, perms).await;
+    svc.approve_agent(admin, id, Some(PermissionSet::new(perms.iter().copied())))
+        .await
+        .expect("approve agent")
+}
+
+/// Authenticates `key`, expecting success.
+pub async fn agent_caller(svc: &Service, key: &ApiKey) -> AgentCaller {
+    match auth::agent(svc.store(), key.expose())
+        .await
+        .expect("auth store")
+    {
+        Ok(caller) => caller,
+        Err(refusal) => panic!("key refused: {:?}", refusal.error),
+    }
+}
+
+/// Authenticates `key`, expecting a refusal; returns why.
+pub async fn agent_refusal(svc: &Service, key: &str) -> auth::AgentAuthError {
+    match auth::agent(svc.store(), key).await.expect("auth store") {
+        Ok(caller) => panic!("key accepted for agent {}", caller.agent_id()),
+        Err(refusal) => refusal.error,
+    }
+}
+
+/// Applies `key=value` settings as the admin.
+pub async fn set(svc: &Service, admin: &MemberCaller, changes: &[(&str, &str)]) -> Workspace {
+    let changes: Vec<(String, String)> = changes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    svc.update_settings(admin, &changes)
+        .await
+        .expect("update settings")
+}
+
+/// Asserts `result` was refused with error code `code` (see `ServiceError::code`) and a message
+/// containing `needle`; returns the error for further checks.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: ServiceResult<T>,
+    code: &str,
+    needle: &str,
+) -> ServiceError {
+    let err = result.expect_err("expected a refusal");
+    assert_eq!(err.code(), code, "wrong error kind: {err:?}");
+    assert!(
+        err.to_string().contains(needle),
+        "message {:?} lacks {needle:?}",
+        err.to_string()
+    );
+    err
+}
+
+/// Every activity entry of a workspace, newest first (read straight from the store).
+pub async fn all_activity(svc: &Service, ws: &str) -> Vec<ActivityEntry> {
+    let q = ActivityQuery {
+        limit: 100_000,
+        ..Default::default()
+    };
+    svc.store()
+        .read()
+        .await
+        .unwrap()
+        .query_activity(ws, &q)
+        .await
+        .unwrap()
+}
+
+/// Activity entries of one type, newest first.
+pub async fn activity_of(svc: &Service, ws: &str, activity_type: &str) -> Vec<ActivityEntry> {
+    all_activity(svc, ws)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == activity_type)
+        .collect()
+}
+
+/// Every outbox event of a workspace, oldest first.
+pub async fn all_events(svc: &Service, ws: &str) -> Vec<Event> {
+    svc.store()
+        .read()
+        .await
+        .unwrap()
+        .list_events(ws, None, 100_000)
+        .await
+        .unwrap()
+}
+
+/// The names of the events written after the first `skip`, oldest first.
+pub async fn event_names_after(svc: &Service, ws: &str, skip: usize) -> Vec<&'static str> {
+    all_events(svc, ws)
+        .await
+        .iter()
+        .skip(skip)
+        .map(|e| e.event_type.as_str())
+        .collect()
+}
+
+/// Everything a workspace holds, as JSON, except `member.denied` audit entries: two equal
+/// snapshots around a refused change prove it left nothing behind.
+pub async fn snapshot(svc: &Service, ws: &str) -> Value {
+    let tx = svc.store().read().await.unwrap();
+    let agents = tx.list_agents(ws, None).await.unwrap();
+    let mut credentials = Vec::new();
+    for a in &agents {
+        credentials.extend(tx.list_credentials(ws, &a.id).await.unwrap());
+    }
+    drop(tx);
+    let activity: Vec<ActivityEntry> = all_activity(svc, ws)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type != "member.denied")
+        .collect();
+    let tx = svc.store().read().await.unwrap();
+    json!({
+        "workspace": tx.workspace_by_id(ws).await.unwrap(),
+        "members": tx.list_members(ws).await.unwrap(),
+        "projects": tx.list_projects(ws).await.unwrap(),
+        "tasks": tx.list_tasks(ws, None, None).await.unwrap(),
+        "pages": tx.list_pages(ws, None).await.unwrap(),
+        "agents": agents,
+        "credentials": credentials,
+        "assignments": tx.list_assignments(ws, None, None, true).await.unwrap(),
+        "delegations": tx.list_delegations(ws, None).await.unwrap(),
+        "activity": activity,
+        "events": tx.list_events(ws, None, 100_000).await.unwrap(),
+    })
 }

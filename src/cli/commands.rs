@@ -1,0 +1,812 @@
+//! One handler per command: resolve the caller, call the service, render the result as a table
+//! (default) or JSON (`--json`). Handlers return the text to print.
+
+use super::CliError;
+use super::args::*;
+use super::output::{Details, Table, list, opt_time, or_dash, time};
+use crate::auth::{self, MemberCaller};
+use crate::config::Config;
+use crate::domain::*;
+use crate::service::{
+    AccessRequest, AgentDetails, AssignTarget, DelegationResolution, Service, ServiceError,
+    TaskUpdate,
+};
+use crate::store::{ActivityQuery, Store};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+type Out = Result<String, CliError>;
+
+/// What every handler needs: the service and how to render.
+struct Ctx {
+    svc: Service,
+    json: bool,
+    workspace: Option<String>,
+    as_member: Option<String>,
+}
+
+impl Ctx {
+    /// The member named by `--as` in the workspace named by `--workspace`.
+    async fn caller(&self) -> Result<MemberCaller, CliError> {
+        let ws = self.workspace.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "no workspace given: pass --workspace <slug> or set PARALLAX_WORKSPACE".into(),
+            )
+        })?;
+        let email = self.as_member.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "no member given: pass --as <email> or set PARALLAX_AS to act as a member".into(),
+            )
+        })?;
+        Ok(auth::member(self.svc.store(), ws, email).await?)
+    }
+
+    /// JSON of `value` with `--json`, otherwise the text `human` builds.
+    fn render<T: Serialize + ?Sized>(&self, value: &T, human: impl FnOnce() -> String) -> Out {
+        if self.json {
+            let mut s =
+                serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.into()))?;
+            s.push('\n');
+            Ok(s)
+        } else {
+            Ok(human())
+        }
+    }
+}
+
+pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
+    let Cli { global, command } = cli;
+    match command {
+        Command::Serve { .. } => {
+            crate::mcp::serve_http(config).await?;
+            return Ok(String::new());
+        }
+        Command::Stdio => {
+            crate::mcp::serve_stdio(config).await?;
+            return Ok(String::new());
+        }
+        Command::Migrate { status } => return migrate(config, status, global.json).await,
+        _ => {}
+    }
+    let ctx = Ctx {
+        svc: Service::new(Store::open(&config.database_url).await?),
+        json: global.json,
+        workspace: global.workspace,
+        as_member: global.as_member,
+    };
+    let out = match command {
+        Command::Serve { .. } | Command::Stdio | Command::Migrate { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Workspace(cmd) => workspace(&ctx, cmd).await,
+        Command::Member(cmd) => member(&ctx, cmd).await,
+        Command::Project(cmd) => project(&ctx, cmd).await,
+        Command::Task(cmd) => task(&ctx, cmd).await,
+        Command::Page(cmd) => page(&ctx, cmd).await,
+        Command::Agent(cmd) => agent(&ctx, cmd).await,
+        Command::Assign(a) => assign(&ctx, a).await,
+        Command::Unassign { assignment_id } => unassign(&ctx, &assignment_id).await,
+        Command::Assignments(a) => assignments(&ctx, a).await,
+        Command::Delegation(cmd) => delegation(&ctx, cmd).await,
+        Command::Activity(a) => activity(&ctx, a).await,
+    };
+    ctx.svc.store().clone().close().await;
+    out
+}
+
+// ---- migrate ----
+
+async fn migrate(config: &Config, status_only: bool, json: bool) -> Out {
+    // Connect without migrating: `Store::open` would apply them before we could report.
+    let store = Store::connect(&config.database_url).await?;
+    let result = if status_only {
+        store.pending_migrations().await
+    } else {
+        store.migrate().await
+    };
+    store.close().await;
+    let names = result?;
+    if json {
+        let key = if status_only { "pending" } else { "applied" };
+        return Ok(format!(
+            "{}\n",
+            json!({ key: names, "up_to_date": !status_only || names.is_empty() })
+        ));
+    }
+    Ok(match (status_only, names.is_empty()) {
+        (_, true) => "Database is up to date: no pending migrations.\n".to_owned(),
+        (true, false) => format!(
+            "{} pending migration(s); apply with `parallax-mcp migrate`:\n{}",
+            names.len(),
+            indented(&names)
+        ),
+        (false, false) => format!(
+            "Applied {} migration(s):\n{}",
+            names.len(),
+            indented(&names)
+        ),
+    })
+}
+
+fn indented(names: &[String]) -> String {
+    names.iter().map(|n| format!("  {n}\n")).collect()
+}
+
+// ---- workspaces and members ----
+
+async fn workspace(ctx: &Ctx, cmd: WorkspaceCmd) -> Out {
+    match cmd {
+        WorkspaceCmd::Create {
+            slug,
+            name,
+            admin_email,
+            admin_name,
+        } => {
+            let (ws, admin) = ctx
+                .svc
+                .create_workspace(&slug, &name, &admin_email, &admin_name)
+                .await?;
+            ctx.render(&json!({ "workspace": ws, "admin": admin }), || {
+                format!(
+                    "Created workspace {} ({:?}) with admin {}.\nAct in it with: export PARALLAX_WORKSPACE={} PARALLAX_AS={}\n",
+                    ws.slug, ws.name, admin.email, ws.slug, admin.email
+                )
+            })
+        }
+        WorkspaceCmd::List => {
+            let all = ctx.svc.list_workspaces().await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&["SLUG", "NAME", "CREATED", "ID"]);
+                for w in &all {
+                    t.row(vec![
+                        w.slug.clone(),
+                        w.name.clone(),
+                        time(&w.created_at),
+                        w.id.clone(),
+                    ]);
+                }
+                t.render("No workspaces yet: create one with `parallax-mcp workspace create`.")
+            })
+        }
+        WorkspaceCmd::Show => {
+            let ws = ctx.svc.workspace(&ctx.caller().await?).await?;
+            ctx.render(&ws, || {
+                let head = Details::new()
+                    .field("slug", &ws.slug)
+                    .field("name", &ws.name)
+                    .field("id", &ws.id)
+                    .field("created", time(&ws.created_at))
+                    .render();
+                format!("{head}\nSettings:\n{}", settings_table(&ws.settings))
+            })
+        }
+        WorkspaceCmd::Settings { set } => {
+            let caller = ctx.caller().await?;
+            let ws = if set.is_empty() {
+                ctx.svc.workspace(&caller).await?
+            } else {
+                ctx.svc.update_settings(&caller, &set).await?
+            };
+            ctx.render(&ws.settings, || {
+                let changed = if set.is_empty() {
+                    String::new()
+                } else {
+                    format!("Updated {}.\n", keys(&set))
+                };
+                format!("{changed}{}", settings_table(&ws.settings))
+            })
+        }
+    }
+}
+
+fn keys(set: &[(String, String)]) -> String {
+    set.iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Settings as `KEY VALUE` rows in their documented order; lists comma-joined, unset as `none`.
+fn settings_table(s: &WorkspaceSettings) -> String {
+    let Ok(Value::Object(map)) = serde_json::to_value(s) else {
+        return String::new();
+    };
+    let mut t = Table::new(&["KEY", "VALUE"]);
+    for key in SETTING_KEYS {
+        let shown = match map.get(*key) {
+            None | Some(Value::Null) => "none".to_owned(),
+            Some(Value::Array(items)) if items.is_empty() => "(empty)".to_owned(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(Value::String(v)) => v.clone(),
+            Some(v) => v.to_string(),
+        };
+        t.row(vec![(*key).to_owned(), shown]);
+    }
+    t.render("")
+}
+
+async fn member(ctx: &Ctx, cmd: MemberCmd) -> Out {
+    let caller = ctx.caller().await?;
+    match cmd {
+        MemberCmd::Add { email, role, name } => {
+            let m = ctx.svc.add_member(&caller, &email, &name, role).await?;
+            ctx.render(&m, || {
+                format!(
+                    "Added {} to {} as {}.\n",
+                    m.email,
+                    caller.workspace().slug,
+                    m.role
+                )
+            })
+        }
+        MemberCmd::List => {
+            let all = ctx.svc.list_members(&caller).await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&["EMAIL", "NAME", "ROLE", "ADDED"]);
+                for m in &all {
+                    t.row(vec![
+                        m.email.clone(),
+                        m.name.clone(),
+                        m.role.to_string(),
+                        time(&m.created_at),
+                    ]);
+                }
+                t.render("No members.")
+            })
+        }
+        MemberCmd::Role { email, role } => {
+            let m = ctx.svc.set_member_role(&caller, &email, role).await?;
+            ctx.render(&m, || format!("{} is now {}.\n", m.email, m.role))
+        }
+    }
+}
+
+// ---- projects, tasks, pages ----
+
+async fn project(ctx: &Ctx, cmd: ProjectCmd) -> Out {
+    let caller = ctx.caller().await?;
+    match cmd {
+        ProjectCmd::Create { name, description } => {
+            let p = ctx.svc.create_project(&caller, &name, &description).await?;
+            ctx.render(&p, || {
+                let d = Details::new()
+                    .field("id", &p.id)
+                    .field("name", &p.name)
+                    .field("status", p.status.as_str());
+                format!("Created project {:?}.\n{}", p.name, d.render())
+            })
+        }
+        ProjectCmd::List => {
+            let all = ctx.svc.list_projects(&caller).await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&["ID", "NAME", "STATUS", "CREATED"]);
+                for p in &all {
+                    t.row(vec![
+                        p.id.clone(),
+                        p.name.clone(),
+                        p.status.to_string(),
+                        time(&p.created_at),
+                    ]);
+                }
+                t.render("No projects yet: create one with `parallax-mcp project create`.")
+            })
+        }
+    }
+}
+
+fn task_details(t: &Task) -> String {
+    Details::new()
+        .field("id", &t.id)
+        .field("title", &t.title)
+        .field("project", &t.project_id)
+        .field("status", t.status.as_str())
+        .field("updated", time(&t.updated_at))
+        .render()
+}
+
+async fn task(ctx: &Ctx, cmd: TaskCmd) -> Out {
+    let caller = ctx.caller().await?;
+    match cmd {
+        TaskCmd::Create {
+            project,
+            title,
+            description,
+        } => {
+            let t = ctx
+                .svc
+                .create_task(&caller, &project, &title, &description)
+                .await?;
+            ctx.render(&t, || {
+                format!("Created task {:?}.\n{}", t.title, task_details(&t))
+            })
+        }
+        TaskCmd::List { project, status } => {
+            let all = ctx
+                .svc
+                .list_tasks(&caller, project.as_deref(), status)
+                .await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&["ID", "STATUS", "PROJECT", "TITLE"]);
+                for task in &all {
+                    t.row(vec![
+                        task.id.clone(),
+                        task.status.to_string(),
+                        task.project_id.clone(),
+                        task.title.clone(),
+                    ]);
+                }
+                t.render("No tasks.")
+            })
+        }
+        TaskCmd::Update {
+            id,
+            title,
+            description,
+            status,
+        } => {
+            let t = ctx
+                .svc
+                .update_task(
+                    &caller,
+                    &id,
+                    TaskUpdate {
+                        title,
+                        description,
+                        status,
+                    },
+                )
+                .await?;
+            ctx.render(&t, || {
+                format!("Updated task {:?}.\n{}", t.title, task_details(&t))
+            })
+        }
+    }
+}
+
+async fn page(ctx: &Ctx, cmd: PageCmd) -> Out {
+    let caller = ctx.caller().await?;
+    match cmd {
+        PageCmd::Create {
+            title,
+            project,
+            content,
+        } => {
+            let p = ctx
+                .svc
+                .create_page(&caller, project.as_deref(), &title, &content)
+                .await?;
+            ctx.render(&p, || {
+                let d = Details::new()
+                    .field("id", &p.id)
+                    .field("title", &p.title)
+                    .field("project", or_dash(p.project_id.as_deref()));
+                format!("Created page {:?}.\n{}", p.title, d.render())
+            })
+        }
+        PageCmd::List { project } => {
+            let all = ctx.svc.list_pages(&caller, project.as_deref()).await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&["ID", "PROJECT", "UPDATED", "TITLE"]);
+                for p in &all {
+                    t.row(vec![
+                        p.id.clone(),
+                        or_dash(p.project_id.as_deref()),
+                        time(&p.updated_at),
+                        p.title.clone(),
+                    ]);
+                }
+                t.render("No pages.")
+            })
+        }
+    }
+}
+
+// ---- agents ----
+
+/// The lines that show a new key, once.
+fn key_block(agent_id: &str, key: &ApiKey) -> String {
+    format!(
+        "\nAPI key for {agent_id} (store it now, it will not be shown again):\n\n    {}\n\n\
+         Give it to the agent as PARALLAX_API_KEY (stdio) or as `Authorization: Bearer <key>` (HTTP).\n",
+        key.expose()
+    )
+}
+
+fn perms_or_none(p: &PermissionSet) -> String {
+    if p.is_empty() {
+        "(none)".into()
+    } else {
+        p.to_string()
+    }
+}
+
+/// An agent in `agent list`: the record plus how many active assignments it has.
+#[derive(Serialize)]
+struct AgentRow<'a> {
+    #[serde(flatten)]
+    agent: &'a Agent,
+    active_assignments: usize,
+}
+
+async fn agent(ctx: &Ctx, cmd: AgentCmd) -> Out {
+    let caller = ctx.caller().await?;
+    let svc = &ctx.svc;
+    match cmd {
+        AgentCmd::Request(a) => {
+            let metadata = a
+                .metadata
+                .as_deref()
+                .map(|m| {
+                    serde_json::from_str::<Value>(m).map_err(|e| {
+                        CliError::Invalid(format!("--metadata is not valid JSON: {e}"))
+                    })
+                })
+                .transpose()?;
+            let req = AccessRequest {
+                agent_id: a.agent_id,
+                name: a.name,
+                description: a.description,
+                capabilities: a.capabilities,
+                permissions: a.permissions,
+                endpoint: a.endpoint,
+                metadata,
+                justification: a.justification,
+            };
+            let outcome = svc.request_access(&caller, req).await?;
+            let (agent, key) = (&outcome.agent, outcome.api_key.as_ref());
+            let value = json!({
+                "agent": agent,
+                "created": outcome.created,
+                "api_key": key.map(ApiKey::expose),
+            });
+            ctx.render(&value, || match key {
+                Some(key) => format!(
+                    "{} was auto-approved with {} (workspace auto-approval settings).\n{}",
+                    agent.id,
+                    perms_or_none(&agent.granted_permissions),
+                    key_block(&agent.id, key)
+                ),
+                None if !outcome.created => {
+                    format!("{} already has a {} request; nothing changed.\n", agent.id, agent.status)
+                }
+                None => format!(
+                    "Requested access for {} asking for {}; it is pending.\nAn admin approves it with: parallax-mcp agent approve {}\n",
+                    agent.id, agent.requested_permissions, agent.id
+                ),
+            })
+        }
+        AgentCmd::List { status } => {
+            let agents = svc.list_agents(&caller, status).await?;
+            let mut active: HashMap<String, usize> = HashMap::new();
+            for a in svc.list_assignments(&caller, None, None, false).await? {
+                *active.entry(a.agent_id).or_default() += 1;
+            }
+            let rows: Vec<AgentRow> = agents
+                .iter()
+                .map(|a| AgentRow {
+                    agent: a,
+                    active_assignments: active.get(&a.id).copied().unwrap_or(0),
+                })
+                .collect();
+            ctx.render(&rows, || {
+                let mut t = Table::new(&[
+                    "ID",
+                    "NAME",
+                    "STATUS",
+                    "GRANTED",
+                    "REQUESTED",
+                    "ASSIGNMENTS",
+                    "WORKING",
+                    "LAST SEEN",
+                ]);
+                for r in &rows {
+                    let a = r.agent;
+                    t.row(vec![
+                        a.id.clone(),
+                        a.name.clone(),
+                        a.status.to_string(),
+                        perms_or_none(&a.granted_permissions),
+                        a.requested_permissions.to_string(),
+                        r.active_assignments.to_string(),
+                        a.working_status.to_string(),
+                        opt_time(&a.last_seen_at),
+                    ]);
+                }
+                t.render("No agents yet: file a request with `parallax-mcp agent request`.")
+            })
+        }
+        AgentCmd::Show { agent_id } => {
+            let details = svc.agent_details(&caller, &agent_id).await?;
+            ctx.render(&details, || agent_details(&details))
+        }
+        AgentCmd::Approve { agent_id, grant } => {
+            let grant = grant
+                .as_deref()
+                .map(PermissionSet::parse_list)
+                .transpose()
+                .map_err(ServiceError::from)?;
+            let (agent, key) = svc.approve_agent(&caller, &agent_id, grant).await?;
+            ctx.render(&json!({ "agent": agent, "api_key": key.expose() }), || {
+                format!(
+                    "Approved {} with {}.\n{}",
+                    agent.id,
+                    perms_or_none(&agent.granted_permissions),
+                    key_block(&agent.id, &key)
+                )
+            })
+        }
+        AgentCmd::Deny { agent_id, reason } => {
+            let agent = svc.deny_agent(&caller, &agent_id, &reason).await?;
+            ctx.render(&agent, || format!("Denied {}: {}\n", agent.id, reason))
+        }
+        AgentCmd::Revoke { agent_id, reason } => {
+            let agent = svc.revoke_agent(&caller, &agent_id, &reason).await?;
+            ctx.render(&agent, || {
+                format!(
+                    "Revoked {}: its keys no longer work and its assignments have ended.\n",
+                    agent.id
+                )
+            })
+        }
+        AgentCmd::Permissions {
+            agent_id,
+            permissions,
+        } => {
+            let perms = PermissionSet::parse_list(&permissions).map_err(ServiceError::from)?;
+            let agent = svc.set_agent_permissions(&caller, &agent_id, perms).await?;
+            ctx.render(&agent, || {
+                format!(
+                    "{} now has {}.\n",
+                    agent.id,
+                    perms_or_none(&agent.granted_permissions)
+                )
+            })
+        }
+        AgentCmd::RotateKey {
+            agent_id,
+            expires_in_days,
+        } => {
+            let (cred, key) = svc
+                .rotate_agent_key(&caller, &agent_id, expires_in_days)
+                .await?;
+            ctx.render(&json!({ "credential": cred, "api_key": key.expose() }), || {
+                let expiry = cred.expires_at.as_ref().map_or_else(|| "does not expire".to_owned(), |t| format!("expires {}", time(t)));
+                format!("Rotated the key of {agent_id}: old keys are revoked; the new one {expiry}.\n{}", key_block(&agent_id, &key))
+            })
+        }
+    }
+}
+
+fn agent_details(d: &AgentDetails) -> String {
+    let a = &d.agent;
+    let head = Details::new()
+        .field("id", &a.id)
+        .field("name", &a.name)
+        .field("status", a.status.as_str())
+        .maybe(
+            "description",
+            Some(a.description.clone()).filter(|s| !s.is_empty()),
+        )
+        .field("capabilities", list(&a.capabilities))
+        .field("requested", perms_or_none(&a.requested_permissions))
+        .field("granted", perms_or_none(&a.granted_permissions))
+        .maybe("endpoint", a.endpoint.clone())
+        .maybe("justification", a.justification.clone())
+        .field("requested at", time(&a.requested_at))
+        .maybe(
+            "resolved",
+            a.resolved_at
+                .as_ref()
+                .map(|t| format!("{} by {}", time(t), or_dash(a.resolved_by.as_deref()))),
+        )
+        .field("auto-approved", if a.auto_approved { "yes" } else { "no" })
+        .maybe("denial reason", a.denial_reason.clone())
+        .maybe("revocation reason", a.revocation_reason.clone())
+        .field("working", a.working_status.as_str())
+        .maybe("current task", a.current_task_id.clone())
+        .maybe("message", a.status_message.clone())
+        .field("last seen", opt_time(&a.last_seen_at))
+        .render();
+    let mut keys = Table::new(&["KEY", "CREATED", "LAST USED", "EXPIRES", "REVOKED"]);
+    for c in &d.credentials {
+        keys.row(vec![
+            c.key_prefix.clone(),
+            time(&c.created_at),
+            opt_time(&c.last_used_at),
+            opt_time(&c.expires_at),
+            opt_time(&c.revoked_at),
+        ]);
+    }
+    format!(
+        "{head}\nKeys:\n{}\nAssignments (newest first):\n{}",
+        keys.render("(no keys)"),
+        assignments_table(&d.assignments).render("(never assigned)")
+    )
+}
+
+// ---- assignments ----
+
+fn target(a: &Assignment) -> String {
+    format!(
+        "{} {}",
+        a.kind,
+        a.task_id.as_deref().unwrap_or(&a.project_id)
+    )
+}
+
+fn assignments_table(all: &[Assignment]) -> Table {
+    let mut t = Table::new(&["ID", "AGENT", "TARGET", "ROLE", "ASSIGNED", "BY", "ENDED"]);
+    for a in all {
+        t.row(vec![
+            a.id.clone(),
+            a.agent_id.clone(),
+            target(a),
+            a.role.to_string(),
+            time(&a.assigned_at),
+            a.assigned_by.clone(),
+            opt_time(&a.unassigned_at),
+        ]);
+    }
+    t
+}
+
+async fn assign(ctx: &Ctx, a: AssignArgs) -> Out {
+    let caller = ctx.caller().await?;
+    let to = match (a.project, a.task) {
+        (_, Some(task)) => AssignTarget::Task(task),
+        (Some(project), None) => AssignTarget::Project(project),
+        // clap requires one of the two; keep a clear message if that ever changes.
+        (None, None) => return Err(CliError::Usage("give --project <id> or --task <id>".into())),
+    };
+    let (assignment, created) = ctx.svc.assign(&caller, &a.agent_id, to, a.role).await?;
+    ctx.render(
+        &json!({ "assignment": assignment, "created": created }),
+        || {
+            if created {
+                format!(
+                    "Assigned {} to {} as {} (assignment {}).\n",
+                    assignment.agent_id,
+                    target(&assignment),
+                    assignment.role,
+                    assignment.id
+                )
+            } else {
+                format!(
+                    "{} is already assigned to {} (assignment {}).\n",
+                    assignment.agent_id,
+                    target(&assignment),
+                    assignment.id
+                )
+            }
+        },
+    )
+}
+
+async fn unassign(ctx: &Ctx, id: &str) -> Out {
+    let caller = ctx.caller().await?;
+    let a = ctx.svc.unassign(&caller, id).await?;
+    ctx.render(&a, || {
+        format!(
+            "Ended assignment {} of {} to {}.\n",
+            a.id,
+            a.agent_id,
+            target(&a)
+        )
+    })
+}
+
+async fn assignments(ctx: &Ctx, a: AssignmentsArgs) -> Out {
+    let caller = ctx.caller().await?;
+    let all = ctx
+        .svc
+        .list_assignments(&caller, a.agent.as_deref(), a.project.as_deref(), a.all)
+        .await?;
+    ctx.render(&all, || {
+        assignments_table(&all).render(if a.all {
+            "No assignments."
+        } else {
+            "No active assignments."
+        })
+    })
+}
+
+// ---- delegations ----
+
+async fn delegation(ctx: &Ctx, cmd: DelegationCmd) -> Out {
+    let caller = ctx.caller().await?;
+    let svc = &ctx.svc;
+    match cmd {
+        DelegationCmd::List { status } => {
+            let all = svc.list_delegations(&caller, status).await?;
+            ctx.render(&all, || {
+                let mut t =
+                    Table::new(&["ID", "STATUS", "TASK", "FROM", "TO", "REQUESTED", "REASON"]);
+                for d in &all {
+                    t.row(vec![
+                        d.id.clone(),
+                        d.status.to_string(),
+                        d.task_id.clone(),
+                        d.from_agent_id.clone(),
+                        d.to_agent_id.clone(),
+                        time(&d.requested_at),
+                        d.reason.clone(),
+                    ]);
+                }
+                t.render("No delegations.")
+            })
+        }
+        DelegationCmd::Approve { id, note } => {
+            let d = svc
+                .resolve_delegation(&caller, &id, DelegationResolution::Approve, note.as_deref())
+                .await?;
+            ctx.render(&d, || {
+                format!(
+                    "Approved delegation {}: task {} moved from {} to {}.\n",
+                    d.id, d.task_id, d.from_agent_id, d.to_agent_id
+                )
+            })
+        }
+        DelegationCmd::Deny { id, reason } => {
+            let d = svc
+                .resolve_delegation(&caller, &id, DelegationResolution::Deny, Some(&reason))
+                .await?;
+            ctx.render(&d, || {
+                format!(
+                    "Denied delegation {}: task {} stays with {}.\n",
+                    d.id, d.task_id, d.from_agent_id
+                )
+            })
+        }
+    }
+}
+
+// ---- activity ----
+
+async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
+    let caller = ctx.caller().await?;
+    if let Some(ActivityCmd::Prune) = a.command {
+        let n = ctx.svc.prune_activity(&caller).await?;
+        return ctx.render(&json!({ "removed": n }), || {
+            format!("Removed {n} activity entries past the retention period.\n")
+        });
+    }
+    let f = a.filter;
+    let limit = f.limit;
+    let q = ActivityQuery {
+        agent_id: f.agent,
+        project_id: f.project,
+        task_id: f.task,
+        activity_type: f.activity_type,
+        before: f.before,
+        limit,
+    };
+    let entries = ctx.svc.list_activity(&caller, q).await?;
+    ctx.render(&entries, || {
+        let mut t = Table::new(&["TIME", "ACTOR", "TYPE", "AGENT", "OUTCOME", "DESCRIPTION"]);
+        for e in &entries {
+            let actor = match e.actor_kind {
+                ActorKind::System => "system".to_owned(),
+                kind => format!("{kind}:{}", e.actor_id),
+            };
+            t.row(vec![
+                time(&e.created_at),
+                actor,
+                e.activity_type.clone(),
+                or_dash(e.agent_id.as_deref()),
+                or_dash(e.outcome.as_deref()),
+                e.description.clone(),
+            ]);
+        }
+        let mut out = t.render("No activity.");
+        // A full page probably has more behind it; say how to get it.
+        if let Some(last) = entries.last().filter(|_| entries.len() as u64 >= limit) {
+            out.push_str(&format!("(older entries: --before {})\n", last.id));
+        }
+        out
+    })
+}
