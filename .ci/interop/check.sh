@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Drives the real parallax-mcp binary with third-party MCP clients: the official Python SDK and
+# MCP Inspector's CLI, over stdio and streamable HTTP, on both protocol eras.
+# usage: .ci/interop/check.sh TOOLS_DIR BIN   (TOOLS_DIR prepared by .ci/interop/setup.sh)
+set -euo pipefail
+DIR=${1:?TOOLS_DIR}; BIN=$(realpath "${2:?BIN}")
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck disable=SC1091
+. "$DIR/env.sh"
+WORK=$(mktemp -d)
+DB="sqlite://$WORK/interop.db?mode=rwc"
+pm() { "$BIN" --database-url "$DB" -w interop --as admin@interop.test "$@"; }
+
+# A workspace with an approved agent assigned to one task.
+"$BIN" --database-url "$DB" workspace create interop --name Interop --admin-email admin@interop.test >/dev/null
+project=$(pm --json project create "Interop project" | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+task=$(pm --json task create --project "$project" "Interop task" | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+pm agent request interop-bot --name "Interop bot" --permission read:tasks,read:agents >/dev/null
+KEY=$(pm --json agent approve interop-bot --grant read:tasks,read:agents | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+pm assign interop-bot --task "$task" >/dev/null
+
+# HTTP server on a free port; its log names the bound address.
+"$BIN" --database-url "$DB" serve --listen 127.0.0.1:0 2>"$WORK/server.err" &
+SRV=$!
+trap 'kill -TERM $SRV 2>/dev/null; wait $SRV 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do
+  URL=$(grep -o 'listening on http://[^ ]*' "$WORK/server.err" | head -1 | sed 's/listening on //') || true
+  [ -n "${URL:-}" ] && break
+  sleep 0.1
+done
+[ -n "${URL:-}" ] || { cat "$WORK/server.err"; echo "server did not start"; exit 1; }
+
+"$MCP_PY" "$HERE/py_interop.py" stdio "$KEY" "$BIN" --database-url "$DB" stdio
+"$MCP_PY" "$HERE/py_interop.py" http "$KEY" "$URL"
+
+for era in legacy modern; do
+  "$MCP_INSPECTOR" --cli -e PARALLAX_API_KEY="$KEY" "$BIN" --database-url "$DB" stdio --protocol-era $era \
+    --method tools/list -q --format json | grep -q '"agent_my_assignments"'
+  "$MCP_INSPECTOR" --cli -e PARALLAX_API_KEY="$KEY" "$BIN" --database-url "$DB" stdio --protocol-era $era \
+    --method tools/call --tool-name agent_my_assignments -q --format json | grep -q 'Interop task'
+  "$MCP_INSPECTOR" --cli "$URL" --header "Authorization: Bearer $KEY" --protocol-era $era \
+    --method tools/list -q --format json | grep -q '"agent_list_workspace"'
+  "$MCP_INSPECTOR" --cli "$URL" --header "Authorization: Bearer $KEY" --protocol-era $era \
+    --method tools/call --tool-name agent_my_assignments -q --format json | grep -q 'Interop task'
+  echo "OK inspector era=$era"
+done
+echo "interop: 4 passed, 0 failed"
