@@ -67,7 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     };
     let task_id = first["task"]["id"].as_str().unwrap_or_default().to_owned();
-    println!("working on {:?}", first["task"]["title"]);
+    println!(
+        "working on {:?}",
+        first["task"]["title"].as_str().unwrap_or_default()
+    );
     call(&client, "agent_update_status", json!({ "status": "working", "currentTask": task_id, "message": "started by the example agent" })).await?;
     let logged = call(
         &client,

@@ -44,4 +44,11 @@ for era in legacy modern; do
     --method tools/call --tool-name agent_my_assignments -q --format json | grep -q 'Interop task'
   echo "OK inspector era=$era"
 done
-echo "interop: 4 passed, 0 failed"
+# The example agent (rmcp's client) over HTTP and over stdio.
+EXAMPLE=$(dirname "$BIN")/examples/agent
+out=$(PARALLAX_API_KEY="$KEY" "$EXAMPLE" http "$URL")
+grep -q 'working on "Interop task"' <<<"$out"
+out=$(PARALLAX_API_KEY="$KEY" PARALLAX_MCP_BIN="$BIN" "$EXAMPLE" stdio --database-url "$DB" 2>/dev/null)
+grep -q 'working on "Interop task"' <<<"$out"
+echo "OK example agent"
+echo "interop: 5 passed, 0 failed"
