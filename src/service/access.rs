@@ -556,11 +556,13 @@ impl Service {
             ));
         }
         let at = now();
-        let revoked = tx.revoke_credentials(ws_id, agent_id, at).await?;
-        let key = issue_key(&tx, &agent, ttl_days.or(ws.settings.key_ttl_days)).await?;
+        // Agent row before credentials: the same order as the audit writer's touches, so the two
+        // cannot deadlock on PostgreSQL.
         agent.access_version += 1;
         agent.updated_at = at;
         tx.update_agent(&agent).await?;
+        let revoked = tx.revoke_credentials(ws_id, agent_id, at).await?;
+        let key = issue_key(&tx, &agent, ttl_days.or(ws.settings.key_ttl_days)).await?;
         tx.insert_activity(
             &Activity::new(ws_id, &caller.actor(), "agent.key_rotated")
                 .agent(agent_id)
