@@ -32,8 +32,7 @@ pub struct Config {
     pub database_url: String,
     /// Address for `serve` (default `127.0.0.1:8720`; port 0 picks a free port).
     pub listen: String,
-    /// Transport settings for `serve`; unset fields keep the transport's defaults. Parsed and
-    /// layered here; `mcp::serve_http` does not read them yet.
+    /// Transport settings for `serve`; unset fields keep the transport's defaults.
     pub http: HttpConfig,
 }
 

@@ -19,6 +19,8 @@
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate, stdio and
 //!   streamable HTTP. **The only module that imports `rmcp`.**
+//! - [`http`]: the HTTP server — one listener and router for `/mcp`, discovery and health, with
+//!   the transport limits (body size, timeouts, Host/Origin) applied once for every route.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
 //!
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod mcp;
 pub mod service;
 pub mod store;

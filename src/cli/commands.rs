@@ -59,7 +59,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
     let Cli { global, command } = cli;
     match command {
         Command::Serve { .. } => {
-            crate::mcp::serve_http(config).await?;
+            crate::http::serve(config).await?;
             return Ok(String::new());
         }
         Command::Stdio => {

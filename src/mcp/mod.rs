@@ -28,31 +28,6 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves MCP over streamable HTTP on `config.listen` until ctrl-c or SIGTERM.
-pub async fn serve_http(config: &Config) -> Result<(), ServeError> {
-    let shutdown = shutdown_signal();
-    let store = Store::open(&config.database_url).await?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
-    http::run(store, listener, http_options(config), shutdown).await
-}
-
-/// The transport settings from the `[http]` part of the configuration, over safe defaults.
-fn http_options(config: &Config) -> http::HttpOptions {
-    let mut opts = http::HttpOptions::default();
-    if let Some(hosts) = &config.http.allowed_hosts {
-        opts.allowed_hosts = hosts.clone();
-    }
-    if let Some(origins) = &config.http.allowed_origins {
-        opts.allowed_origins = origins.clone();
-    }
-    if let Some(bytes) = config.http.max_body_bytes {
-        opts.max_body_bytes = bytes;
-    }
-    opts
-}
-
 /// Serves MCP over stdio for the agent whose key is in `PARALLAX_API_KEY`. The key is checked at
 /// start (a bad key is a clear error and a non-zero exit) and again on every request.
 pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {

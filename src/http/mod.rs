@@ -1,0 +1,223 @@
+//! The HTTP server: one listener, one router composed from its parts — `/mcp` (the MCP layer),
+//! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
+//! shutdown) live here, once, for every route.
+
+use crate::config::Config;
+use crate::mcp::{self, ServeError};
+use crate::service::Service;
+use crate::store::Store;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Transport settings for `serve`.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// `Host` values accepted (DNS-rebinding protection); loopback by default.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted; none configured means a request carrying an Origin is refused.
+    pub allowed_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    /// The public URL of `/mcp`, for OAuth protected-resource metadata; derived from the bound
+    /// address when unset.
+    pub public_url: Option<String>,
+    /// How long shutdown waits for in-flight calls before closing sessions.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+                "[::1]".into(),
+            ],
+            allowed_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            public_url: None,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every part of the HTTP server shares.
+#[derive(Clone, Debug)]
+pub struct HttpContext {
+    pub service: Service,
+    pub urls: Urls,
+    pub inflight: InFlight,
+    /// Cancelled at shutdown, after in-flight calls finished: closes MCP sessions and streams.
+    pub closing: CancellationToken,
+    pub opts: Arc<HttpOptions>,
+}
+
+/// The server's public addresses.
+#[derive(Clone, Debug)]
+pub struct Urls {
+    /// The origin, e.g. `https://mcp.example.com` (no trailing slash).
+    pub origin: Arc<str>,
+    /// The protected resource: `{origin}/mcp`.
+    pub resource: Arc<str>,
+    /// RFC 9728 metadata for the resource.
+    pub resource_metadata: Arc<str>,
+}
+
+impl Urls {
+    fn new(public_url: Option<&str>, addr: std::net::SocketAddr) -> Self {
+        let resource = public_url
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{addr}/mcp"));
+        let origin = resource.trim_end_matches("/mcp").to_owned();
+        Self {
+            resource_metadata: format!("{origin}/.well-known/oauth-protected-resource/mcp").into(),
+            resource: resource.into(),
+            origin: origin.into(),
+        }
+    }
+}
+
+/// Counts requests being served, so shutdown can wait for them.
+#[derive(Clone, Default, Debug)]
+pub struct InFlight(Arc<(AtomicUsize, Notify)>);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.0.0.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.0.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.0.1.notify_waiters();
+        }
+    }
+}
+
+/// Serves HTTP (MCP and the rest) on `config.listen` until ctrl-c or SIGTERM.
+pub async fn serve(config: &Config) -> Result<(), ServeError> {
+    let shutdown = mcp::shutdown_signal();
+    let store = Store::open(&config.database_url).await?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+    run(store, listener, http_options(config), shutdown).await
+}
+
+/// The transport settings from the `[http]` part of the configuration, over safe defaults.
+fn http_options(config: &Config) -> HttpOptions {
+    let mut opts = HttpOptions::default();
+    if let Some(hosts) = &config.http.allowed_hosts {
+        opts.allowed_hosts = hosts.clone();
+    }
+    if let Some(origins) = &config.http.allowed_origins {
+        opts.allowed_origins = origins.clone();
+    }
+    if let Some(bytes) = config.http.max_body_bytes {
+        opts.max_body_bytes = bytes;
+    }
+    opts
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight calls finish (up to the drain timeout)
+/// before closing MCP sessions and returning.
+pub async fn run(
+    store: Store,
+    listener: TcpListener,
+    opts: HttpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    let ctx = HttpContext {
+        service: Service::new(store),
+        urls: Urls::new(opts.public_url.as_deref(), addr),
+        inflight: InFlight::default(),
+        closing: CancellationToken::new(),
+        opts: Arc::new(opts),
+    };
+    let app = Router::new()
+        .merge(mcp::http::router(&ctx))
+        .merge(discovery_router(&ctx))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready).with_state(ctx.clone()));
+
+    tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
+    let inflight = ctx.inflight.clone();
+    let closing = ctx.closing.clone();
+    let drain = ctx.opts.drain_timeout;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Without TCP_NODELAY, small responses wait on Nagle + delayed ACK (~40 ms per call).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight calls");
+            if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
+                tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
+            }
+            closing.cancel();
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn ready(State(ctx): State<HttpContext>) -> Response {
+    match ctx.service.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}
+
+fn discovery_router(ctx: &HttpContext) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(resource_metadata),
+        )
+        .with_state(ctx.clone())
+}
+
+/// RFC 9728 protected resource metadata.
+async fn resource_metadata(State(ctx): State<HttpContext>) -> Json<serde_json::Value> {
+    Json(json!({
+        "resource": &*ctx.urls.resource,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "parallax-mcp",
+    }))
+}
