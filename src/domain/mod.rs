@@ -9,6 +9,7 @@ mod permission;
 mod records;
 mod settings;
 mod status;
+mod webhook;
 
 pub use ids::{AgentId, Email, RecordId, WorkspaceSlug, new_id};
 pub use key::{ApiKey, KeyHash};
@@ -16,6 +17,9 @@ pub use permission::{Permission, PermissionSet};
 pub use records::*;
 pub use settings::{SETTING_KEYS, WorkspaceSettings};
 pub use status::*;
+pub use webhook::{
+    SignatureError, TOLERANCE_SECS, WebhookSecret, signature_header, verify as verify_webhook,
+};
 
 /// Why a value could not be parsed; the message is meant for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

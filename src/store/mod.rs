@@ -6,6 +6,7 @@
 
 mod convert;
 mod entities;
+mod webhook_secrets;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};
