@@ -211,7 +211,7 @@ mod tests {
         let s = WebhookSecret::generate();
         let good = s.sign("msg_1", 1000, b"x");
         let check = |id: Option<&str>, ts: Option<&str>, sig: Option<&str>| {
-            verify(&[s.clone()], id, ts, sig, b"x", 1000)
+            verify(std::slice::from_ref(&s), id, ts, sig, b"x", 1000)
         };
         assert_eq!(
             check(None, Some("1000"), Some(&good)),
