@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+
 use parallax_mcp::auth::{self, AgentCaller, MemberCaller};
 use parallax_mcp::domain::*;
 use parallax_mcp::service::{AccessOutcome, AccessRequest, Service, ServiceError, ServiceResult};
