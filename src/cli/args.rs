@@ -154,6 +154,19 @@ pub enum WorkspaceCmd {
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         set: Vec<(String, String)>,
     },
+    /// Manage the secret that signs webhooks to and from the control plane (needs role admin)
+    #[command(subcommand)]
+    WebhookSecret(WebhookSecretCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookSecretCmd {
+    /// Make a new secret current and print it, once; the previous one stays valid for the grace period
+    Rotate {
+        /// How long the previous secret stays valid, in seconds (at most 30 days)
+        #[arg(long, default_value_t = crate::service::DEFAULT_SECRET_GRACE_SECS, value_name = "N")]
+        grace_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -197,6 +197,21 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCmd) -> Out {
                 format!("{changed}{}", settings_table(&ws.settings))
             })
         }
+        WorkspaceCmd::WebhookSecret(WebhookSecretCmd::Rotate { grace_secs }) => {
+            let caller = ctx.caller().await?;
+            let secret = ctx.svc.rotate_webhook_secret(&caller, grace_secs).await?;
+            let shown = secret.expose();
+            ctx.render(
+                &json!({ "secret": shown, "previous_valid_for_secs": grace_secs }),
+                || {
+                    format!(
+                        "New webhook secret for {} (store it now, it will not be shown again):\n\n    {shown}\n\n\
+                         Previous secrets stay valid for {grace_secs} s. Give the new one to the control plane.\n",
+                        caller.workspace().slug
+                    )
+                },
+            )
+        }
     }
 }
 

@@ -174,6 +174,8 @@ pub enum Actor {
     Member(String),
     Agent(String),
     System,
+    /// The Parallax control plane, authenticated by a signed webhook.
+    ControlPlane,
 }
 
 impl Actor {
@@ -182,6 +184,7 @@ impl Actor {
             Actor::Member(_) => ActorKind::Member,
             Actor::Agent(_) => ActorKind::Agent,
             Actor::System => ActorKind::System,
+            Actor::ControlPlane => ActorKind::ControlPlane,
         }
     }
 
@@ -189,6 +192,7 @@ impl Actor {
         match self {
             Actor::Member(id) | Actor::Agent(id) => id,
             Actor::System => "system",
+            Actor::ControlPlane => "control-plane",
         }
     }
 
@@ -198,6 +202,7 @@ impl Actor {
             Actor::Member(id) => format!("member:{id}"),
             Actor::Agent(id) => format!("agent:{id}"),
             Actor::System => "system".to_owned(),
+            Actor::ControlPlane => "control-plane".to_owned(),
         }
     }
 }

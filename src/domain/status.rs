@@ -129,6 +129,7 @@ vocabulary!(
         Member => "member",
         Agent => "agent",
         System => "system",
+        ControlPlane => "control_plane",
     }
 );
 

@@ -94,150 +94,10 @@ impl Service {
         actor: &Actor,
         req: AccessRequest,
     ) -> ServiceResult<AccessOutcome> {
-        let agent_id = AgentId::parse(&req.agent_id)?;
-        let name = required_text("agent name", &req.name, 200)?;
-        let description = bounded_text("description", req.description.trim(), 4000)?;
-        let capabilities = parse_capabilities(&req.capabilities)?;
-        let justification = req
-            .justification
-            .as_deref()
-            .map(|j| bounded_text("justification", j.trim(), 4000))
-            .transpose()?;
-        let endpoint = req
-            .endpoint
-            .as_deref()
-            .map(|e| bounded_text("endpoint", e.trim(), 2000))
-            .transpose()?;
-        let metadata = req.metadata.clone().unwrap_or_else(|| json!({}));
-        if !metadata.is_object() {
-            return Err(ServiceError::Invalid(
-                "metadata must be a JSON object".into(),
-            ));
-        }
-        let requested_raw = PermissionSet::parse_all(&req.permissions)?;
-
         let tx = self.store.write().await?;
-        let ws = tx
-            .workspace_by_id(workspace_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("workspace", workspace_id))?;
-        if !ws.settings.enabled {
-            return Err(ServiceError::Forbidden(format!(
-                "agents are disabled in workspace {}",
-                ws.slug
-            )));
-        }
-        tx.lock_workspace(&ws.id).await?;
-        let requested = if requested_raw.is_empty() {
-            ws.settings.default_permissions.clone()
-        } else {
-            requested_raw
-        };
-
-        let existing = tx.agent(&ws.id, agent_id.as_str()).await?;
-        if let Some(agent) = &existing
-            && matches!(agent.status, AgentStatus::Pending | AgentStatus::Approved)
-        {
-            return Ok(AccessOutcome {
-                agent: agent.clone(),
-                api_key: None,
-                created: false,
-            });
-        }
-        let active = tx
-            .count_agents(&ws.id, &[AgentStatus::Pending, AgentStatus::Approved])
-            .await?;
-        if active >= u64::from(ws.settings.max_agents) {
-            return Err(ServiceError::QuotaExceeded {
-                limit: "max_agents",
-                max: ws.settings.max_agents,
-                detail: format!(" and the workspace has {active} pending or approved agents"),
-            });
-        }
-        let at = now();
-        let mut agent = Agent {
-            id: agent_id.into_string(),
-            workspace_id: ws.id.clone(),
-            name,
-            description,
-            capabilities,
-            status: AgentStatus::Pending,
-            requested_permissions: requested,
-            granted_permissions: PermissionSet::default(),
-            endpoint,
-            metadata,
-            justification,
-            auto_approved: false,
-            requested_at: at,
-            resolved_at: None,
-            resolved_by: None,
-            denial_reason: None,
-            revocation_reason: None,
-            working_status: WorkingStatus::Idle,
-            current_task_id: None,
-            status_message: None,
-            last_seen_at: None,
-            access_version: existing.as_ref().map_or(0, |a| a.access_version + 1),
-            updated_at: at,
-        };
-        match existing {
-            Some(_) => tx.update_agent(&agent).await?,
-            None => tx.insert_agent(&agent).await?,
-        }
-        tx.insert_activity(
-            &Activity::new(&ws.id, actor, EventType::AccessRequested.as_str())
-                .agent(&agent.id)
-                .description(&format!("{} requested {}", agent.id, agent.requested_permissions))
-                .metadata(json!({ "capabilities": agent.capabilities, "permissions": agent.requested_permissions }))
-                .build(),
-        )
-        .await?;
-        emit(
-            &tx,
-            &ws.id,
-            EventType::AccessRequested,
-            Some(&agent.id),
-            access_event_data(&agent),
-        )
-        .await?;
-
-        let mut api_key = None;
-        if ws
-            .settings
-            .auto_approves(&agent.capabilities, &agent.requested_permissions)
-        {
-            // Auto-approval still respects the approved-agent quota, checked above as active count.
-            agent.status = AgentStatus::Approved;
-            agent.granted_permissions = agent.requested_permissions.clone();
-            agent.auto_approved = true;
-            agent.resolved_at = Some(at);
-            agent.resolved_by = Some(Actor::System.label());
-            agent.access_version += 1;
-            tx.update_agent(&agent).await?;
-            api_key = Some(issue_key(&tx, &agent, ws.settings.key_ttl_days).await?);
-            tx.insert_activity(
-                &Activity::new(&ws.id, &Actor::System, EventType::AccessApproved.as_str())
-                    .agent(&agent.id)
-                    .outcome("allowed")
-                    .description(&format!("auto-approved with {}", agent.granted_permissions))
-                    .build(),
-            )
-            .await?;
-            emit(
-                &tx,
-                &ws.id,
-                EventType::AccessApproved,
-                Some(&agent.id),
-                access_event_data(&agent),
-            )
-            .await?;
-        }
+        let outcome = request_access_in(&tx, workspace_id, actor, req).await?;
         tx.commit().await?;
-        Ok(AccessOutcome {
-            agent,
-            api_key,
-            created: true,
-        })
+        Ok(outcome)
     }
 
     pub async fn list_agents(
@@ -600,4 +460,156 @@ async fn issue_key(tx: &Tx, agent: &Agent, ttl_days: Option<u32>) -> ServiceResu
     };
     tx.insert_credential(&cred, &key.hash()).await?;
     Ok(key)
+}
+
+/// The body of an access request inside the caller's transaction (not committed here), so the
+/// inbound webhook can record its replay receipt in the same transaction.
+pub(crate) async fn request_access_in(
+    tx: &Tx,
+    workspace_id: &str,
+    actor: &Actor,
+    req: AccessRequest,
+) -> ServiceResult<AccessOutcome> {
+    let agent_id = AgentId::parse(&req.agent_id)?;
+    let name = required_text("agent name", &req.name, 200)?;
+    let description = bounded_text("description", req.description.trim(), 4000)?;
+    let capabilities = parse_capabilities(&req.capabilities)?;
+    let justification = req
+        .justification
+        .as_deref()
+        .map(|j| bounded_text("justification", j.trim(), 4000))
+        .transpose()?;
+    let endpoint = req
+        .endpoint
+        .as_deref()
+        .map(|e| bounded_text("endpoint", e.trim(), 2000))
+        .transpose()?;
+    let metadata = req.metadata.clone().unwrap_or_else(|| json!({}));
+    if !metadata.is_object() {
+        return Err(ServiceError::Invalid(
+            "metadata must be a JSON object".into(),
+        ));
+    }
+    let requested_raw = PermissionSet::parse_all(&req.permissions)?;
+
+    let ws = tx
+        .workspace_by_id(workspace_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("workspace", workspace_id))?;
+    if !ws.settings.enabled {
+        return Err(ServiceError::Forbidden(format!(
+            "agents are disabled in workspace {}",
+            ws.slug
+        )));
+    }
+    tx.lock_workspace(&ws.id).await?;
+    let requested = if requested_raw.is_empty() {
+        ws.settings.default_permissions.clone()
+    } else {
+        requested_raw
+    };
+
+    let existing = tx.agent(&ws.id, agent_id.as_str()).await?;
+    if let Some(agent) = &existing
+        && matches!(agent.status, AgentStatus::Pending | AgentStatus::Approved)
+    {
+        return Ok(AccessOutcome {
+            agent: agent.clone(),
+            api_key: None,
+            created: false,
+        });
+    }
+    let active = tx
+        .count_agents(&ws.id, &[AgentStatus::Pending, AgentStatus::Approved])
+        .await?;
+    if active >= u64::from(ws.settings.max_agents) {
+        return Err(ServiceError::QuotaExceeded {
+            limit: "max_agents",
+            max: ws.settings.max_agents,
+            detail: format!(" and the workspace has {active} pending or approved agents"),
+        });
+    }
+    let at = now();
+    let mut agent = Agent {
+        id: agent_id.into_string(),
+        workspace_id: ws.id.clone(),
+        name,
+        description,
+        capabilities,
+        status: AgentStatus::Pending,
+        requested_permissions: requested,
+        granted_permissions: PermissionSet::default(),
+        endpoint,
+        metadata,
+        justification,
+        auto_approved: false,
+        requested_at: at,
+        resolved_at: None,
+        resolved_by: None,
+        denial_reason: None,
+        revocation_reason: None,
+        working_status: WorkingStatus::Idle,
+        current_task_id: None,
+        status_message: None,
+        last_seen_at: None,
+        access_version: existing.as_ref().map_or(0, |a| a.access_version + 1),
+        updated_at: at,
+    };
+    match existing {
+        Some(_) => tx.update_agent(&agent).await?,
+        None => tx.insert_agent(&agent).await?,
+    }
+    tx.insert_activity(
+        &Activity::new(&ws.id, actor, EventType::AccessRequested.as_str())
+            .agent(&agent.id)
+            .description(&format!("{} requested {}", agent.id, agent.requested_permissions))
+            .metadata(json!({ "capabilities": agent.capabilities, "permissions": agent.requested_permissions }))
+            .build(),
+    )
+    .await?;
+    emit(
+        tx,
+        &ws.id,
+        EventType::AccessRequested,
+        Some(&agent.id),
+        access_event_data(&agent),
+    )
+    .await?;
+
+    let mut api_key = None;
+    if ws
+        .settings
+        .auto_approves(&agent.capabilities, &agent.requested_permissions)
+    {
+        // Auto-approval still respects the approved-agent quota, checked above as active count.
+        agent.status = AgentStatus::Approved;
+        agent.granted_permissions = agent.requested_permissions.clone();
+        agent.auto_approved = true;
+        agent.resolved_at = Some(at);
+        agent.resolved_by = Some(Actor::System.label());
+        agent.access_version += 1;
+        tx.update_agent(&agent).await?;
+        api_key = Some(issue_key(tx, &agent, ws.settings.key_ttl_days).await?);
+        tx.insert_activity(
+            &Activity::new(&ws.id, &Actor::System, EventType::AccessApproved.as_str())
+                .agent(&agent.id)
+                .outcome("allowed")
+                .description(&format!("auto-approved with {}", agent.granted_permissions))
+                .build(),
+        )
+        .await?;
+        emit(
+            tx,
+            &ws.id,
+            EventType::AccessApproved,
+            Some(&agent.id),
+            access_event_data(&agent),
+        )
+        .await?;
+    }
+    Ok(AccessOutcome {
+        agent,
+        api_key,
+        created: true,
+    })
 }

@@ -10,6 +10,7 @@ mod agent_tools;
 mod audit;
 mod delegations;
 mod error;
+mod inbound;
 mod work;
 mod workspaces;
 
@@ -18,7 +19,9 @@ pub use agent_tools::{AgentLogEntry, LoggedActivity, MyAssignments};
 pub use audit::AuditWriter;
 pub use delegations::DelegationResolution;
 pub use error::{ServiceError, ServiceResult};
+pub use inbound::{InboundAccessRequest, InboundReply, SignedMessage};
 pub use work::{AssignTarget, TaskUpdate};
+pub use workspaces::{DEFAULT_SECRET_GRACE_SECS, MAX_SECRET_GRACE_SECS};
 
 use crate::auth::MemberCaller;
 use crate::domain::*;

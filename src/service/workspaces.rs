@@ -231,4 +231,46 @@ impl Service {
         tx.commit().await?;
         Ok(member)
     }
+
+    /// Makes a new webhook signing secret the workspace's current one and returns it (shown once).
+    /// The secrets active now stay valid for `grace_secs`, so the control plane can switch over.
+    pub async fn rotate_webhook_secret(
+        &self,
+        caller: &MemberCaller,
+        grace_secs: u64,
+    ) -> ServiceResult<WebhookSecret> {
+        self.require(caller, Role::Admin, "rotating the webhook secret")
+            .await?;
+        let grace = i64::try_from(grace_secs)
+            .ok()
+            .filter(|g| *g <= MAX_SECRET_GRACE_SECS)
+            .ok_or_else(|| {
+                ServiceError::Invalid(format!(
+                    "grace period must be at most {MAX_SECRET_GRACE_SECS} seconds"
+                ))
+            })?;
+        let ws = &caller.workspace().id;
+        let at = now();
+        let secret = WebhookSecret::generate();
+        let tx = self.store.write().await?;
+        tx.lock_workspace(ws).await?;
+        tx.rotate_webhook_secret(ws, &secret, at, at + chrono::Duration::seconds(grace))
+            .await?;
+        tx.insert_activity(
+            &Activity::new(ws, &caller.actor(), "workspace.webhook_secret_rotated")
+                .description(&format!(
+                    "new webhook secret; previous ones valid for {grace_secs} s"
+                ))
+                .metadata(json!({ "grace_secs": grace_secs }))
+                .build(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(secret)
+    }
 }
+
+/// The longest a rotated-out secret may stay valid: 30 days.
+pub const MAX_SECRET_GRACE_SECS: i64 = 30 * 24 * 3600;
+/// How long a rotated-out secret stays valid unless told otherwise: 24 hours.
+pub const DEFAULT_SECRET_GRACE_SECS: u64 = 24 * 3600;

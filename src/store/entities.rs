@@ -243,3 +243,19 @@ pub mod webhook_secret {
     }
     no_relations!();
 }
+
+pub mod inbound_webhook {
+    use sea_orm::entity::prelude::*;
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "inbound_webhooks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub webhook_id: String,
+        pub received_at: DateTimeUtc,
+        pub status_code: i32,
+        pub response_body: String,
+    }
+    no_relations!();
+}

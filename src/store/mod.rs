@@ -6,7 +6,10 @@
 
 mod convert;
 mod entities;
+mod inbound;
 mod webhook_secrets;
+
+pub use inbound::InboundReceipt;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};
