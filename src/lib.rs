@@ -21,6 +21,9 @@
 //!   streamable HTTP. **The only module that imports `rmcp`.**
 //! - [`http`]: the HTTP server — one listener and router for `/mcp`, discovery and health, with
 //!   the transport limits (body size, timeouts, Host/Origin) applied once for every route.
+//! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
+//!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
+//!   `domain`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
 //!
@@ -32,6 +35,7 @@
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;

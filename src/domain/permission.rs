@@ -84,8 +84,20 @@ impl<'de> serde::Deserialize<'de> for Permission {
     }
 }
 
+/// Named by its wire form, so API schemas list the permission names.
+impl schemars::JsonSchema for Permission {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Permission".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+}
+
 /// A set of permissions, ordered so it prints and stores the same way every time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct PermissionSet(BTreeSet<Permission>);
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 pub type Timestamp = DateTime<Utc>;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Workspace {
     pub id: String,
     pub slug: String,
@@ -15,7 +15,7 @@ pub struct Workspace {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Member {
     pub id: String,
     pub workspace_id: String,
@@ -25,7 +25,7 @@ pub struct Member {
     pub created_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Project {
     pub id: String,
     pub workspace_id: String,
@@ -36,7 +36,7 @@ pub struct Project {
     pub updated_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Task {
     pub id: String,
     pub workspace_id: String,
@@ -48,7 +48,7 @@ pub struct Task {
     pub updated_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Page {
     pub id: String,
     pub workspace_id: String,
@@ -59,7 +59,7 @@ pub struct Page {
     pub updated_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Agent {
     pub id: String,
     pub workspace_id: String,
@@ -88,7 +88,7 @@ pub struct Agent {
 }
 
 /// A stored API key, without the secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Credential {
     pub id: String,
     pub workspace_id: String,
@@ -100,7 +100,7 @@ pub struct Credential {
     pub revoked_at: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Assignment {
     pub id: String,
     pub workspace_id: String,
@@ -121,7 +121,7 @@ impl Assignment {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Delegation {
     pub id: String,
     pub workspace_id: String,
@@ -138,7 +138,7 @@ pub struct Delegation {
 }
 
 /// One entry of the audit trail.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ActivityEntry {
     pub id: String,
     pub workspace_id: String,
@@ -157,7 +157,7 @@ pub struct ActivityEntry {
 }
 
 /// An event as written to the outbox (DESIGN §4).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Event {
     pub id: String,
     pub workspace_id: String,

@@ -162,6 +162,7 @@ pub async fn run(
     };
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
+        .merge(crate::api::router(&ctx))
         .merge(discovery_router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));

@@ -29,7 +29,7 @@ pub struct AccessOutcome {
 }
 
 /// An agent with its keys (without secrets) and assignment history.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct AgentDetails {
     pub agent: Agent,
     pub credentials: Vec<Credential>,

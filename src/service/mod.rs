@@ -79,6 +79,34 @@ impl Service {
     }
 }
 
+impl Service {
+    /// A member asked for another workspace's resources: audited in the member's own workspace,
+    /// answered as not found (the other workspace does not exist from the caller's side).
+    pub async fn refuse_other_workspace(
+        &self,
+        caller: &MemberCaller,
+        requested: &str,
+    ) -> ServiceError {
+        let entry = Activity::new(&caller.workspace().id, &caller.actor(), "member.denied")
+            .outcome("denied")
+            .description(&format!(
+                "{} asked for workspace {requested:?}, not their own",
+                caller.member().email
+            ))
+            .metadata(json!({ "action": "cross-workspace request", "workspace": requested }))
+            .build();
+        let written = async {
+            let tx = self.store.write().await?;
+            tx.insert_activity(&entry).await?;
+            tx.commit().await
+        };
+        if let Err(e) = written.await {
+            return e.into();
+        }
+        ServiceError::not_found("workspace", requested)
+    }
+}
+
 /// Builds an activity entry; `build` stamps its id and time.
 pub struct Activity {
     entry: ActivityEntry,

@@ -1,0 +1,48 @@
+//! The admin HTTP API under `/api/v1`: everything the CLI does, for members holding a member
+//! token, plus the control plane's signed access requests. Handlers only translate: every rule
+//! lives in the services, which take the [`MemberCaller`](crate::auth::MemberCaller) built here.
+//! Errors have one shape, mapped from [`ServiceError::code`](crate::service::ServiceError::code)
+//! in [`error`]. The route table in [`routes`] drives both the router and the OpenAPI document.
+
+pub mod error;
+mod extract;
+mod inbound;
+mod member;
+pub mod openapi;
+pub mod routes;
+
+mod agents;
+mod assignments;
+mod work;
+mod workspaces;
+
+pub use error::{ApiError, ApiResult};
+pub use inbound::REPLAYED_HEADER;
+
+use crate::http::HttpContext;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+/// The API routes, from the route table.
+pub fn router(ctx: &HttpContext) -> Router {
+    let mut r: Router<HttpContext> = Router::new();
+    for route in routes::table() {
+        r = r.route(route.path, (route.handler)());
+    }
+    r.fallback(not_found)
+        .layer(DefaultBodyLimit::max(ctx.opts.max_body_bytes))
+        .layer(middleware::from_fn_with_state(ctx.clone(), in_flight))
+        .with_state(ctx.clone())
+}
+
+/// Counts API requests as in flight, so shutdown waits for them.
+async fn in_flight(State(ctx): State<HttpContext>, req: Request, next: Next) -> Response {
+    let _guard = ctx.inflight.enter();
+    next.run(req).await
+}
+
+async fn not_found() -> Response {
+    ApiError::not_found("no such API route").into_response()
+}
