@@ -6,7 +6,10 @@
 
 mod convert;
 mod entities;
+mod signing_keys;
 mod webhook_secrets;
+
+pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};
