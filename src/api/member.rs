@@ -49,7 +49,13 @@ impl FromRequestParts<HttpContext> for Member {
     }
 }
 
+/// A member token, verified and its member re-read. Agent keys and agent tokens are refused
+/// here: they are not member tokens (wrong shape, type or audience).
 async fn authenticate(ctx: &HttpContext, bearer: &str) -> ApiResult<MemberCaller> {
-    let _ = (ctx, bearer);
-    Err(ApiError::unauthenticated("member tokens are not available"))
+    match ctx.tokens.member(bearer).await? {
+        Ok(caller) => Ok(caller),
+        Err(refusal) => Err(ApiError::unauthenticated(format!(
+            "invalid member token: {refusal}"
+        ))),
+    }
 }

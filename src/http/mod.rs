@@ -2,7 +2,8 @@
 //! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
-use crate::config::Config;
+use crate::auth::Tokens;
+use crate::config::{AuthConfig, Config, LimitsConfig};
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::Store;
@@ -33,6 +34,10 @@ pub struct HttpOptions {
     pub public_url: Option<String>,
     /// How long shutdown waits for in-flight calls before closing sessions.
     pub drain_timeout: Duration,
+    /// Token issuer, key and lifetime.
+    pub auth: AuthConfig,
+    /// Failed-authentication limits per client address.
+    pub limits: LimitsConfig,
 }
 
 impl Default for HttpOptions {
@@ -48,6 +53,8 @@ impl Default for HttpOptions {
             max_body_bytes: 1024 * 1024,
             public_url: None,
             drain_timeout: Duration::from_secs(30),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct HttpContext {
     /// Cancelled at shutdown, after in-flight calls finished: closes MCP sessions and streams.
     pub closing: CancellationToken,
     pub opts: Arc<HttpOptions>,
+    /// Mints and verifies member and agent tokens.
+    pub tokens: Tokens,
 }
 
 /// The server's public addresses.
@@ -131,7 +140,11 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
 
 /// The transport settings from the `[http]` part of the configuration, over safe defaults.
 fn http_options(config: &Config) -> HttpOptions {
-    let mut opts = HttpOptions::default();
+    let mut opts = HttpOptions {
+        auth: config.auth.clone(),
+        limits: config.limits,
+        ..HttpOptions::default()
+    };
     if let Some(hosts) = &config.http.allowed_hosts {
         opts.allowed_hosts = hosts.clone();
     }
@@ -153,7 +166,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
+    let tokens = Tokens::load(store.clone(), &opts.auth).await?;
     let ctx = HttpContext {
+        tokens,
         service: Service::new(store),
         urls: Urls::new(opts.public_url.as_deref(), addr),
         inflight: InFlight::default(),

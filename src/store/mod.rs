@@ -7,9 +7,11 @@
 mod convert;
 mod entities;
 mod inbound;
+mod signing_keys;
 mod webhook_secrets;
 
 pub use inbound::InboundReceipt;
+pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};
