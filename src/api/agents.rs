@@ -64,7 +64,11 @@ pub async fn request(
         name: b.name,
         description: b.description,
         capabilities: b.capabilities,
-        permissions: b.permissions.iter().map(|p| p.as_str().to_owned()).collect(),
+        permissions: b
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
         endpoint: b.endpoint,
         metadata: b.metadata,
         justification: b.justification,
@@ -160,7 +164,9 @@ pub async fn set_permissions(
     Body(b): Body<Grant>,
 ) -> ApiResult<Json<Agent>> {
     let perms = PermissionSet::new(b.permissions);
-    Ok(Json(ctx.service.set_agent_permissions(&m, &id, perms).await?))
+    Ok(Json(
+        ctx.service.set_agent_permissions(&m, &id, perms).await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 /// The document, with every schema the routes use under `components/schemas`.
 pub fn document() -> Value {
     let mut components = SchemaGenerator::new(
-        SchemaSettings::draft2020_12().with(|s| s.definitions_path = "#/components/schemas/".into()),
+        SchemaSettings::draft2020_12()
+            .with(|s| s.definitions_path = "#/components/schemas/".into()),
     );
     let mut paths = Map::new();
     for route in table() {
@@ -60,8 +61,9 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
         .collect();
     if let Some(query) = route.query {
         // Query parameters are the properties of one struct, inlined.
-        let mut inline =
-            SchemaGenerator::new(SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true));
+        let mut inline = SchemaGenerator::new(
+            SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true),
+        );
         let schema = query(&mut inline).to_value();
         let required: Vec<&str> = schema["required"]
             .as_array()
@@ -96,12 +98,27 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
         route.status.to_string(),
         json!({ "description": "Success", "content": { "application/json": { "schema": (route.response)(g).to_value() } } }),
     );
-    responses.insert("400".into(), error_response("Malformed input, unknown fields or invalid values"));
-    responses.insert("401".into(), error_response("Missing or refused credential (with `WWW-Authenticate: Bearer`)"));
+    responses.insert(
+        "400".into(),
+        error_response("Malformed input, unknown fields or invalid values"),
+    );
+    responses.insert(
+        "401".into(),
+        error_response("Missing or refused credential (with `WWW-Authenticate: Bearer`)"),
+    );
     if matches!(route.access, Access::Member(_)) {
-        responses.insert("403".into(), error_response("The member's role does not allow this"));
-        responses.insert("404".into(), error_response("Not found, or in another workspace"));
-        responses.insert("409".into(), error_response("Conflicts with the current state, or a quota is exceeded"));
+        responses.insert(
+            "403".into(),
+            error_response("The member's role does not allow this"),
+        );
+        responses.insert(
+            "404".into(),
+            error_response("Not found, or in another workspace"),
+        );
+        responses.insert(
+            "409".into(),
+            error_response("Conflicts with the current state, or a quota is exceeded"),
+        );
     }
     let mut op = json!({
         "operationId": route.operation_id,

@@ -115,7 +115,9 @@ pub async fn pages(
     Member(m): Member,
     Params(q): Params<PageFilter>,
 ) -> ApiResult<Json<Vec<Page>>> {
-    Ok(Json(ctx.service.list_pages(&m, q.project.as_deref()).await?))
+    Ok(Json(
+        ctx.service.list_pages(&m, q.project.as_deref()).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -41,7 +41,9 @@ pub async fn update_settings(
         .into_iter()
         .map(|(k, v)| (k, setting_text(v)))
         .collect();
-    Ok(Json(ctx.service.update_settings(&m, &changes).await?.settings))
+    Ok(Json(
+        ctx.service.update_settings(&m, &changes).await?.settings,
+    ))
 }
 
 /// A JSON value in the text form `WorkspaceSettings::apply` reads, as the CLI passes it.

@@ -97,7 +97,9 @@ impl schemars::JsonSchema for Permission {
 }
 
 /// A set of permissions, ordered so it prints and stores the same way every time.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct PermissionSet(BTreeSet<Permission>);
 

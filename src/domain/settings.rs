@@ -2,7 +2,9 @@ use super::{ParseError, Permission, PermissionSet};
 
 /// A workspace's agent settings (seed 000 §6.2, DESIGN §1). Stored as JSON; unknown keys are refused
 /// so a typo in a settings change is an error, not a silently ignored field.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkspaceSettings {
     /// When false, no agent may request access or call a tool in this workspace.

@@ -117,11 +117,7 @@ impl Service {
             },
         )
         .await?;
-        let (status_code, live) = render(
-            &outcome.agent,
-            outcome.created,
-            outcome.api_key.as_ref(),
-        );
+        let (status_code, live) = render(&outcome.agent, outcome.created, outcome.api_key.as_ref());
         let (_, stored) = render(&outcome.agent, outcome.created, None);
         tx.insert_inbound_receipt(
             &ws.id,

@@ -1,0 +1,876 @@
+//! The admin HTTP API and the control plane's signed access requests, on the real server
+//! (`spawn_http`) with a real HTTP client, member tokens minted by the real CLI.
+
+use crate::support::server::{BIN, HttpServer, World, spawn_http, world};
+use crate::support::{all_activity, all_events, set, snapshot};
+use parallax_mcp::domain::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+// ---- helpers ----
+
+/// Runs the real CLI on the test database; returns stdout, panicking on failure.
+async fn cli(db_url: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(BIN)
+        .arg("--database-url")
+        .arg(db_url)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("PARALLAX_WORKSPACE")
+        .env_remove("PARALLAX_AS")
+        .output()
+        .await
+        .expect("run the CLI");
+    assert!(
+        out.status.success(),
+        "parallax-mcp {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A member token from `parallax-mcp member token`.
+async fn token(db_url: &str, ws: &str, email: &str) -> String {
+    cli(
+        db_url,
+        &["member", "token", "--workspace", ws, "--as", email],
+    )
+    .await
+    .trim()
+    .to_owned()
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    _server: HttpServer,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// Asserts the stable error shape with `code`.
+    #[track_caller]
+    fn error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "body: {v}");
+        let msg = v["error"]["message"].as_str().expect("message").to_owned();
+        assert!(!msg.is_empty());
+        assert_eq!(v.as_object().unwrap().len(), 1, "only `error`: {v}");
+        msg
+    }
+
+    #[track_caller]
+    fn ok(&self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        self.json()
+    }
+}
+
+impl Api {
+    async fn start(w: &World) -> Api {
+        let server = spawn_http(&w.db.url).await;
+        let base = server.url.trim_end_matches("/mcp").to_owned();
+        Api {
+            base,
+            http: reqwest::Client::new(),
+            _server: server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.expect("request");
+        Reply {
+            status: res.status(),
+            headers: res.headers().clone(),
+            text: res.text().await.unwrap(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call("GET", path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call("POST", path, token, Some(body)).await
+    }
+
+    /// A signed access request for workspace `ws`.
+    async fn signed(&self, ws: &str, id: &str, ts: i64, sig: Option<&str>, body: &[u8]) -> Reply {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/v1/workspaces/{ws}/access-requests")))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .body(body.to_vec());
+        if let Some(s) = sig {
+            req = req.header("webhook-signature", s);
+        }
+        self.send(req).await
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn request_body(agent_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "agentId": agent_id,
+        "name": "Docs bot",
+        "description": "writes docs",
+        "capabilities": ["summarize"],
+        "requestedPermissions": ["read:tasks", "write:tasks"],
+        "metadata": { "model": "m1" },
+        "endpoint": "http://agent.test/docs-bot",
+        "justification": "the docs are stale",
+    }))
+    .unwrap()
+}
+
+async fn webhook_secret(w: &World) -> WebhookSecret {
+    w.svc.rotate_webhook_secret(&w.admin, 0).await.unwrap()
+}
+
+// ---- inbound signed access requests ----
+
+#[tokio::test]
+async fn signed_access_request_is_processed_once() {
+    let w = world().await;
+    let secret = webhook_secret(&w).await;
+    let api = Api::start(&w).await;
+    let body = request_body("docs-bot");
+    let ts = now();
+    let sig = secret.sign("msg_1", ts, &body);
+
+    let first = api.signed("acme", "msg_1", ts, Some(&sig), &body).await;
+    let v = first.ok(StatusCode::CREATED);
+    assert_eq!(v["agent"]["id"], "docs-bot");
+    assert_eq!(v["agent"]["status"], "pending");
+    assert_eq!(v["created"], true);
+    assert_eq!(v["api_key"], Value::Null);
+    assert!(first.headers.get("webhook-replayed").is_none());
+
+    let ws = &w.admin.workspace().id;
+    let agent = w
+        .svc
+        .agent_details(&w.admin, "docs-bot")
+        .await
+        .unwrap()
+        .agent;
+    assert_eq!(agent.status, AgentStatus::Pending);
+    assert_eq!(agent.justification.as_deref(), Some("the docs are stale"));
+    assert_eq!(
+        agent.endpoint.as_deref(),
+        Some("http://agent.test/docs-bot")
+    );
+    assert_eq!(agent.metadata, json!({ "model": "m1" }));
+    assert_eq!(
+        agent.requested_permissions.to_string(),
+        "read:tasks,write:tasks"
+    );
+    let requested: Vec<_> = all_activity(&w.svc, ws)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "agent.access_requested")
+        .collect();
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0].actor_kind, ActorKind::ControlPlane);
+
+    // The same delivery again: the stored answer, nothing processed.
+    let before = snapshot(&w.svc, ws).await;
+    let events = all_events(&w.svc, ws).await.len();
+    let again = api.signed("acme", "msg_1", ts, Some(&sig), &body).await;
+    assert_eq!(again.status, first.status);
+    assert_eq!(again.json(), first.json());
+    assert_eq!(again.headers.get("webhook-replayed").unwrap(), "true");
+    assert_eq!(snapshot(&w.svc, ws).await, before);
+    assert_eq!(all_events(&w.svc, ws).await.len(), events);
+    let access_events = all_events(&w.svc, ws)
+        .await
+        .iter()
+        .filter(|e| e.event_type == EventType::AccessRequested)
+        .count();
+    assert_eq!(access_events, 1, "one agent.access_requested event");
+    assert_eq!(w.svc.list_agents(&w.admin, None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn signed_access_request_follows_auto_approval() {
+    let w = world().await;
+    set(
+        &w.svc,
+        &w.admin,
+        &[
+            ("auto_approve_capabilities", "summarize"),
+            ("auto_approve_permissions", "read:tasks,write:tasks"),
+        ],
+    )
+    .await;
+    let secret = webhook_secret(&w).await;
+    let api = Api::start(&w).await;
+    let body = request_body("auto-bot");
+    let ts = now();
+    let sig = secret.sign("msg_auto", ts, &body);
+    let v = api
+        .signed("acme", "msg_auto", ts, Some(&sig), &body)
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(v["agent"]["status"], "approved");
+    let key = v["api_key"].as_str().expect("key shown once");
+    assert!(ApiKey::parse(key).is_ok());
+    // A replay never shows the key again: it is not stored in clear.
+    let again = api
+        .signed("acme", "msg_auto", ts, Some(&sig), &body)
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(again["api_key"], Value::Null);
+    assert_eq!(again["agent"], v["agent"]);
+}
+
+#[tokio::test]
+async fn bad_signatures_and_bodies_are_refused_and_change_nothing() {
+    let w = world().await;
+    let secret = webhook_secret(&w).await;
+    let api = Api::start(&w).await;
+    let ws = w.admin.workspace().id.clone();
+    let before = snapshot(&w.svc, &ws).await;
+    let body = request_body("docs-bot");
+    let ts = now();
+    let good = secret.sign("msg_x", ts, &body);
+
+    let cases: Vec<(&str, i64, Option<String>)> = vec![
+        (
+            "wrong secret",
+            ts,
+            Some(WebhookSecret::generate().sign("msg_x", ts, &body)),
+        ),
+        (
+            "stale",
+            ts - 301,
+            Some(secret.sign("msg_x", ts - 301, &body)),
+        ),
+        (
+            "future",
+            ts + 301,
+            Some(secret.sign("msg_x", ts + 301, &body)),
+        ),
+        ("missing", ts, None),
+        ("empty", ts, Some(String::new())),
+        ("truncated", ts, Some(good[..good.len() - 5].to_owned())),
+        (
+            "no version",
+            ts,
+            Some(good.trim_start_matches("v1,").to_owned()),
+        ),
+        ("malformed", ts, Some("v1,!!!not-base64!!!".into())),
+        ("bare prefix", ts, Some("v1,".into())),
+        ("other id", ts, Some(secret.sign("msg_y", ts, &body))),
+    ];
+    for (what, ts, sig) in cases {
+        let r = api.signed("acme", "msg_x", ts, sig.as_deref(), &body).await;
+        let msg = r.error(StatusCode::UNAUTHORIZED, "unauthenticated");
+        assert!(!msg.contains(&good), "{what}: no signature echoed");
+    }
+    // A signature over another body.
+    let tampered = request_body("evil-bot");
+    api.signed("acme", "msg_x", ts, Some(&good), &tampered)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    // Unknown workspace and a workspace without a secret: the same refusal.
+    let a = api.signed("nowhere", "msg_x", ts, Some(&good), &body).await;
+    let b = api.signed("rival", "msg_x", ts, Some(&good), &body).await;
+    assert_eq!(
+        a.error(StatusCode::UNAUTHORIZED, "unauthenticated"),
+        b.error(StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    // Well signed but not a valid request: 400, with the stable shape.
+    for bad in [
+        json!({ "agentId": "docs-bot", "name": "x", "surprise": 1 }),
+        json!({ "name": "no id" }),
+        json!({ "agentId": "docs-bot", "name": "x", "requestedPermissions": ["root"] }),
+        json!({ "agentId": "has space", "name": "x" }),
+    ] {
+        let raw = serde_json::to_vec(&bad).unwrap();
+        let sig = secret.sign("msg_bad", ts, &raw);
+        api.signed("acme", "msg_bad", ts, Some(&sig), &raw)
+            .await
+            .error(StatusCode::BAD_REQUEST, "invalid");
+    }
+    let raw = b"{\"agentId\": ".to_vec();
+    let sig = secret.sign("msg_trunc", ts, &raw);
+    api.signed("acme", "msg_trunc", ts, Some(&sig), &raw)
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid");
+    assert_eq!(snapshot(&w.svc, &ws).await, before);
+}
+
+#[tokio::test]
+async fn rotation_accepts_any_active_secret_among_several_signatures() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let db = &w.db.url;
+    let rotate = |grace: &'static str| async move {
+        let out = cli(
+            db,
+            &[
+                "workspace",
+                "webhook-secret",
+                "rotate",
+                "--grace-secs",
+                grace,
+                "-w",
+                "acme",
+                "--as",
+                "admin@acme.test",
+                "--json",
+            ],
+        )
+        .await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        WebhookSecret::parse(v["secret"].as_str().unwrap()).unwrap()
+    };
+    let old = rotate("0").await;
+    let new = rotate("3600").await;
+    let ts = now();
+    let send = |id: &'static str, secrets: Vec<WebhookSecret>| {
+        let body = request_body(&format!("bot-{id}"));
+        let header = signature_header(&secrets, id, ts, &body);
+        let api = &api;
+        async move { api.signed("acme", id, ts, Some(&header), &body).await }
+    };
+    // Old and new both sign during the grace; either alone is accepted too.
+    send(
+        "both",
+        vec![WebhookSecret::generate(), old.clone(), new.clone()],
+    )
+    .await
+    .ok(StatusCode::CREATED);
+    send("old", vec![old.clone()]).await.ok(StatusCode::CREATED);
+    send("new", vec![new.clone()]).await.ok(StatusCode::CREATED);
+    // A rotation with no grace ends the previous secrets at once.
+    let newest = rotate("0").await;
+    send("stale-old", vec![new.clone()])
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    send("newest", vec![WebhookSecret::generate(), newest])
+        .await
+        .ok(StatusCode::CREATED);
+    // Rotation is audited, and needs an admin.
+    let rotations = all_activity(&w.svc, &w.admin.workspace().id)
+        .await
+        .iter()
+        .filter(|e| e.activity_type == "workspace.webhook_secret_rotated")
+        .count();
+    assert_eq!(rotations, 3);
+}
+
+// ---- the admin API ----
+
+#[tokio::test]
+async fn full_flow_through_the_api() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let ws = "/api/v1/workspaces/acme";
+
+    let project = api
+        .post(
+            &format!("{ws}/projects"),
+            &admin,
+            json!({ "name": "Docs", "description": "d" }),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    let pid = project["id"].as_str().unwrap();
+    let task = api
+        .post(
+            &format!("{ws}/tasks"),
+            &admin,
+            json!({ "project_id": pid, "title": "Write intro" }),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    let tid = task["id"].as_str().unwrap();
+    let updated = api
+        .call(
+            "PATCH",
+            &format!("{ws}/tasks/{tid}"),
+            &admin,
+            Some(json!({ "status": "in_progress" })),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(updated["status"], "in_progress");
+
+    let req = api
+        .post(
+            &format!("{ws}/agents"),
+            &admin,
+            json!({ "agent_id": "docs-bot", "name": "Docs bot", "permissions": ["read:tasks", "write:tasks", "read:pages"] }),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(req["agent"]["status"], "pending");
+    assert_eq!(req["api_key"], Value::Null);
+
+    let approved = api
+        .post(
+            &format!("{ws}/agents/docs-bot/approve"),
+            &admin,
+            json!({ "grant": ["read:tasks", "write:tasks"] }),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(
+        approved["agent"]["granted_permissions"],
+        json!(["read:tasks", "write:tasks"])
+    );
+    let key = approved["api_key"].as_str().unwrap().to_owned();
+    let caller = parallax_mcp::auth::agent(w.svc.store(), &key)
+        .await
+        .unwrap();
+    assert!(caller.is_ok(), "the shown key works");
+    // Shown once: never in later answers.
+    let shown = api.get(&format!("{ws}/agents/docs-bot"), &admin).await;
+    let details = shown.ok(StatusCode::OK);
+    assert!(!shown.text.contains(&key));
+    assert_eq!(details["credentials"].as_array().unwrap().len(), 1);
+    let listed = api
+        .get(&format!("{ws}/agents?status=approved"), &admin)
+        .await;
+    assert!(!listed.text.contains(&key));
+    assert_eq!(listed.ok(StatusCode::OK).as_array().unwrap().len(), 1);
+    // A grant beyond the request is refused (already approved → conflict, checked by the service).
+    api.post(&format!("{ws}/agents/docs-bot/approve"), &admin, json!({}))
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+
+    let assigned = api
+        .post(
+            &format!("{ws}/assignments"),
+            &admin,
+            json!({ "agent_id": "docs-bot", "task_id": tid }),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(assigned["created"], true);
+    let list = api
+        .get(&format!("{ws}/assignments?agent=docs-bot"), &admin)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Activity, paged two at a time, newest first, without overlap.
+    let mut seen = Vec::new();
+    let mut path = format!("{ws}/activity?limit=2");
+    loop {
+        let page = api.get(&path, &admin).await.ok(StatusCode::OK);
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 2);
+        seen.extend(entries.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        match page["next_before"].as_str() {
+            Some(b) => path = format!("{ws}/activity?limit=2&before={b}"),
+            None => break,
+        }
+    }
+    let all: Vec<String> = all_activity(&w.svc, &w.admin.workspace().id)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(seen, all, "paging walks the whole trail once");
+    let approvals = api
+        .get(
+            &format!("{ws}/activity?type=agent.access_approved&agent=docs-bot"),
+            &admin,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(approvals["entries"].as_array().unwrap().len(), 1);
+
+    let rotated = api
+        .post(
+            &format!("{ws}/agents/docs-bot/rotate-key"),
+            &admin,
+            json!({}),
+        )
+        .await
+        .ok(StatusCode::OK);
+    let new_key = rotated["api_key"].as_str().unwrap();
+    assert_ne!(new_key, key);
+    assert!(
+        parallax_mcp::auth::agent(w.svc.store(), &key)
+            .await
+            .unwrap()
+            .is_err()
+    );
+    let revoked = api
+        .post(
+            &format!("{ws}/agents/docs-bot/revoke"),
+            &admin,
+            json!({ "reason": "done" }),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(revoked["status"], "revoked");
+}
+
+#[tokio::test]
+async fn roles_are_enforced_and_refusals_audited() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let ws = "/api/v1/workspaces/acme";
+    api.post(
+        &format!("{ws}/members"),
+        &admin,
+        json!({ "email": "rita@acme.test", "role": "read" }),
+    )
+    .await
+    .ok(StatusCode::CREATED);
+    let reader = token(&w.db.url, "acme", "rita@acme.test").await;
+    let wsid = w.admin.workspace().id.clone();
+    let before = snapshot(&w.svc, &wsid).await;
+    api.post(
+        &format!("{ws}/projects"),
+        &reader,
+        json!({ "name": "Nope" }),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "forbidden");
+    api.call(
+        "PATCH",
+        &format!("{ws}/settings"),
+        &reader,
+        Some(json!({ "max_agents": 1 })),
+    )
+    .await
+    .error(StatusCode::FORBIDDEN, "forbidden");
+    api.post(&format!("{ws}/webhook-secret/rotate"), &reader, json!({}))
+        .await
+        .error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(snapshot(&w.svc, &wsid).await, before);
+    let denied: Vec<_> = all_activity(&w.svc, &wsid)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "member.denied" && e.actor_id == "rita@acme.test")
+        .collect();
+    assert_eq!(denied.len(), 3);
+    // Reading is allowed, and the admin can change settings and roles.
+    api.get(&format!("{ws}/projects"), &reader)
+        .await
+        .ok(StatusCode::OK);
+    let s = api
+        .call(
+            "PATCH",
+            &format!("{ws}/settings"),
+            &admin,
+            Some(json!({ "max_agents": 7, "auto_approve_capabilities": ["a", "b"] })),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(s["max_agents"], 7);
+    assert_eq!(s["auto_approve_capabilities"], json!(["a", "b"]));
+    api.call(
+        "PATCH",
+        &format!("{ws}/settings"),
+        &admin,
+        Some(json!({ "no_such_key": 1 })),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid");
+    let m = api
+        .call(
+            "PATCH",
+            &format!("{ws}/members/rita@acme.test"),
+            &admin,
+            Some(json!({ "role": "write" })),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(m["role"], "write");
+}
+
+#[tokio::test]
+async fn other_workspaces_are_not_found() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    // Another workspace in the path: 404, audited in the caller's workspace.
+    let before = snapshot(&w.svc, &w.other_admin.workspace().id).await;
+    api.get("/api/v1/workspaces/rival/projects", &admin)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    api.post(
+        "/api/v1/workspaces/rival/projects",
+        &admin,
+        json!({ "name": "x" }),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        snapshot(&w.svc, &w.other_admin.workspace().id).await,
+        before
+    );
+    let audited = all_activity(&w.svc, &w.admin.workspace().id)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "member.denied" && e.description.contains("rival"))
+        .count();
+    assert_eq!(audited, 2);
+    // Another workspace's ids in our own path: not found.
+    let tid = &w.other_task.id;
+    api.call(
+        "PATCH",
+        &format!("/api/v1/workspaces/acme/tasks/{tid}"),
+        &admin,
+        Some(json!({ "title": "mine now" })),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    api.post(
+        "/api/v1/workspaces/acme/assignments",
+        &admin,
+        json!({ "agent_id": "nobody", "task_id": tid }),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        snapshot(&w.svc, &w.other_admin.workspace().id).await,
+        before
+    );
+}
+
+#[tokio::test]
+async fn bad_input_and_bad_credentials_get_the_stable_shape() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let ws = "/api/v1/workspaces/acme";
+    let before = snapshot(&w.svc, &w.admin.workspace().id).await;
+    // Malformed JSON, unknown fields, wrong types.
+    let raw = api
+        .send(
+            api.http
+                .post(api.url(&format!("{ws}/projects")))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body("{\"name\": "),
+        )
+        .await;
+    raw.error(StatusCode::BAD_REQUEST, "invalid");
+    api.post(
+        &format!("{ws}/projects"),
+        &admin,
+        json!({ "name": "x", "colour": "red" }),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid");
+    api.post(&format!("{ws}/projects"), &admin, json!({ "name": 5 }))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid");
+    api.post(&format!("{ws}/projects"), &admin, json!({ "name": "  " }))
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid");
+    api.get(&format!("{ws}/tasks?status=sleeping"), &admin)
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid");
+    api.get(&format!("{ws}/activity?limit=0"), &admin)
+        .await
+        .error(StatusCode::BAD_REQUEST, "invalid");
+    api.post(
+        &format!("{ws}/assignments"),
+        &admin,
+        json!({ "agent_id": "x", "task_id": "a", "project_id": "b" }),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "invalid");
+    assert_eq!(snapshot(&w.svc, &w.admin.workspace().id).await, before);
+
+    // Missing, malformed and wrong-kind credentials: 401 with a Bearer challenge.
+    let agent_key = crate::support::server::approved_agent(
+        &w.svc,
+        &w.admin,
+        "key-bot",
+        &[Permission::ReadTasks],
+    )
+    .await;
+    let none = api
+        .send(api.http.get(api.url(&format!("{ws}/projects"))))
+        .await;
+    for (what, r) in [
+        ("none", none),
+        (
+            "garbage",
+            api.get(&format!("{ws}/projects"), "not-a-token").await,
+        ),
+        (
+            "agent key",
+            api.get(&format!("{ws}/projects"), &agent_key).await,
+        ),
+        (
+            "tampered",
+            api.get(&format!("{ws}/projects"), &format!("{admin}x"))
+                .await,
+        ),
+    ] {
+        r.error(StatusCode::UNAUTHORIZED, "unauthenticated");
+        let challenge = r
+            .headers
+            .get("www-authenticate")
+            .unwrap_or_else(|| panic!("{what}: no challenge"));
+        assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{what}");
+        assert!(!r.text.contains(&agent_key), "{what}: key never echoed");
+    }
+    // Unknown routes answer in the same shape.
+    api.get("/api/v1/nothing", &admin)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn cli_and_api_see_the_same_workspace() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let db = &w.db.url;
+    let admin = token(db, "acme", "admin@acme.test").await;
+    let as_admin = ["-w", "acme", "--as", "admin@acme.test", "--json"];
+    // CLI → API.
+    let out = cli(
+        db,
+        &[&["project", "create", "From CLI"][..], &as_admin[..]].concat(),
+    )
+    .await;
+    let p: Value = serde_json::from_str(&out).unwrap();
+    let listed = api
+        .get("/api/v1/workspaces/acme/projects", &admin)
+        .await
+        .ok(StatusCode::OK);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == p["id"] && x["name"] == "From CLI")
+    );
+    // API → CLI.
+    let pid = p["id"].as_str().unwrap();
+    let t = api
+        .post(
+            "/api/v1/workspaces/acme/tasks",
+            &admin,
+            json!({ "project_id": pid, "title": "From API" }),
+        )
+        .await
+        .ok(StatusCode::CREATED);
+    let out = cli(
+        db,
+        &[&["task", "list", "--project", pid][..], &as_admin[..]].concat(),
+    )
+    .await;
+    let tasks: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(tasks.as_array().unwrap().len(), 1);
+    assert_eq!(tasks[0]["id"], t["id"]);
+    assert_eq!(tasks[0]["title"], "From API");
+    // A request filed through the API is approved through the CLI and seen approved by the API.
+    api.post(
+        "/api/v1/workspaces/acme/agents",
+        &admin,
+        json!({ "agent_id": "x-bot", "name": "X", "permissions": ["read:tasks"] }),
+    )
+    .await
+    .ok(StatusCode::CREATED);
+    cli(
+        db,
+        &[
+            &["agent", "approve", "x-bot", "--grant", "read:tasks"][..],
+            &as_admin[..],
+        ]
+        .concat(),
+    )
+    .await;
+    let shown = api
+        .get("/api/v1/workspaces/acme/agents/x-bot", &admin)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(shown["agent"]["status"], "approved");
+}
+
+// ---- the OpenAPI document ----
+
+/// `schemas/openapi.json` matches the code; `PARALLAX_UPDATE_SCHEMAS=1` rewrites it.
+#[test]
+fn committed_openapi_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.json");
+    let text =
+        serde_json::to_string_pretty(&parallax_mcp::api::openapi::document()).unwrap() + "\n";
+    if std::env::var("PARALLAX_UPDATE_SCHEMAS").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "schemas/openapi.json drifted (run with PARALLAX_UPDATE_SCHEMAS=1 and commit)"
+    );
+}
+
+/// Every route in the table is served: without credentials it is refused (401), never 404/405.
+#[tokio::test]
+async fn every_documented_route_is_routed() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let doc = parallax_mcp::api::openapi::document();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, _) in ops.as_object().unwrap() {
+            let concrete = path
+                .replace("{workspace}", "acme")
+                .replace("{email}", "admin@acme.test")
+                .replace(['{', '}'], "");
+            let r = api
+                .send(
+                    api.http
+                        .request(method.to_uppercase().parse().unwrap(), api.url(&concrete))
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                )
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {}",
+                r.text
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, parallax_mcp::api::routes::table().len());
+    assert!(checked >= 30);
+}
