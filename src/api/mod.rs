@@ -5,9 +5,9 @@
 //! in [`error`]. The route table in [`routes`] drives both the router and the OpenAPI document.
 
 pub mod error;
-mod extract;
+pub mod extract;
 mod inbound;
-mod member;
+pub mod member;
 pub mod openapi;
 pub mod routes;
 
@@ -18,6 +18,7 @@ mod workspaces;
 
 pub use error::{ApiError, ApiResult};
 pub use inbound::REPLAYED_HEADER;
+pub use member::Member;
 
 use crate::http::HttpContext;
 use axum::Router;

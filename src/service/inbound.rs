@@ -51,7 +51,7 @@ pub struct InboundReply {
 const NO_SECRET: &str = "no webhook secret is configured for this workspace";
 
 impl Service {
-    /// Verifies and processes a signed access request for the workspace `slug`. `render` turns
+    /// Verifies and processes a signed access request for the workspace `slug` (or id). `render` turns
     /// the outcome into the reply; it is called with the key for the live answer and without it
     /// for the stored receipt (keys are never stored in clear). Refusals are not stored: they
     /// change nothing, so a retry is simply checked again.
@@ -64,10 +64,11 @@ impl Service {
         let at = now();
         let ws = {
             let tx = self.store.read().await?;
-            let ws = tx
-                .workspace_by_slug(slug)
-                .await?
-                .ok_or_else(|| ServiceError::Unauthenticated(NO_SECRET.into()))?;
+            let ws = match tx.workspace_by_slug(slug).await? {
+                Some(ws) => Some(ws),
+                None => tx.workspace_by_id(slug).await?,
+            }
+            .ok_or_else(|| ServiceError::Unauthenticated(NO_SECRET.into()))?;
             let secrets = tx.active_webhook_secrets(&ws.id, at).await?;
             if secrets.is_empty() {
                 return Err(ServiceError::Unauthenticated(NO_SECRET.into()));

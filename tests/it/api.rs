@@ -222,6 +222,100 @@ async fn signed_access_request_is_processed_once() {
 }
 
 #[tokio::test]
+async fn concurrent_deliveries_of_one_id_are_processed_once() {
+    let w = world().await;
+    let secret = webhook_secret(&w).await;
+    let api = Api::start(&w).await;
+    let body = request_body("race-bot");
+    let ts = now();
+    let sig = secret.sign("msg_race", ts, &body);
+    let replies = join_all(
+        (0..6)
+            .map(|_| Box::pin(api.signed("acme", "msg_race", ts, Some(&sig), &body)))
+            .collect(),
+    )
+    .await;
+    let fresh = replies
+        .iter()
+        .filter(|r| r.headers.get("webhook-replayed").is_none())
+        .count();
+    assert_eq!(fresh, 1, "exactly one delivery processed");
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json(), replies[0].json());
+    }
+    let ws = &w.admin.workspace().id;
+    let requested = all_events(&w.svc, ws)
+        .await
+        .iter()
+        .filter(|e| e.event_type == EventType::AccessRequested)
+        .count();
+    assert_eq!(requested, 1);
+}
+
+/// Polls every future together until all are done (no extra crate needed).
+async fn join_all<F: std::future::Future<Output = Reply> + Unpin>(futs: Vec<F>) -> Vec<Reply> {
+    let mut futs: Vec<Option<F>> = futs.into_iter().map(Some).collect();
+    let mut out: Vec<Option<Reply>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in futs.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match std::pin::Pin::new(f).poll(cx) {
+                    std::task::Poll::Ready(r) => {
+                        out[i] = Some(r);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn old_receipts_are_pruned() {
+    let w = world().await;
+    let secret = webhook_secret(&w).await;
+    let ws = w.admin.workspace().id.clone();
+    let old = chrono::Utc::now() - chrono::Duration::seconds(2 * TOLERANCE_SECS + 5);
+    let recent = chrono::Utc::now() - chrono::Duration::seconds(2 * TOLERANCE_SECS - 60);
+    let tx = w.svc.store().write().await.unwrap();
+    for (id, at) in [("msg_old", old), ("msg_recent", recent)] {
+        let receipt = parallax_mcp::store::InboundReceipt {
+            status_code: 201,
+            response_body: "{}".into(),
+            received_at: at,
+        };
+        tx.insert_inbound_receipt(&ws, id, &receipt).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let api = Api::start(&w).await;
+    let body = request_body("prune-bot");
+    let ts = now();
+    let sig = secret.sign("msg_new", ts, &body);
+    api.signed("acme", "msg_new", ts, Some(&sig), &body)
+        .await
+        .ok(StatusCode::CREATED);
+    let tx = w.svc.store().read().await.unwrap();
+    assert!(tx.inbound_receipt(&ws, "msg_old").await.unwrap().is_none());
+    assert!(
+        tx.inbound_receipt(&ws, "msg_recent")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(tx.inbound_receipt(&ws, "msg_new").await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn signed_access_request_follows_auto_approval() {
     let w = world().await;
     set(
@@ -834,6 +928,15 @@ fn committed_openapi_matches_the_code() {
     if std::env::var("PARALLAX_UPDATE_SCHEMAS").is_ok_and(|v| v == "1") {
         std::fs::write(&path, &text).unwrap();
     }
+    // Every reference resolves inside the document.
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(!refs.is_empty());
+    for r in refs {
+        let pointer = r.trim_start_matches('#');
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == text,
@@ -873,4 +976,19 @@ async fn every_documented_route_is_routed() {
     }
     assert_eq!(checked, parallax_mcp::api::routes::table().len());
     assert!(checked >= 30);
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => collect_refs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
 }
