@@ -73,6 +73,7 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
             for (name, prop) in props {
                 let mut prop = prop.clone();
                 let description = prop.as_object_mut().and_then(|o| o.remove("description"));
+                drop_null(&mut prop);
                 let mut p = json!({ "name": name, "in": "query", "required": required.contains(&name.as_str()), "schema": prop });
                 if let Some(d) = description {
                     p["description"] = d;
@@ -144,4 +145,17 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
 pub fn path_params(path: &str) -> impl Iterator<Item = &str> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+}
+
+/// An absent query parameter is how "none" is said; the schema need not offer `null`.
+fn drop_null(schema: &mut Value) {
+    if let Some(types) = schema.get_mut("type").and_then(Value::as_array_mut) {
+        types.retain(|t| t != "null");
+        if types.len() == 1 {
+            schema["type"] = types[0].clone();
+        }
+    }
+    if let Some(values) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        values.retain(|v| !v.is_null());
+    }
 }

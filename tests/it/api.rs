@@ -816,6 +816,26 @@ async fn bad_input_and_bad_credentials_get_the_stable_shape() {
         &[Permission::ReadTasks],
     )
     .await;
+    // An agent access token (a JWT, signed by the same keys) is not a member token either.
+    let tokens = parallax_mcp::auth::Tokens::load(
+        w.svc.store().clone(),
+        &parallax_mcp::config::AuthConfig::default(),
+    )
+    .await
+    .unwrap();
+    let agent = parallax_mcp::auth::agent(w.svc.store(), &agent_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let agent_jwt = tokens
+        .mint_agent(
+            &agent,
+            PermissionSet::new([Permission::ReadTasks]),
+            &format!("{}/mcp", api.base),
+        )
+        .await
+        .unwrap()
+        .access_token;
     let none = api
         .send(api.http.get(api.url(&format!("{ws}/projects"))))
         .await;
@@ -828,6 +848,10 @@ async fn bad_input_and_bad_credentials_get_the_stable_shape() {
         (
             "agent key",
             api.get(&format!("{ws}/projects"), &agent_key).await,
+        ),
+        (
+            "agent token",
+            api.get(&format!("{ws}/projects"), &agent_jwt).await,
         ),
         (
             "tampered",
