@@ -25,6 +25,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 
 /// The API routes, from the route table.
 pub fn router(ctx: &HttpContext) -> Router {
@@ -32,7 +33,10 @@ pub fn router(ctx: &HttpContext) -> Router {
     for route in routes::table() {
         r = r.route(route.path, (route.handler)());
     }
-    r.fallback(not_found)
+    // Unknown API paths and methods answer in the API's error shape; the catch-all is scoped to
+    // `/api/v1` so the rest of the server keeps its own 404s.
+    r.route("/api/v1/{*rest}", any(not_found))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(ctx.opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(ctx.clone(), in_flight))
         .with_state(ctx.clone())
@@ -46,4 +50,13 @@ async fn in_flight(State(ctx): State<HttpContext>, req: Request, next: Next) -> 
 
 async fn not_found() -> Response {
     ApiError::not_found("no such API route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this API route does not take that method",
+    )
+    .into_response()
 }

@@ -25,7 +25,7 @@ pub fn document() -> Value {
         "Error".into(),
         json!({
             "type": "object",
-            "description": "Every error answer. `code` is stable: not_found, invalid, forbidden, conflict, quota_exceeded, unauthenticated, unavailable, internal.",
+            "description": "Every error answer. `code` is stable: not_found, invalid, forbidden, conflict, quota_exceeded, unauthenticated, method_not_allowed, unavailable, internal.",
             "required": ["error"],
             "properties": { "error": {
                 "type": "object",

@@ -867,7 +867,13 @@ async fn bad_input_and_bad_credentials_get_the_stable_shape() {
         assert!(challenge.to_str().unwrap().starts_with("Bearer"), "{what}");
         assert!(!r.text.contains(&agent_key), "{what}: key never echoed");
     }
-    // Unknown routes answer in the same shape.
+    // Unknown routes and methods answer in the same shape; the rest of the server is untouched.
+    api.call("DELETE", &format!("{ws}/projects"), &admin, None)
+        .await
+        .error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let other = api.send(api.http.get(api.url("/not-api"))).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert!(other.text.is_empty());
     api.get("/api/v1/nothing", &admin)
         .await
         .error(StatusCode::NOT_FOUND, "not_found");
@@ -1015,4 +1021,83 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
         _ => {}
     }
+}
+
+/// The role each route documents is the one the services enforce: one role below is refused
+/// (403), the role itself is not.
+#[tokio::test]
+async fn documented_roles_match_the_services() {
+    use parallax_mcp::api::routes::{Access, table};
+    let w = world().await;
+    for (email, role) in [
+        ("rita@acme.test", Role::Read),
+        ("wes@acme.test", Role::Write),
+    ] {
+        w.svc.add_member(&w.admin, email, "", role).await.unwrap();
+    }
+    let api = Api::start(&w).await;
+    let db = &w.db.url;
+    let tokens = [
+        (Role::Read, token(db, "acme", "rita@acme.test").await),
+        (Role::Write, token(db, "acme", "wes@acme.test").await),
+        (Role::Admin, token(db, "acme", "admin@acme.test").await),
+    ];
+    let token_for = |r: Role| tokens.iter().find(|(x, _)| *x == r).unwrap().1.clone();
+    let (pid, tid) = (w.project.id.clone(), w.task.id.clone());
+    let sample = |op: &str| -> Option<Value> {
+        Some(match op {
+            "updateSettings" => json!({ "max_agents": 20 }),
+            "rotateWebhookSecret" | "approveAgent" | "rotateAgentKey" | "approveDelegation" => {
+                json!({})
+            }
+            "addMember" => json!({ "email": "new@acme.test", "role": "read" }),
+            "setMemberRole" => json!({ "role": "read" }),
+            "createProject" => json!({ "name": "P" }),
+            "createTask" => json!({ "project_id": pid, "title": "T" }),
+            "updateTask" => json!({ "title": "T2" }),
+            "createPage" => json!({ "title": "Pg" }),
+            "denyAgent" | "revokeAgent" | "denyDelegation" => json!({ "reason": "r" }),
+            "setAgentPermissions" => json!({ "permissions": [] }),
+            "assignAgent" => json!({ "agent_id": "nobody", "task_id": tid }),
+            _ => return None,
+        })
+    };
+    let mut checked = 0;
+    for route in table() {
+        let Access::Member(role) = route.access else {
+            continue;
+        };
+        let below = match role {
+            Role::Read => continue,
+            Role::Write => Role::Read,
+            Role::Admin => Role::Write,
+        };
+        let body = sample(route.operation_id);
+        assert_eq!(
+            body.is_some(),
+            route.request.is_some(),
+            "{}: sample body needed",
+            route.operation_id
+        );
+        let path = route
+            .path
+            .replace("{workspace}", "acme")
+            .replace("{email}", "rita@acme.test")
+            .replace("{task_id}", &w.task.id)
+            .replace(['{', '}'], "");
+        let refused = api
+            .call(route.method, &path, &token_for(below), body.clone())
+            .await;
+        refused.error(StatusCode::FORBIDDEN, "forbidden");
+        let allowed = api.call(route.method, &path, &token_for(role), body).await;
+        assert_ne!(
+            allowed.status,
+            StatusCode::FORBIDDEN,
+            "{} with role {role}: {}",
+            route.operation_id,
+            allowed.text
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "checked {checked}");
 }
