@@ -3,9 +3,16 @@
 //! leaves nothing behind but audit entries.
 
 use crate::support::server::*;
+use crate::support::{all_activity, snapshot};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parallax_mcp::auth::Tokens;
 use parallax_mcp::config::AuthConfig;
+use parallax_mcp::domain::Permission;
+use serde_json::{Value, json};
+use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 // ---- member tokens ----
 
@@ -102,4 +109,404 @@ async fn member_token_cli_prints_only_the_token() {
         .unwrap();
     let caller = tokens.member(text.trim()).await.unwrap().unwrap();
     assert_eq!(caller.member().email, "admin@acme.test");
+}
+
+// ---- fixture: a real server, an approved agent, the server's signing key ----
+
+struct Fixture {
+    w: World,
+    server: HttpServer,
+    key: String,
+    http: reqwest::Client,
+    secret: String,
+    kid: String,
+    cid: String,
+    ws: String,
+}
+
+const GRANT: &[Permission] = &[
+    Permission::ReadTasks,
+    Permission::ReadAgents,
+    Permission::WriteTasks,
+];
+
+/// `spawn_http` with extra environment (limits for the rate tests).
+async fn spawn_with_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn parallax-mcp serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on ".len()..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .unwrap_or(rest.len());
+                return rest[..end].to_owned();
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not report its address in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    HttpServer { child, url }
+}
+
+async fn fixture_with(env: &[(&str, &str)]) -> Fixture {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", GRANT).await;
+    let server = spawn_with_env(&w.db.url, env).await;
+    let ws = w.admin.workspace().id.clone();
+    let tx = w.svc.store().read().await.unwrap();
+    let row = tx
+        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+        .await
+        .unwrap()
+        .remove(0);
+    let cid = tx.list_credentials(&ws, "bot").await.unwrap().remove(0).id;
+    drop(tx);
+    Fixture {
+        w,
+        server,
+        key,
+        http: reqwest::Client::new(),
+        secret: row.secret.clone(),
+        kid: row.kid.clone(),
+        cid,
+        ws,
+    }
+}
+
+/// A server whose failed-authentication limit does not get in the way of attack lists.
+async fn fixture() -> Fixture {
+    fixture_with(&[("PARALLAX_FAILED_AUTH_BURST", "10000")]).await
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Fixture {
+    fn origin(&self) -> String {
+        self.server.url.trim_end_matches("/mcp").to_owned()
+    }
+
+    /// Claims of a valid access token for `bot`.
+    fn claims(&self) -> Value {
+        json!({
+            "iss": "parallax-mcp", "aud": self.server.url, "sub": "bot", "ws": self.ws,
+            "cid": self.cid, "scope": "read:tasks read:agents write:tasks",
+            "exp": now() + 300, "nbf": now() - 1, "iat": now() - 1, "jti": "t-1",
+        })
+    }
+
+    fn header(&self, alg: Algorithm) -> Header {
+        let mut h = Header::new(alg);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(self.kid.clone());
+        h
+    }
+
+    fn sign(&self, header: &Header, claims: &Value) -> String {
+        jsonwebtoken::encode(
+            header,
+            claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn sign_hs256(&self, claims: &Value) -> String {
+        self.sign(&self.header(Algorithm::HS256), claims)
+    }
+
+    /// `initialize` on /mcp with `bearer`.
+    async fn mcp(&self, bearer: &str) -> reqwest::Response {
+        self.mcp_as(&self.http, &self.server.url, bearer, initialize())
+            .await
+    }
+
+    async fn mcp_as(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        bearer: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        http.post(url)
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn token_request(&self, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(format!("{}/oauth/token", self.origin()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An access token from /oauth/token, optionally narrowed.
+    async fn access_token(&self, scope: Option<&str>) -> String {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_secret", self.key.as_str()),
+        ];
+        if let Some(s) = scope {
+            form.push(("scope", s));
+        }
+        let res = self.token_request(&form).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Everything but the audit trail, which refusals are expected to add to.
+    async fn state(&self) -> Value {
+        let mut s = snapshot(&self.w.svc, &self.ws).await;
+        s.as_object_mut().unwrap().remove("activity");
+        s
+    }
+
+    /// Activity entries after the first `skip`, as (type, outcome).
+    async fn activity_after(&self, skip: usize) -> Vec<(String, Option<String>)> {
+        let mut all = all_activity(&self.w.svc, &self.ws).await;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.into_iter()
+            .skip(skip)
+            .map(|e| (e.activity_type, e.outcome))
+            .collect()
+    }
+}
+
+fn initialize() -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": { "name": "attack", "version": "1" } }
+    })
+}
+
+fn www_authenticate(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[track_caller]
+fn assert_invalid_token(res: &reqwest::Response, what: &str) {
+    assert_eq!(res.status(), 401, "{what}");
+    let challenge = www_authenticate(res);
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\"")
+            && challenge.contains("error=\"invalid_token\""),
+        "{what}: {challenge}"
+    );
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// ---- agent access tokens on /mcp ----
+
+#[tokio::test]
+async fn forged_stale_and_misdirected_tokens_are_refused() {
+    let f = fixture().await;
+    let before = f.state().await;
+    let entries = all_activity(&f.w.svc, &f.ws).await.len();
+
+    // The genuine article first: a hand-minted valid token and one from /oauth/token work.
+    assert_eq!(f.mcp(&f.sign_hs256(&f.claims())).await.status(), 200);
+    assert_eq!(f.mcp(&f.access_token(None).await).await.status(), 200);
+
+    let with = |k: &str, v: Value| {
+        let mut c = f.claims();
+        c[k] = v;
+        c
+    };
+    let header_json = |alg: &str| {
+        b64(json!({ "alg": alg, "typ": "at+jwt", "kid": f.kid })
+            .to_string()
+            .as_bytes())
+    };
+    let payload = b64(f.claims().to_string().as_bytes());
+    // RS256 "signed" with the HMAC secret as if it were a public key: algorithm confusion.
+    let rs256 = {
+        use hmac::{KeyInit, Mac};
+        let msg = format!("{}.{payload}", header_json("RS256"));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(f.secret.as_bytes()).unwrap();
+        mac.update(msg.as_bytes());
+        format!("{msg}.{}", b64(&mac.finalize().into_bytes()))
+    };
+    let other_key = jsonwebtoken::encode(
+        &f.header(Algorithm::HS256),
+        &f.claims(),
+        &EncodingKey::from_secret(b"an entirely different secret of 32+ bytes"),
+    )
+    .unwrap();
+    let mut unknown_kid = f.header(Algorithm::HS256);
+    unknown_kid.kid = Some("0123456789abcdef01234567".into());
+    let mut no_kid = f.header(Algorithm::HS256);
+    no_kid.kid = None;
+    let mut member_typ = f.header(Algorithm::HS256);
+    member_typ.typ = Some("member+jwt".into());
+    let mut no_typ = f.header(Algorithm::HS256);
+    no_typ.typ = None;
+    let member_token = Tokens::load(f.w.svc.store().clone(), &AuthConfig::default())
+        .await
+        .unwrap()
+        .mint_member(&f.w.admin, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "alg none",
+            "malformed token",
+            format!("{}.{payload}.", header_json("none")),
+        ),
+        ("alg RS256", "algorithm not accepted", rs256),
+        (
+            "alg HS512",
+            "algorithm not accepted",
+            f.sign(&f.header(Algorithm::HS512), &f.claims()),
+        ),
+        ("bad signature", "bad token signature", other_key),
+        (
+            "unknown kid",
+            "unknown signing key",
+            f.sign(&unknown_kid, &f.claims()),
+        ),
+        ("no kid", "without a key id", f.sign(&no_kid, &f.claims())),
+        (
+            "wrong typ",
+            "wrong token type",
+            f.sign(&member_typ, &f.claims()),
+        ),
+        ("no typ", "wrong token type", f.sign(&no_typ, &f.claims())),
+        ("member token on /mcp", "wrong token type", member_token),
+        (
+            "wrong aud",
+            "another audience",
+            f.sign_hs256(&with("aud", json!("http://elsewhere/mcp"))),
+        ),
+        (
+            "wrong iss",
+            "another issuer",
+            f.sign_hs256(&with("iss", json!("someone-else"))),
+        ),
+        (
+            "expired beyond leeway",
+            "token expired",
+            f.sign_hs256(&with("exp", json!(now() - 45))),
+        ),
+        (
+            "nbf in the future",
+            "not valid yet",
+            f.sign_hs256(&with("nbf", json!(now() + 120))),
+        ),
+        (
+            "string exp",
+            "malformed token claims",
+            f.sign_hs256(&with("exp", json!((now() + 300).to_string()))),
+        ),
+        (
+            "string nbf",
+            "malformed token claims",
+            f.sign_hs256(&with("nbf", json!((now() - 1).to_string()))),
+        ),
+        ("no exp", "malformed token claims", {
+            let mut c = f.claims();
+            c.as_object_mut().unwrap().remove("exp");
+            f.sign_hs256(&c)
+        }),
+        (
+            "unknown scope",
+            "unknown scope",
+            f.sign_hs256(&with("scope", json!("root"))),
+        ),
+        (
+            "other credential",
+            "unknown API key",
+            f.sign_hs256(&with("cid", json!("nope"))),
+        ),
+        (
+            "other workspace",
+            "unknown API key",
+            f.sign_hs256(&with("ws", json!(f.w.other_admin.workspace().id))),
+        ),
+        ("garbage", "malformed token", "not.a.token".into()),
+    ];
+    for (what, reason, token) in &cases {
+        let res = f.mcp(token).await;
+        assert_invalid_token(&res, what);
+        let body: Value = res.json().await.unwrap();
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "{what}: {message}");
+        assert!(!message.contains(token.as_str()), "{what} echoed the token");
+    }
+
+    // Within the 30 s leeway an expired token still passes; clocks drift.
+    assert_eq!(
+        f.mcp(&f.sign_hs256(&with("exp", json!(now() - 10))))
+            .await
+            .status(),
+        200
+    );
+
+    // A token in the query string is refused even when the header is fine.
+    let token = f.access_token(None).await;
+    let res = f
+        .mcp_as(
+            &f.http,
+            &format!("{}?access_token={token}", f.server.url),
+            &token,
+            initialize(),
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(www_authenticate(&res).contains("error=\"invalid_request\""));
+    let res = f
+        .http
+        .post(format!("{}?access_token={token}", f.server.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(initialize().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+
+    // An agent token is not a member token either.
+    let tokens = Tokens::load(f.w.svc.store().clone(), &AuthConfig::default())
+        .await
+        .unwrap();
+    assert!(tokens.member(&token).await.unwrap().is_err());
+
+    assert_eq!(f.state().await, before, "refusals changed the store");
+    // None of these named a stored credential, so nothing was audited as this agent.
+    assert!(
+        f.activity_after(entries)
+            .await
+            .iter()
+            .all(|(_, outcome)| outcome.as_deref() == Some("denied")),
+    );
 }
