@@ -74,9 +74,12 @@ where
 #[derive(Clone, Default)]
 pub struct AgentLimiter(Arc<AgentLimiterInner>);
 
+/// Keyed by (workspace id, agent id).
+type PerAgent = DefaultKeyedRateLimiter<(String, String)>;
+
 #[derive(Default)]
 struct AgentLimiterInner {
-    by_quota: Mutex<HashMap<RateLimit, Arc<DefaultKeyedRateLimiter<(String, String)>>>>,
+    by_quota: Mutex<HashMap<RateLimit, Arc<PerAgent>>>,
 }
 
 impl std::fmt::Debug for AgentLimiter {
@@ -105,12 +108,7 @@ impl AgentLimiter {
         let rate = caller.rate_limit();
         let limiter = lock(&self.0.by_quota)
             .entry(rate)
-            .or_insert_with(|| {
-                Arc::new(DefaultKeyedRateLimiter::keyed(quota(
-                    rate.per_minute,
-                    rate.burst,
-                )))
-            })
+            .or_insert_with(|| Arc::new(PerAgent::keyed(quota(rate.per_minute, rate.burst))))
             .clone();
         check(
             &limiter,
