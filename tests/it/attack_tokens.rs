@@ -8,7 +8,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parallax_mcp::auth::Tokens;
 use parallax_mcp::config::AuthConfig;
-use parallax_mcp::domain::Permission;
+use parallax_mcp::domain::{Permission, PermissionSet};
+use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
@@ -277,11 +278,23 @@ impl Fixture {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
-    /// Everything but the audit trail, which refusals are expected to add to.
+    /// Everything but the audit trail, which refusals are expected to add to; waits until
+    /// writes of earlier successful calls (last-seen times) have landed.
     async fn state(&self) -> Value {
-        let mut s = snapshot(&self.w.svc, &self.ws).await;
-        s.as_object_mut().unwrap().remove("activity");
-        s
+        let take = || async {
+            let mut s = snapshot(&self.w.svc, &self.ws).await;
+            s.as_object_mut().unwrap().remove("activity");
+            s
+        };
+        let mut last = take().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = take().await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// Activity entries after the first `skip`, as (type, outcome).
@@ -293,6 +306,15 @@ impl Fixture {
             .map(|e| (e.activity_type, e.outcome))
             .collect()
     }
+}
+
+fn without_seen(mut state: Value) -> Value {
+    for (list, field) in [("agents", "last_seen_at"), ("credentials", "last_used_at")] {
+        for item in state[list].as_array_mut().unwrap() {
+            item.as_object_mut().unwrap().remove(field);
+        }
+    }
+    state
 }
 
 fn initialize() -> Value {
@@ -508,5 +530,384 @@ async fn forged_stale_and_misdirected_tokens_are_refused() {
             .await
             .iter()
             .all(|(_, outcome)| outcome.as_deref() == Some("denied")),
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_a_revoked_agent_or_key_are_refused_on_the_next_request() {
+    let f = fixture().await;
+    let token = f.access_token(None).await;
+    assert_eq!(f.mcp(&token).await.status(), 200);
+
+    // Rotating the key revokes the credential the token was minted from.
+    let (_, new_key) =
+        f.w.svc
+            .rotate_agent_key(&f.w.admin, "bot", None)
+            .await
+            .unwrap();
+    let entries = all_activity(&f.w.svc, &f.ws).await.len();
+    let res = f.mcp(&token).await;
+    assert_invalid_token(&res, "token of a revoked key");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["message"], "API key revoked");
+    // The refusal named its credential, so it is audited as the agent.
+    let audited = f.activity_after(entries).await;
+    assert_eq!(
+        audited,
+        vec![("auth.refused".to_owned(), Some("denied".to_owned()))]
+    );
+
+    // A token from the new key works until the agent itself is revoked.
+    let f = Fixture {
+        key: new_key.expose().to_owned(),
+        ..f
+    };
+    let token = f.access_token(None).await;
+    assert_eq!(f.mcp(&token).await.status(), 200);
+    f.w.svc
+        .revoke_agent(&f.w.admin, "bot", "done here")
+        .await
+        .unwrap();
+    let res = f.mcp(&token).await;
+    assert_invalid_token(&res, "token of a revoked agent");
+    let body: Value = res.json().await.unwrap();
+    // Revoking the agent revokes its keys; either way the token is dead.
+    assert_eq!(body["message"], "API key revoked");
+}
+
+#[tokio::test]
+async fn a_narrowed_token_gets_insufficient_scope_for_what_it_left_out() {
+    let f = fixture().await;
+    let token = f.access_token(Some("read:tasks")).await;
+
+    // The scoped token sees and calls only what its scope covers.
+    let client = http_client(&f.server.url, &token, ProtocolVersion::V_2025_11_25).await;
+    let names = tool_names(&client).await;
+    assert!(
+        names.contains(&"agent_my_assignments".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"agent_list_workspace".to_owned()),
+        "{names:?}"
+    );
+    ok(&client, "agent_my_assignments", json!({})).await;
+    // A tool the agent was never granted stays an ordinary permission refusal.
+    let msg = refused(
+        &client,
+        "agent_delegate_task",
+        json!({ "task_id": f.w.task.id, "to_agent_id": "x", "reason": "r" }),
+    )
+    .await;
+    assert!(msg.contains("permission denied"), "{msg}");
+    client.cancel().await.unwrap();
+
+    // A granted permission outside the token's scope: 403 with a scope challenge.
+    let entries = all_activity(&f.w.svc, &f.ws).await.len();
+    let before = f.state().await;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "agent_list_workspace", "arguments": {} }
+    });
+    for via_header in [false, true] {
+        let mut req = f
+            .http
+            .post(&f.server.url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(call.to_string());
+        if via_header {
+            req = req.header("mcp-name", "agent_list_workspace");
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403);
+        let challenge = www_authenticate(&res);
+        assert!(
+            challenge.starts_with(
+                "Bearer error=\"insufficient_scope\", scope=\"read:agents\", resource_metadata=\""
+            ),
+            "{challenge}"
+        );
+    }
+    // Like any audited tool call, the refusal marks the agent and key as seen; nothing else.
+    assert_eq!(without_seen(f.state().await), without_seen(before));
+    let audited = f.activity_after(entries).await;
+    assert_eq!(
+        audited,
+        vec![("tool.call".to_owned(), Some("denied".to_owned())); 2]
+    );
+
+    // The full-scope token (and the key) call it.
+    let full = f.access_token(None).await;
+    let client = http_client(&f.server.url, &full, ProtocolVersion::V_2025_11_25).await;
+    ok(&client, "agent_list_workspace", json!({})).await;
+    client.cancel().await.unwrap();
+
+    // Narrowing cannot widen: a scope beyond the grant is refused.
+    let res = f
+        .token_request(&[
+            ("grant_type", "client_credentials"),
+            ("client_secret", &f.key),
+            ("scope", "read:tasks delegate:agents"),
+        ])
+        .await;
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_scope");
+
+    // Revoking a granted permission applies to tokens already issued.
+    f.w.svc
+        .set_agent_permissions(
+            &f.w.admin,
+            "bot",
+            PermissionSet::new([Permission::ReadAgents]),
+        )
+        .await
+        .unwrap();
+    let client = http_client(&f.server.url, &full, ProtocolVersion::V_2025_11_25).await;
+    assert_eq!(
+        tool_names(&client).await,
+        vec![
+            "agent_list_workspace".to_owned(),
+            "agent_log_activity".to_owned(),
+            "agent_update_status".to_owned()
+        ]
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn rotating_the_signing_key_keeps_issued_tokens_valid() {
+    let f = fixture().await;
+    let old = f.access_token(None).await;
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database-url", &f.w.db.url, "signing-key", "rotate"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tx = f.w.svc.store().read().await.unwrap();
+    let keys = tx
+        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0].retired_at.is_none() && keys[1].retired_at.is_some());
+    assert_eq!(keys[1].kid, f.kid);
+
+    // Tokens signed by the retired key still pass…
+    assert_eq!(f.mcp(&old).await.status(), 200);
+    assert_eq!(f.mcp(&f.sign_hs256(&f.claims())).await.status(), 200);
+    // …and the running server learns the new key from its first token (unknown kid → reload).
+    let fresh = Fixture {
+        secret: keys[0].secret.clone(),
+        kid: keys[0].kid.clone(),
+        ..f
+    };
+    assert_eq!(
+        fresh.mcp(&fresh.sign_hs256(&fresh.claims())).await.status(),
+        200
+    );
+
+    // With a configured key there is nothing to rotate in the store.
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database-url", &fresh.w.db.url, "signing-key", "rotate"])
+        .env("PARALLAX_SIGNING_KEY", "s".repeat(40))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(&"s".repeat(40)));
+}
+
+#[tokio::test]
+async fn the_token_endpoint_refuses_bad_requests_per_rfc_6749() {
+    let f = fixture().await;
+    let before = f.state().await;
+    let url = format!("{}/oauth/token", f.origin());
+    let post = |ct: Option<&'static str>, body: String| {
+        let mut r = f.http.post(&url).body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r
+    };
+    let form = Some("application/x-www-form-urlencoded");
+    let grant = "grant_type=client_credentials";
+    let secret = format!("client_secret={}", f.key);
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "json body",
+            post(Some("application/json"), format!("{grant}&{secret}")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "no grant_type",
+            post(form, secret.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "password grant",
+            post(form, format!("grant_type=password&{secret}")),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "repeated parameter",
+            post(form, format!("{grant}&{secret}&{secret}")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "no client authentication",
+            post(form, grant.to_owned()),
+            401,
+            "invalid_client",
+        ),
+        (
+            "wrong key",
+            post(form, format!("{grant}&client_secret=mcp_agent_nope")),
+            401,
+            "invalid_client",
+        ),
+        (
+            "client_id of another agent",
+            post(form, format!("{grant}&{secret}&client_id=other")),
+            401,
+            "invalid_client",
+        ),
+        (
+            "two methods",
+            post(form, format!("{grant}&{secret}")).basic_auth("bot", Some(&f.key)),
+            400,
+            "invalid_request",
+        ),
+        (
+            "basic with a wrong secret",
+            post(form, grant.to_owned()).basic_auth("bot", Some("mcp_agent_x")),
+            401,
+            "invalid_client",
+        ),
+        (
+            "unknown scope",
+            post(form, format!("{grant}&{secret}&scope=read:tasks+root")),
+            400,
+            "invalid_scope",
+        ),
+    ];
+    for (what, req, status, code) in cases {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{what}");
+        assert_eq!(
+            res.headers().get("cache-control").unwrap(),
+            "no-store",
+            "{what}"
+        );
+        if status == 401 {
+            assert!(www_authenticate(&res).starts_with("Basic"), "{what}");
+        }
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(!body.to_string().contains(&f.key), "{what} echoed the key");
+    }
+    assert_eq!(f.state().await, before);
+
+    // HTTP Basic with the agent id works, and the answer is per RFC 6749 §5.1.
+    let res = post(form, grant.to_owned())
+        .basic_auth("bot", Some(&f.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("cache-control").unwrap(), "no-store");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    assert_eq!(body["scope"], "read:tasks write:tasks read:agents");
+    let header = jsonwebtoken::decode_header(body["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (header.alg, header.typ.as_deref(), header.kid.as_deref()),
+        (Algorithm::HS256, Some("at+jwt"), Some(f.kid.as_str()))
+    );
+
+    // A revoked key is refused, and audited as its agent.
+    f.w.svc
+        .revoke_agent(&f.w.admin, "bot", "gone")
+        .await
+        .unwrap();
+    let entries = all_activity(&f.w.svc, &f.ws).await.len();
+    let res = post(form, format!("{grant}&{secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(
+        f.activity_after(entries).await,
+        vec![("auth.refused".to_owned(), Some("denied".to_owned()))]
+    );
+}
+
+#[tokio::test]
+async fn discovery_points_agents_at_the_token_endpoint() {
+    let f = fixture().await;
+    let origin = f.origin();
+    let rs: Value = f
+        .http
+        .get(format!("{origin}/.well-known/oauth-protected-resource/mcp"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rs["resource"], f.server.url);
+    assert_eq!(rs["authorization_servers"], json!([origin]));
+    assert_eq!(
+        rs["scopes_supported"].as_array().unwrap().len(),
+        Permission::ALL.len()
+    );
+    let as_meta: Value = f
+        .http
+        .get(format!("{origin}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(as_meta["issuer"], origin);
+    assert_eq!(as_meta["token_endpoint"], format!("{origin}/oauth/token"));
+    assert_eq!(
+        as_meta["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+    assert_eq!(
+        as_meta["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_post", "client_secret_basic"])
+    );
+    assert_eq!(as_meta["scopes_supported"], rs["scopes_supported"]);
+    // Every 401 points at the resource metadata.
+    let res = f
+        .http
+        .post(&f.server.url)
+        .body(initialize().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        www_authenticate(&res),
+        format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/mcp\"")
     );
 }
