@@ -911,3 +911,121 @@ async fn discovery_points_agents_at_the_token_endpoint() {
         format!("Bearer resource_metadata=\"{origin}/.well-known/oauth-protected-resource/mcp\"")
     );
 }
+
+// ---- rate limits ----
+
+#[tokio::test]
+async fn failed_logins_block_their_address_and_no_other() {
+    let f = fixture_with(&[
+        ("PARALLAX_FAILED_AUTH_PER_MINUTE", "2"),
+        ("PARALLAX_FAILED_AUTH_BURST", "5"),
+    ])
+    .await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    let (one, two, three) = (
+        from([127, 0, 0, 1]),
+        from([127, 0, 0, 2]),
+        from([127, 0, 0, 3]),
+    );
+    let bad = "mcp_agent_0000000000000000000000000000000000000000_000000";
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..1000 {
+        let res = f.mcp_as(&one, &f.server.url, bad, initialize()).await;
+        *statuses.entry(res.status().as_u16()).or_insert(0) += 1;
+    }
+    // The burst of failures is answered, and the one that exceeds it (which blocks the address);
+    // everything after is refused before any key check.
+    assert_eq!(statuses, [(401, 6), (429, 994)].into_iter().collect());
+
+    // Even the right key is refused from .1 for now, with a Retry-After…
+    let res = f.mcp_as(&one, &f.server.url, &f.key, initialize()).await;
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // …while another address is served.
+    let res = f.mcp_as(&two, &f.server.url, &f.key, initialize()).await;
+    assert_eq!(res.status(), 200);
+
+    // The token endpoint shares the limit: .1 is blocked there too, and bad client secrets from
+    // .3 count until .3 is blocked as well.
+    let token_req = |client: &reqwest::Client, secret: &str| {
+        client
+            .post(format!("{}/oauth/token", f.origin()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&client_secret={secret}"
+            ))
+            .send()
+    };
+    assert_eq!(token_req(&one, &f.key).await.unwrap().status(), 429);
+    for _ in 0..5 {
+        assert_eq!(token_req(&three, bad).await.unwrap().status(), 401);
+    }
+    assert_eq!(token_req(&three, bad).await.unwrap().status(), 401);
+    let res = token_req(&three, &f.key).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(token_req(&two, &f.key).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_agent_over_its_rate_is_throttled_while_another_is_served() {
+    let f = fixture().await;
+    let other = approved_agent(&f.w.svc, &f.w.admin, "bot-two", GRANT).await;
+    let third = approved_agent(&f.w.svc, &f.w.admin, "bot-three", GRANT).await;
+    crate::support::set(
+        &f.w.svc,
+        &f.w.admin,
+        &[("rate_limit_per_minute", "1"), ("rate_limit_burst", "3")],
+    )
+    .await;
+
+    // Key and tokens of one agent share its budget.
+    let token = f.access_token(None).await;
+    for bearer in [&f.key, &token, &f.key] {
+        assert_eq!(f.mcp(bearer).await.status(), 200);
+    }
+    for bearer in [&f.key, &token] {
+        let res = f.mcp(bearer).await;
+        assert_eq!(res.status(), 429);
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "rate_limited");
+        assert!(body["retry_after_secs"].as_u64().unwrap() >= 1);
+    }
+    assert_eq!(f.mcp(&other).await.status(), 200);
+
+    // On stdio the same limit is a JSON-RPC error saying when to retry.
+    let client = stdio_client(&f.w.db.url, &third).await;
+    tool_names(&client).await;
+    ok(&client, "agent_my_assignments", json!({})).await;
+    ok(&client, "agent_my_assignments", json!({})).await;
+    match call(&client, "agent_my_assignments", json!({})).await {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_eq!(e.code.0, -32029);
+            assert!(e.message.contains("retry after"), "{}", e.message);
+            let secs = e.data.as_ref().unwrap()["retry_after_secs"]
+                .as_u64()
+                .unwrap();
+            assert!((1..=60).contains(&secs), "{secs}");
+        }
+        other => panic!("expected a rate-limit error, got {other:?}"),
+    }
+    client.cancel().await.unwrap();
+}
