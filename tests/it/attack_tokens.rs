@@ -1029,3 +1029,211 @@ async fn an_agent_over_its_rate_is_throttled_while_another_is_served() {
     }
     client.cancel().await.unwrap();
 }
+
+// ---- the verifier against arbitrary input ----
+
+/// A token verifier over a real store with one approved agent, for property tests.
+struct Verifier {
+    rt: tokio::runtime::Runtime,
+    _w: World,
+    tokens: Tokens,
+    secret: String,
+    ws: String,
+    cid: String,
+}
+
+const RESOURCE: &str = "http://127.0.0.1:1/mcp";
+
+fn verifier() -> Verifier {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let secret = "p".repeat(48);
+    let (w, tokens, ws, cid) = rt.block_on(async {
+        let w = world().await;
+        approved_agent(&w.svc, &w.admin, "bot", GRANT).await;
+        let config = AuthConfig {
+            signing_key: Some(secret.clone()),
+            ..AuthConfig::default()
+        };
+        let tokens = Tokens::load(w.svc.store().clone(), &config).await.unwrap();
+        let ws = w.admin.workspace().id.clone();
+        let tx = w.svc.store().read().await.unwrap();
+        let cid = tx.list_credentials(&ws, "bot").await.unwrap().remove(0).id;
+        drop(tx);
+        (w, tokens, ws, cid)
+    });
+    Verifier {
+        rt,
+        _w: w,
+        tokens,
+        secret,
+        ws,
+        cid,
+    }
+}
+
+impl Verifier {
+    /// Whether either verifier (agent or member) accepts `token`.
+    fn accepts(&self, token: &str) -> bool {
+        self.rt.block_on(async {
+            let agent = self.tokens.agent(token, RESOURCE).await.unwrap().is_ok();
+            let member = self.tokens.member(token).await.unwrap().is_ok();
+            agent || member
+        })
+    }
+
+    /// `header.claims` signed with HMAC-SHA256 under the right key, whatever `alg` says.
+    fn sign(&self, header: &Value, claims: &Value) -> String {
+        use hmac::{KeyInit, Mac};
+        let msg = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).unwrap();
+        mac.update(msg.as_bytes());
+        format!("{msg}.{}", b64(&mac.finalize().into_bytes()))
+    }
+}
+
+/// For each field, variant 0 is the valid value and the others are wrong (or absent).
+fn field(name: &str, v: &Verifier, variant: usize) -> Option<Value> {
+    let options = options(name, v);
+    options[variant % options.len()].clone()
+}
+
+fn is_valid(name: &str, v: &Verifier, variant: usize) -> bool {
+    variant.is_multiple_of(options(name, v).len())
+}
+
+fn options(name: &str, v: &Verifier) -> Vec<Option<Value>> {
+    let now = now();
+    match name {
+        "alg" => vec![
+            Some(json!("HS256")),
+            Some(json!("none")),
+            Some(json!("HS512")),
+            Some(json!("RS256")),
+            Some(json!("hs256")),
+            None,
+        ],
+        "typ" => vec![
+            Some(json!("at+jwt")),
+            Some(json!("member+jwt")),
+            Some(json!("JWT")),
+            None,
+        ],
+        "kid" => vec![
+            Some(json!(kid_of(&v.secret))),
+            Some(json!("00")),
+            Some(json!(7)),
+            None,
+        ],
+        "iss" => vec![
+            Some(json!("parallax-mcp")),
+            Some(json!("evil")),
+            Some(json!(["parallax-mcp"])),
+            None,
+        ],
+        "aud" => vec![
+            Some(json!(RESOURCE)),
+            Some(json!("http://evil/mcp")),
+            Some(json!("parallax-mcp:admin")),
+            None,
+        ],
+        "sub" => vec![
+            Some(json!("bot")),
+            Some(json!("ghost")),
+            Some(json!(1)),
+            None,
+        ],
+        "ws" => vec![Some(json!(v.ws)), Some(json!("other")), None],
+        "cid" => vec![Some(json!(v.cid)), Some(json!("nope")), None],
+        "scope" => vec![
+            Some(json!("read:tasks")),
+            Some(json!("root")),
+            Some(json!(5)),
+            None,
+        ],
+        "exp" => vec![
+            Some(json!(now + 300)),
+            Some(json!(now - 100)),
+            Some(json!((now + 300).to_string())),
+            Some(json!(1e12)),
+            None,
+        ],
+        "nbf" => vec![
+            Some(json!(now - 5)),
+            Some(json!(now + 300)),
+            Some(json!((now - 5).to_string())),
+            None,
+        ],
+        "iat" => vec![Some(json!(now - 5)), Some(json!("yesterday")), None],
+        _ => unreachable!(),
+    }
+}
+
+/// The key id the server derives from a configured secret (it is public: it is in every token).
+fn kid_of(secret: &str) -> String {
+    let digest = blake3::derive_key("parallax-mcp signing key id v1", secret.as_bytes());
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const HEADER_FIELDS: [&str; 3] = ["alg", "typ", "kid"];
+const CLAIM_FIELDS: [&str; 9] = [
+    "iss", "aud", "sub", "ws", "cid", "scope", "exp", "nbf", "iat",
+];
+
+fn build(v: &Verifier, variants: &[usize]) -> String {
+    let mut header = serde_json::Map::new();
+    let mut claims = serde_json::Map::new();
+    claims.insert("jti".into(), json!("j"));
+    for (i, name) in HEADER_FIELDS.iter().chain(CLAIM_FIELDS.iter()).enumerate() {
+        if let Some(value) = field(name, v, variants[i]) {
+            if i < HEADER_FIELDS.len() {
+                header.insert((*name).into(), value);
+            } else {
+                claims.insert((*name).into(), value);
+            }
+        }
+    }
+    v.sign(&Value::Object(header), &Value::Object(claims))
+}
+
+#[test]
+fn the_all_valid_combination_is_accepted() {
+    // Keeps the property below honest: the same builder with every field right passes.
+    let v = verifier();
+    assert!(v.accepts(&build(&v, &[0; 12])));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    #[test]
+    fn the_verifier_accepts_no_arbitrary_string(
+        s in "\\PC{0,300}",
+        shaped in "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,60}",
+    ) {
+        let v = verifier_once();
+        proptest::prop_assert!(!v.accepts(&s));
+        proptest::prop_assert!(!v.accepts(&shaped));
+    }
+
+    #[test]
+    fn the_verifier_accepts_no_token_with_a_wrong_field(
+        variants in proptest::collection::vec(0usize..6, 12),
+    ) {
+        let v = verifier_once();
+        let all_valid = HEADER_FIELDS.iter().chain(CLAIM_FIELDS.iter()).enumerate().all(|(i, name)| {
+            is_valid(name, v, variants[i])
+        });
+        proptest::prop_assume!(!all_valid);
+        proptest::prop_assert!(!v.accepts(&build(v, &variants)));
+    }
+}
+
+/// One verifier per test process: a fresh database per case would be slow.
+fn verifier_once() -> &'static Verifier {
+    static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    V.get_or_init(verifier)
+}
