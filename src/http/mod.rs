@@ -2,6 +2,9 @@
 //! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
+pub mod oauth;
+pub mod ratelimit;
+
 use crate::auth::Tokens;
 use crate::config::{AuthConfig, Config, LimitsConfig};
 use crate::mcp::{self, ServeError};
@@ -70,6 +73,8 @@ pub struct HttpContext {
     pub opts: Arc<HttpOptions>,
     /// Mints and verifies member and agent tokens.
     pub tokens: Tokens,
+    /// Failed authentications per client address (`/mcp` and `/oauth/token`).
+    pub failed_auth: ratelimit::FailedAuthLimiter,
 }
 
 /// The server's public addresses.
@@ -169,6 +174,10 @@ pub async fn run(
     let tokens = Tokens::load(store.clone(), &opts.auth).await?;
     let ctx = HttpContext {
         tokens,
+        failed_auth: ratelimit::FailedAuthLimiter::new(
+            opts.limits.failed_auth_per_minute,
+            opts.limits.failed_auth_burst,
+        ),
         service: Service::new(store),
         urls: Urls::new(opts.public_url.as_deref(), addr),
         inflight: InFlight::default(),
@@ -179,6 +188,7 @@ pub async fn run(
         .merge(mcp::http::router(&ctx))
         .merge(crate::api::router(&ctx))
         .merge(discovery_router(&ctx))
+        .merge(oauth::router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
@@ -192,16 +202,20 @@ pub async fn run(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight calls");
-            if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
-                tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
-            }
-            closing.cancel();
-        })
-        .await?;
+    // The peer address keys the failed-authentication limit.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
+            tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
+        }
+        closing.cancel();
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -233,6 +247,8 @@ fn discovery_router(ctx: &HttpContext) -> Router {
 async fn resource_metadata(State(ctx): State<HttpContext>) -> Json<serde_json::Value> {
     Json(json!({
         "resource": &*ctx.urls.resource,
+        "authorization_servers": [&*ctx.urls.origin],
+        "scopes_supported": oauth::scopes_supported(),
         "bearer_methods_supported": ["header"],
         "resource_name": "parallax-mcp",
     }))
