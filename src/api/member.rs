@@ -5,9 +5,11 @@
 use super::error::{ApiError, ApiResult};
 use crate::auth::MemberCaller;
 use crate::http::HttpContext;
-use axum::extract::{FromRequestParts, RawPathParams};
-use axum::http::header;
+use crate::http::ratelimit::retry_after_secs;
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use std::net::SocketAddr;
 
 /// An authenticated member of the workspace named in the path.
 pub struct Member(pub MemberCaller);
@@ -16,6 +18,14 @@ impl FromRequestParts<HttpContext> for Member {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &HttpContext) -> ApiResult<Self> {
+        // Refused tokens count against the address, as on `/mcp` and `/oauth/token`.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(wait) = peer.and_then(|ip| ctx.failed_auth.blocked(ip)) {
+            return Err(ApiError::rate_limited(retry_after_secs(wait)));
+        }
         let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -28,7 +38,15 @@ impl FromRequestParts<HttpContext> for Member {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("missing bearer member token"))?
             .to_owned();
-        let caller = authenticate(ctx, &bearer).await?;
+        let caller = match authenticate(ctx, &bearer).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let (Some(ip), StatusCode::UNAUTHORIZED) = (peer, e.status) {
+                    ctx.failed_auth.failed(ip);
+                }
+                return Err(e);
+            }
+        };
         let params = RawPathParams::from_request_parts(parts, ctx)
             .await
             .map_err(|e| ApiError::invalid(e.body_text()))?;

@@ -25,7 +25,7 @@ pub fn document() -> Value {
         "Error".into(),
         json!({
             "type": "object",
-            "description": "Every error answer. `code` is stable: not_found, invalid, forbidden, conflict, quota_exceeded, unauthenticated, method_not_allowed, unavailable, internal.",
+            "description": "Every error answer. `code` is stable: not_found, invalid, forbidden, conflict, quota_exceeded, unauthenticated, method_not_allowed, rate_limited, unavailable, internal.",
             "required": ["error"],
             "properties": { "error": {
                 "type": "object",
@@ -119,6 +119,12 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
         responses.insert(
             "409".into(),
             error_response("Conflicts with the current state, or a quota is exceeded"),
+        );
+        responses.insert(
+            "429".into(),
+            error_response(
+                "Too many failed authentications from this address (with `Retry-After`)",
+            ),
         );
     }
     let mut op = json!({

@@ -1101,3 +1101,32 @@ async fn documented_roles_match_the_services() {
     }
     assert!(checked >= 15, "checked {checked}");
 }
+
+#[tokio::test]
+async fn failed_member_logins_are_rate_limited_per_address() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let path = "/api/v1/workspaces/acme/projects";
+    // Good tokens are never counted.
+    for _ in 0..15 {
+        api.get(path, &admin).await.ok(StatusCode::OK);
+    }
+    let mut limited = None;
+    for i in 0..40 {
+        let r = api.get(path, &format!("bad-token-{i}")).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+        r.error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    }
+    let r = limited.expect("refused tokens are rate-limited");
+    r.error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let secs: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(secs >= 1);
+    // While blocked, even a good token waits: the address is what is limited.
+    api.get(path, &admin)
+        .await
+        .error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+}
