@@ -29,10 +29,18 @@ pub async fn access_request(
         signature: text_header(&headers, "webhook-signature")?,
         body: &body,
     };
-    let reply = ctx
+    let reply = match ctx
         .service
         .receive_access_request(&workspace, msg, render)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            // The reason only: never the signature or the body.
+            tracing::info!(%workspace, code = e.code(), reason = %e, "refused a signed access request");
+            return Err(e.into());
+        }
+    };
     let status = StatusCode::from_u16(reply.status_code).unwrap_or(StatusCode::OK);
     let mut res = (status, reply.body).into_response();
     res.headers_mut().insert(

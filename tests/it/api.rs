@@ -1130,3 +1130,74 @@ async fn failed_member_logins_are_rate_limited_per_address() {
         .await
         .error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
+
+#[tokio::test]
+async fn delegations_are_listed_and_resolved_through_the_api() {
+    let w = world().await;
+    let from_key = crate::support::server::approved_agent(
+        &w.svc,
+        &w.admin,
+        "from-bot",
+        &[Permission::ReadTasks, Permission::DelegateAgents],
+    )
+    .await;
+    crate::support::server::approved_agent(&w.svc, &w.admin, "to-bot", &[Permission::ReadTasks])
+        .await;
+    w.svc
+        .assign(
+            &w.admin,
+            "from-bot",
+            parallax_mcp::service::AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    let from = parallax_mcp::auth::agent(w.svc.store(), &from_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let d = w
+        .svc
+        .request_delegation(&from, &w.task.id, "to-bot", "I am busy")
+        .await
+        .unwrap();
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let ws = "/api/v1/workspaces/acme";
+    let pending = api
+        .get(&format!("{ws}/delegations?status=pending"), &admin)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+    assert_eq!(pending[0]["id"], d.id.as_str());
+    // Another workspace's admin cannot see or resolve it.
+    let rival = token(&w.db.url, "rival", "admin@rival.test").await;
+    api.post(
+        &format!("/api/v1/workspaces/rival/delegations/{}/approve", d.id),
+        &rival,
+        json!({}),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    let approved = api
+        .post(
+            &format!("{ws}/delegations/{}/approve", d.id),
+            &admin,
+            json!({ "note": "fine" }),
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(approved["status"], "approved");
+    api.post(
+        &format!("{ws}/delegations/{}/deny", d.id),
+        &admin,
+        json!({ "reason": "too late" }),
+    )
+    .await
+    .error(StatusCode::CONFLICT, "conflict");
+    let active = api
+        .get(&format!("{ws}/assignments?agent=to-bot"), &admin)
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(active[0]["task_id"], w.task.id.as_str());
+}
