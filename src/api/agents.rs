@@ -45,7 +45,8 @@ pub struct NewRequest {
     pub justification: Option<String>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+// No Debug: it carries key material.
+#[derive(Serialize, JsonSchema)]
 pub struct RequestOutcome {
     pub agent: Agent,
     /// False when the agent was already pending or approved (requests are idempotent).
@@ -105,7 +106,8 @@ pub struct Approval {
     pub grant: Option<Vec<Permission>>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+// No Debug: it carries key material.
+#[derive(Serialize, JsonSchema)]
 pub struct Approved {
     pub agent: Agent,
     /// The agent's API key; shown once.
@@ -176,7 +178,8 @@ pub struct Rotation {
     pub expires_in_days: Option<u32>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+// No Debug: it carries key material.
+#[derive(Serialize, JsonSchema)]
 pub struct RotatedKey {
     pub credential: Credential,
     /// The new API key; shown once.

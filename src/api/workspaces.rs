@@ -70,7 +70,8 @@ pub struct RotateSecret {
     pub grace_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+// No Debug: it carries key material.
+#[derive(Serialize, JsonSchema)]
 pub struct NewSecret {
     /// The new `whsec_…` secret; shown once.
     pub secret: String,

@@ -39,11 +39,21 @@ pub struct InboundAccessRequest {
 }
 
 /// What the transport sends back: a status and a JSON body. A replay gets the stored one.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InboundReply {
     pub status_code: u16,
+    /// May hold a new API key (auto-approval): `Debug` leaves it out.
     pub body: String,
     pub replayed: bool,
+}
+
+impl std::fmt::Debug for InboundReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundReply")
+            .field("status_code", &self.status_code)
+            .field("replayed", &self.replayed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Refusal text for an unknown workspace and for one without a secret: the same, so an unsigned
