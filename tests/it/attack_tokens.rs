@@ -1237,3 +1237,46 @@ fn verifier_once() -> &'static Verifier {
     static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
     V.get_or_init(verifier)
 }
+
+#[tokio::test]
+async fn replicas_starting_at_once_converge_on_one_key() {
+    let w = world().await;
+    // Separate stores, like separate processes, all on a database without a key yet.
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(w.db.store().await);
+    }
+    // All start together so their transactions really overlap.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(stores.len()));
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                Tokens::load(store, &AuthConfig::default()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for t in tasks {
+        replicas.push(t.await.unwrap());
+    }
+    let tx = w.svc.store().read().await.unwrap();
+    let keys = tx
+        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Each replica's tokens pass on every other.
+    for a in &replicas {
+        let token = a
+            .mint_member(&w.admin, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for b in &replicas {
+            assert!(b.member(&token).await.unwrap().is_ok());
+        }
+    }
+}
