@@ -77,6 +77,29 @@ async fn member_tokens_name_the_member_and_nothing_else_passes() {
         "admin@rival.test"
     );
     assert!(tokens.member(&other).await.unwrap().is_err());
+
+    // A correctly signed token whose member is not (or no longer) in the workspace is refused:
+    // the member is re-read on every use.
+    let now = chrono::Utc::now().timestamp();
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("member+jwt".into());
+    header.kid = jsonwebtoken::decode_header(&other).unwrap().kid;
+    let claims = json!({
+        "iss": "parallax-mcp", "aud": "parallax-mcp:admin", "sub": w.other_admin.member().id,
+        "ws": w.other_admin.workspace().id, "email": "gone@rival.test",
+        "exp": now + 60, "nbf": now, "iat": now, "jti": "x",
+    });
+    let gone = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret("k".repeat(40).as_bytes()),
+    )
+    .unwrap();
+    let refusal = fixed.member(&gone).await.unwrap().unwrap_err();
+    assert!(
+        refusal.reason.contains("no longer in the workspace"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]
