@@ -1229,36 +1229,53 @@ fn the_all_valid_combination_is_accepted() {
     assert!(v.accepts(&build(&v, &[0; 12])));
 }
 
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
-
-    #[test]
-    fn the_verifier_accepts_no_arbitrary_string(
-        s in "\\PC{0,300}",
-        shaped in "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,60}",
-    ) {
-        let v = verifier_once();
-        proptest::prop_assert!(!v.accepts(&s));
-        proptest::prop_assert!(!v.accepts(&shaped));
-    }
-
-    #[test]
-    fn the_verifier_accepts_no_token_with_a_wrong_field(
-        variants in proptest::collection::vec(0usize..6, 12),
-    ) {
-        let v = verifier_once();
-        let all_valid = HEADER_FIELDS.iter().chain(CLAIM_FIELDS.iter()).enumerate().all(|(i, name)| {
-            is_valid(name, v, variants[i])
-        });
-        proptest::prop_assume!(!all_valid);
-        proptest::prop_assert!(!v.accepts(&build(v, &variants)));
-    }
+/// Runs a property with one verifier (one database) for all its cases, dropped afterwards.
+fn check_property<S: proptest::strategy::Strategy>(
+    strategy: S,
+    property: impl Fn(&Verifier, S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let v = verifier();
+    let config = proptest::test_runner::Config {
+        cases: 128,
+        ..Default::default()
+    };
+    proptest::test_runner::TestRunner::new(config)
+        .run(&strategy, |input| property(&v, input))
+        .unwrap();
 }
 
-/// One verifier per test process: a fresh database per case would be slow.
-fn verifier_once() -> &'static Verifier {
-    static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
-    V.get_or_init(verifier)
+#[test]
+fn the_verifier_accepts_no_arbitrary_string() {
+    check_property(
+        (
+            "\\PC{0,300}",
+            "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,60}",
+        ),
+        |v, (s, shaped): (String, String)| {
+            proptest::prop_assert!(!v.accepts(&s));
+            proptest::prop_assert!(!v.accepts(&shaped));
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn the_verifier_accepts_no_token_with_a_wrong_field() {
+    check_property(
+        proptest::collection::vec(0usize..6, 12),
+        |v, variants: Vec<usize>| {
+            let all_valid = HEADER_FIELDS
+                .iter()
+                .chain(CLAIM_FIELDS.iter())
+                .enumerate()
+                .all(|(i, name)| is_valid(name, v, variants[i]));
+            proptest::prop_assume!(!all_valid);
+            proptest::prop_assert!(!v.accepts(&build(v, &variants)));
+            Ok(())
+        },
+    );
 }
 
 #[tokio::test]
