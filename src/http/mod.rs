@@ -1,5 +1,6 @@
 //! The HTTP server: one listener, one router composed from its parts — `/mcp` (the MCP layer),
-//! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
+//! health and readiness, RFC 9728 / RFC 8414 discovery and the OAuth token endpoint
+//! ([`oauth`]), with rate limits in [`ratelimit`]. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
 pub mod oauth;

@@ -116,7 +116,7 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
     if let Err(wait) = state.gate.limiter().check(&caller) {
         return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
     }
-    let req = if caller.is_narrowed() {
+    let mut req = if caller.is_narrowed() {
         match scope_check(&state, &caller, req).await {
             Ok(req) => req,
             Err(res) => return res,
@@ -124,7 +124,6 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
     } else {
         req
     };
-    let mut req = req;
     req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
     next.run(req).await
 }

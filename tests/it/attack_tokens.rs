@@ -77,6 +77,29 @@ async fn member_tokens_name_the_member_and_nothing_else_passes() {
         "admin@rival.test"
     );
     assert!(tokens.member(&other).await.unwrap().is_err());
+
+    // A correctly signed token whose member is not (or no longer) in the workspace is refused:
+    // the member is re-read on every use.
+    let now = chrono::Utc::now().timestamp();
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("member+jwt".into());
+    header.kid = jsonwebtoken::decode_header(&other).unwrap().kid;
+    let claims = json!({
+        "iss": "parallax-mcp", "aud": "parallax-mcp:admin", "sub": w.other_admin.member().id,
+        "ws": w.other_admin.workspace().id, "email": "gone@rival.test",
+        "exp": now + 60, "nbf": now, "iat": now, "jti": "x",
+    });
+    let gone = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret("k".repeat(40).as_bytes()),
+    )
+    .unwrap();
+    let refusal = fixed.member(&gone).await.unwrap().unwrap_err();
+    assert!(
+        refusal.reason.contains("no longer in the workspace"),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]
@@ -1206,34 +1229,94 @@ fn the_all_valid_combination_is_accepted() {
     assert!(v.accepts(&build(&v, &[0; 12])));
 }
 
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
-
-    #[test]
-    fn the_verifier_accepts_no_arbitrary_string(
-        s in "\\PC{0,300}",
-        shaped in "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,60}",
-    ) {
-        let v = verifier_once();
-        proptest::prop_assert!(!v.accepts(&s));
-        proptest::prop_assert!(!v.accepts(&shaped));
-    }
-
-    #[test]
-    fn the_verifier_accepts_no_token_with_a_wrong_field(
-        variants in proptest::collection::vec(0usize..6, 12),
-    ) {
-        let v = verifier_once();
-        let all_valid = HEADER_FIELDS.iter().chain(CLAIM_FIELDS.iter()).enumerate().all(|(i, name)| {
-            is_valid(name, v, variants[i])
-        });
-        proptest::prop_assume!(!all_valid);
-        proptest::prop_assert!(!v.accepts(&build(v, &variants)));
-    }
+/// Runs a property with one verifier (one database) for all its cases, dropped afterwards.
+fn check_property<S: proptest::strategy::Strategy>(
+    strategy: S,
+    property: impl Fn(&Verifier, S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let v = verifier();
+    let config = proptest::test_runner::Config {
+        cases: 128,
+        ..Default::default()
+    };
+    proptest::test_runner::TestRunner::new(config)
+        .run(&strategy, |input| property(&v, input))
+        .unwrap();
 }
 
-/// One verifier per test process: a fresh database per case would be slow.
-fn verifier_once() -> &'static Verifier {
-    static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
-    V.get_or_init(verifier)
+#[test]
+fn the_verifier_accepts_no_arbitrary_string() {
+    check_property(
+        (
+            "\\PC{0,300}",
+            "[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,200}\\.[A-Za-z0-9_-]{0,60}",
+        ),
+        |v, (s, shaped): (String, String)| {
+            proptest::prop_assert!(!v.accepts(&s));
+            proptest::prop_assert!(!v.accepts(&shaped));
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn the_verifier_accepts_no_token_with_a_wrong_field() {
+    check_property(
+        proptest::collection::vec(0usize..6, 12),
+        |v, variants: Vec<usize>| {
+            let all_valid = HEADER_FIELDS
+                .iter()
+                .chain(CLAIM_FIELDS.iter())
+                .enumerate()
+                .all(|(i, name)| is_valid(name, v, variants[i]));
+            proptest::prop_assume!(!all_valid);
+            proptest::prop_assert!(!v.accepts(&build(v, &variants)));
+            Ok(())
+        },
+    );
+}
+
+#[tokio::test]
+async fn replicas_starting_at_once_converge_on_one_key() {
+    let w = world().await;
+    // Separate stores, like separate processes, all on a database without a key yet.
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(w.db.store().await);
+    }
+    // All start together so their transactions really overlap.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(stores.len()));
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .map(|store| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                Tokens::load(store, &AuthConfig::default()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for t in tasks {
+        replicas.push(t.await.unwrap());
+    }
+    let tx = w.svc.store().read().await.unwrap();
+    let keys = tx
+        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Each replica's tokens pass on every other.
+    for a in &replicas {
+        let token = a
+            .mint_member(&w.admin, Duration::from_secs(60))
+            .await
+            .unwrap();
+        for b in &replicas {
+            assert!(b.member(&token).await.unwrap().is_ok());
+        }
+    }
 }
