@@ -34,6 +34,38 @@ pub struct Config {
     pub listen: String,
     /// Transport settings for `serve`; unset fields keep the transport's defaults.
     pub http: HttpConfig,
+    /// Webhook delivery to control planes (`[webhooks]`).
+    pub webhooks: WebhooksConfig,
+    /// Live event streams (`[events]`).
+    pub events: EventsConfig,
+}
+
+/// The `[webhooks]` table; unset fields keep the worker's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// First retry delay (before jitter), in milliseconds; doubles per attempt.
+    pub base_delay_ms: Option<u64>,
+    /// Cap on the retry delay, in milliseconds.
+    pub max_delay_ms: Option<u64>,
+    /// Time allowed for one attempt (connect, send, read the answer), in milliseconds.
+    pub attempt_timeout_ms: Option<u64>,
+    /// A delivery still failing this long after its event is marked failed, in seconds.
+    pub give_up_after_secs: Option<u64>,
+    /// How often the worker looks for due deliveries, in milliseconds.
+    pub poll_interval_ms: Option<u64>,
+}
+
+/// The `[events]` table; unset fields keep the feed's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How often the feed polls for other replicas' events, in milliseconds.
+    pub poll_interval_ms: Option<u64>,
+    /// Keep-alive comment interval on event streams, in milliseconds.
+    pub keepalive_ms: Option<u64>,
+    /// How often a stream re-checks that its member still has access, in milliseconds.
+    pub access_check_ms: Option<u64>,
 }
 
 /// The `[http]` table: optional overrides of the HTTP transport's defaults.
@@ -57,6 +89,10 @@ struct FileConfig {
     listen: Option<String>,
     #[serde(default)]
     http: HttpConfig,
+    #[serde(default)]
+    webhooks: WebhooksConfig,
+    #[serde(default)]
+    events: EventsConfig,
 }
 
 /// What the command line said; `None` leaves the lower layers' value.
@@ -83,6 +119,8 @@ impl Default for Config {
             database_url: database_url_for_path(Path::new(DEFAULT_DB_FILE)),
             listen: DEFAULT_LISTEN.to_owned(),
             http: HttpConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -134,6 +172,32 @@ impl Config {
             config.http.max_body_bytes = Some(n);
         }
 
+        let millis = |name: &str| -> Result<Option<u64>, ConfigError> {
+            env(name)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        ConfigError(format!("{name} must be a whole number, got {v:?}"))
+                    })
+                })
+                .transpose()
+        };
+        let w = &mut config.webhooks;
+        let e = &mut config.events;
+        for (name, slot) in [
+            ("PARALLAX_WEBHOOK_BASE_DELAY_MS", &mut w.base_delay_ms),
+            ("PARALLAX_WEBHOOK_MAX_DELAY_MS", &mut w.max_delay_ms),
+            ("PARALLAX_WEBHOOK_TIMEOUT_MS", &mut w.attempt_timeout_ms),
+            ("PARALLAX_WEBHOOK_GIVE_UP_SECS", &mut w.give_up_after_secs),
+            ("PARALLAX_WEBHOOK_POLL_MS", &mut w.poll_interval_ms),
+            ("PARALLAX_EVENTS_POLL_MS", &mut e.poll_interval_ms),
+            ("PARALLAX_EVENTS_KEEPALIVE_MS", &mut e.keepalive_ms),
+            ("PARALLAX_EVENTS_ACCESS_CHECK_MS", &mut e.access_check_ms),
+        ] {
+            if let Some(v) = millis(name)? {
+                *slot = Some(v);
+            }
+        }
+
         if let Some(url) = &flags.database_url {
             config.database_url = url.clone();
         } else if let Some(path) = &flags.db_path {
@@ -179,6 +243,16 @@ impl Config {
         self.http.allowed_hosts = allowed_hosts.or(self.http.allowed_hosts.take());
         self.http.allowed_origins = allowed_origins.or(self.http.allowed_origins.take());
         self.http.max_body_bytes = max_body_bytes.or(self.http.max_body_bytes);
+        let (w, f) = (&mut self.webhooks, file.webhooks);
+        w.base_delay_ms = f.base_delay_ms.or(w.base_delay_ms);
+        w.max_delay_ms = f.max_delay_ms.or(w.max_delay_ms);
+        w.attempt_timeout_ms = f.attempt_timeout_ms.or(w.attempt_timeout_ms);
+        w.give_up_after_secs = f.give_up_after_secs.or(w.give_up_after_secs);
+        w.poll_interval_ms = f.poll_interval_ms.or(w.poll_interval_ms);
+        let (e, f) = (&mut self.events, file.events);
+        e.poll_interval_ms = f.poll_interval_ms.or(e.poll_interval_ms);
+        e.keepalive_ms = f.keepalive_ms.or(e.keepalive_ms);
+        e.access_check_ms = f.access_check_ms.or(e.access_check_ms);
         Ok(())
     }
 

@@ -19,6 +19,8 @@
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate, stdio and
 //!   streamable HTTP. **The only module that imports `rmcp`.**
+//! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
+//!   the signed webhook worker, and members' server-sent event streams.
 //! - [`http`]: the HTTP server — one listener and router for `/mcp`, discovery and health, with
 //!   the transport limits (body size, timeouts, Host/Origin) applied once for every route.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod mcp;
 pub mod service;

@@ -10,6 +10,7 @@ mod agent_tools;
 mod audit;
 mod delegations;
 mod error;
+mod outbox;
 mod work;
 mod workspaces;
 
