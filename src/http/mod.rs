@@ -3,6 +3,7 @@
 //! shutdown) live here, once, for every route.
 
 use crate::config::Config;
+use crate::mcp::sessions::SessionRegistry;
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::Store;
@@ -61,6 +62,8 @@ pub struct HttpContext {
     /// Cancelled at shutdown, after in-flight calls finished: closes MCP sessions and streams.
     pub closing: CancellationToken,
     pub opts: Arc<HttpOptions>,
+    /// Open MCP sessions and the agent each belongs to; `close_agent` ends an agent's sessions.
+    pub sessions: Arc<SessionRegistry>,
 }
 
 /// The server's public addresses.
@@ -152,14 +155,31 @@ pub async fn run(
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts);
+    run_with(ctx, listener, shutdown).await
+}
+
+impl HttpContext {
+    /// The shared context for a server bound to `addr`.
+    pub fn new(service: Service, addr: std::net::SocketAddr, opts: HttpOptions) -> Self {
+        Self {
+            service,
+            urls: Urls::new(opts.public_url.as_deref(), addr),
+            inflight: InFlight::default(),
+            closing: CancellationToken::new(),
+            opts: Arc::new(opts),
+            sessions: Arc::new(SessionRegistry::new()),
+        }
+    }
+}
+
+/// [`run`] with a context the caller built (and keeps a handle on, e.g. to close sessions).
+pub async fn run_with(
+    ctx: HttpContext,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    let ctx = HttpContext {
-        service: Service::new(store),
-        urls: Urls::new(opts.public_url.as_deref(), addr),
-        inflight: InFlight::default(),
-        closing: CancellationToken::new(),
-        opts: Arc::new(opts),
-    };
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
         .merge(discovery_router(&ctx))

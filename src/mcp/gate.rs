@@ -76,6 +76,19 @@ impl Gate {
         }
     }
 
+    /// Records a request refused at the transport for an authenticated agent (e.g. another
+    /// agent's session id).
+    pub async fn audit_denied(&self, caller: &AgentCaller, activity_type: &str, reason: &str) {
+        let entry = Activity::new(caller.workspace_id(), &caller.actor(), activity_type)
+            .outcome("denied")
+            .description(reason)
+            .metadata(json!({ "credential": caller.credential_id() }))
+            .build();
+        if let Err(e) = self.audit.record(entry).await {
+            tracing::error!(error = %e, "could not audit a refused request");
+        }
+    }
+
     /// Runs one tool call through the gate.
     pub async fn call(
         &self,

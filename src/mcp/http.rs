@@ -3,6 +3,7 @@
 
 use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
+use super::sessions;
 use crate::auth;
 use crate::http::HttpContext;
 use axum::extract::{Request, State};
@@ -10,7 +11,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use std::sync::Arc;
@@ -40,11 +40,17 @@ pub fn router(ctx: &HttpContext) -> Router {
     let gate = state.gate.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)),
-        Arc::new(LocalSessionManager::default()),
+        ctx.sessions.clone(),
         mcp_config,
     );
+    let binder = sessions::Binder {
+        sessions: ctx.sessions.clone(),
+        gate: state.gate.clone(),
+    };
     Router::new()
         .nest_service("/mcp", mcp)
+        // Layers run bottom-up: authenticate first, then check the session belongs to the caller.
+        .layer(middleware::from_fn_with_state(binder, sessions::bind))
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 

@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod gate;
 pub mod http;
 pub mod server;
+pub mod sessions;
 pub mod tools;
 
 use crate::config::Config;

@@ -4,3 +4,4 @@ mod cli;
 mod mcp;
 mod service;
 mod support;
+mod transport;
