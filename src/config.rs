@@ -3,7 +3,9 @@
 //!
 //! Variables: `PARALLAX_CONFIG` (the file), `PARALLAX_DATABASE_URL` (else `DATABASE_URL`, else
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
-//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`.
+//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`; for `[auth]`:
+//! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
+//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`.
 //!
 //! ```toml
 //! # parallax.toml (pass with --config or PARALLAX_CONFIG)
@@ -14,11 +16,21 @@
 //! allowed_hosts = ["mcp.example.com"]
 //! allowed_origins = ["https://app.example.com"]
 //! max_body_bytes = 1048576
+//!
+//! [auth]
+//! issuer = "parallax-mcp"
+//! # signing_key = "…at least 32 characters…"   # else one is generated and stored
+//! token_ttl_secs = 900
+//!
+//! [limits]
+//! failed_auth_per_minute = 30
+//! failed_auth_burst = 10
 //! ```
 
 use crate::store::database_url_for_path;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The SQLite file used when nothing else is configured, relative to the working directory.
 pub const DEFAULT_DB_FILE: &str = "parallax.db";
@@ -38,6 +50,10 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Live event streams (`[events]`).
     pub events: EventsConfig,
+    /// Tokens this server issues and accepts.
+    pub auth: AuthConfig,
+    /// Rate limits that are not per-workspace settings.
+    pub limits: LimitsConfig,
 }
 
 /// The `[webhooks]` table; unset fields keep the worker's defaults.
@@ -68,6 +84,77 @@ pub struct EventsConfig {
     pub access_check_ms: Option<u64>,
 }
 
+/// The `[auth]` table: the issuer and key for the tokens this server mints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `iss` of every token (default `parallax-mcp`).
+    pub issuer: String,
+    /// An HS256 secret shared by every replica; when unset the first start generates one and
+    /// stores it in the database.
+    pub signing_key: Option<String>,
+    /// Lifetime of agent access tokens and the default for member tokens (default 15 minutes).
+    pub token_ttl: Duration,
+}
+
+/// The shortest signing key accepted from configuration: HS256 wants at least 256 bits.
+pub const MIN_SIGNING_KEY_LEN: usize = 32;
+/// The longest token lifetime accepted anywhere; bounds how long a retired key stays valid.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "parallax-mcp".to_owned(),
+            signing_key: None,
+            token_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the signing key.
+        f.debug_struct("AuthConfig")
+            .field("issuer", &self.issuer)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "***"))
+            .field("token_ttl", &self.token_ttl)
+            .finish()
+    }
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Failed authentications allowed per client address per minute (default 30)…
+    pub failed_auth_per_minute: u32,
+    /// …after a burst of this many (default 10).
+    pub failed_auth_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            failed_auth_per_minute: 30,
+            failed_auth_burst: 10,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    issuer: Option<String>,
+    signing_key: Option<String>,
+    token_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    failed_auth_per_minute: Option<u32>,
+    failed_auth_burst: Option<u32>,
+}
+
 /// The `[http]` table: optional overrides of the HTTP transport's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,7 +169,7 @@ pub struct HttpConfig {
 
 /// The configuration file's shape. Unknown keys are refused, so a typo is an error rather than a
 /// silently ignored setting.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     database_url: Option<String>,
@@ -93,6 +180,9 @@ struct FileConfig {
     webhooks: WebhooksConfig,
     #[serde(default)]
     events: EventsConfig,
+    auth: FileAuth,
+    #[serde(default)]
+    limits: FileLimits,
 }
 
 /// What the command line said; `None` leaves the lower layers' value.
@@ -121,6 +211,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             webhooks: WebhooksConfig::default(),
             events: EventsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -170,6 +262,21 @@ impl Config {
                 ))
             })?;
             config.http.max_body_bytes = Some(n);
+        }
+        if let Some(issuer) = env("PARALLAX_AUTH_ISSUER") {
+            config.auth.issuer = issuer.trim().to_owned();
+        }
+        if let Some(key) = env("PARALLAX_SIGNING_KEY") {
+            config.auth.signing_key = Some(key.trim().to_owned());
+        }
+        if let Some(secs) = env("PARALLAX_TOKEN_TTL_SECS") {
+            config.auth.token_ttl = Duration::from_secs(number("PARALLAX_TOKEN_TTL_SECS", &secs)?);
+        }
+        if let Some(n) = env("PARALLAX_FAILED_AUTH_PER_MINUTE") {
+            config.limits.failed_auth_per_minute = number("PARALLAX_FAILED_AUTH_PER_MINUTE", &n)?;
+        }
+        if let Some(n) = env("PARALLAX_FAILED_AUTH_BURST") {
+            config.limits.failed_auth_burst = number("PARALLAX_FAILED_AUTH_BURST", &n)?;
         }
 
         let millis = |name: &str| -> Result<Option<u64>, ConfigError> {
@@ -253,6 +360,21 @@ impl Config {
         e.poll_interval_ms = f.poll_interval_ms.or(e.poll_interval_ms);
         e.keepalive_ms = f.keepalive_ms.or(e.keepalive_ms);
         e.access_check_ms = f.access_check_ms.or(e.access_check_ms);
+        if let Some(issuer) = file.auth.issuer {
+            self.auth.issuer = issuer;
+        }
+        if let Some(key) = file.auth.signing_key {
+            self.auth.signing_key = Some(key);
+        }
+        if let Some(secs) = file.auth.token_ttl_secs {
+            self.auth.token_ttl = Duration::from_secs(secs);
+        }
+        if let Some(n) = file.limits.failed_auth_per_minute {
+            self.limits.failed_auth_per_minute = n;
+        }
+        if let Some(n) = file.limits.failed_auth_burst {
+            self.limits.failed_auth_burst = n;
+        }
         Ok(())
     }
 
@@ -265,8 +387,37 @@ impl Config {
                 redact(&self.database_url)
             )));
         }
+        if self.auth.issuer.trim().is_empty() {
+            return Err(ConfigError("auth issuer must not be empty".into()));
+        }
+        if let Some(key) = &self.auth.signing_key
+            && key.len() < MIN_SIGNING_KEY_LEN
+        {
+            // Say how long it is, never what it is.
+            return Err(ConfigError(format!(
+                "auth signing_key must be at least {MIN_SIGNING_KEY_LEN} characters (got {})",
+                key.len()
+            )));
+        }
+        if self.auth.token_ttl.is_zero() || self.auth.token_ttl > MAX_TOKEN_TTL {
+            return Err(ConfigError(format!(
+                "auth token_ttl_secs must be between 1 and {}",
+                MAX_TOKEN_TTL.as_secs()
+            )));
+        }
+        if self.limits.failed_auth_per_minute == 0 || self.limits.failed_auth_burst == 0 {
+            return Err(ConfigError(
+                "limits failed_auth_per_minute and failed_auth_burst must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+fn number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
+    raw.trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("{name} must be a whole number, got {raw:?}")))
 }
 
 fn comma_list(raw: &str) -> Vec<String> {

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_initial;
 mod m20261123_000002_webhook_secrets;
+mod m20261123_000003_signing_keys;
 mod m20261123_000005_outbox;
 
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_initial::Migration),
             Box::new(m20261123_000002_webhook_secrets::Migration),
+            Box::new(m20261123_000003_signing_keys::Migration),
             Box::new(m20261123_000005_outbox::Migration),
         ]
     }

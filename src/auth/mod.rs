@@ -1,9 +1,13 @@
 //! Who is calling. The caller types here can only be constructed by this module, after the caller
 //! proved who it is: services take them as arguments, so no service runs for an unknown caller.
 
+pub mod tokens;
+
+pub use tokens::{AgentToken, TokenRefusal, Tokens};
+
 use crate::domain::*;
 use crate::service::{ServiceError, ServiceResult};
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
 /// A human member of a workspace, identified by the operator's CLI (`--as`) or a member token.
 #[derive(Debug, Clone)]
@@ -52,11 +56,22 @@ pub async fn member(store: &Store, workspace: &str, email: &str) -> ServiceResul
     })
 }
 
-/// An approved agent, identified by its API key.
+/// An approved agent, identified by its API key or an access token minted from it.
 #[derive(Debug, Clone)]
 pub struct AgentCaller {
     agent: Agent,
     credential_id: String,
+    /// The access token's scope; `None` for an API key (the full grant).
+    scope: Option<PermissionSet>,
+    /// The workspace's rate limit for this agent, read with the credential.
+    rate: RateLimit,
+}
+
+/// Requests per minute and burst, from the workspace settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    pub burst: u32,
 }
 
 impl AgentCaller {
@@ -76,8 +91,34 @@ impl AgentCaller {
         &self.credential_id
     }
 
+    /// Whether the caller may use `p` now: granted, and within the token's scope if any.
     pub fn has(&self, p: Permission) -> bool {
         self.agent.granted_permissions.contains(p)
+            && self.scope.as_ref().is_none_or(|s| s.contains(p))
+    }
+
+    /// Whether `p` is granted to the agent, whatever this token's scope.
+    pub fn is_granted(&self, p: Permission) -> bool {
+        self.agent.granted_permissions.contains(p)
+    }
+
+    /// True when a token's scope leaves out something the agent is granted.
+    pub fn is_narrowed(&self) -> bool {
+        self.scope
+            .as_ref()
+            .is_some_and(|s| !self.agent.granted_permissions.is_subset(s))
+    }
+
+    /// What the caller may use: the grant, narrowed by the token's scope.
+    pub fn permissions(&self) -> PermissionSet {
+        match &self.scope {
+            Some(s) => self.agent.granted_permissions.intersection(s),
+            None => self.agent.granted_permissions.clone(),
+        }
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate
     }
 
     pub fn actor(&self) -> Actor {
@@ -100,6 +141,9 @@ pub enum AgentAuthError {
     NotApproved(AgentStatus),
     #[error("agents are disabled in this workspace")]
     WorkspaceDisabled,
+    /// An access token that failed verification (signature, claims, key).
+    #[error("invalid access token: {0}")]
+    InvalidToken(String),
 }
 
 /// The outcome of checking a key: the caller, or a refusal with enough context to audit it.
@@ -128,6 +172,17 @@ pub async fn agent(
     if !stored.matches(&key) {
         return refuse(AgentAuthError::UnknownKey, None);
     }
+    check_credential(&tx, cred, None).await
+}
+
+/// The checks every request repeats after the credential is identified: not revoked or expired,
+/// agent approved, workspace enabled. `scope` narrows the grant (access tokens).
+pub(crate) async fn check_credential(
+    tx: &Tx,
+    cred: Credential,
+    scope: Option<PermissionSet>,
+) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
+    let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
     let owner = Some((cred.workspace_id.clone(), cred.agent_id.clone()));
     if cred.revoked_at.is_some() {
         return refuse(AgentAuthError::KeyRevoked, owner);
@@ -151,5 +206,10 @@ pub async fn agent(
     Ok(Ok(AgentCaller {
         agent,
         credential_id: cred.id,
+        scope,
+        rate: RateLimit {
+            per_minute: ws.settings.rate_limit_per_minute,
+            burst: ws.settings.rate_limit_burst,
+        },
     }))
 }

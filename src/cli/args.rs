@@ -121,6 +121,15 @@ pub enum Command {
     Delegation(DelegationCmd),
     /// Read the audit trail, newest first, or prune it
     Activity(ActivityArgs),
+    /// Manage the keys that sign member and agent tokens
+    #[command(subcommand)]
+    SigningKey(SigningKeyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCmd {
+    /// Make a new current signing key; tokens signed by the previous one stay valid until they expire
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +180,12 @@ pub enum MemberCmd {
     },
     /// List members and their roles
     List,
+    /// Print a short-lived token for the member given by --as (for the admin API)
+    Token {
+        /// Lifetime in seconds [default: the configured token_ttl_secs, 900]
+        #[arg(long, value_name = "N")]
+        ttl_secs: Option<u64>,
+    },
     /// Change a member's role (needs role admin; the last admin cannot be demoted)
     Role {
         /// The member's email

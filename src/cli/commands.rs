@@ -67,6 +67,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
             return Ok(String::new());
         }
         Command::Migrate { status } => return migrate(config, status, global.json).await,
+        Command::SigningKey(SigningKeyCmd::Rotate) => return rotate_signing_key(config).await,
         _ => {}
     }
     let ctx = Ctx {
@@ -76,11 +77,14 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         as_member: global.as_member,
     };
     let out = match command {
-        Command::Serve { .. } | Command::Stdio | Command::Migrate { .. } => {
+        Command::Serve { .. }
+        | Command::Stdio
+        | Command::Migrate { .. }
+        | Command::SigningKey(_) => {
             unreachable!("handled above")
         }
         Command::Workspace(cmd) => workspace(&ctx, cmd).await,
-        Command::Member(cmd) => member(&ctx, cmd).await,
+        Command::Member(cmd) => member(&ctx, cmd, config).await,
         Command::Project(cmd) => project(&ctx, cmd).await,
         Command::Task(cmd) => task(&ctx, cmd).await,
         Command::Page(cmd) => page(&ctx, cmd).await,
@@ -93,6 +97,23 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
     };
     ctx.svc.store().clone().close().await;
     out
+}
+
+// ---- signing keys ----
+
+async fn rotate_signing_key(config: &Config) -> Out {
+    if config.auth.signing_key.is_some() {
+        return Err(CliError::Invalid(
+            "a signing key is configured ([auth] signing_key / PARALLAX_SIGNING_KEY): rotate it by changing the configuration".into(),
+        ));
+    }
+    let store = Store::open(&config.database_url).await?;
+    let result = auth::Tokens::rotate(&store).await;
+    store.close().await;
+    let kid = result?;
+    Ok(format!(
+        "New signing key {kid} is current; tokens signed by the previous key stay valid until they expire.\n"
+    ))
 }
 
 // ---- migrate ----
@@ -230,9 +251,16 @@ fn settings_table(s: &WorkspaceSettings) -> String {
     t.render("")
 }
 
-async fn member(ctx: &Ctx, cmd: MemberCmd) -> Out {
+async fn member(ctx: &Ctx, cmd: MemberCmd, config: &Config) -> Out {
     let caller = ctx.caller().await?;
     match cmd {
+        MemberCmd::Token { ttl_secs } => {
+            let ttl = ttl_secs.map_or(config.auth.token_ttl, std::time::Duration::from_secs);
+            let tokens = auth::Tokens::load(ctx.svc.store().clone(), &config.auth).await?;
+            let token = tokens.mint_member(&caller, ttl).await?;
+            // The token only, so `$(parallax-mcp member token …)` works.
+            Ok(format!("{token}\n"))
+        }
         MemberCmd::Add { email, role, name } => {
             let m = ctx.svc.add_member(&caller, &email, &name, role).await?;
             ctx.render(&m, || {

@@ -23,6 +23,10 @@ pub struct WorkspaceSettings {
     pub control_plane_url: Option<String>,
     /// Activity older than this is pruned; none keeps it forever.
     pub activity_retention_days: Option<u32>,
+    /// MCP requests each agent may make per minute, sustained…
+    pub rate_limit_per_minute: u32,
+    /// …and in a burst above that rate.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for WorkspaceSettings {
@@ -40,6 +44,8 @@ impl Default for WorkspaceSettings {
             key_ttl_days: None,
             control_plane_url: None,
             activity_retention_days: None,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 60,
         }
     }
 }
@@ -58,6 +64,8 @@ pub const SETTING_KEYS: &[&str] = &[
     "key_ttl_days",
     "control_plane_url",
     "activity_retention_days",
+    "rate_limit_per_minute",
+    "rate_limit_burst",
 ];
 
 fn optional(v: &str) -> Option<&str> {
@@ -130,6 +138,8 @@ impl WorkspaceSettings {
             "activity_retention_days" => {
                 self.activity_retention_days = optional(value).map(positive).transpose()?
             }
+            "rate_limit_per_minute" => self.rate_limit_per_minute = positive(value)?,
+            "rate_limit_burst" => self.rate_limit_burst = positive(value)?,
             other => {
                 return Err(ParseError::new(format!(
                     "unknown setting {other:?}; known: {}",

@@ -2,8 +2,9 @@
 //! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
-use crate::config::Config;
 use crate::mcp::sessions::SessionRegistry;
+use crate::auth::Tokens;
+use crate::config::{AuthConfig, Config, LimitsConfig};
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::Store;
@@ -34,6 +35,10 @@ pub struct HttpOptions {
     pub public_url: Option<String>,
     /// How long shutdown waits for in-flight calls before closing sessions.
     pub drain_timeout: Duration,
+    /// Token issuer, key and lifetime.
+    pub auth: AuthConfig,
+    /// Failed-authentication limits per client address.
+    pub limits: LimitsConfig,
 }
 
 impl Default for HttpOptions {
@@ -49,6 +54,8 @@ impl Default for HttpOptions {
             max_body_bytes: 1024 * 1024,
             public_url: None,
             drain_timeout: Duration::from_secs(30),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -64,6 +71,8 @@ pub struct HttpContext {
     pub opts: Arc<HttpOptions>,
     /// Open MCP sessions and the agent each belongs to; `close_agent` ends an agent's sessions.
     pub sessions: Arc<SessionRegistry>,
+    /// Mints and verifies member and agent tokens.
+    pub tokens: Tokens,
 }
 
 /// The server's public addresses.
@@ -134,7 +143,11 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
 
 /// The transport settings from the `[http]` part of the configuration, over safe defaults.
 fn http_options(config: &Config) -> HttpOptions {
-    let mut opts = HttpOptions::default();
+    let mut opts = HttpOptions {
+        auth: config.auth.clone(),
+        limits: config.limits,
+        ..HttpOptions::default()
+    };
     if let Some(hosts) = &config.http.allowed_hosts {
         opts.allowed_hosts = hosts.clone();
     }
@@ -155,14 +168,21 @@ pub async fn run(
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts);
+    let tokens = Tokens::load(store.clone(), &opts.auth).await?;
+    let ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
     run_with(ctx, listener, shutdown).await
 }
 
 impl HttpContext {
     /// The shared context for a server bound to `addr`.
-    pub fn new(service: Service, addr: std::net::SocketAddr, opts: HttpOptions) -> Self {
+    pub fn new(
+        service: Service,
+        addr: std::net::SocketAddr,
+        opts: HttpOptions,
+        tokens: Tokens,
+    ) -> Self {
         Self {
+            tokens,
             service,
             urls: Urls::new(opts.public_url.as_deref(), addr),
             inflight: InFlight::default(),

@@ -282,3 +282,20 @@ pub mod webhook_delivery {
     }
     no_relations!();
 }
+
+pub mod signing_key {
+    use sea_orm::entity::prelude::*;
+    // Debug is derived for SeaORM; these models never leave the store, whose own type hides the
+    // secret.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "signing_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kid: String,
+        pub generation: i64,
+        pub secret: String,
+        pub created_at: DateTimeUtc,
+        pub retired_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}

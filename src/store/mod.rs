@@ -10,6 +10,9 @@ mod outbox;
 mod webhook_secrets;
 
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
+mod signing_keys;
+
+pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};

@@ -125,7 +125,10 @@ pub async fn in_process(db_url: &str) -> InProcess {
         drain_timeout: Duration::from_secs(1),
         ..HttpOptions::default()
     };
-    let ctx = HttpContext::new(parallax_mcp::service::Service::new(store), addr, opts);
+    let tokens = parallax_mcp::auth::Tokens::load(store.clone(), &opts.auth)
+        .await
+        .unwrap();
+    let ctx = HttpContext::new(parallax_mcp::service::Service::new(store), addr, opts, tokens);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     tokio::spawn(http::run_with(ctx.clone(), listener, async move {
