@@ -4,6 +4,7 @@
 
 use crate::mcp::sessions::SessionRegistry;
 use crate::auth::Tokens;
+use crate::events::{self, EventOptions, Feed};
 use crate::config::{AuthConfig, Config, LimitsConfig};
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
@@ -39,6 +40,8 @@ pub struct HttpOptions {
     pub auth: AuthConfig,
     /// Failed-authentication limits per client address.
     pub limits: LimitsConfig,
+    /// The event feed, webhook worker and event streams (`[webhooks]`, `[events]`).
+    pub events: EventOptions,
 }
 
 impl Default for HttpOptions {
@@ -56,6 +59,7 @@ impl Default for HttpOptions {
             drain_timeout: Duration::from_secs(30),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            events: EventOptions::default(),
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct HttpContext {
     pub sessions: Arc<SessionRegistry>,
     /// Mints and verifies member and agent tokens.
     pub tokens: Tokens,
+    /// Committed events as they land (this replica's at once, others' by polling).
+    pub feed: Feed,
 }
 
 /// The server's public addresses.
@@ -146,6 +152,7 @@ fn http_options(config: &Config) -> HttpOptions {
     let mut opts = HttpOptions {
         auth: config.auth.clone(),
         limits: config.limits,
+        events: EventOptions::from_config(config),
         ..HttpOptions::default()
     };
     if let Some(hosts) = &config.http.allowed_hosts {
@@ -181,12 +188,19 @@ impl HttpContext {
         opts: HttpOptions,
         tokens: Tokens,
     ) -> Self {
+        let closing = CancellationToken::new();
+        let feed = Feed::start(
+            service.store().clone(),
+            opts.events.poll_interval,
+            closing.clone(),
+        );
         Self {
+            feed,
             tokens,
             service,
             urls: Urls::new(opts.public_url.as_deref(), addr),
             inflight: InFlight::default(),
-            closing: CancellationToken::new(),
+            closing,
             opts: Arc::new(opts),
             sessions: Arc::new(SessionRegistry::new()),
         }
@@ -200,8 +214,16 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
+    // The webhook worker stops with the server; an attempt cut short keeps its lease and is
+    // retried when the lease ends (here or on another replica).
+    tokio::spawn(events::webhooks::run(
+        ctx.service.store().clone(),
+        ctx.opts.events.webhooks.clone(),
+        ctx.closing.clone(),
+    ));
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
+        .merge(events::routes::router(&ctx))
         .merge(discovery_router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
