@@ -1,6 +1,7 @@
 //! `GET /api/v1/workspaces/{workspace}/events`: a member's server-sent event stream.
 //!
-//! `id:` is the event's seq, `event:` its type, `data:` the event as JSON. The stream reads the
+//! `id:` is the event's seq, `event:` its type, `data:` the event as JSON (`type`, `seq`,
+//! `eventId`, `agentId`, `timestamp`, `data`). The stream reads the
 //! store by seq (the feed only wakes it), so a client that reconnects with `Last-Event-ID: N`
 //! gets exactly the events after N: no gaps, no duplicates. It ends when the member loses access
 //! (re-checked periodically) or the server shuts down.
@@ -141,7 +142,16 @@ async fn pump(
                 if !filter.matches(&e) {
                     continue;
                 }
-                let data = serde_json::to_string(&e).unwrap_or_else(|_| "{}".into());
+                // The webhook body's shape, plus where the event sits in the stream.
+                let data = serde_json::json!({
+                    "type": e.event_type.as_str(),
+                    "seq": e.seq,
+                    "eventId": e.id,
+                    "agentId": e.agent_id,
+                    "timestamp": e.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "data": e.data,
+                })
+                .to_string();
                 let msg = SseEvent::default()
                     .id(e.seq.to_string())
                     .event(e.event_type.as_str())

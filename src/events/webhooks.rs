@@ -3,7 +3,8 @@
 //!
 //! Each round leases the due deliveries (a conditional update, so several replicas can run the
 //! worker), sends them concurrently (one per agent lane), and records each outcome. A lease
-//! outlives the attempt timeout, so a replica that dies mid-attempt only delays the delivery.
+//! outlives the attempt (twice its timeout, plus a second), so a replica that dies mid-attempt
+//! only delays the delivery.
 
 use super::WebhookOptions;
 use crate::domain::*;
@@ -79,7 +80,9 @@ fn client() -> std::io::Result<HttpClient> {
 /// One round: lease, send, record. Returns how many deliveries it settled or rescheduled.
 async fn round(store: &Store, client: &HttpClient, opts: &WebhookOptions) -> StoreResult<usize> {
     let t = now();
-    let lease = t + chrono::Duration::from_std(opts.attempt_timeout + Duration::from_secs(30))
+    // Long enough for the attempt and recording it; short enough that a crashed replica's
+    // deliveries are soon picked up again.
+    let lease = t + chrono::Duration::from_std(opts.attempt_timeout * 2 + Duration::from_secs(1))
         .unwrap_or(chrono::Duration::minutes(5));
     let tx = store.write().await?;
     let claims = tx.claim_deliveries(t, lease, SCAN).await?;

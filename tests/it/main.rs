@@ -2,6 +2,7 @@
 
 mod attack_tokens;
 mod cli;
+mod events;
 mod mcp;
 mod service;
 mod support;

@@ -1,0 +1,642 @@
+//! The outbox delivered, through the real binary: signed webhooks to a local receiver (failures,
+//! timeouts, a SIGKILL mid-retry, 410, Retry-After, redelivery) and the members' SSE stream.
+
+use crate::support::server::{BIN, World, approved_agent, world};
+use crate::support::set;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parallax_mcp::auth::Tokens;
+use parallax_mcp::config::AuthConfig;
+use parallax_mcp::domain::*;
+use parallax_mcp::service::{AccessRequest, AssignTarget, Service};
+use sea_orm::{ConnectionTrait, Database, Statement};
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const SIGNING_KEY: &str = "events-test-signing-key-0123456789abcdef";
+
+// ---- the server, with short delays ----
+
+struct Server {
+    child: tokio::process::Child,
+    url: String,
+}
+
+async fn spawn(db_url: &str) -> Server {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("PARALLAX_SIGNING_KEY", SIGNING_KEY)
+        .env("PARALLAX_WEBHOOK_BASE_DELAY_MS", "50")
+        .env("PARALLAX_WEBHOOK_MAX_DELAY_MS", "200")
+        .env("PARALLAX_WEBHOOK_TIMEOUT_MS", "300")
+        .env("PARALLAX_WEBHOOK_POLL_MS", "50")
+        .env("PARALLAX_EVENTS_POLL_MS", "50")
+        .env("PARALLAX_EVENTS_KEEPALIVE_MS", "200")
+        .env("PARALLAX_EVENTS_ACCESS_CHECK_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn parallax-mcp serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on ".len()..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .unwrap_or(rest.len());
+                return rest[..end].trim_end_matches("/mcp").to_owned();
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server did not report its address in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server { child, url }
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- the control plane: a receiver that verifies signatures ----
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Ok,
+    Fail,
+    Hang,
+    Gone,
+    /// Answer 503 with `Retry-After: n` once, then behave as `Ok`.
+    RetryAfter(u64),
+}
+
+#[derive(Default)]
+struct Seen {
+    mode: Option<Mode>,
+    /// Every request that arrived: webhook-id and when.
+    attempts: Vec<(String, Instant)>,
+    /// Webhook-ids in the order they were first processed (the receiver dedupes).
+    processed: Vec<String>,
+    processed_set: HashSet<String>,
+    /// Bodies by webhook-id, as processed.
+    bodies: HashMap<String, serde_json::Value>,
+    bad_signatures: usize,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    secret: WebhookSecret,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = Receiver {
+            url: format!("http://{}/hooks", listener.local_addr().unwrap()),
+            secret: WebhookSecret::generate(),
+            seen: Arc::default(),
+        };
+        r.set(Mode::Ok);
+        let app = axum::Router::new()
+            .route("/hooks", axum::routing::post(receive))
+            .with_state(r.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        r
+    }
+
+    fn set(&self, mode: Mode) {
+        self.seen.lock().unwrap().mode = Some(mode);
+    }
+
+    fn processed(&self) -> Vec<String> {
+        self.seen.lock().unwrap().processed.clone()
+    }
+
+    fn attempts(&self) -> Vec<(String, Instant)> {
+        self.seen.lock().unwrap().attempts.clone()
+    }
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    let verified = verify_webhook(
+        std::slice::from_ref(&r.secret),
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+        &body,
+        now,
+    );
+    let id = h("webhook-id").unwrap_or_default().to_owned();
+    let mode = {
+        let mut s = r.seen.lock().unwrap();
+        if verified.is_err() {
+            s.bad_signatures += 1;
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        s.attempts.push((id.clone(), Instant::now()));
+        let mode = s.mode.unwrap();
+        if let Mode::RetryAfter(_) = mode {
+            s.mode = Some(Mode::Ok);
+        }
+        mode
+    };
+    match mode {
+        Mode::Ok => {
+            let mut s = r.seen.lock().unwrap();
+            if s.processed_set.insert(id.clone()) {
+                s.processed.push(id.clone());
+                s.bodies
+                    .insert(id, serde_json::from_slice(&body).unwrap_or_default());
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Mode::Fail => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            StatusCode::OK.into_response()
+        }
+        Mode::Gone => StatusCode::GONE.into_response(),
+        Mode::RetryAfter(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", n.to_string())],
+            "busy",
+        )
+            .into_response(),
+    }
+}
+
+/// Points the workspace at the receiver and gives it the receiver's secret.
+async fn connect(w: &World, r: &Receiver) {
+    set(&w.svc, &w.admin, &[("control_plane_url", r.url.as_str())]).await;
+    let tx = w.svc.store().write().await.unwrap();
+    let now = parallax_mcp::service::now();
+    tx.rotate_webhook_secret(&w.admin.workspace().id, &r.secret, now, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn deliveries(svc: &Service, w: &World) -> Vec<WebhookDelivery> {
+    svc.list_deliveries(&w.admin, None).await.unwrap()
+}
+
+async fn request(svc: &Service, w: &World, id: &str) {
+    svc.request_access(
+        &w.admin,
+        AccessRequest {
+            agent_id: id.into(),
+            name: format!("Agent {id}"),
+            capabilities: vec!["docs".into()],
+            permissions: vec!["read:tasks".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Every delivery went through; the receiver processed each event exactly once, each agent's in
+/// seq order, and every request it got carried a valid signature.
+async fn assert_all_delivered_in_order(w: &World, r: &Receiver) {
+    let all = deliveries(&w.svc, w).await;
+    let events = crate::support::all_events(&w.svc, &w.admin.workspace().id).await;
+    assert_eq!(all.len(), events.len(), "one delivery per event");
+    assert!(
+        all.iter().all(|d| d.status == DeliveryStatus::Delivered),
+        "{all:#?}"
+    );
+    let processed = r.processed();
+    let mut ids: Vec<String> = all.iter().map(|d| d.webhook_id.clone()).collect();
+    ids.sort();
+    let mut got = processed.clone();
+    got.sort();
+    assert_eq!(got, ids, "each webhook-id processed exactly once");
+    let by_id: HashMap<&str, &WebhookDelivery> =
+        all.iter().map(|d| (d.webhook_id.as_str(), d)).collect();
+    let mut last_seq: HashMap<Option<String>, i64> = HashMap::new();
+    for id in &processed {
+        let d = by_id[id.as_str()];
+        let prev = last_seq.insert(d.agent_id.clone(), d.seq).unwrap_or(0);
+        assert!(prev < d.seq, "agent {:?}: {} after {prev}", d.agent_id, d.seq);
+        assert_eq!(d.webhook_id, format!("msg_{}", d.event_id));
+    }
+    assert_eq!(r.seen.lock().unwrap().bad_signatures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_arrive_signed_in_order_through_failures_timeouts_and_a_kill() {
+    let w = world().await;
+    let r = Receiver::start().await;
+    connect(&w, &r).await;
+    let mut server = spawn(&w.db.url).await;
+
+    // Approval → a signed agent.access_approved the receiver verifies.
+    approved_agent(&w.svc, &w.admin, "bot-a", &[Permission::ReadTasks]).await;
+    eventually("the approval webhook", Duration::from_secs(10), || async {
+        r.processed().len() == 2
+    })
+    .await;
+    let approved = {
+        let s = r.seen.lock().unwrap();
+        s.bodies[&s.processed[1]].clone()
+    };
+    assert_eq!(approved["type"], "agent.access_approved");
+    assert_eq!(approved["data"]["agentId"], "bot-a");
+    assert!(approved["timestamp"].is_string());
+
+    // The control plane fails: 500s, then timeouts. Events keep coming for two agents.
+    r.set(Mode::Fail);
+    request(&w.svc, &w, "bot-b").await;
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-a",
+            AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-a",
+            AssignTarget::Project(w.project.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    eventually("retries after 500s", Duration::from_secs(10), || async {
+        deliveries(&w.svc, &w)
+            .await
+            .iter()
+            .any(|d| d.attempts >= 3 && d.last_status == Some(500))
+    })
+    .await;
+    r.set(Mode::Hang);
+    eventually("a timed-out attempt", Duration::from_secs(10), || async {
+        deliveries(&w.svc, &w).await.iter().any(|d| {
+            d.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer within"))
+        })
+    })
+    .await;
+    // Later events for one agent wait for the earlier one: nothing after it was attempted.
+    let pending = deliveries(&w.svc, &w).await;
+    let a_pending: Vec<_> = pending
+        .iter()
+        .filter(|d| d.agent_id.as_deref() == Some("bot-a") && d.status != DeliveryStatus::Delivered)
+        .collect();
+    assert!(a_pending.len() >= 2, "{a_pending:#?}");
+    assert!(a_pending[1..].iter().all(|d| d.attempts == 0), "{a_pending:#?}");
+
+    // SIGKILL mid-retry; events keep being written while the server is down.
+    server.child.kill().await.unwrap();
+    approved_agent(&w.svc, &w.admin, "bot-c", &[Permission::ReadTasks]).await;
+    r.set(Mode::Ok);
+    let _server = spawn(&w.db.url).await;
+    eventually("every delivery after recovery", Duration::from_secs(20), || async {
+        deliveries(&w.svc, &w)
+            .await
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert_all_delivered_in_order(&w, &r).await;
+    // Retries really happened, and each reused its webhook-id.
+    let attempts = r.attempts();
+    assert!(attempts.len() > r.processed().len(), "{}", attempts.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
+    let w = world().await;
+    let r = Receiver::start().await;
+    connect(&w, &r).await;
+    let _server = spawn(&w.db.url).await;
+
+    // 503 with Retry-After: 1 → the next attempt waits about a second (backoff alone is ≤ 200 ms).
+    r.set(Mode::RetryAfter(1));
+    request(&w.svc, &w, "bot-r").await;
+    eventually("the retried delivery", Duration::from_secs(10), || async {
+        r.processed().len() == 1
+    })
+    .await;
+    let attempts = r.attempts();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].0, attempts[1].0, "same webhook-id on retry");
+    let gap = attempts[1].1 - attempts[0].1;
+    assert!(gap >= Duration::from_millis(900), "retried after {gap:?}");
+
+    // 410 → the endpoint is disabled: this and later deliveries are parked, nothing is sent.
+    r.set(Mode::Gone);
+    approved_agent(&w.svc, &w.admin, "bot-g", &[Permission::ReadTasks]).await;
+    eventually("the endpoint disabled", Duration::from_secs(10), || async {
+        deliveries(&w.svc, &w)
+            .await
+            .iter()
+            .any(|d| d.status == DeliveryStatus::Disabled && d.last_status == Some(410))
+    })
+    .await;
+    let sent_before = r.attempts().len();
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-g",
+            AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(r.attempts().len(), sent_before, "nothing sent while disabled");
+    let parked = w
+        .svc
+        .list_deliveries(&w.admin, Some(DeliveryStatus::Disabled))
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 3, "{parked:#?}");
+    // Redelivery is refused while the endpoint is disabled.
+    let refused = w.svc.redeliver(&w.admin, &parked[0].id).await.unwrap_err();
+    assert_eq!(refused.code(), "conflict");
+
+    // Setting the URL again re-enables it; the parked deliveries go out, in order.
+    r.set(Mode::Ok);
+    set(&w.svc, &w.admin, &[("control_plane_url", r.url.as_str())]).await;
+    eventually("parked deliveries sent", Duration::from_secs(10), || async {
+        r.processed().len() == 4
+    })
+    .await;
+    assert_all_delivered_in_order(&w, &r).await;
+
+    // Redeliver through the CLI: the same webhook-id arrives again.
+    let first = deliveries(&w.svc, &w).await.remove(0);
+    let before = r.attempts().len();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--database-url",
+            &w.db.url,
+            "--workspace",
+            "acme",
+            "--as",
+            "admin@acme.test",
+            "delivery",
+            "redeliver",
+            &first.id,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&first.webhook_id));
+    eventually("the redelivery", Duration::from_secs(10), || async {
+        r.attempts().len() == before + 1
+    })
+    .await;
+    assert_eq!(r.attempts().last().unwrap().0, first.webhook_id);
+    let list = std::process::Command::new(BIN)
+        .args([
+            "--database-url",
+            &w.db.url,
+            "--workspace",
+            "acme",
+            "--as",
+            "admin@acme.test",
+            "--json",
+            "delivery",
+            "list",
+            "--status",
+            "delivered",
+        ])
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|d| d["status"] == "delivered"));
+}
+
+// ---- SSE ----
+
+struct SseFrame {
+    id: i64,
+    event: String,
+    data: serde_json::Value,
+}
+
+struct SseClient {
+    resp: reqwest::Response,
+    buf: String,
+    keepalives: usize,
+}
+
+impl SseClient {
+    async fn open(url: &str, token: &str, last: Option<i64>) -> reqwest::Response {
+        let mut req = reqwest::Client::new().get(url).bearer_auth(token);
+        if let Some(l) = last {
+            req = req.header("last-event-id", l.to_string());
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn connect(url: &str, token: &str, last: Option<i64>) -> SseClient {
+        let resp = Self::open(url, token, last).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        SseClient {
+            resp,
+            buf: String::new(),
+            keepalives: 0,
+        }
+    }
+
+    /// The next event, or None when the stream ended.
+    async fn next(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, String::new());
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.keepalives += 1;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if let (Some(id), Some(event)) = (id, event) {
+                    return Some(SseFrame {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
+                }
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.resp.chunk()).await {
+                Ok(Ok(Some(c))) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                Ok(Ok(None)) | Ok(Err(_)) => return None,
+                Err(_) => panic!("no SSE data within 10 s"),
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<SseFrame> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.push(self.next().await.expect("stream ended early"));
+        }
+        out
+    }
+}
+
+async fn member_token(w: &World, email: &str) -> String {
+    let config = AuthConfig {
+        signing_key: Some(SIGNING_KEY.into()),
+        ..AuthConfig::default()
+    };
+    let tokens = Tokens::load(w.svc.store().clone(), &config).await.unwrap();
+    let caller = parallax_mcp::auth::member(w.svc.store(), "acme", email)
+        .await
+        .unwrap();
+    tokens
+        .mint_member(&caller, Duration::from_secs(600))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_without_gaps_filters_and_ends_when_access_is_lost() {
+    let w = world().await;
+    w.svc
+        .add_member(&w.admin, "reader@acme.test", "Reader", Role::Read)
+        .await
+        .unwrap();
+    let server = spawn(&w.db.url).await;
+    let url = format!("{}/api/v1/workspaces/acme/events", server.url);
+    let token = member_token(&w, "reader@acme.test").await;
+
+    // Refusals: no token, a bad Last-Event-ID, an unknown type, another workspace.
+    let anon = reqwest::get(&url).await.unwrap();
+    assert_eq!(anon.status(), 401);
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&token)
+        .header("last-event-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = reqwest::Client::new()
+        .get(format!("{url}?types=agent.nope"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid");
+    let other = reqwest::Client::new()
+        .get(format!("{}/api/v1/workspaces/rival/events", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+
+    // Read the live stream, then disconnect.
+    let mut s = SseClient::connect(&url, &token, None).await;
+    approved_agent(&w.svc, &w.admin, "bot-1", &[Permission::ReadTasks]).await;
+    let first = s.take(2).await;
+    assert_eq!(first[0].event, "agent.access_requested");
+    assert_eq!(first[1].event, "agent.access_approved");
+    assert_eq!(first[1].id, first[0].id + 1);
+    assert_eq!(first[1].data["type"], "agent.access_approved");
+    assert_eq!(first[1].data["agentId"], "bot-1");
+    assert_eq!(first[1].data["seq"], first[1].id);
+    assert_eq!(first[1].data["data"]["agentId"], "bot-1");
+    drop(s);
+
+    // Events while disconnected; resuming gives exactly the ones after the last id.
+    approved_agent(&w.svc, &w.admin, "bot-2", &[Permission::ReadTasks]).await;
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-1",
+            AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    let mut s = SseClient::connect(&url, &token, Some(first[1].id)).await;
+    let resumed = s.take(3).await;
+    let ids: Vec<i64> = resumed.iter().map(|f| f.id).collect();
+    let start = first[1].id;
+    assert_eq!(ids, vec![start + 1, start + 2, start + 3]);
+    assert_eq!(
+        resumed.iter().map(|f| f.event.as_str()).collect::<Vec<_>>(),
+        ["agent.access_requested", "agent.access_approved", "agent.task_assigned"]
+    );
+    // Then live again, with keep-alives in between.
+    approved_agent(&w.svc, &w.admin, "bot-3", &[Permission::ReadTasks]).await;
+    let live = s.take(2).await;
+    assert_eq!(live[0].id, start + 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    request(&w.svc, &w, "bot-4").await;
+    assert_eq!(s.take(1).await[0].id, start + 6);
+    assert!(s.keepalives >= 1, "keep-alive comments expected");
+
+    // Filters: from the start, only bot-1's approvals.
+    let mut f = SseClient::connect(
+        &format!("{url}?types=agent.access_approved,agent.task_assigned&agent=bot-1"),
+        &token,
+        Some(0),
+    )
+    .await;
+    let filtered = f.take(2).await;
+    assert_eq!(filtered[0].event, "agent.access_approved");
+    assert_eq!(filtered[1].event, "agent.task_assigned");
+    assert!(filtered.iter().all(|e| e.data["agentId"] == "bot-1"));
+
+    // The member is removed: the open stream ends.
+    let db = Database::connect(&w.db.url).await.unwrap();
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        "DELETE FROM members WHERE email = 'reader@acme.test'".to_owned(),
+    ))
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while s.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream should end when access is lost");
+    let again = SseClient::open(&url, &token, None).await;
+    assert_eq!(again.status(), 401);
+}
