@@ -180,6 +180,7 @@ struct FileConfig {
     webhooks: WebhooksConfig,
     #[serde(default)]
     events: EventsConfig,
+    #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
     limits: FileLimits,
