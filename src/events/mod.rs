@@ -160,3 +160,33 @@ async fn poll_once(
     }
     Ok(())
 }
+
+/// Calls `revoked(workspace_id, agent_id)` for every `agent.access_revoked` the feed carries (this
+/// replica's and others'), until `stop` is cancelled.
+pub fn on_revocation<F, Fut>(feed: &Feed, stop: CancellationToken, mut revoked: F)
+where
+    F: FnMut(String, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut events = feed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = events.recv() => n,
+            };
+            match next {
+                Ok(e) if e.event_type == crate::domain::EventType::AccessRevoked => {
+                    if let Some(agent) = e.agent_id.clone() {
+                        revoked(e.workspace_id.clone(), agent).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "revocation watcher lagged behind the feed");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}

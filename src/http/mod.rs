@@ -221,6 +221,16 @@ pub async fn run_with(
         ctx.opts.events.webhooks.clone(),
         ctx.closing.clone(),
     ));
+    // A revocation (here or on another replica) closes the agent's MCP sessions at once; its
+    // subscriptions end on the same event.
+    let sessions = ctx.sessions.clone();
+    events::on_revocation(&ctx.feed, ctx.closing.clone(), move |ws, agent| {
+        let sessions = sessions.clone();
+        async move {
+            let n = sessions.close_agent(&ws, &agent).await;
+            tracing::info!(agent = %agent, sessions = n, "agent revoked: sessions closed");
+        }
+    });
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
         .merge(events::routes::router(&ctx))

@@ -38,8 +38,9 @@ pub fn router(ctx: &HttpContext) -> Router {
         mcp_config = mcp_config.enforce_origin_validation();
     }
     let gate = state.gate.clone();
+    let feed = ctx.feed.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)),
+        move || Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest).with_feed(feed.clone())),
         ctx.sessions.clone(),
         mcp_config,
     );

@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod gate;
 pub mod http;
+pub mod resources;
 pub mod server;
 pub mod sessions;
 pub mod tools;
