@@ -21,7 +21,9 @@ impl MigrationTrait for Migration {
                 .col(string(EventStreams::WorkspaceId).primary_key())
                 .col(big_integer(EventStreams::LastSeq))
                 // Set when the control plane answered 410 Gone; cleared by setting the URL again.
-                .col(timestamp_with_time_zone_null(EventStreams::WebhooksDisabledAt))
+                .col(timestamp_with_time_zone_null(
+                    EventStreams::WebhooksDisabledAt,
+                ))
                 .foreign_key(
                     ForeignKey::create()
                         .name("fk_event_streams_workspace")
@@ -68,7 +70,9 @@ impl MigrationTrait for Migration {
                 .col(timestamp_with_time_zone(WebhookDeliveries::NextAttemptAt))
                 .col(integer_null(WebhookDeliveries::LastStatus))
                 .col(text_null(WebhookDeliveries::LastError))
-                .col(timestamp_with_time_zone_null(WebhookDeliveries::LockedUntil))
+                .col(timestamp_with_time_zone_null(
+                    WebhookDeliveries::LockedUntil,
+                ))
                 .col(timestamp_with_time_zone(WebhookDeliveries::CreatedAt))
                 .col(timestamp_with_time_zone(WebhookDeliveries::UpdatedAt))
                 .foreign_key(

@@ -156,7 +156,9 @@ async fn deliver(
             DeliveryAttempt {
                 status: DeliveryStatus::Disabled,
                 http_status: Some(410),
-                error: Some("endpoint answered 410 Gone; set control_plane_url again to resume".into()),
+                error: Some(
+                    "endpoint answered 410 Gone; set control_plane_url again to resume".into(),
+                ),
                 next_attempt_at: t,
             }
         }

@@ -2,10 +2,10 @@
 //! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
-use crate::mcp::sessions::SessionRegistry;
 use crate::auth::Tokens;
-use crate::events::{self, EventOptions, Feed};
 use crate::config::{AuthConfig, Config, LimitsConfig};
+use crate::events::{self, EventOptions, Feed};
+use crate::mcp::sessions::SessionRegistry;
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::Store;

@@ -171,7 +171,9 @@ impl Gate {
                 } else {
                     format!("{action} {uri}: {reason}")
                 })
-                .metadata(json!({ "action": action, "uri": uri, "credential": caller.credential_id() }))
+                .metadata(
+                    json!({ "action": action, "uri": uri, "credential": caller.credential_id() }),
+                )
                 .build()
         };
         let Some(tool) = super::resources::tool_for(uri) else {

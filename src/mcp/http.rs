@@ -40,7 +40,9 @@ pub fn router(ctx: &HttpContext) -> Router {
     let gate = state.gate.clone();
     let feed = ctx.feed.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest).with_feed(feed.clone())),
+        move || {
+            Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest).with_feed(feed.clone()))
+        },
         ctx.sessions.clone(),
         mcp_config,
     );

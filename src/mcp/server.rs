@@ -3,10 +3,10 @@
 
 use super::catalogue::ToolSpec;
 use super::gate::{CallOutcome, Gate, GateError};
-use crate::auth::{self, AgentAuthRefusal, AgentCaller};
-use crate::service::ServiceError;
 use super::resources::{self, ASSIGNMENTS_URI};
+use crate::auth::{self, AgentAuthRefusal, AgentCaller};
 use crate::events::Feed;
+use crate::service::ServiceError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
@@ -223,7 +223,8 @@ impl ServerHandler for ParallaxServer {
                 other => ErrorData::invalid_request(other.to_string(), None),
             })?;
         Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(value.to_string(), request.uri).with_mime_type("application/json"),
+            ResourceContents::text(value.to_string(), request.uri)
+                .with_mime_type("application/json"),
         ])
         .into())
     }

@@ -339,7 +339,11 @@ impl Tx {
 
     /// The control plane answered 410: stop sending to it. Every unsettled delivery of the
     /// workspace is parked as `disabled` (kept, not lost) until the URL is set again.
-    pub async fn disable_webhooks(&self, workspace_id: &str, now: DateTime<Utc>) -> StoreResult<()> {
+    pub async fn disable_webhooks(
+        &self,
+        workspace_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
         event_stream::Entity::update_many()
             .col_expr(
                 event_stream::Column::WebhooksDisabledAt,

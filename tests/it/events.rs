@@ -238,7 +238,12 @@ async fn assert_all_delivered_in_order(w: &World, r: &Receiver) {
     for id in &processed {
         let d = by_id[id.as_str()];
         let prev = last_seq.insert(d.agent_id.clone(), d.seq).unwrap_or(0);
-        assert!(prev < d.seq, "agent {:?}: {} after {prev}", d.agent_id, d.seq);
+        assert!(
+            prev < d.seq,
+            "agent {:?}: {} after {prev}",
+            d.agent_id,
+            d.seq
+        );
         assert_eq!(d.webhook_id, format!("msg_{}", d.event_id));
     }
     assert_eq!(r.seen.lock().unwrap().bad_signatures, 0);
@@ -309,19 +314,26 @@ async fn webhooks_arrive_signed_in_order_through_failures_timeouts_and_a_kill() 
         .filter(|d| d.agent_id.as_deref() == Some("bot-a") && d.status != DeliveryStatus::Delivered)
         .collect();
     assert!(a_pending.len() >= 2, "{a_pending:#?}");
-    assert!(a_pending[1..].iter().all(|d| d.attempts == 0), "{a_pending:#?}");
+    assert!(
+        a_pending[1..].iter().all(|d| d.attempts == 0),
+        "{a_pending:#?}"
+    );
 
     // SIGKILL mid-retry; events keep being written while the server is down.
     server.child.kill().await.unwrap();
     approved_agent(&w.svc, &w.admin, "bot-c", &[Permission::ReadTasks]).await;
     r.set(Mode::Ok);
     let _server = spawn(&w.db.url).await;
-    eventually("every delivery after recovery", Duration::from_secs(20), || async {
-        deliveries(&w.svc, &w)
-            .await
-            .iter()
-            .all(|d| d.status == DeliveryStatus::Delivered)
-    })
+    eventually(
+        "every delivery after recovery",
+        Duration::from_secs(20),
+        || async {
+            deliveries(&w.svc, &w)
+                .await
+                .iter()
+                .all(|d| d.status == DeliveryStatus::Delivered)
+        },
+    )
     .await;
     assert_all_delivered_in_order(&w, &r).await;
     // Retries really happened, and each reused its webhook-id.
@@ -370,7 +382,11 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(r.attempts().len(), sent_before, "nothing sent while disabled");
+    assert_eq!(
+        r.attempts().len(),
+        sent_before,
+        "nothing sent while disabled"
+    );
     let parked = w
         .svc
         .list_deliveries(&w.admin, Some(DeliveryStatus::Disabled))
@@ -384,9 +400,11 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
     // Setting the URL again re-enables it; the parked deliveries go out, in order.
     r.set(Mode::Ok);
     set(&w.svc, &w.admin, &[("control_plane_url", r.url.as_str())]).await;
-    eventually("parked deliveries sent", Duration::from_secs(10), || async {
-        r.processed().len() == 4
-    })
+    eventually(
+        "parked deliveries sent",
+        Duration::from_secs(10),
+        || async { r.processed().len() == 4 },
+    )
     .await;
     assert_all_delivered_in_order(&w, &r).await;
 
@@ -407,7 +425,11 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&first.webhook_id));
     eventually("the redelivery", Duration::from_secs(10), || async {
         r.attempts().len() == before + 1
@@ -430,7 +452,11 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
         ])
         .output()
         .unwrap();
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|d| d["status"] == "delivered"));
@@ -601,7 +627,11 @@ async fn sse_resumes_without_gaps_filters_and_ends_when_access_is_lost() {
     assert_eq!(ids, vec![start + 1, start + 2, start + 3]);
     assert_eq!(
         resumed.iter().map(|f| f.event.as_str()).collect::<Vec<_>>(),
-        ["agent.access_requested", "agent.access_approved", "agent.task_assigned"]
+        [
+            "agent.access_requested",
+            "agent.access_approved",
+            "agent.task_assigned"
+        ]
     );
     // Then live again, with keep-alives in between.
     approved_agent(&w.svc, &w.admin, "bot-3", &[Permission::ReadTasks]).await;
@@ -639,4 +669,212 @@ async fn sse_resumes_without_gaps_filters_and_ends_when_access_is_lost() {
     assert!(ended.is_ok(), "the stream should end when access is lost");
     let again = SseClient::open(&url, &token, None).await;
     assert_eq!(again.status(), 401);
+}
+
+// ---- MCP resource subscriptions ----
+
+mod mcp_notify {
+    use super::*;
+    use rmcp::model::{
+        ClientConfig, ProtocolVersion, ReadResourceRequestParams, ResourceContents,
+        ResourceUpdatedNotificationParam, ServerNotification, SubscribeRequestParams,
+        SubscriptionFilter,
+    };
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::{ClientHandler, RoleClient, ServiceExt};
+    use tokio::sync::mpsc;
+
+    const URI: &str = "parallax://me/assignments";
+
+    /// A client that records every `notifications/resources/updated` it gets.
+    #[derive(Clone)]
+    struct Recorder {
+        version: ProtocolVersion,
+        updates: mpsc::UnboundedSender<String>,
+    }
+
+    impl ClientHandler for Recorder {
+        async fn on_resource_updated(
+            &self,
+            params: ResourceUpdatedNotificationParam,
+            _ctx: NotificationContext<RoleClient>,
+        ) {
+            let _ = self.updates.send(params.uri);
+        }
+
+        fn get_info(&self) -> ClientConfig {
+            ClientConfig::default().with_protocol_version(self.version.clone())
+        }
+    }
+
+    async fn connect(
+        url: &str,
+        key: &str,
+        version: ProtocolVersion,
+    ) -> (
+        rmcp::service::RunningService<RoleClient, Recorder>,
+        mpsc::UnboundedReceiver<String>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp"))
+                .auth_header(key.to_owned()),
+        );
+        let recorder = Recorder {
+            version: version.clone(),
+            updates: tx,
+        };
+        let client = if version == ProtocolVersion::V_2026_07_28 {
+            // The 2026-07-28 era starts with server/discover, not initialize.
+            recorder
+                .serve_with_lifecycle(
+                    transport,
+                    ClientLifecycleMode::Discover {
+                        preferred_versions: vec![version],
+                    },
+                )
+                .await
+        } else {
+            recorder.serve(transport).await
+        }
+        .expect("connect over HTTP");
+        (client, rx)
+    }
+
+    async fn assign(w: &World, agent: &str) -> String {
+        w.svc
+            .assign(
+                &w.admin,
+                agent,
+                AssignTarget::Task(w.task.id.clone()),
+                AssignmentRole::Member,
+            )
+            .await
+            .unwrap()
+            .0
+            .id
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(deprecated)] // resources/subscribe is the 2025-11-25 way
+    async fn a_subscribed_agent_is_notified_of_assignments_2025_11_25() {
+        let w = world().await;
+        let key = approved_agent(&w.svc, &w.admin, "bot-s", &[Permission::ReadTasks]).await;
+        let weak = approved_agent(&w.svc, &w.admin, "bot-w", &[Permission::ReadPages]).await;
+        let server = spawn(&w.db.url).await;
+        let (client, mut updates) = connect(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
+
+        let caps = client.peer_info().unwrap().capabilities.resources.clone();
+        assert_eq!(caps.and_then(|r| r.subscribe), Some(true));
+        let listed = client.list_all_resources().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].uri, URI);
+
+        client
+            .subscribe(SubscribeRequestParams::new(URI))
+            .await
+            .unwrap();
+        // An unrelated event (another agent) is not announced; our assignment is.
+        assign(&w, "bot-w").await;
+        let assignment = assign(&w, "bot-s").await;
+        let uri = tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("notified of the assignment")
+            .unwrap();
+        assert_eq!(uri, URI);
+        let read = client
+            .read_resource(ReadResourceRequestParams::new(URI))
+            .await
+            .unwrap();
+        let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+            panic!("text contents expected")
+        };
+        let mine: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(mine["tasks"][0]["assignmentId"], assignment);
+        // Unassigned → notified again; nothing else was queued in between.
+        w.svc.unassign(&w.admin, &assignment).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("notified of the unassignment")
+            .unwrap();
+        assert_eq!(again, URI);
+        assert!(updates.try_recv().is_err());
+
+        // Reads and subscriptions are audited; an agent without read:tasks is refused.
+        let audited = crate::support::server::audit(&w.svc, &w.admin, "bot-s").await;
+        assert!(audited.iter().any(|e| e.activity_type == "resource.access"
+            && e.description.starts_with("resources/subscribe")
+            && e.outcome.as_deref() == Some("allowed")));
+        let (weak_client, _) = connect(&server.url, &weak, ProtocolVersion::V_2025_11_25).await;
+        assert!(weak_client.list_all_resources().await.unwrap().is_empty());
+        let refused = weak_client
+            .subscribe(SubscribeRequestParams::new(URI))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{refused}"
+        );
+        let unknown = client
+            .read_resource(ReadResourceRequestParams::new(
+                "parallax://them/assignments",
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown resource"),
+            "{unknown}"
+        );
+
+        // Revocation closes the agent's session: the next request fails.
+        w.svc.revoke_agent(&w.admin, "bot-s", "done").await.unwrap();
+        eventually("the session closed", Duration::from_secs(5), || async {
+            client.list_all_resources().await.is_err()
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listening_agent_is_notified_of_assignments_2026_07_28() {
+        let w = world().await;
+        let key = approved_agent(&w.svc, &w.admin, "bot-l", &[Permission::ReadTasks]).await;
+        let server = spawn(&w.db.url).await;
+        let (client, _updates) = connect(&server.url, &key, ProtocolVersion::V_2026_07_28).await;
+        assert_eq!(
+            client.peer_info().map(|i| i.protocol_version.clone()),
+            Some(ProtocolVersion::V_2026_07_28)
+        );
+        let mut sub = client
+            .peer()
+            .listen(
+                SubscriptionFilter::builder()
+                    .resource_subscription(URI)
+                    .build(),
+            )
+            .await
+            .expect("listen acknowledged");
+        assert_eq!(
+            sub.acknowledged().resource_subscriptions.as_deref(),
+            Some(&[URI.to_owned()][..])
+        );
+        assign(&w, "bot-l").await;
+        let n = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("notified")
+            .unwrap()
+            .expect("a notification");
+        let ServerNotification::ResourceUpdatedNotification(n) = n else {
+            panic!("resource update expected, got {n:?}")
+        };
+        assert_eq!(n.params.uri, URI);
+        // Revocation ends the stream.
+        w.svc.revoke_agent(&w.admin, "bot-l", "done").await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(_)) = sub.next().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the listen stream should end on revocation");
+    }
 }

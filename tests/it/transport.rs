@@ -128,7 +128,12 @@ pub async fn in_process(db_url: &str) -> InProcess {
     let tokens = parallax_mcp::auth::Tokens::load(store.clone(), &opts.auth)
         .await
         .unwrap();
-    let ctx = HttpContext::new(parallax_mcp::service::Service::new(store), addr, opts, tokens);
+    let ctx = HttpContext::new(
+        parallax_mcp::service::Service::new(store),
+        addr,
+        opts,
+        tokens,
+    );
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     tokio::spawn(http::run_with(ctx.clone(), listener, async move {
