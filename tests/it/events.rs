@@ -28,6 +28,10 @@ struct Server {
 }
 
 async fn spawn(db_url: &str) -> Server {
+    spawn_with(db_url, &[]).await
+}
+
+async fn spawn_with(db_url: &str, env: &[(&str, &str)]) -> Server {
     let mut child = tokio::process::Command::new(BIN)
         .args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
         .env("NO_COLOR", "1")
@@ -39,6 +43,7 @@ async fn spawn(db_url: &str) -> Server {
         .env("PARALLAX_EVENTS_POLL_MS", "50")
         .env("PARALLAX_EVENTS_KEEPALIVE_MS", "200")
         .env("PARALLAX_EVENTS_ACCESS_CHECK_MS", "100")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -460,6 +465,88 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|d| d["status"] == "delivered"));
+
+    // The same through the API: admins list and redeliver, other roles are refused.
+    w.svc
+        .add_member(&w.admin, "writer@acme.test", "Writer", Role::Write)
+        .await
+        .unwrap();
+    let admin = member_token(&w, "admin@acme.test").await;
+    let writer = member_token(&w, "writer@acme.test").await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/api/v1/workspaces/acme/deliveries", _server.url);
+    let resp = http
+        .get(format!("{base}?status=delivered"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["deliveries"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        body["deliveries"][0]["webhookId"],
+        first.webhook_id.as_str()
+    );
+    let resp = http.get(&base).bearer_auth(&writer).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+    let resp = http
+        .get(format!("{base}?status=lost"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = http
+        .post(format!("{base}/nope/redeliver"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let before = r.attempts().len();
+    let resp = http
+        .post(format!("{base}/{}/redeliver", first.id))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    eventually("the API redelivery", Duration::from_secs(10), || async {
+        r.attempts().len() == before + 1
+    })
+    .await;
+    assert_eq!(
+        r.processed().len(),
+        4,
+        "a redelivery is not processed twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failing_past_the_give_up_age_is_marked_failed() {
+    let w = world().await;
+    let r = Receiver::start().await;
+    connect(&w, &r).await;
+    r.set(Mode::Fail);
+    let _server = spawn_with(&w.db.url, &[("PARALLAX_WEBHOOK_GIVE_UP_SECS", "1")]).await;
+    request(&w.svc, &w, "bot-f").await;
+    eventually("the delivery given up", Duration::from_secs(10), || async {
+        deliveries(&w.svc, &w)
+            .await
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Failed)
+    })
+    .await;
+    let d = deliveries(&w.svc, &w).await.remove(0);
+    assert!(d.attempts >= 2, "{d:?}");
+    assert_eq!(d.last_status, Some(500));
+    // Failed is final: nothing more is sent.
+    let sent = r.attempts().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.attempts().len(), sent);
 }
 
 // ---- SSE ----
@@ -877,4 +964,56 @@ mod mcp_notify {
         .await;
         assert!(ended.is_ok(), "the listen stream should end on revocation");
     }
+}
+
+// ---- the outbox's order ----
+
+/// Concurrent writers: every event gets a distinct seq, with no gap, and a reader that follows
+/// "everything after my cursor" while they commit never skips one (seq order is commit order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_get_gapless_seqs_that_readers_never_skip() {
+    let w = world().await;
+    let ws = w.admin.workspace().id.clone();
+    let writers = 12;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (store, ws, stop) = (w.svc.store().clone(), ws.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            loop {
+                let done = stop.is_cancelled();
+                let tx = store.read().await.unwrap();
+                let batch = tx.events_after(&ws, cursor, 1000).await.unwrap();
+                drop(tx);
+                for e in batch {
+                    assert_eq!(e.seq, cursor + 1, "a reader skipped a seq");
+                    cursor = e.seq;
+                    seen.push(e.id);
+                }
+                if done {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..writers {
+        let (svc, admin) = (w.svc.clone(), w.admin.clone());
+        tasks.spawn(async move {
+            let id = format!("bot-{i}");
+            approved_agent(&svc, &admin, &id, &[Permission::ReadTasks]).await;
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    stop.cancel();
+    let seen = reader.await.unwrap();
+    let events = crate::support::all_events(&w.svc, &ws).await;
+    let mut seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=(2 * writers) as i64).collect::<Vec<_>>());
+    assert_eq!(seen.len(), events.len(), "the reader saw every event once");
 }
