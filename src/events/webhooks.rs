@@ -183,6 +183,14 @@ async fn deliver(
             }
         }
     };
+    // Another attempt of this workspace may have met a 410 while this one was in flight: it
+    // stays parked with the rest instead of going back to the queue.
+    let mut attempt = attempt;
+    if attempt.status == DeliveryStatus::Pending
+        && tx.webhooks_disabled_at(&d.workspace_id).await?.is_some()
+    {
+        attempt.status = DeliveryStatus::Disabled;
+    }
     tx.record_delivery_attempt(&d.id, &attempt, t).await?;
     tx.commit().await
 }

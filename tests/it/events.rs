@@ -924,6 +924,38 @@ mod mcp_notify {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(deprecated)]
+    async fn a_stdio_agent_can_subscribe_too() {
+        let w = world().await;
+        let key = approved_agent(&w.svc, &w.admin, "bot-io", &[Permission::ReadTasks]).await;
+        let (tx, mut updates) = mpsc::unbounded_channel();
+        let transport = rmcp::transport::TokioChildProcess::builder(
+            crate::support::server::stdio_command(&w.db.url, Some(&key)),
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+        .0;
+        let client = Recorder {
+            version: ProtocolVersion::V_2025_11_25,
+            updates: tx,
+        }
+        .serve(transport)
+        .await
+        .unwrap();
+        client
+            .subscribe(SubscribeRequestParams::new(URI))
+            .await
+            .unwrap();
+        assign(&w, "bot-io").await;
+        let uri = tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("notified over stdio")
+            .unwrap();
+        assert_eq!(uri, URI);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_listening_agent_is_notified_of_assignments_2026_07_28() {
         let w = world().await;
         let key = approved_agent(&w.svc, &w.admin, "bot-l", &[Permission::ReadTasks]).await;
