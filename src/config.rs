@@ -603,6 +603,63 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_limits_come_from_file_then_environment() {
+        let c = load(&Overrides::default(), &[]).unwrap();
+        assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(900));
+        assert_eq!(c.limits, LimitsConfig::default());
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = "f".repeat(32);
+        let file = write(
+            &dir,
+            &format!(
+                "[auth]\nissuer = \"acme\"\nsigning_key = \"{key}\"\ntoken_ttl_secs = 60\n[limits]\nfailed_auth_per_minute = 5\nfailed_auth_burst = 2\n"
+            ),
+        );
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let c = load(&flags, &[]).unwrap();
+        assert_eq!(c.auth.issuer, "acme");
+        assert_eq!(c.auth.signing_key.as_deref(), Some(key.as_str()));
+        assert_eq!(c.auth.token_ttl, Duration::from_secs(60));
+        assert_eq!(
+            (c.limits.failed_auth_per_minute, c.limits.failed_auth_burst),
+            (5, 2)
+        );
+        assert!(
+            !format!("{c:?}").contains(&key),
+            "Debug shows the signing key"
+        );
+
+        let c = load(
+            &flags,
+            &[
+                ("PARALLAX_TOKEN_TTL_SECS", "120"),
+                ("PARALLAX_AUTH_ISSUER", "env"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.auth.issuer.as_str(), c.auth.token_ttl.as_secs()),
+            ("env", 120)
+        );
+
+        for bad in [
+            ("PARALLAX_SIGNING_KEY", "short"),
+            ("PARALLAX_TOKEN_TTL_SECS", "0"),
+            ("PARALLAX_TOKEN_TTL_SECS", "86401"),
+            ("PARALLAX_TOKEN_TTL_SECS", "soon"),
+            ("PARALLAX_FAILED_AUTH_BURST", "0"),
+        ] {
+            let err = load(&Overrides::default(), &[bad]).unwrap_err().to_string();
+            assert!(!err.contains("short\""), "{err}");
+        }
+    }
+
+    #[test]
     fn empty_variables_count_as_unset() {
         let c = load(&Overrides::default(), &[("DATABASE_URL", " ")]).unwrap();
         assert_eq!(c.database_url, "sqlite://parallax.db?mode=rwc");

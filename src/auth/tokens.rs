@@ -177,12 +177,15 @@ async fn stored_keys(store: &Store) -> ServiceResult<Vec<SigningKeyRow>> {
 /// fine: its key becomes everyone's, and we return that one.
 async fn insert_next_key(store: &Store, only_if_none: bool) -> ServiceResult<String> {
     for _ in 0..RACE_RETRIES {
-        let existing = stored_keys(store).await?;
-        if only_if_none && let Some(current) = existing.first().filter(|k| k.retired_at.is_none()) {
+        let tx = store.write().await?;
+        // One read inside the write transaction decides both whether a key exists and the next
+        // generation: on SQLite the transaction holds the write lock, so a replica that got here
+        // first has committed; on PostgreSQL the unique generation makes the loser retry.
+        let latest = tx.latest_signing_key().await?;
+        if only_if_none && let Some(current) = latest.as_ref().filter(|k| k.retired_at.is_none()) {
             return Ok(current.kid.clone());
         }
-        let tx = store.write().await?;
-        let generation = tx.max_signing_key_generation().await? + 1;
+        let generation = latest.map_or(0, |k| k.generation) + 1;
         let secret = generate_secret();
         let row = SigningKeyRow {
             kid: kid_for(&secret),

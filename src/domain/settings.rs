@@ -184,6 +184,11 @@ mod tests {
         );
         assert!(s.apply("control_plane_url", "ftp://x").is_err());
         assert!(s.apply("enabled", "maybe").is_err());
+        s.apply("rate_limit_per_minute", "120").unwrap();
+        s.apply("rate_limit_burst", "5").unwrap();
+        assert_eq!((s.rate_limit_per_minute, s.rate_limit_burst), (120, 5));
+        assert!(s.apply("rate_limit_per_minute", "0").is_err());
+        assert!(s.apply("rate_limit_burst", "lots").is_err());
     }
 
     #[test]

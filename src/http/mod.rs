@@ -1,6 +1,10 @@
 //! The HTTP server: one listener, one router composed from its parts — `/mcp` (the MCP layer),
-//! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
+//! health and readiness, RFC 9728 / RFC 8414 discovery and the OAuth token endpoint
+//! ([`oauth`]), with rate limits in [`ratelimit`]. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
+
+pub mod oauth;
+pub mod ratelimit;
 
 use crate::auth::Tokens;
 use crate::config::{AuthConfig, Config, LimitsConfig};
@@ -79,6 +83,8 @@ pub struct HttpContext {
     pub tokens: Tokens,
     /// Committed events as they land (this replica's at once, others' by polling).
     pub feed: Feed,
+    /// Failed authentications per client address (`/mcp` and `/oauth/token`).
+    pub failed_auth: ratelimit::FailedAuthLimiter,
 }
 
 /// The server's public addresses.
@@ -197,6 +203,10 @@ impl HttpContext {
         Self {
             feed,
             tokens,
+            failed_auth: ratelimit::FailedAuthLimiter::new(
+                opts.limits.failed_auth_per_minute,
+                opts.limits.failed_auth_burst,
+            ),
             service,
             urls: Urls::new(opts.public_url.as_deref(), addr),
             inflight: InFlight::default(),
@@ -235,6 +245,7 @@ pub async fn run_with(
         .merge(mcp::http::router(&ctx))
         .merge(events::routes::router(&ctx))
         .merge(discovery_router(&ctx))
+        .merge(oauth::router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
@@ -248,16 +259,20 @@ pub async fn run_with(
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight calls");
-            if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
-                tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
-            }
-            closing.cancel();
-        })
-        .await?;
+    // The peer address keys the failed-authentication limit.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
+            tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
+        }
+        closing.cancel();
+    })
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -289,6 +304,8 @@ fn discovery_router(ctx: &HttpContext) -> Router {
 async fn resource_metadata(State(ctx): State<HttpContext>) -> Json<serde_json::Value> {
     Json(json!({
         "resource": &*ctx.urls.resource,
+        "authorization_servers": [&*ctx.urls.origin],
+        "scopes_supported": oauth::scopes_supported(),
         "bearer_methods_supported": ["header"],
         "resource_name": "parallax-mcp",
     }))

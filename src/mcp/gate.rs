@@ -5,6 +5,7 @@ use super::catalogue::{self, ToolSpec};
 use super::tools;
 use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::domain::{ActivityEntry, Actor};
+use crate::http::ratelimit::AgentLimiter;
 use crate::service::{Activity, AuditWriter, Service, ServiceError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -37,16 +38,41 @@ const MAX_AUDITED_ARGS: usize = 4096;
 pub struct Gate {
     service: Service,
     audit: AuditWriter,
+    limiter: AgentLimiter,
 }
 
 impl Gate {
     pub fn new(service: Service) -> Self {
         let audit = AuditWriter::spawn(service.store().clone());
-        Self { service, audit }
+        Self {
+            service,
+            audit,
+            limiter: AgentLimiter::new(),
+        }
     }
 
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// Per-agent request limits, shared by every session this gate serves.
+    pub fn limiter(&self) -> &AgentLimiter {
+        &self.limiter
+    }
+
+    /// Records a call refused because the access token's scope lacks a permission the agent is
+    /// granted (the transport answers 403 `insufficient_scope`).
+    pub async fn audit_insufficient_scope(&self, caller: &AgentCaller, tool: &str, needed: &str) {
+        let entry = self.entry(
+            caller,
+            tool,
+            &Value::Null,
+            "denied",
+            &format!("token scope lacks {needed}"),
+        );
+        if let Err(e) = self.audit.record(entry).await {
+            tracing::error!(error = %e, "could not audit an insufficient-scope refusal");
+        }
     }
 
     /// The tools this caller may call; `tools/list` shows no others.

@@ -1,11 +1,12 @@
 //! Streamable HTTP at `/mcp` (MCP 2025-11-25 sessions and 2026-07-28 stateless, one endpoint),
 //! behind bearer authentication.
 
+use super::catalogue::{self, Requirement};
 use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
 use super::sessions;
 use crate::auth;
-use crate::http::HttpContext;
+use crate::http::{HttpContext, oauth};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -14,6 +15,9 @@ use axum::{Json, Router};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use std::sync::Arc;
+
+/// API keys are recognised by their prefix; anything else is taken for an access token.
+const API_KEY_PREFIX: &str = "mcp_agent_";
 
 #[derive(Clone)]
 struct McpState {
@@ -57,41 +61,162 @@ pub fn router(ctx: &HttpContext) -> Router {
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 
-/// Bearer authentication for `/mcp`. The outcome rides in the request's extensions to the gate;
-/// a missing or refused credential is a 401 with the RFC 9728 metadata pointer.
-async fn authenticate(State(state): State<McpState>, mut req: Request, next: Next) -> Response {
+/// Bearer authentication for `/mcp`: an API key (`mcp_agent_…`) or an access token from
+/// `/oauth/token`. The outcome rides in the request's extensions to the gate; a missing or refused
+/// credential is a 401 with the RFC 9728 metadata pointer. Addresses that fail too often and
+/// agents over their rate get 429 with `Retry-After`.
+async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -> Response {
     let _guard = state.ctx.inflight.enter();
+    let peer = oauth::peer(&req);
+    if let Some(wait) = peer.and_then(|ip| state.ctx.failed_auth.blocked(ip)) {
+        return oauth::too_many_requests(wait, "too many failed authentications from this address");
+    }
+    // RFC 6750 §2.3 is not supported: a token in a URL ends up in logs.
+    let in_query = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.split('=').next() == Some("access_token"))
+    });
+    if in_query {
+        return challenge(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "tokens are accepted only in the Authorization header",
+            Some("invalid_request"),
+        );
+    }
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
         })
         .map(str::trim)
         .map(str::to_owned);
     let Some(token) = bearer else {
         return unauthorized(&state, "missing bearer credential", None);
     };
-    match auth::agent(state.gate.service().store(), &token).await {
-        Ok(Ok(caller)) => {
-            req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
-            next.run(req).await
-        }
+    let outcome = if token.starts_with(API_KEY_PREFIX) {
+        auth::agent(state.gate.service().store(), &token).await
+    } else {
+        state
+            .ctx
+            .tokens
+            .agent(&token, &state.ctx.urls.resource)
+            .await
+    };
+    let caller = match outcome {
+        Ok(Ok(caller)) => caller,
         Ok(Err(refusal)) => {
+            if let Some(ip) = peer {
+                state.ctx.failed_auth.failed(ip);
+            }
             state.gate.audit_refusal(&refusal, "http request").await;
-            unauthorized(&state, &refusal.error.to_string(), Some("invalid_token"))
+            return unauthorized(&state, &refusal.error.to_string(), Some("invalid_token"));
         }
         Err(e) => {
             tracing::error!(error = %e, "authentication failed on the store");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": "the workspace store is unavailable" })))
-                .into_response()
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": "the workspace store is unavailable" })))
+                .into_response();
         }
+    };
+    if let Err(wait) = state.gate.limiter().check(&caller) {
+        return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
     }
+    let mut req = if caller.is_narrowed() {
+        match scope_check(&state, &caller, req).await {
+            Ok(req) => req,
+            Err(res) => return res,
+        }
+    } else {
+        req
+    };
+    req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
+    next.run(req).await
+}
+
+/// For a token narrower than the agent's grant: a `tools/call` of a tool the agent is granted
+/// but the token does not cover is a 403 `insufficient_scope` challenge (MCP authorization), so
+/// the client can fetch a token with the scope it needs. The tool name comes from `Mcp-Name`, else
+/// from the body, which is then handed on unchanged.
+async fn scope_check(
+    state: &McpState,
+    caller: &auth::AgentCaller,
+    req: Request,
+) -> Result<Request, Response> {
+    let from_header = req
+        .headers()
+        .get("mcp-name")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (tool, req) = match from_header {
+        Some(name) => (Some(name), req),
+        None if req.method() == axum::http::Method::POST => {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, state.ctx.opts.max_body_bytes)
+                .await
+                .map_err(|_| {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        Json(json!({ "error": "payload_too_large", "message": "request body too large" })),
+                    )
+                        .into_response()
+                })?;
+            let tool = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .filter(|v| v.get("method").and_then(|m| m.as_str()) == Some("tools/call"))
+                .and_then(|v| {
+                    v.pointer("/params/name")
+                        .and_then(|n| n.as_str())
+                        .map(str::to_owned)
+                });
+            (
+                tool,
+                Request::from_parts(parts, axum::body::Body::from(bytes)),
+            )
+        }
+        None => (None, req),
+    };
+    let needed =
+        tool.as_deref()
+            .and_then(catalogue::find)
+            .and_then(|spec| match spec.requirement {
+                Requirement::Permission(p) if caller.is_granted(p) && !caller.has(p) => Some(p),
+                _ => None,
+            });
+    let (Some(tool), Some(needed)) = (tool, needed) else {
+        return Ok(req);
+    };
+    state
+        .gate
+        .audit_insufficient_scope(caller, &tool, needed.as_str())
+        .await;
+    let mut res = (
+        StatusCode::FORBIDDEN,
+        Json(json!({
+            "error": "insufficient_scope",
+            "message": format!("{tool} needs the {needed} scope; request a token with it"),
+        })),
+    )
+        .into_response();
+    let value = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\", error_description=\"the token's scope lacks {needed}\"",
+        state.ctx.urls.resource_metadata
+    );
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Err(res)
 }
 
 fn unauthorized(state: &McpState, message: &str, error: Option<&str>) -> Response {
+    challenge(state, StatusCode::UNAUTHORIZED, message, error)
+}
+
+/// A refusal carrying `WWW-Authenticate: Bearer resource_metadata=…` (and `error=` if given).
+fn challenge(state: &McpState, status: StatusCode, message: &str, error: Option<&str>) -> Response {
     let mut challenge = format!(
         "Bearer resource_metadata=\"{}\"",
         state.ctx.urls.resource_metadata
@@ -102,11 +227,12 @@ fn unauthorized(state: &McpState, message: &str, error: Option<&str>) -> Respons
             message.replace('"', "'")
         ));
     }
-    let mut res = (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({ "error": "unauthorized", "message": message })),
-    )
-        .into_response();
+    let body = if status == StatusCode::UNAUTHORIZED {
+        "unauthorized"
+    } else {
+        error.unwrap_or("invalid_request")
+    };
+    let mut res = (status, Json(json!({ "error": body, "message": message }))).into_response();
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

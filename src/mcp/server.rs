@@ -41,6 +41,10 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// JSON-RPC error code for a request over the agent's rate limit (stdio); `data.retry_after_secs`
+/// says when to retry.
+pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
+
 /// The outcome of authenticating one HTTP request, carried in its extensions.
 #[derive(Clone)]
 pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
@@ -102,9 +106,23 @@ impl ParallaxServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         match &self.credential {
-            Credential::Key(key) => auth::agent(self.gate.service().store(), key)
-                .await
-                .map_err(store_error),
+            Credential::Key(key) => {
+                let outcome = auth::agent(self.gate.service().store(), key)
+                    .await
+                    .map_err(store_error)?;
+                // Over HTTP the middleware counts requests; on stdio it is done here.
+                if let Ok(caller) = &outcome
+                    && let Err(wait) = self.gate.limiter().check(caller)
+                {
+                    let secs = crate::http::ratelimit::retry_after_secs(wait);
+                    return Err(ErrorData::new(
+                        RATE_LIMITED,
+                        format!("rate limit exceeded: retry after {secs} s"),
+                        Some(serde_json::json!({ "retry_after_secs": secs })),
+                    ));
+                }
+                Ok(outcome)
+            }
             Credential::PerRequest => {
                 let found = ctx
                     .extensions

@@ -44,23 +44,17 @@ impl Tx {
             .all(&self.tx)
             .await?
             .into_iter()
-            .map(|m| SigningKeyRow {
-                kid: m.kid,
-                generation: m.generation,
-                secret: m.secret,
-                created_at: m.created_at,
-                retired_at: m.retired_at,
-            })
+            .map(row)
             .collect())
     }
 
-    /// The highest generation stored, 0 when there is none.
-    pub async fn max_signing_key_generation(&self) -> StoreResult<i64> {
+    /// The key with the highest generation (the current one unless all are retired).
+    pub async fn latest_signing_key(&self) -> StoreResult<Option<SigningKeyRow>> {
         Ok(signing_key::Entity::find()
             .order_by_desc(signing_key::Column::Generation)
             .one(&self.tx)
             .await?
-            .map_or(0, |m| m.generation))
+            .map(row))
     }
 
     /// Adds `key` as the current key if its generation is still free, retiring the keys before
@@ -88,5 +82,15 @@ impl Tx {
             .exec(&self.tx)
             .await?;
         Ok(())
+    }
+}
+
+fn row(m: signing_key::Model) -> SigningKeyRow {
+    SigningKeyRow {
+        kid: m.kid,
+        generation: m.generation,
+        secret: m.secret,
+        created_at: m.created_at,
+        retired_at: m.retired_at,
     }
 }
