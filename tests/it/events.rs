@@ -1049,3 +1049,61 @@ async fn concurrent_writers_get_gapless_seqs_that_readers_never_skip() {
     assert_eq!(seqs, (1..=(2 * writers) as i64).collect::<Vec<_>>());
     assert_eq!(seen.len(), events.len(), "the reader saw every event once");
 }
+
+/// Two replicas on one database: leases keep them from sending any delivery twice, and each
+/// agent's deliveries still arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_deliveries_without_sending_twice() {
+    let w = world().await;
+    let r = Receiver::start().await;
+    connect(&w, &r).await;
+    let _a = spawn(&w.db.url).await;
+    let _b = spawn(&w.db.url).await;
+    for i in 0..6 {
+        approved_agent(
+            &w.svc,
+            &w.admin,
+            &format!("bot-{i}"),
+            &[Permission::ReadTasks],
+        )
+        .await;
+    }
+    eventually("every delivery", Duration::from_secs(15), || async {
+        deliveries(&w.svc, &w)
+            .await
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Delivered)
+    })
+    .await;
+    assert_all_delivered_in_order(&w, &r).await;
+    assert_eq!(r.attempts().len(), 12, "no delivery was sent twice");
+}
+
+/// Shutdown ends open event streams, and the server exits.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_event_streams() {
+    let w = world().await;
+    let mut server = spawn(&w.db.url).await;
+    let token = member_token(&w, "admin@acme.test").await;
+    let url = format!("{}/api/v1/workspaces/acme/events", server.url);
+    let mut s = SseClient::connect(&url, &token, Some(0)).await;
+    approved_agent(&w.svc, &w.admin, "bot-1", &[Permission::ReadTasks]).await;
+    s.take(2).await;
+    let pid = server.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while s.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream should end at shutdown");
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("the server exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
