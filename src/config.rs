@@ -5,7 +5,10 @@
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
 //! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`; for `[auth]`:
 //! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
-//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`.
+//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`; for `[webhooks]`:
+//! `PARALLAX_WEBHOOK_BASE_DELAY_MS`, `PARALLAX_WEBHOOK_MAX_DELAY_MS`, `PARALLAX_WEBHOOK_TIMEOUT_MS`,
+//! `PARALLAX_WEBHOOK_GIVE_UP_SECS`, `PARALLAX_WEBHOOK_POLL_MS`; for `[events]`:
+//! `PARALLAX_EVENTS_POLL_MS`, `PARALLAX_EVENTS_KEEPALIVE_MS`, `PARALLAX_EVENTS_ACCESS_CHECK_MS`.
 //!
 //! ```toml
 //! # parallax.toml (pass with --config or PARALLAX_CONFIG)
@@ -25,6 +28,18 @@
 //! [limits]
 //! failed_auth_per_minute = 30
 //! failed_auth_burst = 10
+//!
+//! [webhooks]            # deliveries to each workspace's control_plane_url
+//! base_delay_ms = 1000  # first retry within [0, 1 s], doubling per attempt (full jitter)
+//! max_delay_ms = 3600000
+//! attempt_timeout_ms = 10000
+//! give_up_after_secs = 259200
+//! poll_interval_ms = 1000
+//!
+//! [events]              # the feed and the members' event streams
+//! poll_interval_ms = 1000
+//! keepalive_ms = 15000
+//! access_check_ms = 30000
 //! ```
 
 use crate::store::database_url_for_path;
@@ -480,6 +495,41 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://parallax.db?mode=rwc");
         assert_eq!(c.listen, "127.0.0.1:8720");
         assert_eq!(c.http, HttpConfig::default());
+    }
+
+    #[test]
+    fn webhook_and_event_settings_come_from_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir,
+            "[webhooks]\nbase_delay_ms = 5\nattempt_timeout_ms = 700\n[events]\nkeepalive_ms = 7\n",
+        );
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let c = load(&flags, &[("PARALLAX_WEBHOOK_TIMEOUT_MS", "900")]).unwrap();
+        assert_eq!(c.webhooks.base_delay_ms, Some(5));
+        assert_eq!(c.webhooks.attempt_timeout_ms, Some(900));
+        assert_eq!(c.events.keepalive_ms, Some(7));
+        let opts = crate::events::EventOptions::from_config(&c);
+        assert_eq!(
+            opts.webhooks.attempt_timeout,
+            std::time::Duration::from_millis(900)
+        );
+        assert_eq!(
+            opts.keepalive,
+            std::time::Duration::from_millis(10),
+            "clamped to 10 ms"
+        );
+        let err = load(&flags, &[("PARALLAX_EVENTS_POLL_MS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("PARALLAX_EVENTS_POLL_MS"), "{err}");
+        let bad = write(&dir, "[webhooks]\nbase_delay = 5\n");
+        let flags = Overrides {
+            config_file: Some(bad),
+            ..Default::default()
+        };
+        assert!(load(&flags, &[]).is_err(), "unknown keys are refused");
     }
 
     #[test]
