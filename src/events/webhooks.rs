@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 const MAX_RESPONSE_BYTES: usize = 4096;
 /// How many pending deliveries one round looks at.
 const SCAN: u64 = 500;
+/// How many deliveries one round sends at once (one per agent lane).
+const MAX_CONCURRENT: usize = 32;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -85,7 +87,7 @@ async fn round(store: &Store, client: &HttpClient, opts: &WebhookOptions) -> Sto
     let lease = t + chrono::Duration::from_std(opts.attempt_timeout * 2 + Duration::from_secs(1))
         .unwrap_or(chrono::Duration::minutes(5));
     let tx = store.write().await?;
-    let claims = tx.claim_deliveries(t, lease, SCAN).await?;
+    let claims = tx.claim_deliveries(t, lease, SCAN, MAX_CONCURRENT).await?;
     tx.commit().await?;
     let n = claims.len();
     let mut tasks = tokio::task::JoinSet::new();

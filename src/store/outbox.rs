@@ -244,6 +244,7 @@ impl Tx {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         scan: u64,
+        max_claims: usize,
     ) -> StoreResult<Vec<DeliveryClaim>> {
         let pending = webhook_delivery::Entity::find()
             .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
@@ -255,6 +256,9 @@ impl Tx {
         let mut seen = std::collections::HashSet::new();
         let mut claims = Vec::new();
         for d in pending {
+            if claims.len() >= max_claims {
+                break;
+            }
             if !seen.insert((d.workspace_id.clone(), d.agent_key.clone())) {
                 continue; // an earlier delivery for this agent is still unsettled
             }
