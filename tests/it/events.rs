@@ -2,7 +2,7 @@
 //! timeouts, a SIGKILL mid-retry, 410, Retry-After, redelivery) and the members' SSE stream.
 
 use crate::support::server::{BIN, World, approved_agent, world};
-use crate::support::set;
+use crate::support::{TestDb, set};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -1106,4 +1106,60 @@ async fn shutdown_ends_event_streams() {
         .expect("the server exits")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Upgrading a database that already has events numbers them per workspace in id order, and the
+/// counters continue from there.
+#[tokio::test]
+async fn the_outbox_migration_numbers_existing_events() {
+    let db = TestDb::new().await;
+    let store = parallax_mcp::store::Store::connect(&db.url).await.unwrap();
+    let pending = store.pending_migrations().await.unwrap();
+    let outbox = pending
+        .iter()
+        .position(|m| m.ends_with("_outbox"))
+        .expect("the outbox migration");
+    store.migrate_steps(outbox as u32).await.unwrap();
+
+    let conn = Database::connect(&db.url).await.unwrap();
+    let backend = conn.get_database_backend();
+    let run = |sql: String| {
+        let conn = &conn;
+        async move {
+            conn.execute_raw(Statement::from_string(backend, sql))
+                .await
+                .unwrap();
+        }
+    };
+    let now = "2026-11-23 10:00:00+00:00";
+    for ws in ["w1", "w2"] {
+        run(format!(
+            "INSERT INTO workspaces (id, slug, name, settings, lock_version, created_at, updated_at) \
+             VALUES ('{ws}', '{ws}', '{ws}', '{{}}', 0, '{now}', '{now}')"
+        ))
+        .await;
+    }
+    // Ids are time-ordered: numbering follows them, per workspace.
+    for (id, ws) in [("e3", "w1"), ("e1", "w1"), ("e2", "w2"), ("e4", "w1")] {
+        run(format!(
+            "INSERT INTO events (id, workspace_id, event_type, agent_id, payload, created_at) \
+             VALUES ('{id}', '{ws}', 'agent.error', NULL, '{{}}', '{now}')"
+        ))
+        .await;
+    }
+    store.migrate().await.unwrap();
+    let tx = store.read().await.unwrap();
+    let w1: Vec<(String, i64)> = tx
+        .events_after("w1", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.seq))
+        .collect();
+    assert_eq!(w1, [("e1".into(), 1), ("e3".into(), 2), ("e4".into(), 3)]);
+    assert_eq!(tx.events_after("w2", 0, 10).await.unwrap()[0].seq, 1);
+    assert_eq!(tx.last_event_seq("w1").await.unwrap(), 3);
+    assert_eq!(tx.last_event_seq("w2").await.unwrap(), 1);
+    drop(tx);
+    store.close().await;
 }
