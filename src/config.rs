@@ -5,7 +5,10 @@
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
 //! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`; for `[auth]`:
 //! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
-//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`.
+//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`; for `[webhooks]`:
+//! `PARALLAX_WEBHOOK_BASE_DELAY_MS`, `PARALLAX_WEBHOOK_MAX_DELAY_MS`, `PARALLAX_WEBHOOK_TIMEOUT_MS`,
+//! `PARALLAX_WEBHOOK_GIVE_UP_SECS`, `PARALLAX_WEBHOOK_POLL_MS`; for `[events]`:
+//! `PARALLAX_EVENTS_POLL_MS`, `PARALLAX_EVENTS_KEEPALIVE_MS`, `PARALLAX_EVENTS_ACCESS_CHECK_MS`.
 //!
 //! ```toml
 //! # parallax.toml (pass with --config or PARALLAX_CONFIG)
@@ -25,6 +28,18 @@
 //! [limits]
 //! failed_auth_per_minute = 30
 //! failed_auth_burst = 10
+//!
+//! [webhooks]            # deliveries to each workspace's control_plane_url
+//! base_delay_ms = 1000  # first retry within [0, 1 s], doubling per attempt (full jitter)
+//! max_delay_ms = 3600000
+//! attempt_timeout_ms = 10000
+//! give_up_after_secs = 259200
+//! poll_interval_ms = 1000
+//!
+//! [events]              # the feed and the members' event streams
+//! poll_interval_ms = 1000
+//! keepalive_ms = 15000
+//! access_check_ms = 30000
 //! ```
 
 use crate::store::database_url_for_path;
@@ -46,10 +61,42 @@ pub struct Config {
     pub listen: String,
     /// Transport settings for `serve`; unset fields keep the transport's defaults.
     pub http: HttpConfig,
+    /// Webhook delivery to control planes (`[webhooks]`).
+    pub webhooks: WebhooksConfig,
+    /// Live event streams (`[events]`).
+    pub events: EventsConfig,
     /// Tokens this server issues and accepts.
     pub auth: AuthConfig,
     /// Rate limits that are not per-workspace settings.
     pub limits: LimitsConfig,
+}
+
+/// The `[webhooks]` table; unset fields keep the worker's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// First retry delay (before jitter), in milliseconds; doubles per attempt.
+    pub base_delay_ms: Option<u64>,
+    /// Cap on the retry delay, in milliseconds.
+    pub max_delay_ms: Option<u64>,
+    /// Time allowed for one attempt (connect, send, read the answer), in milliseconds.
+    pub attempt_timeout_ms: Option<u64>,
+    /// A delivery still failing this long after its event is marked failed, in seconds.
+    pub give_up_after_secs: Option<u64>,
+    /// How often the worker looks for due deliveries, in milliseconds.
+    pub poll_interval_ms: Option<u64>,
+}
+
+/// The `[events]` table; unset fields keep the feed's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How often the feed polls for other replicas' events, in milliseconds.
+    pub poll_interval_ms: Option<u64>,
+    /// Keep-alive comment interval on event streams, in milliseconds.
+    pub keepalive_ms: Option<u64>,
+    /// How often a stream re-checks that its member still has access, in milliseconds.
+    pub access_check_ms: Option<u64>,
 }
 
 /// The `[auth]` table: the issuer and key for the tokens this server mints.
@@ -145,6 +192,10 @@ struct FileConfig {
     #[serde(default)]
     http: HttpConfig,
     #[serde(default)]
+    webhooks: WebhooksConfig,
+    #[serde(default)]
+    events: EventsConfig,
+    #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
     limits: FileLimits,
@@ -174,6 +225,8 @@ impl Default for Config {
             database_url: database_url_for_path(Path::new(DEFAULT_DB_FILE)),
             listen: DEFAULT_LISTEN.to_owned(),
             http: HttpConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            events: EventsConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -242,6 +295,32 @@ impl Config {
             config.limits.failed_auth_burst = number("PARALLAX_FAILED_AUTH_BURST", &n)?;
         }
 
+        let millis = |name: &str| -> Result<Option<u64>, ConfigError> {
+            env(name)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        ConfigError(format!("{name} must be a whole number, got {v:?}"))
+                    })
+                })
+                .transpose()
+        };
+        let w = &mut config.webhooks;
+        let e = &mut config.events;
+        for (name, slot) in [
+            ("PARALLAX_WEBHOOK_BASE_DELAY_MS", &mut w.base_delay_ms),
+            ("PARALLAX_WEBHOOK_MAX_DELAY_MS", &mut w.max_delay_ms),
+            ("PARALLAX_WEBHOOK_TIMEOUT_MS", &mut w.attempt_timeout_ms),
+            ("PARALLAX_WEBHOOK_GIVE_UP_SECS", &mut w.give_up_after_secs),
+            ("PARALLAX_WEBHOOK_POLL_MS", &mut w.poll_interval_ms),
+            ("PARALLAX_EVENTS_POLL_MS", &mut e.poll_interval_ms),
+            ("PARALLAX_EVENTS_KEEPALIVE_MS", &mut e.keepalive_ms),
+            ("PARALLAX_EVENTS_ACCESS_CHECK_MS", &mut e.access_check_ms),
+        ] {
+            if let Some(v) = millis(name)? {
+                *slot = Some(v);
+            }
+        }
+
         if let Some(url) = &flags.database_url {
             config.database_url = url.clone();
         } else if let Some(path) = &flags.db_path {
@@ -287,6 +366,16 @@ impl Config {
         self.http.allowed_hosts = allowed_hosts.or(self.http.allowed_hosts.take());
         self.http.allowed_origins = allowed_origins.or(self.http.allowed_origins.take());
         self.http.max_body_bytes = max_body_bytes.or(self.http.max_body_bytes);
+        let (w, f) = (&mut self.webhooks, file.webhooks);
+        w.base_delay_ms = f.base_delay_ms.or(w.base_delay_ms);
+        w.max_delay_ms = f.max_delay_ms.or(w.max_delay_ms);
+        w.attempt_timeout_ms = f.attempt_timeout_ms.or(w.attempt_timeout_ms);
+        w.give_up_after_secs = f.give_up_after_secs.or(w.give_up_after_secs);
+        w.poll_interval_ms = f.poll_interval_ms.or(w.poll_interval_ms);
+        let (e, f) = (&mut self.events, file.events);
+        e.poll_interval_ms = f.poll_interval_ms.or(e.poll_interval_ms);
+        e.keepalive_ms = f.keepalive_ms.or(e.keepalive_ms);
+        e.access_check_ms = f.access_check_ms.or(e.access_check_ms);
         if let Some(issuer) = file.auth.issuer {
             self.auth.issuer = issuer;
         }
@@ -406,6 +495,41 @@ mod tests {
         assert_eq!(c.database_url, "sqlite://parallax.db?mode=rwc");
         assert_eq!(c.listen, "127.0.0.1:8720");
         assert_eq!(c.http, HttpConfig::default());
+    }
+
+    #[test]
+    fn webhook_and_event_settings_come_from_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir,
+            "[webhooks]\nbase_delay_ms = 5\nattempt_timeout_ms = 700\n[events]\nkeepalive_ms = 7\n",
+        );
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let c = load(&flags, &[("PARALLAX_WEBHOOK_TIMEOUT_MS", "900")]).unwrap();
+        assert_eq!(c.webhooks.base_delay_ms, Some(5));
+        assert_eq!(c.webhooks.attempt_timeout_ms, Some(900));
+        assert_eq!(c.events.keepalive_ms, Some(7));
+        let opts = crate::events::EventOptions::from_config(&c);
+        assert_eq!(
+            opts.webhooks.attempt_timeout,
+            std::time::Duration::from_millis(900)
+        );
+        assert_eq!(
+            opts.keepalive,
+            std::time::Duration::from_millis(10),
+            "clamped to 10 ms"
+        );
+        let err = load(&flags, &[("PARALLAX_EVENTS_POLL_MS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("PARALLAX_EVENTS_POLL_MS"), "{err}");
+        let bad = write(&dir, "[webhooks]\nbase_delay = 5\n");
+        let flags = Overrides {
+            config_file: Some(bad),
+            ..Default::default()
+        };
+        assert!(load(&flags, &[]).is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //!   can only be constructed here, so no service runs for an unauthenticated caller.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
-//! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate, stdio and
-//!   streamable HTTP. **The only module that imports `rmcp`.**
+//! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
+//!   guards the assignments resource and its subscriptions), stdio and streamable HTTP. **The
+//!   only module that imports `rmcp`.**
+//! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
+//!   the signed webhook worker, and members' server-sent event streams under `/api/v1`.
 //! - [`http`]: the HTTP server — one listener and router for `/mcp`, discovery and health, with
 //!   the transport limits (body size, timeouts, Host/Origin) applied once for every route.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
@@ -34,12 +37,15 @@
 //! - Secrets (API keys) are stored only as blake3 hashes and never logged or `Debug`-printed.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
+//! - Events are written only through `service::emit`, in the change's transaction; they get their
+//!   per-workspace `seq` at commit, so seq order is commit order and readers page by seq.
 
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod http;
 pub mod mcp;
 pub mod service;

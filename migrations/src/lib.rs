@@ -9,6 +9,7 @@ mod m20261123_000001_initial;
 mod m20261123_000002_webhook_secrets;
 mod m20261123_000003_signing_keys;
 mod m20261123_000004_inbound_webhooks;
+mod m20261123_000005_outbox;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_webhook_secrets::Migration),
             Box::new(m20261123_000003_signing_keys::Migration),
             Box::new(m20261123_000004_inbound_webhooks::Migration),
+            Box::new(m20261123_000005_outbox::Migration),
         ]
     }
 }

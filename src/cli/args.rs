@@ -121,9 +121,27 @@ pub enum Command {
     Delegation(DelegationCmd),
     /// Read the audit trail, newest first, or prune it
     Activity(ActivityArgs),
+    /// Webhook deliveries to the control plane: their state, and redelivery (needs role admin)
+    #[command(subcommand)]
+    Delivery(DeliveryCmd),
     /// Manage the keys that sign member and agent tokens
     #[command(subcommand)]
     SigningKey(SigningKeyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveryCmd {
+    /// List the workspace's webhook deliveries, oldest event first
+    List {
+        /// Only deliveries in this state
+        #[arg(long, value_parser = delivery_status_parser())]
+        status: Option<DeliveryStatus>,
+    },
+    /// Send a delivery again (same webhook-id), whatever its state
+    Redeliver {
+        /// Delivery id (from `delivery list`)
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,6 +493,7 @@ vocabulary_parser!(role_parser, Role);
 vocabulary_parser!(task_status_parser, TaskStatus);
 vocabulary_parser!(agent_status_parser, AgentStatus);
 vocabulary_parser!(delegation_status_parser, DelegationStatus);
+vocabulary_parser!(delivery_status_parser, DeliveryStatus);
 vocabulary_parser!(assignment_role_parser, AssignmentRole);
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {

@@ -94,6 +94,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         Command::Assignments(a) => assignments(&ctx, a).await,
         Command::Delegation(cmd) => delegation(&ctx, cmd).await,
         Command::Activity(a) => activity(&ctx, a).await,
+        Command::Delivery(cmd) => delivery(&ctx, cmd).await,
     };
     ctx.svc.store().clone().close().await;
     out
@@ -802,6 +803,49 @@ async fn delegation(ctx: &Ctx, cmd: DelegationCmd) -> Out {
                 format!(
                     "Denied delegation {}: task {} stays with {}.\n",
                     d.id, d.task_id, d.from_agent_id
+                )
+            })
+        }
+    }
+}
+
+// ---- webhook deliveries ----
+
+async fn delivery(ctx: &Ctx, cmd: DeliveryCmd) -> Out {
+    let caller = ctx.caller().await?;
+    match cmd {
+        DeliveryCmd::List { status } => {
+            let all = ctx.svc.list_deliveries(&caller, status).await?;
+            ctx.render(&all, || {
+                let mut t = Table::new(&[
+                    "ID", "SEQ", "EVENT", "AGENT", "STATUS", "ATTEMPTS", "NEXT", "LAST",
+                ]);
+                for d in &all {
+                    let last = match (d.last_status, &d.last_error) {
+                        (_, Some(e)) => e.clone(),
+                        (Some(code), None) => format!("HTTP {code}"),
+                        (None, None) => "-".to_owned(),
+                    };
+                    t.row(vec![
+                        d.id.clone(),
+                        d.seq.to_string(),
+                        d.event_type.to_string(),
+                        or_dash(d.agent_id.as_deref()),
+                        d.status.to_string(),
+                        d.attempts.to_string(),
+                        time(&d.next_attempt_at),
+                        last,
+                    ]);
+                }
+                t.render("No webhook deliveries.")
+            })
+        }
+        DeliveryCmd::Redeliver { id } => {
+            let d = ctx.svc.redeliver(&caller, &id).await?;
+            ctx.render(&d, || {
+                format!(
+                    "Delivery {} ({} #{}) queued again with webhook-id {}.\n",
+                    d.id, d.event_type, d.seq, d.webhook_id
                 )
             })
         }

@@ -161,6 +161,8 @@ pub struct ActivityEntry {
 pub struct Event {
     pub id: String,
     pub workspace_id: String,
+    /// Gapless per workspace, in commit order; 0 until the writing transaction commits.
+    pub seq: i64,
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub agent_id: Option<String>,
@@ -205,4 +207,27 @@ impl Actor {
             Actor::ControlPlane => "control-plane".to_owned(),
         }
     }
+}
+
+/// One event's webhook to the workspace's control plane, and how its delivery is going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    pub id: String,
+    pub workspace_id: String,
+    pub event_id: String,
+    pub seq: i64,
+    pub event_type: EventType,
+    /// The agent the event is about; deliveries for one agent go out in order.
+    pub agent_id: Option<String>,
+    /// The Standard Webhooks `webhook-id`: the same on every attempt, so receivers dedupe.
+    pub webhook_id: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: Timestamp,
+    /// The HTTP status of the last attempt, when it got one.
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }

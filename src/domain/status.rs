@@ -198,6 +198,17 @@ vocabulary!(
     }
 );
 
+vocabulary!(
+    /// Where a webhook delivery stands: `pending` until the control plane answers 2xx
+    /// (`delivered`), the give-up age passes (`failed`) or the endpoint answered 410 (`disabled`).
+    DeliveryStatus, "delivery status" {
+        Pending => "pending",
+        Delivered => "delivered",
+        Failed => "failed",
+        Disabled => "disabled",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@ pub mod ratelimit;
 
 use crate::auth::Tokens;
 use crate::config::{AuthConfig, Config, LimitsConfig};
+use crate::events::{self, EventOptions, Feed};
+use crate::mcp::sessions::SessionRegistry;
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::Store;
@@ -42,6 +44,8 @@ pub struct HttpOptions {
     pub auth: AuthConfig,
     /// Failed-authentication limits per client address.
     pub limits: LimitsConfig,
+    /// The event feed, webhook worker and event streams (`[webhooks]`, `[events]`).
+    pub events: EventOptions,
 }
 
 impl Default for HttpOptions {
@@ -59,6 +63,7 @@ impl Default for HttpOptions {
             drain_timeout: Duration::from_secs(30),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            events: EventOptions::default(),
         }
     }
 }
@@ -72,8 +77,12 @@ pub struct HttpContext {
     /// Cancelled at shutdown, after in-flight calls finished: closes MCP sessions and streams.
     pub closing: CancellationToken,
     pub opts: Arc<HttpOptions>,
+    /// Open MCP sessions and the agent each belongs to; `close_agent` ends an agent's sessions.
+    pub sessions: Arc<SessionRegistry>,
     /// Mints and verifies member and agent tokens.
     pub tokens: Tokens,
+    /// Committed events as they land (this replica's at once, others' by polling).
+    pub feed: Feed,
     /// Failed authentications per client address (`/mcp` and `/oauth/token`).
     pub failed_auth: ratelimit::FailedAuthLimiter,
 }
@@ -149,6 +158,7 @@ fn http_options(config: &Config) -> HttpOptions {
     let mut opts = HttpOptions {
         auth: config.auth.clone(),
         limits: config.limits,
+        events: EventOptions::from_config(config),
         ..HttpOptions::default()
     };
     if let Some(hosts) = &config.http.allowed_hosts {
@@ -171,22 +181,69 @@ pub async fn run(
     opts: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let addr = listener.local_addr()?;
     let tokens = Tokens::load(store.clone(), &opts.auth).await?;
-    let ctx = HttpContext {
-        tokens,
-        failed_auth: ratelimit::FailedAuthLimiter::new(
-            opts.limits.failed_auth_per_minute,
-            opts.limits.failed_auth_burst,
-        ),
-        service: Service::new(store),
-        urls: Urls::new(opts.public_url.as_deref(), addr),
-        inflight: InFlight::default(),
-        closing: CancellationToken::new(),
-        opts: Arc::new(opts),
-    };
+    let ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
+    run_with(ctx, listener, shutdown).await
+}
+
+impl HttpContext {
+    /// The shared context for a server bound to `addr`.
+    pub fn new(
+        service: Service,
+        addr: std::net::SocketAddr,
+        opts: HttpOptions,
+        tokens: Tokens,
+    ) -> Self {
+        let closing = CancellationToken::new();
+        let feed = Feed::start(
+            service.store().clone(),
+            opts.events.poll_interval,
+            closing.clone(),
+        );
+        Self {
+            feed,
+            tokens,
+            failed_auth: ratelimit::FailedAuthLimiter::new(
+                opts.limits.failed_auth_per_minute,
+                opts.limits.failed_auth_burst,
+            ),
+            service,
+            urls: Urls::new(opts.public_url.as_deref(), addr),
+            inflight: InFlight::default(),
+            closing,
+            opts: Arc::new(opts),
+            sessions: Arc::new(SessionRegistry::new()),
+        }
+    }
+}
+
+/// [`run`] with a context the caller built (and keeps a handle on, e.g. to close sessions).
+pub async fn run_with(
+    ctx: HttpContext,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    // The webhook worker stops with the server; an attempt cut short keeps its lease and is
+    // retried when the lease ends (here or on another replica).
+    tokio::spawn(events::webhooks::run(
+        ctx.service.store().clone(),
+        ctx.opts.events.webhooks.clone(),
+        ctx.closing.clone(),
+    ));
+    // A revocation (here or on another replica) closes the agent's MCP sessions at once; its
+    // subscriptions end on the same event.
+    let sessions = ctx.sessions.clone();
+    events::on_revocation(&ctx.feed, ctx.closing.clone(), move |ws, agent| {
+        let sessions = sessions.clone();
+        async move {
+            let n = sessions.close_agent(&ws, &agent).await;
+            tracing::info!(agent = %agent, sessions = n, "agent revoked: sessions closed");
+        }
+    });
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
+        .merge(events::routes::router(&ctx))
         .merge(crate::api::router(&ctx))
         .merge(discovery_router(&ctx))
         .merge(oauth::router(&ctx))

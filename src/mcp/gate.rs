@@ -102,6 +102,19 @@ impl Gate {
         }
     }
 
+    /// Records a request refused at the transport for an authenticated agent (e.g. another
+    /// agent's session id).
+    pub async fn audit_denied(&self, caller: &AgentCaller, activity_type: &str, reason: &str) {
+        let entry = Activity::new(caller.workspace_id(), &caller.actor(), activity_type)
+            .outcome("denied")
+            .description(reason)
+            .metadata(json!({ "credential": caller.credential_id() }))
+            .build();
+        if let Err(e) = self.audit.record(entry).await {
+            tracing::error!(error = %e, "could not audit a refused request");
+        }
+    }
+
     /// Runs one tool call through the gate.
     pub async fn call(
         &self,
@@ -156,6 +169,52 @@ impl Gate {
                 Ok(CallOutcome::Refused(message))
             }
         }
+    }
+
+    /// Authorizes a resource request (`resources/read`, `resources/subscribe`,
+    /// `subscriptions/listen`) with a tool call's discipline: authenticated, the catalogue
+    /// requirement of the tool that shows the same data, and audited either way. `Ok(Err(_))` is a
+    /// refusal the caller may see.
+    pub async fn resource(
+        &self,
+        auth: Result<AgentCaller, AgentAuthRefusal>,
+        action: &str,
+        uri: &str,
+    ) -> Result<Result<AgentCaller, String>, GateError> {
+        let caller = match auth {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.audit_refusal(&refusal, &format!("{action} {uri}"))
+                    .await;
+                return Err(GateError::Unauthenticated(refusal.error.to_string()));
+            }
+        };
+        let entry = |outcome: &str, reason: &str| {
+            Activity::new(caller.workspace_id(), &caller.actor(), "resource.access")
+                .outcome(outcome)
+                .description(&if reason.is_empty() {
+                    format!("{action} {uri}")
+                } else {
+                    format!("{action} {uri}: {reason}")
+                })
+                .metadata(
+                    json!({ "action": action, "uri": uri, "credential": caller.credential_id() }),
+                )
+                .build()
+        };
+        let Some(tool) = super::resources::tool_for(uri) else {
+            self.record(entry("denied", "unknown resource")).await?;
+            return Ok(Err(format!("unknown resource {uri}")));
+        };
+        let spec = catalogue::find(tool)
+            .ok_or_else(|| GateError::Internal(format!("{tool} missing from the catalogue")))?;
+        if !spec.requirement.is_met_by(&caller) {
+            let reason = format!("{uri} needs {}", spec.requirement.describe());
+            self.record(entry("denied", &reason)).await?;
+            return Ok(Err(format!("permission denied: {reason}")));
+        }
+        self.record(entry("allowed", "")).await?;
+        Ok(Ok(caller))
     }
 
     /// Parses the arguments into the tool's input type and runs its body.

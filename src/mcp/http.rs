@@ -4,6 +4,7 @@
 use super::catalogue::{self, Requirement};
 use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
+use super::sessions;
 use crate::auth;
 use crate::http::{HttpContext, oauth};
 use axum::extract::{Request, State};
@@ -11,7 +12,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use std::sync::Arc;
@@ -42,13 +42,22 @@ pub fn router(ctx: &HttpContext) -> Router {
         mcp_config = mcp_config.enforce_origin_validation();
     }
     let gate = state.gate.clone();
+    let feed = ctx.feed.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)),
-        Arc::new(LocalSessionManager::default()),
+        move || {
+            Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest).with_feed(feed.clone()))
+        },
+        ctx.sessions.clone(),
         mcp_config,
     );
+    let binder = sessions::Binder {
+        sessions: ctx.sessions.clone(),
+        gate: state.gate.clone(),
+    };
     Router::new()
         .nest_service("/mcp", mcp)
+        // Layers run bottom-up: authenticate first, then check the session belongs to the caller.
+        .layer(middleware::from_fn_with_state(binder, sessions::bind))
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 

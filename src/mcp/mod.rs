@@ -4,7 +4,9 @@
 pub mod catalogue;
 pub mod gate;
 pub mod http;
+pub mod resources;
 pub mod server;
+pub mod sessions;
 pub mod tools;
 
 use crate::config::Config;
@@ -52,7 +54,14 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
             )));
         }
     }
-    let server = server::ParallaxServer::new(gate, server::Credential::Key(key.into()));
+    // The feed lets a stdio agent subscribe to its assignments like an HTTP one.
+    let feed = crate::events::Feed::start(
+        gate.service().store().clone(),
+        crate::events::EventOptions::from_config(config).poll_interval,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let server =
+        server::ParallaxServer::new(gate, server::Credential::Key(key.into())).with_feed(feed);
     let running = server
         .serve(rmcp::transport::stdio())
         .await

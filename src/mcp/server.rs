@@ -3,16 +3,22 @@
 
 use super::catalogue::ToolSpec;
 use super::gate::{CallOutcome, Gate, GateError};
+use super::resources::{self, ASSIGNMENTS_URI};
 use crate::auth::{self, AgentAuthRefusal, AgentCaller};
+use crate::events::Feed;
 use crate::service::ServiceError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceUpdatedNotificationParam,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
+    ToolAnnotations, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Where the caller's credential comes from.
 #[derive(Clone)]
@@ -47,11 +53,52 @@ pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
 pub struct ParallaxServer {
     gate: Gate,
     credential: Credential,
+    /// Committed events, for resource subscriptions; without it subscribing is refused.
+    feed: Option<Feed>,
+    /// This session's `resources/subscribe` watchers, by URI.
+    subscriptions: Arc<Mutex<HashMap<String, CancellationToken>>>,
+}
+
+impl Drop for ParallaxServer {
+    fn drop(&mut self) {
+        // The last handle of a session ends its watchers.
+        if Arc::strong_count(&self.subscriptions) == 1
+            && let Ok(subs) = self.subscriptions.lock()
+        {
+            subs.values().for_each(CancellationToken::cancel);
+        }
+    }
 }
 
 impl ParallaxServer {
     pub fn new(gate: Gate, credential: Credential) -> Self {
-        Self { gate, credential }
+        Self {
+            gate,
+            credential,
+            feed: None,
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// Enables resource subscriptions, fed by `feed`.
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// Authenticates and authorizes a resource request through the gate.
+    async fn resource_caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        action: &str,
+        uri: &str,
+    ) -> Result<AgentCaller, ErrorData> {
+        let auth = self.authenticate(ctx).await?;
+        match self.gate.resource(auth, action, uri).await {
+            Ok(Ok(caller)) => Ok(caller),
+            Ok(Err(refusal)) => Err(ErrorData::invalid_params(refusal, None)),
+            Err(e) => Err(gate_error(e)),
+        }
     }
 
     async fn authenticate(
@@ -113,7 +160,18 @@ fn to_tool(spec: &ToolSpec) -> Tool {
 
 impl ServerHandler for ParallaxServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let mut caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .build();
+        if self.feed.is_none() {
+            // No feed (nothing to notify from): do not promise subscriptions.
+            if let Some(r) = caps.resources.as_mut() {
+                r.subscribe = None;
+            }
+        }
+        ServerConfig::new(caps)
             .with_server_info(Implementation::new("parallax-mcp", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Parallax workspace tools. Start with agent_my_assignments to find your work, report progress with \
@@ -138,6 +196,157 @@ impl ServerHandler for ParallaxServer {
                 ))
             }
         }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        match self.authenticate(&ctx).await? {
+            Ok(caller) => {
+                let visible = self
+                    .gate
+                    .visible_tools(&caller)
+                    .any(|t| Some(t.name) == resources::tool_for(ASSIGNMENTS_URI));
+                let items = if visible {
+                    vec![resources::assignments_resource()]
+                } else {
+                    Vec::new()
+                };
+                Ok(ListResourcesResult::with_all_items(items))
+            }
+            Err(refusal) => {
+                self.gate.audit_refusal(&refusal, "resources/list").await;
+                Err(ErrorData::invalid_request(
+                    format!("unauthorized: {}", refusal.error),
+                    None,
+                ))
+            }
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let caller = self
+            .resource_caller(&ctx, "resources/read", &request.uri)
+            .await?;
+        let value = super::tools::my_assignments(self.gate.service(), &caller, Default::default())
+            .await
+            .map_err(|e| match e {
+                ServiceError::Store(_) => store_error(e),
+                other => ErrorData::invalid_request(other.to_string(), None),
+            })?;
+        Ok(ReadResourceResult::new(vec![
+            ResourceContents::text(value.to_string(), request.uri)
+                .with_mime_type("application/json"),
+        ])
+        .into())
+    }
+
+    #[allow(deprecated)] // resources/subscribe is how 2025-11-25 clients subscribe
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let Some(feed) = self.feed.clone() else {
+            return Err(ErrorData::invalid_request(
+                "subscriptions are not available on this transport",
+                None,
+            ));
+        };
+        let caller = self
+            .resource_caller(&ctx, "resources/subscribe", &request.uri)
+            .await?;
+        let stop = CancellationToken::new();
+        if let Ok(mut subs) = self.subscriptions.lock()
+            && let Some(old) = subs.insert(request.uri.clone(), stop.clone())
+        {
+            old.cancel();
+        }
+        let peer = ctx.peer.clone();
+        let uri = request.uri;
+        tokio::spawn(async move {
+            let (ws, agent) = (caller.workspace_id(), caller.agent_id());
+            resources::watch(&feed, ws, agent, &stop, || {
+                let (peer, uri) = (peer.clone(), uri.clone());
+                async move {
+                    peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                        .await
+                        .is_ok()
+                }
+            })
+            .await;
+        });
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Ok(mut subs) = self.subscriptions.lock()
+            && let Some(stop) = subs.remove(&request.uri)
+        {
+            stop.cancel();
+        }
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.feed.as_ref()?;
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| resources::tool_for(u).is_some())
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), ErrorData> {
+        let Some(feed) = self.feed.clone() else {
+            return Ok(());
+        };
+        let uris = subscription
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        let Some(uri) = uris.into_iter().next() else {
+            // Nothing we can notify about: end the stream at once.
+            return Ok(());
+        };
+        let caller = self
+            .resource_caller(subscription.request_context(), "subscriptions/listen", &uri)
+            .await?;
+        let stop = CancellationToken::new();
+        let watching = resources::watch(
+            &feed,
+            caller.workspace_id(),
+            caller.agent_id(),
+            &stop,
+            || {
+                let uri = uri.clone();
+                let sink = subscription.sink();
+                async move { sink.notify_resource_updated(uri).await.is_ok() }
+            },
+        );
+        tokio::select! {
+            _ = watching => {}
+            _ = subscription.cancelled() => {}
+        }
+        Ok(())
     }
 
     async fn call_tool(

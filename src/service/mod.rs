@@ -11,6 +11,7 @@ mod audit;
 mod delegations;
 mod error;
 mod inbound;
+mod outbox;
 mod work;
 mod workspaces;
 
@@ -179,7 +180,8 @@ impl Activity {
     }
 }
 
-/// Writes an event to the outbox inside the caller's transaction.
+/// Writes an event to the outbox inside the caller's transaction; it gets its seq, and its webhook
+/// delivery when the workspace has a control plane, when that transaction commits.
 pub(crate) async fn emit(
     tx: &Tx,
     workspace_id: &str,
@@ -190,6 +192,7 @@ pub(crate) async fn emit(
     tx.insert_event(&Event {
         id: new_id(),
         workspace_id: workspace_id.to_owned(),
+        seq: 0,
         event_type,
         agent_id: agent_id.map(str::to_owned),
         data,

@@ -109,6 +109,12 @@ impl Service {
         }
         tx.update_workspace_settings(&ws.id, &ws.settings, now())
             .await?;
+        // Setting the control plane URL again is how an endpoint that answered 410 is re-enabled.
+        if changes.iter().any(|(k, _)| k == "control_plane_url")
+            && ws.settings.control_plane_url.is_some()
+        {
+            tx.enable_webhooks(&ws.id, now()).await?;
+        }
         let changed: serde_json::Map<_, _> = changes
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))

@@ -329,6 +329,7 @@ pub fn event(m: event::Model) -> StoreResult<Event> {
         data: from_json("event payload", &m.payload)?,
         id: m.id,
         workspace_id: m.workspace_id,
+        seq: m.seq,
         agent_id: m.agent_id,
         created_at: m.created_at,
     })
@@ -342,5 +343,6 @@ pub fn event_model(e: &Event) -> StoreResult<event::Model> {
         agent_id: e.agent_id.clone(),
         payload: to_json(&e.data)?,
         created_at: e.created_at,
+        seq: e.seq,
     })
 }

@@ -225,6 +225,7 @@ pub mod event {
         pub agent_id: Option<String>,
         pub payload: String,
         pub created_at: DateTimeUtc,
+        pub seq: i64,
     }
     no_relations!();
 }
@@ -240,6 +241,44 @@ pub mod webhook_secret {
         pub secret: String,
         pub created_at: DateTimeUtc,
         pub expires_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}
+
+pub mod event_stream {
+    use sea_orm::entity::prelude::*;
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "event_streams")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: String,
+        pub last_seq: i64,
+        pub webhooks_disabled_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}
+
+pub mod webhook_delivery {
+    use sea_orm::entity::prelude::*;
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_deliveries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub workspace_id: String,
+        pub event_id: String,
+        pub seq: i64,
+        pub event_type: String,
+        pub agent_key: String,
+        pub webhook_id: String,
+        pub status: String,
+        pub attempts: i32,
+        pub next_attempt_at: DateTimeUtc,
+        pub last_status: Option<i32>,
+        pub last_error: Option<String>,
+        pub locked_until: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
     }
     no_relations!();
 }

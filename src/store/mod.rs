@@ -7,10 +7,12 @@
 mod convert;
 mod entities;
 mod inbound;
+mod outbox;
 mod signing_keys;
 mod webhook_secrets;
 
 pub use inbound::InboundReceipt;
+pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
@@ -24,7 +26,9 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions,
     TransactionTrait,
 };
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Failures of the store. Callers see "unavailable" (try again later) or "corrupt" (a bug or a bad
 /// manual edit); the database's own message goes to the log, not to agents.
@@ -62,6 +66,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Woken after every local commit that wrote events, so feeds need not wait for their poll.
+    events_committed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,7 +109,10 @@ impl Store {
         let db = Database::connect(opts)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            events_committed: Arc::default(),
+        })
     }
 
     /// Connects and applies pending migrations: what the server does on start.
@@ -162,11 +171,23 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
+    /// Notified after each local commit that wrote events (other replicas' commits are seen by
+    /// polling).
+    pub fn events_committed(&self) -> Arc<Notify> {
+        self.events_committed.clone()
+    }
+
+    fn tx(&self, tx: DatabaseTransaction) -> Tx {
+        Tx {
+            tx,
+            pending_events: Mutex::default(),
+            events_committed: self.events_committed.clone(),
+        }
+    }
+
     /// A transaction for reads.
     pub async fn read(&self) -> StoreResult<Tx> {
-        Ok(Tx {
-            tx: self.db.begin().await?,
-        })
+        Ok(self.tx(self.db.begin().await?))
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
@@ -183,7 +204,7 @@ impl Store {
             }
             _ => self.db.begin().await?,
         };
-        Ok(Tx { tx })
+        Ok(self.tx(tx))
     }
 
     pub async fn close(self) {
@@ -194,6 +215,9 @@ impl Store {
 /// An open transaction. Commit to keep its writes; drop to roll back.
 pub struct Tx {
     tx: DatabaseTransaction,
+    /// Events written by this transaction, inserted at commit (see `outbox`).
+    pending_events: Mutex<Vec<Event>>,
+    events_committed: Arc<Notify>,
 }
 
 /// Filters for the activity log.
@@ -209,8 +233,16 @@ pub struct ActivityQuery {
 }
 
 impl Tx {
+    /// Commits, first numbering and inserting the events this transaction wrote (the outbox's
+    /// counter lock is taken here, last, so seq order is commit order without lock-order
+    /// deadlocks).
     pub async fn commit(self) -> StoreResult<()> {
-        self.tx.commit().await.map_err(Into::into)
+        let wrote_events = self.flush_events().await?;
+        self.tx.commit().await?;
+        if wrote_events {
+            self.events_committed.notify_waiters();
+        }
+        Ok(())
     }
 
     // ---- workspaces ----
@@ -799,10 +831,12 @@ impl Tx {
         Ok(res.rows_affected)
     }
 
+    /// Queues an event for this transaction; [`Tx::commit`] numbers and inserts it.
     pub async fn insert_event(&self, e: &Event) -> StoreResult<()> {
-        event::Entity::insert(convert::event_model(e)?.into_active_model())
-            .exec(&self.tx)
-            .await?;
+        self.pending_events
+            .lock()
+            .map_err(|_| StoreError::Query("outbox lock poisoned".into()))?
+            .push(e.clone());
         Ok(())
     }
 
@@ -817,7 +851,7 @@ impl Tx {
         if let Some(a) = after {
             q = q.filter(event::Column::Id.gt(a));
         }
-        q.order_by_asc(event::Column::Id)
+        q.order_by_asc(event::Column::Seq)
             .limit(limit)
             .all(&self.tx)
             .await?

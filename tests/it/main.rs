@@ -3,6 +3,8 @@
 mod api;
 mod attack_tokens;
 mod cli;
+mod events;
 mod mcp;
 mod service;
 mod support;
+mod transport;

@@ -1,0 +1,251 @@
+//! MCP HTTP sessions (2025-11-25 `Mcp-Session-Id`) bound to the agent that opened them.
+//!
+//! rmcp's [`LocalSessionManager`] knows sessions but not who owns them. [`SessionRegistry`] wraps
+//! it: the [`bind`] middleware records the owner (workspace, agent) of every session an
+//! `initialize` creates, and refuses a request that carries a session id bound to anyone else
+//! with the same 404 as an unknown session (so session ids cannot be probed), audited as denied.
+//! Bindings are forgotten when rmcp closes a session (DELETE, keep-alive expiry, worker exit), and
+//! [`SessionRegistry::close_agent`] ends all of one agent's sessions, e.g. when it is revoked.
+
+use super::gate::Gate;
+use super::server::HttpAuth;
+use crate::auth::AgentCaller;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_core::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::{
+    LocalSessionManager, LocalSessionManagerError,
+};
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionId, SessionManager,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The header carrying the session id (2025-11-25 streamable HTTP).
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Who opened a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    workspace_id: String,
+    agent_id: String,
+}
+
+impl Owner {
+    fn of(caller: &AgentCaller) -> Self {
+        Self {
+            workspace_id: caller.workspace_id().to_owned(),
+            agent_id: caller.agent_id().to_owned(),
+        }
+    }
+}
+
+/// rmcp's in-memory session manager plus the owner of each session. Shared by the `/mcp`
+/// service (as its [`SessionManager`]) and the rest of the server (through `HttpContext`).
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    inner: LocalSessionManager,
+    owners: Mutex<HashMap<SessionId, Owner>>,
+}
+
+impl SessionRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Closes every open session of `agent_id` in `workspace_id`, ending its streams; returns how
+    /// many were closed. A later request with one of their ids gets 404.
+    pub async fn close_agent(&self, workspace_id: &str, agent_id: &str) -> usize {
+        let ids: Vec<SessionId> = {
+            let mut owners = self.lock();
+            let ids: Vec<SessionId> = owners
+                .iter()
+                .filter(|(_, o)| o.workspace_id == workspace_id && o.agent_id == agent_id)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &ids {
+                owners.remove(id);
+            }
+            ids
+        };
+        let mut closed = 0;
+        for id in &ids {
+            match self.inner.close_session(id).await {
+                Ok(()) => closed += 1,
+                Err(e) => tracing::warn!(error = %e, "could not close a session"),
+            }
+        }
+        if closed > 0 {
+            tracing::info!(
+                workspace_id,
+                agent_id,
+                closed,
+                "closed the agent's MCP sessions"
+            );
+        }
+        closed
+    }
+
+    /// How many sessions are open and bound to an agent.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn owner(&self, id: &str) -> Option<Owner> {
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Owner>> {
+        // The map stays consistent even if a holder panicked: every update is one insert/remove.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The registry is the `/mcp` service's session manager: everything goes to rmcp's local manager,
+/// and closing a session also forgets its owner.
+impl SessionManager for SessionRegistry {
+    type Error = LocalSessionManagerError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        self.inner.create_session().await
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        self.inner.initialize_session(id, message).await
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        self.inner.has_session(id).await
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        self.lock().remove(id);
+        self.inner.close_session(id).await
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        SessionManager::create_stream(&self.inner, id, message).await
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        self.inner.accept_message(id, message).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        SessionManager::create_standalone_stream(&self.inner, id).await
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        SessionManager::resume(&self.inner, id, last_event_id).await
+    }
+    // `restore_session` keeps the default (not supported): a session is never re-created from an
+    // id alone, since it would have no owner.
+}
+
+/// State for [`bind`].
+#[derive(Clone)]
+pub struct Binder {
+    pub sessions: Arc<SessionRegistry>,
+    pub gate: Gate,
+}
+
+/// Runs inside bearer authentication on `/mcp`: a request naming a session must come from the
+/// agent that opened it; a response that opens a session binds it to the caller.
+pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response {
+    let caller = req
+        .extensions()
+        .get::<HttpAuth>()
+        .and_then(|a| a.0.as_ref().as_ref().ok().cloned());
+    let Some(caller) = caller else {
+        // No authenticated caller: the gate refuses whatever this is; it can open no session.
+        return strip_session(next.run(req).await);
+    };
+    let owner = Owner::of(&caller);
+    let session = match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(id)) => Some(id.to_owned()),
+        Some(Err(_)) => return session_not_found(),
+    };
+    if let Some(id) = session {
+        match b.sessions.owner(&id) {
+            Some(o) if o == owner => return next.run(req).await,
+            Some(other) => {
+                tracing::warn!(
+                    agent = %owner.agent_id,
+                    "refused a request on another agent's MCP session"
+                );
+                let reason = if other.workspace_id == owner.workspace_id {
+                    "session belongs to another agent"
+                } else {
+                    "session belongs to another workspace"
+                };
+                b.gate
+                    .audit_denied(&caller, "session.refused", reason)
+                    .await;
+                return session_not_found();
+            }
+            // Unknown (or already closed): nothing to bind to.
+            None => return session_not_found(),
+        }
+    }
+    let res = next.run(req).await;
+    if let Some(id) = res
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let id: SessionId = id.into();
+        b.sessions.lock().insert(id.clone(), owner);
+        // The session may already have ended (a failed handshake); don't keep a stale owner.
+        if !b.sessions.inner.has_session(&id).await.unwrap_or(false) {
+            b.sessions.lock().remove(&id);
+        }
+    }
+    res
+}
+
+/// A session is never handed to an unauthenticated request.
+fn strip_session(mut res: Response) -> Response {
+    res.headers_mut().remove(SESSION_HEADER);
+    res
+}
+
+/// The MCP spec's answer for an unknown or terminated session, also used for someone else's.
+fn session_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error": "session_not_found",
+            "message": "no such MCP session; start a new one with initialize",
+        })),
+    )
+        .into_response()
+}

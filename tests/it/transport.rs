@@ -1,0 +1,199 @@
+//! The HTTP transport in-process and over raw HTTP: sessions bound to their agent, closed on
+//! demand. Raw-request helpers here are shared with the attack suite.
+
+use crate::support::server::*;
+use parallax_mcp::domain::Permission;
+use parallax_mcp::http::{self, HttpContext, HttpOptions};
+use parallax_mcp::store::Store;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const ACCEPT: &str = "application/json, text/event-stream";
+
+pub fn init_body(version: &str) -> Value {
+    json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": { "name": "raw", "version": "0" } } })
+}
+
+/// A raw MCP POST with the headers a well-behaved client sends.
+pub fn post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let mut req = http
+        .post(url)
+        .header("accept", ACCEPT)
+        .header("authorization", format!("Bearer {key}"))
+        .json(body);
+    if let Some(s) = session {
+        req = req
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    req
+}
+
+/// The JSON-RPC messages of a response: a plain JSON body or the `data:` lines of an SSE body.
+pub async fn messages(res: reqwest::Response) -> Vec<Value> {
+    let sse = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let text = res.text().await.unwrap();
+    if !sse {
+        return vec![serde_json::from_str(&text).unwrap_or(Value::String(text))];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// Opens a 2025-11-25 session by hand; returns its id.
+pub async fn open_session(http: &reqwest::Client, url: &str, key: &str) -> String {
+    let res = post(http, url, key, None, &init_body("2025-11-25"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let msgs = messages(res).await;
+    assert!(
+        msgs.iter()
+            .any(|m| m["result"]["protocolVersion"].is_string()),
+        "{msgs:?}"
+    );
+    let done = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let res = post(http, url, key, Some(&id), &done).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    id
+}
+
+/// `tools/list` on a session: the HTTP status and, on 200, the tool names.
+pub async fn list_on(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    session: &str,
+) -> (u16, Vec<String>) {
+    let body = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" });
+    let res = post(http, url, key, Some(session), &body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    let msgs = messages(res).await;
+    let tools = msgs
+        .iter()
+        .find_map(|m| m["result"]["tools"].as_array().cloned())
+        .unwrap_or_default();
+    let names = tools
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    (status, names)
+}
+
+/// The server in this process, so a test can reach its context.
+pub struct InProcess {
+    pub ctx: HttpContext,
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn in_process(db_url: &str) -> InProcess {
+    let store = Store::open(db_url).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = HttpOptions {
+        drain_timeout: Duration::from_secs(1),
+        ..HttpOptions::default()
+    };
+    let tokens = parallax_mcp::auth::Tokens::load(store.clone(), &opts.auth)
+        .await
+        .unwrap();
+    let ctx = HttpContext::new(
+        parallax_mcp::service::Service::new(store),
+        addr,
+        opts,
+        tokens,
+    );
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(http::run_with(ctx.clone(), listener, async move {
+        stopped.cancelled().await
+    }));
+    InProcess {
+        ctx,
+        url: format!("http://{addr}/mcp"),
+        stop,
+    }
+}
+
+#[tokio::test]
+async fn close_agent_ends_that_agents_sessions_only() {
+    let w = world().await;
+    let bot = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let other = approved_agent(&w.svc, &w.admin, "other", &[Permission::ReadTasks]).await;
+    let server = in_process(&w.db.url).await;
+    let http = reqwest::Client::new();
+    let s1 = open_session(&http, &server.url, &bot).await;
+    let s2 = open_session(&http, &server.url, &bot).await;
+    let s3 = open_session(&http, &server.url, &other).await;
+    assert_eq!(server.ctx.sessions.len(), 3);
+    assert_eq!(list_on(&http, &server.url, &bot, &s1).await.0, 200);
+
+    // An open GET stream on the session ends when the session is closed.
+    let stream = http
+        .get(&server.url)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {bot}"))
+        .header("mcp-session-id", &s1)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    let ws = w.admin.workspace().id.clone();
+    assert_eq!(server.ctx.sessions.close_agent(&ws, "nobody").await, 0);
+    assert_eq!(server.ctx.sessions.close_agent("other-ws", "bot").await, 0);
+    assert_eq!(server.ctx.sessions.close_agent(&ws, "bot").await, 2);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.text()).await;
+    assert!(ended.is_ok(), "the GET stream ends with its session");
+
+    for s in [&s1, &s2] {
+        assert_eq!(list_on(&http, &server.url, &bot, s).await.0, 404);
+    }
+    assert_eq!(list_on(&http, &server.url, &other, &s3).await.0, 200);
+    assert_eq!(server.ctx.sessions.len(), 1);
+    assert_eq!(server.ctx.sessions.close_agent(&ws, "bot").await, 0);
+
+    // A session closed by the client (DELETE) is forgotten too.
+    let res = http
+        .delete(&server.url)
+        .header("authorization", format!("Bearer {other}"))
+        .header("mcp-session-id", &s3)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert!(server.ctx.sessions.is_empty());
+}
