@@ -3,7 +3,10 @@
 //!
 //! Variables: `PARALLAX_CONFIG` (the file), `PARALLAX_DATABASE_URL` (else `DATABASE_URL`, else
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
-//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`.
+//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
+//! `PARALLAX_HEADER_READ_TIMEOUT_SECS`, `PARALLAX_IDLE_TIMEOUT_SECS`,
+//! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`; for `[stdio]`:
+//! `PARALLAX_STDIO_MAX_LINE_BYTES`.
 //!
 //! ```toml
 //! # parallax.toml (pass with --config or PARALLAX_CONFIG)
@@ -14,6 +17,13 @@
 //! allowed_hosts = ["mcp.example.com"]
 //! allowed_origins = ["https://app.example.com"]
 //! max_body_bytes = 1048576
+//! header_read_timeout_secs = 10
+//! idle_timeout_secs = 60
+//! body_read_timeout_secs = 30
+//! max_connections = 1024
+//!
+//! [stdio]
+//! max_line_bytes = 1048576
 //! ```
 
 use crate::store::database_url_for_path;
@@ -34,6 +44,8 @@ pub struct Config {
     pub listen: String,
     /// Transport settings for `serve`; unset fields keep the transport's defaults.
     pub http: HttpConfig,
+    /// Settings for the `stdio` transport.
+    pub stdio: StdioConfig,
 }
 
 /// The `[http]` table: optional overrides of the HTTP transport's defaults.
@@ -44,8 +56,25 @@ pub struct HttpConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser `Origin`s accepted.
     pub allowed_origins: Option<Vec<String>>,
-    /// Largest request body accepted on `/mcp`.
+    /// Largest request body accepted, on every route.
     pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request head (slow-loris protection; default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open between requests (default 60).
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a client has to send the whole request body (default 30).
+    pub body_read_timeout_secs: Option<u64>,
+    /// Open connections at most (default 1024); further ones wait until one closes.
+    pub max_connections: Option<usize>,
+}
+
+/// The `[stdio]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioConfig {
+    /// Longest JSON-RPC line accepted on stdin (default 1 MiB); longer lines are skipped and
+    /// answered with an error.
+    pub max_line_bytes: Option<usize>,
 }
 
 /// The configuration file's shape. Unknown keys are refused, so a typo is an error rather than a
@@ -57,6 +86,8 @@ struct FileConfig {
     listen: Option<String>,
     #[serde(default)]
     http: HttpConfig,
+    #[serde(default)]
+    stdio: StdioConfig,
 }
 
 /// What the command line said; `None` leaves the lower layers' value.
@@ -83,6 +114,7 @@ impl Default for Config {
             database_url: database_url_for_path(Path::new(DEFAULT_DB_FILE)),
             listen: DEFAULT_LISTEN.to_owned(),
             http: HttpConfig::default(),
+            stdio: StdioConfig::default(),
         }
     }
 }
@@ -125,13 +157,33 @@ impl Config {
         if let Some(origins) = env("PARALLAX_ALLOWED_ORIGINS") {
             config.http.allowed_origins = Some(comma_list(&origins));
         }
-        if let Some(bytes) = env("PARALLAX_MAX_BODY_BYTES") {
-            let n = bytes.trim().parse().map_err(|_| {
-                ConfigError(format!(
-                    "PARALLAX_MAX_BODY_BYTES must be a whole number of bytes, got {bytes:?}"
-                ))
-            })?;
-            config.http.max_body_bytes = Some(n);
+        let number = |name: &str| -> Result<Option<u64>, ConfigError> {
+            env(name)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        ConfigError(format!("{name} must be a whole number, got {v:?}"))
+                    })
+                })
+                .transpose()
+        };
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = number("PARALLAX_MAX_BODY_BYTES")? {
+            config.http.max_body_bytes = Some(size(n));
+        }
+        if let Some(n) = number("PARALLAX_HEADER_READ_TIMEOUT_SECS")? {
+            config.http.header_read_timeout_secs = Some(n);
+        }
+        if let Some(n) = number("PARALLAX_IDLE_TIMEOUT_SECS")? {
+            config.http.idle_timeout_secs = Some(n);
+        }
+        if let Some(n) = number("PARALLAX_BODY_READ_TIMEOUT_SECS")? {
+            config.http.body_read_timeout_secs = Some(n);
+        }
+        if let Some(n) = number("PARALLAX_MAX_CONNECTIONS")? {
+            config.http.max_connections = Some(size(n));
+        }
+        if let Some(n) = number("PARALLAX_STDIO_MAX_LINE_BYTES")? {
+            config.stdio.max_line_bytes = Some(size(n));
         }
 
         if let Some(url) = &flags.database_url {
@@ -175,10 +227,21 @@ impl Config {
             allowed_hosts,
             allowed_origins,
             max_body_bytes,
+            header_read_timeout_secs,
+            idle_timeout_secs,
+            body_read_timeout_secs,
+            max_connections,
         } = file.http;
-        self.http.allowed_hosts = allowed_hosts.or(self.http.allowed_hosts.take());
-        self.http.allowed_origins = allowed_origins.or(self.http.allowed_origins.take());
-        self.http.max_body_bytes = max_body_bytes.or(self.http.max_body_bytes);
+        let http = &mut self.http;
+        http.allowed_hosts = allowed_hosts.or(http.allowed_hosts.take());
+        http.allowed_origins = allowed_origins.or(http.allowed_origins.take());
+        http.max_body_bytes = max_body_bytes.or(http.max_body_bytes);
+        http.header_read_timeout_secs = header_read_timeout_secs.or(http.header_read_timeout_secs);
+        http.idle_timeout_secs = idle_timeout_secs.or(http.idle_timeout_secs);
+        http.body_read_timeout_secs = body_read_timeout_secs.or(http.body_read_timeout_secs);
+        http.max_connections = max_connections.or(http.max_connections);
+        let StdioConfig { max_line_bytes } = file.stdio;
+        self.stdio.max_line_bytes = max_line_bytes.or(self.stdio.max_line_bytes);
         Ok(())
     }
 

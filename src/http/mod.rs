@@ -2,6 +2,9 @@
 //! health and readiness, and RFC 9728 discovery. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
+mod conn;
+pub mod limits;
+
 use crate::config::Config;
 use crate::mcp::sessions::SessionRegistry;
 use crate::mcp::{self, ServeError};
@@ -34,6 +37,15 @@ pub struct HttpOptions {
     pub public_url: Option<String>,
     /// How long shutdown waits for in-flight calls before closing sessions.
     pub drain_timeout: Duration,
+    /// A client must send a whole request head within this time (from connecting, or from the
+    /// first byte of a later request), or the connection is dropped.
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long without a request.
+    pub idle_timeout: Duration,
+    /// The whole request body must arrive within this time.
+    pub body_read_timeout: Duration,
+    /// Open connections at most; more wait in the accept backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for HttpOptions {
@@ -49,6 +61,10 @@ impl Default for HttpOptions {
             max_body_bytes: 1024 * 1024,
             public_url: None,
             drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -144,6 +160,19 @@ fn http_options(config: &Config) -> HttpOptions {
     if let Some(bytes) = config.http.max_body_bytes {
         opts.max_body_bytes = bytes;
     }
+    let secs = Duration::from_secs;
+    if let Some(s) = config.http.header_read_timeout_secs {
+        opts.header_read_timeout = secs(s);
+    }
+    if let Some(s) = config.http.idle_timeout_secs {
+        opts.idle_timeout = secs(s);
+    }
+    if let Some(s) = config.http.body_read_timeout_secs {
+        opts.body_read_timeout = secs(s);
+    }
+    if let Some(n) = config.http.max_connections {
+        opts.max_connections = n;
+    }
     opts
 }
 
@@ -186,26 +215,35 @@ pub async fn run_with(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
+    // Limits wrap everything, so no route can skip them.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        ctx.opts.clone(),
+        limits::enforce,
+    ));
+    if ctx.opts.allowed_hosts.is_empty() {
+        tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
+    }
+
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
     let inflight = ctx.inflight.clone();
     let closing = ctx.closing.clone();
     let drain = ctx.opts.drain_timeout;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Without TCP_NODELAY, small responses wait on Nagle + delayed ACK (~40 ms per call).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight calls");
+        if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
+            tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight calls");
-            if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
-                tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
-            }
-            closing.cancel();
-        })
-        .await?;
+        // Ends MCP sessions and their streams, so their connections can close.
+        closing.cancel();
+    };
+    let limits = conn::ConnLimits {
+        header_read_timeout: ctx.opts.header_read_timeout,
+        idle_timeout: ctx.opts.idle_timeout,
+        max_connections: ctx.opts.max_connections,
+        shutdown_grace: drain,
+    };
+    conn::serve(listener, app, limits, stop).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,201 @@
+//! Request limits applied once, outermost, to every route: the `Host` allowlist (DNS rebinding),
+//! the `Origin` check (browsers), and the body size and read time. Refusals are JSON.
+//!
+//! The body is read here, up to the limit, before any handler runs: our routes take small JSON
+//! bodies, so buffering costs nothing, and a body that is too large (by `Content-Length` or as it
+//! streams in, chunked) or too slow is refused in one place with one answer. Responses are not
+//! touched, so long-lived response streams (SSE) are unaffected.
+
+use super::HttpOptions;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Paths open to any `Host`: a constant liveness answer that reveals nothing, so load balancers
+/// and orchestrators can probe by IP. Everything else (including `/readyz`) checks the Host.
+const ANY_HOST: &[&str] = &["/healthz"];
+
+pub async fn enforce(State(opts): State<Arc<HttpOptions>>, req: Request, next: Next) -> Response {
+    if !ANY_HOST.contains(&req.uri().path()) {
+        if !host_allowed(req.headers(), req.uri(), &opts.allowed_hosts) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                "this Host is not served here (DNS rebinding protection); see [http] allowed_hosts",
+            );
+        }
+        if !origin_allowed(req.headers(), &opts.allowed_origins) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "requests from this Origin are not accepted; see [http] allowed_origins",
+            );
+        }
+    }
+    let limit = opts.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let (parts, body) = req.into_parts();
+    let read = Limited::new(body, limit).collect();
+    let bytes: Bytes = match tokio::time::timeout(opts.body_read_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(limit),
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the request body could not be read",
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body was not received in time",
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn too_large(limit: usize) -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+pub fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": error, "message": message })),
+    )
+        .into_response()
+}
+
+/// The request's host, lowercase, without brackets or port; and its port if given.
+fn authority(headers: &HeaderMap, uri: &Uri) -> Option<(String, Option<u16>)> {
+    let raw = match headers.get(header::HOST) {
+        Some(v) => v.to_str().ok()?.to_owned(),
+        None => uri.authority()?.as_str().to_owned(),
+    };
+    let a: axum::http::uri::Authority = raw.trim().parse().ok()?;
+    if a.as_str().contains('@') {
+        return None;
+    }
+    Some((normalize(a.host()), a.port_u16()))
+}
+
+fn normalize(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// `*` in the list accepts any Host (for a proxy that checks it); an entry with a port must
+/// match the port too. An empty list accepts nothing.
+pub fn host_allowed(headers: &HeaderMap, uri: &Uri, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a.trim() == "*") {
+        return true;
+    }
+    let Some((host, port)) = authority(headers, uri) else {
+        return false;
+    };
+    allowed.iter().any(|a| {
+        let a = a.trim();
+        match a.parse::<axum::http::uri::Authority>() {
+            Ok(auth) => {
+                normalize(auth.host()) == host && auth.port_u16().is_none_or(|p| Some(p) == port)
+            }
+            Err(_) => normalize(a) == host,
+        }
+    })
+}
+
+/// No `Origin` (not a browser) passes; one that is present must be in the list, compared as
+/// scheme, host and port (default ports filled in).
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut values = headers.get_all(header::ORIGIN).iter();
+    let Some(origin) = values.next() else {
+        return true;
+    };
+    if values.next().is_some() {
+        return false;
+    }
+    let Some(origin) = origin.to_str().ok().and_then(parse_origin) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .filter_map(|a| parse_origin(a))
+        .any(|a| a == origin)
+}
+
+fn parse_origin(value: &str) -> Option<(String, String, u16)> {
+    let uri: Uri = value.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let auth = uri.authority()?;
+    let port = auth.port_u16().or(match scheme.as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some((scheme, normalize(auth.host()), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with(name: header::HeaderName, v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn hosts() {
+        let allowed = vec!["localhost".to_owned(), "api.example.com:8443".to_owned()];
+        let uri = Uri::from_static("/mcp");
+        let ok = |h: &str| host_allowed(&with(header::HOST, h), &uri, &allowed);
+        assert!(ok("localhost:8720") && ok("LOCALHOST") && ok("api.example.com:8443"));
+        assert!(!ok("api.example.com") && !ok("evil.example.com") && !ok("localhost.evil.com"));
+        assert!(!ok("user@localhost") && !ok(""));
+        assert!(!host_allowed(&HeaderMap::new(), &uri, &allowed));
+        assert!(!host_allowed(&with(header::HOST, "localhost"), &uri, &[]));
+        assert!(host_allowed(
+            &with(header::HOST, "x"),
+            &uri,
+            &["*".to_owned()]
+        ));
+        let v6 = vec!["::1".to_owned()];
+        assert!(host_allowed(&with(header::HOST, "[::1]:80"), &uri, &v6));
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        let ok = |o: &str| origin_allowed(&with(header::ORIGIN, o), &allowed);
+        assert!(origin_allowed(&HeaderMap::new(), &[]));
+        assert!(ok("https://app.example.com") && ok("https://APP.example.com:443"));
+        assert!(!ok("http://app.example.com") && !ok("https://evil.example.com") && !ok("null"));
+        assert!(!origin_allowed(
+            &with(header::ORIGIN, "https://app.example.com"),
+            &[]
+        ));
+    }
+}
