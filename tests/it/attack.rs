@@ -817,6 +817,74 @@ async fn slow_clients_are_dropped_and_idle_connections_kept_within_limits() {
 }
 
 #[tokio::test]
+async fn idle_connections_and_slow_bodies_are_cut_but_streams_live_on() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let server = spawn_http_env(
+        &w.db.url,
+        &[
+            ("PARALLAX_HEADER_READ_TIMEOUT_SECS", "1"),
+            ("PARALLAX_IDLE_TIMEOUT_SECS", "1"),
+            ("PARALLAX_BODY_READ_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    // Idle after a request: closed by the server after the idle timeout.
+    let mut tcp = TcpStream::connect(addr_of(&server.url)).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = read_some(&mut tcp, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&res), 200, "{res}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+
+    // A body that trickles in too slowly: 408, as JSON.
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {key}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    let res = raw(&server.url, head.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&res), 408, "{res}");
+    assert_eq!(json_body(&res)["error"], "body_timeout");
+
+    // A server-sent event stream outlives both timeouts.
+    let http = reqwest::Client::new();
+    let session = open_session(&http, &server.url, &key).await;
+    let mut stream = http
+        .get(&server.url)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {key}"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut ended = false;
+    let _ = tokio::time::timeout(Duration::from_millis(2500), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => {}
+                _ => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        !ended,
+        "the stream was cut by a timeout meant for slow clients"
+    );
+    assert_eq!(list_on(&http, &server.url, &key, &session).await.0, 200);
+}
+
+#[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
     let w = world().await;
     let server = spawn_http_env(&w.db.url, &[("PARALLAX_MAX_CONNECTIONS", "2")]).await;
