@@ -245,8 +245,26 @@ impl Config {
         Ok(())
     }
 
-    /// Refuses a database URL we cannot serve, before anything tries to connect to it.
+    /// Refuses a database URL we cannot serve, before anything tries to connect to it, and
+    /// limits that would make the server refuse everything.
     fn check(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        for (name, value) in [
+            ("header_read_timeout_secs", h.header_read_timeout_secs),
+            ("idle_timeout_secs", h.idle_timeout_secs),
+            ("body_read_timeout_secs", h.body_read_timeout_secs),
+            ("max_connections", h.max_connections.map(|n| n as u64)),
+            ("max_body_bytes", h.max_body_bytes.map(|n| n as u64)),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError(format!("[http] {name} must be at least 1")));
+            }
+        }
+        if self.stdio.max_line_bytes == Some(0) {
+            return Err(ConfigError(
+                "[stdio] max_line_bytes must be at least 1".into(),
+            ));
+        }
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|k| self.database_url.starts_with(k)) {
             return Err(ConfigError(format!(
@@ -436,6 +454,71 @@ mod tests {
                 &[("PARALLAX_MAX_BODY_BYTES", "lots")]
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn transport_limits_come_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir,
+            "[http]\nheader_read_timeout_secs = 5\nidle_timeout_secs = 90\nmax_connections = 64\n[stdio]\nmax_line_bytes = 4096\n",
+        );
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let c = load(
+            &flags,
+            &[
+                ("PARALLAX_IDLE_TIMEOUT_SECS", "120"),
+                ("PARALLAX_BODY_READ_TIMEOUT_SECS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout_secs, Some(5));
+        assert_eq!(
+            c.http.idle_timeout_secs,
+            Some(120),
+            "the environment wins over the file"
+        );
+        assert_eq!(c.http.body_read_timeout_secs, Some(7));
+        assert_eq!(c.http.max_connections, Some(64));
+        assert_eq!(c.stdio.max_line_bytes, Some(4096));
+        let c = load(
+            &Overrides::default(),
+            &[
+                ("PARALLAX_STDIO_MAX_LINE_BYTES", "10"),
+                ("PARALLAX_MAX_CONNECTIONS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.stdio.max_line_bytes, c.http.max_connections),
+            (Some(10), Some(3))
+        );
+
+        let err = load(
+            &Overrides::default(),
+            &[("PARALLAX_HEADER_READ_TIMEOUT_SECS", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PARALLAX_HEADER_READ_TIMEOUT_SECS"), "{err}");
+        let err = load(&Overrides::default(), &[("PARALLAX_MAX_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections must be at least 1"), "{err}");
+        let typo = write(&dir, "[stdio]\nmax_line = 1\n");
+        let flags = Overrides {
+            config_file: Some(typo),
+            ..Default::default()
+        };
+        assert!(
+            load(&flags, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("max_line")
         );
     }
 
