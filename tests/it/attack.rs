@@ -195,6 +195,18 @@ async fn ids_of_another_workspace_are_not_found_and_audited() {
             .await
             .unwrap();
     }
+    let acme_page = w
+        .svc
+        .create_page(&w.admin, None, "Notes", "x")
+        .await
+        .unwrap()
+        .id;
+    let rival_page = w
+        .svc
+        .create_page(&w.other_admin, None, "Plans", "x")
+        .await
+        .unwrap()
+        .id;
     // (caller, its workspace, its own task, the other workspace, the other's task and project,
     // an agent of the other workspace, an agent of its own)
     let cases = [
@@ -224,7 +236,16 @@ async fn ids_of_another_workspace_are_not_found_and_audited() {
         let home_before = state(&w.svc, home).await;
         let target_before = snapshot(&w.svc, target).await;
         let denied_before = denied(&w.svc, home, "tool.call").await;
+        let page = if target == &ws {
+            &acme_page
+        } else {
+            &rival_page
+        };
         let attempts = [
+            (
+                "agent_log_activity",
+                json!({ "type": "note", "description": "x", "pageId": page }),
+            ),
             (
                 "agent_update_status",
                 json!({ "status": "working", "currentTask": task }),
