@@ -88,9 +88,12 @@ pub fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
 
 /// The request's host, lowercase, without brackets or port; and its port if given.
 fn authority(headers: &HeaderMap, uri: &Uri) -> Option<(String, Option<u16>)> {
-    let raw = match headers.get(header::HOST) {
-        Some(v) => v.to_str().ok()?.to_owned(),
-        None => uri.authority()?.as_str().to_owned(),
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let raw = match (hosts.next(), hosts.next()) {
+        (Some(v), None) => v.to_str().ok()?.to_owned(),
+        (None, _) => uri.authority()?.as_str().to_owned(),
+        // Two Host headers: which one a proxy routed on is anyone's guess.
+        (Some(_), Some(_)) => return None,
     };
     let a: axum::http::uri::Authority = raw.trim().parse().ok()?;
     if a.as_str().contains('@') {
@@ -176,6 +179,9 @@ mod tests {
         assert!(!ok("api.example.com") && !ok("evil.example.com") && !ok("localhost.evil.com"));
         assert!(!ok("user@localhost") && !ok(""));
         assert!(!host_allowed(&HeaderMap::new(), &uri, &allowed));
+        let mut two = with(header::HOST, "localhost");
+        two.append(header::HOST, HeaderValue::from_static("evil.example.com"));
+        assert!(!host_allowed(&two, &uri, &allowed));
         assert!(!host_allowed(&with(header::HOST, "localhost"), &uri, &[]));
         assert!(host_allowed(
             &with(header::HOST, "x"),
