@@ -3,8 +3,10 @@
 //!
 //! The body is read here, up to the limit, before any handler runs: our routes take small JSON
 //! bodies, so buffering costs nothing, and a body that is too large (by `Content-Length` or as it
-//! streams in, chunked) or too slow is refused in one place with one answer. Responses are not
-//! touched, so long-lived response streams (SSE) are unaffected.
+//! streams in, chunked) or too slow is refused in one place with one answer. A refused body is
+//! drained (discarded, bounded) so the client reads the 413 rather than a reset. Responses are
+//! not touched, so long-lived response streams (SSE) are unaffected. Worst-case buffering is
+//! `max_connections × max_body_bytes`.
 
 use super::HttpOptions;
 use axum::body::{Body, Bytes};
@@ -12,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -43,14 +45,32 @@ pub async fn enforce(State(opts): State<Arc<HttpOptions>>, req: Request, next: N
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let (parts, mut body) = req.into_parts();
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_BYTES) {
+            drain(body).await;
+        }
         return too_large(limit);
     }
-    let (parts, body) = req.into_parts();
-    let read = Limited::new(body, limit).collect();
-    let bytes: Bytes = match tokio::time::timeout(opts.body_read_timeout, read).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(limit),
+    let read = async {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue; // trailers
+            };
+            if buf.len() + data.len() > limit {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok::<_, axum::Error>(Some(Bytes::from(buf)))
+    };
+    let bytes = match tokio::time::timeout(opts.body_read_timeout, read).await {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => {
+            drain(body).await;
+            return too_large(limit);
+        }
         Ok(Err(_)) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -68,6 +88,30 @@ pub async fn enforce(State(opts): State<Arc<HttpOptions>>, req: Request, next: N
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+/// A refused body is read and dropped, up to this much, so that a client still sending it gets
+/// to read our 413 instead of a reset connection.
+const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Discards what the client keeps sending of a refused body: at most [`DRAIN_BYTES`], for at
+/// most two seconds, and only while it keeps coming. Nothing is kept in memory.
+async fn drain(mut body: Body) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut seen: u64 = 0;
+    while seen <= DRAIN_BYTES {
+        let pause = std::time::Duration::from_millis(250);
+        let next = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + pause),
+            body.frame(),
+        );
+        match next.await {
+            Ok(Some(Ok(frame))) => {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => return,
+        }
+    }
 }
 
 fn too_large(limit: usize) -> Response {
