@@ -2,8 +2,11 @@
 //! variables, then command-line flags. Each layer overrides only what it sets.
 //!
 //! Variables: `PARALLAX_CONFIG` (the file), `PARALLAX_DATABASE_URL` (else `DATABASE_URL`, else
-//! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
-//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`; for `[auth]`:
+//! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, `PARALLAX_PUBLIC_URL`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
+//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
+//! `PARALLAX_HEADER_READ_TIMEOUT_SECS`, `PARALLAX_IDLE_TIMEOUT_SECS`,
+//! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`; for `[stdio]`:
+//! `PARALLAX_STDIO_MAX_LINE_BYTES`; for `[auth]`:
 //! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
 //! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`; for `[webhooks]`:
 //! `PARALLAX_WEBHOOK_BASE_DELAY_MS`, `PARALLAX_WEBHOOK_MAX_DELAY_MS`, `PARALLAX_WEBHOOK_TIMEOUT_MS`,
@@ -14,11 +17,19 @@
 //! # parallax.toml (pass with --config or PARALLAX_CONFIG)
 //! database_url = "postgres://parallax@db.internal/parallax"
 //! listen = "0.0.0.0:8720"
+//! public_url = "https://mcp.example.com/mcp"   # behind a proxy: token audience, discovery
 //!
 //! [http]
 //! allowed_hosts = ["mcp.example.com"]
 //! allowed_origins = ["https://app.example.com"]
 //! max_body_bytes = 1048576
+//! header_read_timeout_secs = 10
+//! idle_timeout_secs = 60
+//! body_read_timeout_secs = 30
+//! max_connections = 1024
+//!
+//! [stdio]
+//! max_line_bytes = 1048576
 //!
 //! [auth]
 //! issuer = "parallax-mcp"
@@ -59,8 +70,13 @@ pub struct Config {
     pub database_url: String,
     /// Address for `serve` (default `127.0.0.1:8720`; port 0 picks a free port).
     pub listen: String,
+    /// The public URL of `/mcp` (e.g. `https://mcp.example.com/mcp`) behind a proxy: the audience
+    /// of access tokens and the resource in discovery metadata. Default: `http://{listen}/mcp`.
+    pub public_url: Option<String>,
     /// Transport settings for `serve`; unset fields keep the transport's defaults.
     pub http: HttpConfig,
+    /// Settings for the `stdio` transport.
+    pub stdio: StdioConfig,
     /// Webhook delivery to control planes (`[webhooks]`).
     pub webhooks: WebhooksConfig,
     /// Live event streams (`[events]`).
@@ -178,8 +194,25 @@ pub struct HttpConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser `Origin`s accepted.
     pub allowed_origins: Option<Vec<String>>,
-    /// Largest request body accepted on `/mcp`.
+    /// Largest request body accepted, on every route.
     pub max_body_bytes: Option<usize>,
+    /// Seconds a client has to send a request head (slow-loris protection; default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open between requests (default 60).
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a client has to send the whole request body (default 30).
+    pub body_read_timeout_secs: Option<u64>,
+    /// Open connections at most (default 1024); further ones wait until one closes.
+    pub max_connections: Option<usize>,
+}
+
+/// The `[stdio]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioConfig {
+    /// Longest JSON-RPC line accepted on stdin (default 1 MiB); longer lines are skipped and
+    /// answered with an error.
+    pub max_line_bytes: Option<usize>,
 }
 
 /// The configuration file's shape. Unknown keys are refused, so a typo is an error rather than a
@@ -189,6 +222,7 @@ pub struct HttpConfig {
 struct FileConfig {
     database_url: Option<String>,
     listen: Option<String>,
+    public_url: Option<String>,
     #[serde(default)]
     http: HttpConfig,
     #[serde(default)]
@@ -199,6 +233,8 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    stdio: StdioConfig,
 }
 
 /// What the command line said; `None` leaves the lower layers' value.
@@ -224,11 +260,13 @@ impl Default for Config {
         Self {
             database_url: database_url_for_path(Path::new(DEFAULT_DB_FILE)),
             listen: DEFAULT_LISTEN.to_owned(),
+            public_url: None,
             http: HttpConfig::default(),
             webhooks: WebhooksConfig::default(),
             events: EventsConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            stdio: StdioConfig::default(),
         }
     }
 }
@@ -265,19 +303,36 @@ impl Config {
         if let Some(listen) = env("PARALLAX_LISTEN") {
             config.listen = listen;
         }
+        if let Some(url) = env("PARALLAX_PUBLIC_URL") {
+            config.public_url = Some(url.trim().to_owned());
+        }
         if let Some(hosts) = env("PARALLAX_ALLOWED_HOSTS") {
             config.http.allowed_hosts = Some(comma_list(&hosts));
         }
         if let Some(origins) = env("PARALLAX_ALLOWED_ORIGINS") {
             config.http.allowed_origins = Some(comma_list(&origins));
         }
-        if let Some(bytes) = env("PARALLAX_MAX_BODY_BYTES") {
-            let n = bytes.trim().parse().map_err(|_| {
-                ConfigError(format!(
-                    "PARALLAX_MAX_BODY_BYTES must be a whole number of bytes, got {bytes:?}"
-                ))
-            })?;
-            config.http.max_body_bytes = Some(n);
+        let env_number = |name: &str| -> Result<Option<u64>, ConfigError> {
+            env(name).map(|v| number(name, &v)).transpose()
+        };
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = env_number("PARALLAX_MAX_BODY_BYTES")? {
+            config.http.max_body_bytes = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_HEADER_READ_TIMEOUT_SECS")? {
+            config.http.header_read_timeout_secs = Some(n);
+        }
+        if let Some(n) = env_number("PARALLAX_IDLE_TIMEOUT_SECS")? {
+            config.http.idle_timeout_secs = Some(n);
+        }
+        if let Some(n) = env_number("PARALLAX_BODY_READ_TIMEOUT_SECS")? {
+            config.http.body_read_timeout_secs = Some(n);
+        }
+        if let Some(n) = env_number("PARALLAX_MAX_CONNECTIONS")? {
+            config.http.max_connections = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_STDIO_MAX_LINE_BYTES")? {
+            config.stdio.max_line_bytes = Some(size(n));
         }
         if let Some(issuer) = env("PARALLAX_AUTH_ISSUER") {
             config.auth.issuer = issuer.trim().to_owned();
@@ -295,15 +350,6 @@ impl Config {
             config.limits.failed_auth_burst = number("PARALLAX_FAILED_AUTH_BURST", &n)?;
         }
 
-        let millis = |name: &str| -> Result<Option<u64>, ConfigError> {
-            env(name)
-                .map(|v| {
-                    v.trim().parse().map_err(|_| {
-                        ConfigError(format!("{name} must be a whole number, got {v:?}"))
-                    })
-                })
-                .transpose()
-        };
         let w = &mut config.webhooks;
         let e = &mut config.events;
         for (name, slot) in [
@@ -316,7 +362,7 @@ impl Config {
             ("PARALLAX_EVENTS_KEEPALIVE_MS", &mut e.keepalive_ms),
             ("PARALLAX_EVENTS_ACCESS_CHECK_MS", &mut e.access_check_ms),
         ] {
-            if let Some(v) = millis(name)? {
+            if let Some(v) = env_number(name)? {
                 *slot = Some(v);
             }
         }
@@ -358,14 +404,28 @@ impl Config {
         if let Some(listen) = file.listen {
             self.listen = listen;
         }
+        if let Some(url) = file.public_url {
+            self.public_url = Some(url);
+        }
         let HttpConfig {
             allowed_hosts,
             allowed_origins,
             max_body_bytes,
+            header_read_timeout_secs,
+            idle_timeout_secs,
+            body_read_timeout_secs,
+            max_connections,
         } = file.http;
-        self.http.allowed_hosts = allowed_hosts.or(self.http.allowed_hosts.take());
-        self.http.allowed_origins = allowed_origins.or(self.http.allowed_origins.take());
-        self.http.max_body_bytes = max_body_bytes.or(self.http.max_body_bytes);
+        let http = &mut self.http;
+        http.allowed_hosts = allowed_hosts.or(http.allowed_hosts.take());
+        http.allowed_origins = allowed_origins.or(http.allowed_origins.take());
+        http.max_body_bytes = max_body_bytes.or(http.max_body_bytes);
+        http.header_read_timeout_secs = header_read_timeout_secs.or(http.header_read_timeout_secs);
+        http.idle_timeout_secs = idle_timeout_secs.or(http.idle_timeout_secs);
+        http.body_read_timeout_secs = body_read_timeout_secs.or(http.body_read_timeout_secs);
+        http.max_connections = max_connections.or(http.max_connections);
+        let StdioConfig { max_line_bytes } = file.stdio;
+        self.stdio.max_line_bytes = max_line_bytes.or(self.stdio.max_line_bytes);
         let (w, f) = (&mut self.webhooks, file.webhooks);
         w.base_delay_ms = f.base_delay_ms.or(w.base_delay_ms);
         w.max_delay_ms = f.max_delay_ms.or(w.max_delay_ms);
@@ -394,8 +454,33 @@ impl Config {
         Ok(())
     }
 
-    /// Refuses a database URL we cannot serve, before anything tries to connect to it.
+    /// Refuses a database URL we cannot serve, before anything tries to connect to it, and
+    /// limits that would make the server refuse everything.
     fn check(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        for (name, value) in [
+            ("header_read_timeout_secs", h.header_read_timeout_secs),
+            ("idle_timeout_secs", h.idle_timeout_secs),
+            ("body_read_timeout_secs", h.body_read_timeout_secs),
+            ("max_connections", h.max_connections.map(|n| n as u64)),
+            ("max_body_bytes", h.max_body_bytes.map(|n| n as u64)),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError(format!("[http] {name} must be at least 1")));
+            }
+        }
+        if self.stdio.max_line_bytes == Some(0) {
+            return Err(ConfigError(
+                "[stdio] max_line_bytes must be at least 1".into(),
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError(format!(
+                "public_url must be an http(s) URL such as https://mcp.example.com/mcp, got {url:?}"
+            )));
+        }
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|k| self.database_url.starts_with(k)) {
             return Err(ConfigError(format!(
@@ -723,5 +808,70 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn transport_limits_come_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir,
+            "[http]\nheader_read_timeout_secs = 5\nidle_timeout_secs = 90\nmax_connections = 64\n[stdio]\nmax_line_bytes = 4096\n",
+        );
+        let flags = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let c = load(
+            &flags,
+            &[
+                ("PARALLAX_IDLE_TIMEOUT_SECS", "120"),
+                ("PARALLAX_BODY_READ_TIMEOUT_SECS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout_secs, Some(5));
+        assert_eq!(
+            c.http.idle_timeout_secs,
+            Some(120),
+            "the environment wins over the file"
+        );
+        assert_eq!(c.http.body_read_timeout_secs, Some(7));
+        assert_eq!(c.http.max_connections, Some(64));
+        assert_eq!(c.stdio.max_line_bytes, Some(4096));
+        let c = load(
+            &Overrides::default(),
+            &[
+                ("PARALLAX_STDIO_MAX_LINE_BYTES", "10"),
+                ("PARALLAX_MAX_CONNECTIONS", "3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.stdio.max_line_bytes, c.http.max_connections),
+            (Some(10), Some(3))
+        );
+
+        let err = load(
+            &Overrides::default(),
+            &[("PARALLAX_HEADER_READ_TIMEOUT_SECS", "soon")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PARALLAX_HEADER_READ_TIMEOUT_SECS"), "{err}");
+        let err = load(&Overrides::default(), &[("PARALLAX_MAX_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections must be at least 1"), "{err}");
+        let typo = write(&dir, "[stdio]\nmax_line = 1\n");
+        let flags = Overrides {
+            config_file: Some(typo),
+            ..Default::default()
+        };
+        assert!(
+            load(&flags, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("max_line")
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! ([`oauth`]), with rate limits in [`ratelimit`]. Transport concerns (limits, timeouts, graceful
 //! shutdown) live here, once, for every route.
 
+mod conn;
+pub mod limits;
 pub mod oauth;
 pub mod ratelimit;
 
@@ -46,6 +48,15 @@ pub struct HttpOptions {
     pub limits: LimitsConfig,
     /// The event feed, webhook worker and event streams (`[webhooks]`, `[events]`).
     pub events: EventOptions,
+    /// A client must send a whole request head within this time (from connecting, or from the
+    /// first byte of a later request), or the connection is dropped.
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long without a request.
+    pub idle_timeout: Duration,
+    /// The whole request body must arrive within this time.
+    pub body_read_timeout: Duration,
+    /// Open connections at most; more wait in the accept backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for HttpOptions {
@@ -64,6 +75,10 @@ impl Default for HttpOptions {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             events: EventOptions::default(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -161,6 +176,7 @@ fn http_options(config: &Config) -> HttpOptions {
         events: EventOptions::from_config(config),
         ..HttpOptions::default()
     };
+    opts.public_url = config.public_url.clone();
     if let Some(hosts) = &config.http.allowed_hosts {
         opts.allowed_hosts = hosts.clone();
     }
@@ -169,6 +185,19 @@ fn http_options(config: &Config) -> HttpOptions {
     }
     if let Some(bytes) = config.http.max_body_bytes {
         opts.max_body_bytes = bytes;
+    }
+    let secs = Duration::from_secs;
+    if let Some(s) = config.http.header_read_timeout_secs {
+        opts.header_read_timeout = secs(s);
+    }
+    if let Some(s) = config.http.idle_timeout_secs {
+        opts.idle_timeout = secs(s);
+    }
+    if let Some(s) = config.http.body_read_timeout_secs {
+        opts.body_read_timeout = secs(s);
+    }
+    if let Some(n) = config.http.max_connections {
+        opts.max_connections = n;
     }
     opts
 }
@@ -250,30 +279,35 @@ pub async fn run_with(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
+    // Limits wrap everything, so no route can skip them.
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        ctx.opts.clone(),
+        limits::enforce,
+    ));
+    if ctx.opts.allowed_hosts.is_empty() {
+        tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
+    }
+
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
     let inflight = ctx.inflight.clone();
     let closing = ctx.closing.clone();
     let drain = ctx.opts.drain_timeout;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Without TCP_NODELAY, small responses wait on Nagle + delayed ACK (~40 ms per call).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    // The peer address keys the failed-authentication limit.
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stop = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight calls");
         if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
             tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
         }
+        // Ends MCP sessions and their streams, so their connections can close.
         closing.cancel();
-    })
-    .await?;
+    };
+    let limits = conn::ConnLimits {
+        header_read_timeout: ctx.opts.header_read_timeout,
+        idle_timeout: ctx.opts.idle_timeout,
+        max_connections: ctx.opts.max_connections,
+        shutdown_grace: drain,
+    };
+    conn::serve(listener, app, limits, stop).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,8 +32,15 @@ pub fn router(ctx: &HttpContext) -> Router {
         gate: Gate::new(ctx.service.clone()),
         ctx: ctx.clone(),
     };
+    // The server-wide limits layer checks Host and Origin first; rmcp checks again. `*` (any
+    // Host) is spelled as an empty list for rmcp.
+    let hosts = if opts.allowed_hosts.iter().any(|h| h.trim() == "*") {
+        Vec::new()
+    } else {
+        opts.allowed_hosts.clone()
+    };
     let mut mcp_config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(opts.allowed_hosts.clone())
+        .with_allowed_hosts(hosts)
         .with_allowed_origins(opts.allowed_origins.clone())
         .with_max_request_body_bytes(opts.max_body_bytes)
         .with_cancellation_token(ctx.closing.clone());

@@ -7,6 +7,7 @@ pub mod http;
 pub mod resources;
 pub mod server;
 pub mod sessions;
+pub mod stdio;
 pub mod tools;
 
 use crate::config::Config;
@@ -62,14 +63,22 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
     );
     let server =
         server::ParallaxServer::new(gate, server::Credential::Key(key.into())).with_feed(feed);
+    let max_line = config
+        .stdio
+        .max_line_bytes
+        .unwrap_or(stdio::DEFAULT_MAX_LINE_BYTES);
+    let (stdin, stdout) = rmcp::transport::stdio();
+    let io = stdio::bounded(stdin, stdout, max_line);
     let running = server
-        .serve(rmcp::transport::stdio())
+        .serve((io.reader, io.writer))
         .await
         .map_err(|e| ServeError::Startup(format!("MCP handshake failed: {e}")))?;
     running
         .waiting()
         .await
         .map_err(|e| ServeError::Startup(format!("stdio transport failed: {e}")))?;
+    // Let the last answers reach stdout before the process exits.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), io.flushed).await;
     Ok(())
 }
 

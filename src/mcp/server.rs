@@ -179,6 +179,12 @@ impl ServerHandler for ParallaxServer {
             )
     }
 
+    /// Lets rmcp check 2026-07-28 `Mcp-Param-*` headers against the tool's input schema. Any
+    /// catalogue tool is described; whether the caller may call it is still the gate's question.
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        super::catalogue::find(name).map(to_tool)
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,

@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to link than one per file), sharing `support`.
 
 mod api;
+mod attack;
 mod attack_tokens;
 mod cli;
 mod events;
