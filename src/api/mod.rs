@@ -13,6 +13,7 @@ pub mod routes;
 
 mod agents;
 mod assignments;
+mod events;
 mod work;
 mod workspaces;
 

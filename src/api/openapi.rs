@@ -97,7 +97,11 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
     let mut responses = Map::new();
     responses.insert(
         route.status.to_string(),
-        json!({ "description": "Success", "content": { "application/json": { "schema": (route.response)(g).to_value() } } }),
+        if route.stream {
+            json!({ "description": "A stream of server-sent events, each `data:` one of these", "content": { "text/event-stream": { "schema": (route.response)(g).to_value() } } })
+        } else {
+            json!({ "description": "Success", "content": { "application/json": { "schema": (route.response)(g).to_value() } } })
+        },
     );
     responses.insert(
         "400".into(),

@@ -37,6 +37,8 @@ pub struct Route {
     pub response: SchemaFn,
     /// The success status (`201` where something new is created).
     pub status: u16,
+    /// The success answer is a `text/event-stream` of `response` frames, not one JSON document.
+    pub stream: bool,
     pub handler: fn() -> MethodRouter<HttpContext>,
 }
 
@@ -53,6 +55,7 @@ macro_rules! route {
             request: $b,
             response: s::<$resp>,
             status: $status,
+            stream: false,
             handler: || $handler,
         }
     };
@@ -63,7 +66,7 @@ use Role::{Admin, Read, Write};
 
 /// Every route of the API, in the order the document lists them.
 pub fn table() -> Vec<Route> {
-    vec![
+    let mut table = vec![
         route!("GET" "/api/v1/workspaces/{workspace}", "getWorkspace", "The workspace and its settings", M(Read),
             query: None, body: None, 200 => domain::Workspace, get(workspaces::show)),
         route!("GET" "/api/v1/workspaces/{workspace}/settings", "getSettings", "The workspace's agent settings", M(Read),
@@ -126,5 +129,15 @@ pub fn table() -> Vec<Route> {
             query: None, body: None, 200 => assignments::Pruned, post(assignments::prune)),
         route!("POST" "/api/v1/workspaces/{workspace}/access-requests", "receiveAccessRequest", "A signed access request from the control plane (Standard Webhooks)", Signed,
             query: None, body: Some(s::<InboundAccessRequest>), 201 => agents::RequestOutcome, post(inbound::access_request)),
-    ]
+        route!("GET" "/api/v1/workspaces/{workspace}/deliveries", "listDeliveries", "Webhook deliveries to the control plane and their state", M(Admin),
+            query: Some(s::<events::DeliveriesQuery>), body: None, 200 => events::DeliveryList, get(events::deliveries)),
+        route!("POST" "/api/v1/workspaces/{workspace}/deliveries/{delivery_id}/redeliver", "redeliver", "Send a delivery again (same webhook-id), now", M(Admin),
+            query: None, body: None, 202 => events::Redelivery, post(events::redeliver)),
+    ];
+    table.push(Route {
+        stream: true,
+        ..route!("GET" "/api/v1/workspaces/{workspace}/events", "streamEvents", "Live events as server-sent events; resume with Last-Event-ID", M(Read),
+            query: Some(s::<events::EventsQuery>), body: None, 200 => events::EventFrame, get(events::stream))
+    });
+    table
 }

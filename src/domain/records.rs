@@ -210,7 +210,7 @@ impl Actor {
 }
 
 /// One event's webhook to the workspace's control plane, and how its delivery is going.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDelivery {
     pub id: String,

@@ -8,7 +8,6 @@
 //! Readers never trust a broadcast for completeness: the seq in the store is the truth (gapless
 //! and in commit order), a broadcast only says "look again".
 
-pub mod routes;
 pub mod sse;
 pub mod webhooks;
 

@@ -272,7 +272,6 @@ pub async fn run_with(
     });
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
-        .merge(events::routes::router(&ctx))
         .merge(crate::api::router(&ctx))
         .merge(discovery_router(&ctx))
         .merge(oauth::router(&ctx))

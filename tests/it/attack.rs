@@ -298,7 +298,16 @@ async fn pending_denied_and_revoked_agents_are_refused_every_tool() {
     let revoked = approved_agent(&w.svc, &w.admin, "revoked", &all).await;
     let pending = approved_agent(&w.svc, &w.admin, "pending", &all).await;
     let denied_key = approved_agent(&w.svc, &w.admin, "denied", &all).await;
-    let server = spawn_http(&w.db.url).await;
+    // Every refusal here is a failed authentication from one address: lift that limit, which
+    // `attack_tokens` tests on its own.
+    let server = spawn_http_env(
+        &w.db.url,
+        &[
+            ("PARALLAX_FAILED_AUTH_PER_MINUTE", "100000"),
+            ("PARALLAX_FAILED_AUTH_BURST", "1000"),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
     // Sessions opened while approved, then the agents lose access.
     let mut sessions = Vec::new();
@@ -1039,6 +1048,16 @@ async fn arbitrary_bodies_never_crash_the_server() {
     use proptest::test_runner::TestRunner;
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    // Many calls from one agent: keep its rate limit out of the way (tested in attack_tokens).
+    crate::support::set(
+        &w.svc,
+        &w.admin,
+        &[
+            ("rate_limit_per_minute", "100000"),
+            ("rate_limit_burst", "10000"),
+        ],
+    )
+    .await;
     let server = spawn_http(&w.db.url).await;
     let http = reqwest::Client::new();
     let mut runner = TestRunner::deterministic();
