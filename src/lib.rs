@@ -21,9 +21,10 @@
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP. **The
 //!   only module that imports `rmcp`.**
 //! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
-//!   the signed webhook worker, and members' server-sent event streams under `/api/v1`.
-//! - [`http`]: the HTTP server — one listener and router for `/mcp`, discovery and health, with
-//!   the transport limits (body size, timeouts, Host/Origin) applied once for every route.
+//!   the signed webhook worker, and the server-sent event stream the API serves to members.
+//! - [`http`]: the HTTP server — its own accept loop (header/idle timeouts, connection cap), one
+//!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
+//!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.
@@ -34,7 +35,10 @@
 //!
 //! - Identity comes from the credential, never from a tool argument.
 //! - Default deny: a tool missing from the catalogue cannot be called; every decision is audited.
-//! - Secrets (API keys) are stored only as blake3 hashes and never logged or `Debug`-printed.
+//! - Secrets are never logged or `Debug`-printed. API keys are stored only as blake3 hashes;
+//!   token signing keys and webhook secrets are symmetric and stored as they are.
+//! - A bearer credential is re-checked against the store on every request (keys and tokens
+//!   alike), so revocation applies to the next call on every replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
