@@ -164,7 +164,7 @@ async fn poll_once(
 /// replica's and others'), until `stop` is cancelled.
 pub fn on_revocation<F, Fut>(feed: &Feed, stop: CancellationToken, mut revoked: F)
 where
-    F: FnMut(String, String) -> Fut + Send + 'static,
+    F: FnMut(Revocation) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let mut events = feed.subscribe();
@@ -177,15 +177,36 @@ where
             match next {
                 Ok(e) if e.event_type == crate::domain::EventType::AccessRevoked => {
                     if let Some(agent) = e.agent_id.clone() {
-                        revoked(e.workspace_id.clone(), agent).await;
+                        revoked(Revocation::Agent {
+                            workspace_id: e.workspace_id.clone(),
+                            agent_id: agent,
+                        })
+                        .await;
                     }
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "revocation watcher lagged behind the feed");
+                    // Some events were missed, maybe a revocation: re-check every open session.
+                    tracing::warn!(
+                        missed = n,
+                        "revocation watcher lagged behind the feed; resyncing"
+                    );
+                    revoked(Revocation::Resync).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     });
+}
+
+/// What the revocation watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// This agent's access was revoked.
+    Agent {
+        workspace_id: String,
+        agent_id: String,
+    },
+    /// Events were missed: every holder of a session must be checked again.
+    Resync,
 }

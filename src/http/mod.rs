@@ -263,11 +263,30 @@ pub async fn run_with(
     // A revocation (here or on another replica) closes the agent's MCP sessions at once; its
     // subscriptions end on the same event.
     let sessions = ctx.sessions.clone();
-    events::on_revocation(&ctx.feed, ctx.closing.clone(), move |ws, agent| {
-        let sessions = sessions.clone();
+    let service = ctx.service.clone();
+    events::on_revocation(&ctx.feed, ctx.closing.clone(), move |revocation| {
+        let (sessions, service) = (sessions.clone(), service.clone());
         async move {
-            let n = sessions.close_agent(&ws, &agent).await;
-            tracing::info!(agent = %agent, sessions = n, "agent revoked: sessions closed");
+            let revoked = match revocation {
+                events::Revocation::Agent {
+                    workspace_id,
+                    agent_id,
+                } => vec![(workspace_id, agent_id)],
+                events::Revocation::Resync => {
+                    let mut gone = Vec::new();
+                    for (ws, agent) in sessions.agents() {
+                        // On a store error keep the session: its next request is re-checked.
+                        if let Ok(false) = service.agent_still_approved(&ws, &agent).await {
+                            gone.push((ws, agent));
+                        }
+                    }
+                    gone
+                }
+            };
+            for (ws, agent) in revoked {
+                let n = sessions.close_agent(&ws, &agent).await;
+                tracing::info!(agent = %agent, sessions = n, "agent revoked: sessions closed");
+            }
         }
     });
     let app = Router::new()

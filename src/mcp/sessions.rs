@@ -90,6 +90,18 @@ impl SessionRegistry {
         closed
     }
 
+    /// The (workspace id, agent id) of every agent with an open session, each once.
+    pub fn agents(&self) -> Vec<(String, String)> {
+        let mut agents: Vec<(String, String)> = self
+            .lock()
+            .values()
+            .map(|o| (o.workspace_id.clone(), o.agent_id.clone()))
+            .collect();
+        agents.sort();
+        agents.dedup();
+        agents
+    }
+
     /// How many sessions are open and bound to an agent.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -37,6 +37,25 @@ impl Service {
             .is_some())
     }
 
+    /// Whether an agent still has access (approved, in an enabled workspace). Used to resync open
+    /// sessions when the revocation watcher missed events; requests re-check on their own.
+    pub async fn agent_still_approved(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+    ) -> ServiceResult<bool> {
+        let tx = self.store.read().await?;
+        let approved = tx
+            .agent(workspace_id, agent_id)
+            .await?
+            .is_some_and(|a| a.status == AgentStatus::Approved);
+        let enabled = tx
+            .workspace_by_id(workspace_id)
+            .await?
+            .is_some_and(|w| w.settings.enabled);
+        Ok(approved && enabled)
+    }
+
     /// The workspace's webhook deliveries, oldest first (admins).
     pub async fn list_deliveries(
         &self,
