@@ -42,37 +42,6 @@ async fn denied(svc: &Service, ws: &str, activity_type: &str) -> usize {
         .count()
 }
 
-/// `spawn_http` with extra environment (e.g. short timeouts).
-async fn spawn_http_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn parallax-mcp serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .unwrap_or(rest.len());
-                return rest[..end].to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    HttpServer { child, url }
-}
-
 fn addr_of(url: &str) -> String {
     url.trim_start_matches("http://")
         .trim_end_matches("/mcp")

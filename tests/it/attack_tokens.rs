@@ -11,9 +11,7 @@ use parallax_mcp::config::AuthConfig;
 use parallax_mcp::domain::{Permission, PermissionSet};
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 // ---- member tokens ----
 
@@ -154,41 +152,10 @@ const GRANT: &[Permission] = &[
     Permission::WriteTasks,
 ];
 
-/// `spawn_http` with extra environment (limits for the rate tests).
-async fn spawn_with_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn parallax-mcp serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .unwrap_or(rest.len());
-                return rest[..end].to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not report its address in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    HttpServer { child, url }
-}
-
 async fn fixture_with(env: &[(&str, &str)]) -> Fixture {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", GRANT).await;
-    let server = spawn_with_env(&w.db.url, env).await;
+    let server = spawn_http_env(&w.db.url, env).await;
     let ws = w.admin.workspace().id.clone();
     let tx = w.svc.store().read().await.unwrap();
     let row = tx

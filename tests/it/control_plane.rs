@@ -5,7 +5,7 @@
 //! approved key works over MCP.
 
 use crate::support::TestDb;
-use crate::support::server::{BIN, call, http_client, ok, tool_names};
+use crate::support::server::{BIN, call, http_client, ok, spawn_http_env, tool_names};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,10 +13,8 @@ use parallax_mcp::domain::*;
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const WS: &str = "acme";
 const ADMIN: &str = "admin@acme.test";
@@ -61,38 +59,19 @@ struct Server {
 /// `parallax-mcp serve` with short webhook delays (as in `events.rs`), signing keys in the store
 /// (shared with the CLI that mints member tokens).
 async fn spawn(db_url: &str) -> Server {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .env_remove("PARALLAX_SIGNING_KEY")
-        .env("PARALLAX_WEBHOOK_BASE_DELAY_MS", "50")
-        .env("PARALLAX_WEBHOOK_MAX_DELAY_MS", "200")
-        .env("PARALLAX_WEBHOOK_TIMEOUT_MS", "2000")
-        .env("PARALLAX_WEBHOOK_POLL_MS", "50")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn parallax-mcp serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .unwrap_or(rest.len());
-                return rest[..end].trim_end_matches("/mcp").to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not report its address in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let server = spawn_http_env(
+        db_url,
+        &[
+            ("PARALLAX_WEBHOOK_BASE_DELAY_MS", "50"),
+            ("PARALLAX_WEBHOOK_MAX_DELAY_MS", "200"),
+            ("PARALLAX_WEBHOOK_TIMEOUT_MS", "2000"),
+            ("PARALLAX_WEBHOOK_POLL_MS", "50"),
+        ],
+    )
+    .await;
     Server {
-        _child: child,
-        base,
+        base: server.url.trim_end_matches("/mcp").to_owned(),
+        _child: server.child,
     }
 }
 

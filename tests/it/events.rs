@@ -1,7 +1,7 @@
 //! The outbox delivered, through the real binary: signed webhooks to a local receiver (failures,
 //! timeouts, a SIGKILL mid-retry, 410, Retry-After, redelivery) and the members' SSE stream.
 
-use crate::support::server::{BIN, World, approved_agent, world};
+use crate::support::server::{BIN, HttpServer, World, approved_agent, spawn_http_env, world};
 use crate::support::{TestDb, set};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,10 +13,8 @@ use parallax_mcp::domain::*;
 use parallax_mcp::service::{AccessRequest, AssignTarget, Service};
 use sea_orm::{ConnectionTrait, Database, Statement};
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const SIGNING_KEY: &str = "events-test-signing-key-0123456789abcdef";
 
@@ -31,41 +29,24 @@ async fn spawn(db_url: &str) -> Server {
     spawn_with(db_url, &[]).await
 }
 
+/// The server with short delays; `url` is the origin (no `/mcp`).
 async fn spawn_with(db_url: &str, env: &[(&str, &str)]) -> Server {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
-        .env("NO_COLOR", "1")
-        .env("PARALLAX_SIGNING_KEY", SIGNING_KEY)
-        .env("PARALLAX_WEBHOOK_BASE_DELAY_MS", "50")
-        .env("PARALLAX_WEBHOOK_MAX_DELAY_MS", "200")
-        .env("PARALLAX_WEBHOOK_TIMEOUT_MS", "300")
-        .env("PARALLAX_WEBHOOK_POLL_MS", "50")
-        .env("PARALLAX_EVENTS_POLL_MS", "50")
-        .env("PARALLAX_EVENTS_KEEPALIVE_MS", "200")
-        .env("PARALLAX_EVENTS_ACCESS_CHECK_MS", "100")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn parallax-mcp serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(i) = line.find("listening on http://") {
-                let rest = &line[i + "listening on ".len()..];
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
-                    .unwrap_or(rest.len());
-                return rest[..end].trim_end_matches("/mcp").to_owned();
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("server did not report its address in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server { child, url }
+    let mut all = vec![
+        ("PARALLAX_SIGNING_KEY", SIGNING_KEY),
+        ("PARALLAX_WEBHOOK_BASE_DELAY_MS", "50"),
+        ("PARALLAX_WEBHOOK_MAX_DELAY_MS", "200"),
+        ("PARALLAX_WEBHOOK_TIMEOUT_MS", "300"),
+        ("PARALLAX_WEBHOOK_POLL_MS", "50"),
+        ("PARALLAX_EVENTS_POLL_MS", "50"),
+        ("PARALLAX_EVENTS_KEEPALIVE_MS", "200"),
+        ("PARALLAX_EVENTS_ACCESS_CHECK_MS", "100"),
+    ];
+    all.extend_from_slice(env);
+    let HttpServer { child, url } = spawn_http_env(db_url, &all).await;
+    Server {
+        child,
+        url: url.trim_end_matches("/mcp").to_owned(),
+    }
 }
 
 async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -932,7 +913,7 @@ mod mcp_notify {
         let transport = rmcp::transport::TokioChildProcess::builder(
             crate::support::server::stdio_command(&w.db.url, Some(&key)),
         )
-        .stderr(Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap()
         .0;

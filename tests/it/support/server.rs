@@ -111,9 +111,15 @@ pub struct HttpServer {
 }
 
 pub async fn spawn_http(db_url: &str) -> HttpServer {
+    spawn_http_env(db_url, &[]).await
+}
+
+/// `spawn_http` with extra environment (short timeouts, limits, a fixed signing key…).
+pub async fn spawn_http_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
     let mut child = tokio::process::Command::new(BIN)
         .args(["--database-url", db_url, "serve", "--listen", "127.0.0.1:0"])
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
