@@ -3,7 +3,7 @@
 //!
 //! Variables: `PARALLAX_CONFIG` (the file), `PARALLAX_DATABASE_URL` (else `DATABASE_URL`, else
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, `PARALLAX_PUBLIC_URL`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
-//! `PARALLAX_ALLOWED_ORIGINS` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
+//! `PARALLAX_ALLOWED_ORIGINS`, `PARALLAX_TRUSTED_PROXIES` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
 //! `PARALLAX_HEADER_READ_TIMEOUT_SECS`, `PARALLAX_IDLE_TIMEOUT_SECS`,
 //! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`; for `[stdio]`:
 //! `PARALLAX_STDIO_MAX_LINE_BYTES`; for `[auth]`:
@@ -22,6 +22,7 @@
 //! [http]
 //! allowed_hosts = ["mcp.example.com"]
 //! allowed_origins = ["https://app.example.com"]
+//! trusted_proxies = ["10.0.0.5"]   # their X-Forwarded-For names the client
 //! max_body_bytes = 1048576
 //! header_read_timeout_secs = 10
 //! idle_timeout_secs = 60
@@ -194,6 +195,9 @@ pub struct HttpConfig {
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser `Origin`s accepted.
     pub allowed_origins: Option<Vec<String>>,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` names the real client (for the
+    /// per-address limits); from any other peer the header is ignored.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Largest request body accepted, on every route.
     pub max_body_bytes: Option<usize>,
     /// Seconds a client has to send a request head (slow-loris protection; default 10).
@@ -312,6 +316,9 @@ impl Config {
         if let Some(origins) = env("PARALLAX_ALLOWED_ORIGINS") {
             config.http.allowed_origins = Some(comma_list(&origins));
         }
+        if let Some(proxies) = env("PARALLAX_TRUSTED_PROXIES") {
+            config.http.trusted_proxies = Some(comma_list(&proxies));
+        }
         let env_number = |name: &str| -> Result<Option<u64>, ConfigError> {
             env(name).map(|v| number(name, &v)).transpose()
         };
@@ -410,6 +417,7 @@ impl Config {
         let HttpConfig {
             allowed_hosts,
             allowed_origins,
+            trusted_proxies,
             max_body_bytes,
             header_read_timeout_secs,
             idle_timeout_secs,
@@ -419,6 +427,7 @@ impl Config {
         let http = &mut self.http;
         http.allowed_hosts = allowed_hosts.or(http.allowed_hosts.take());
         http.allowed_origins = allowed_origins.or(http.allowed_origins.take());
+        http.trusted_proxies = trusted_proxies.or(http.trusted_proxies.take());
         http.max_body_bytes = max_body_bytes.or(http.max_body_bytes);
         http.header_read_timeout_secs = header_read_timeout_secs.or(http.header_read_timeout_secs);
         http.idle_timeout_secs = idle_timeout_secs.or(http.idle_timeout_secs);
@@ -467,6 +476,13 @@ impl Config {
         ] {
             if value == Some(0) {
                 return Err(ConfigError(format!("[http] {name} must be at least 1")));
+            }
+        }
+        for proxy in h.trusted_proxies.iter().flatten() {
+            if proxy.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError(format!(
+                    "[http] trusted_proxies: {proxy:?} is not an IP address"
+                )));
             }
         }
         if self.stdio.max_line_bytes == Some(0) {

@@ -10,19 +10,27 @@
 
 use super::HttpOptions;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Paths open to any `Host`: a constant liveness answer that reveals nothing, so load balancers
 /// and orchestrators can probe by IP. Everything else (including `/readyz`) checks the Host.
 const ANY_HOST: &[&str] = &["/healthz"];
 
-pub async fn enforce(State(opts): State<Arc<HttpOptions>>, req: Request, next: Next) -> Response {
+pub async fn enforce(
+    State(opts): State<Arc<HttpOptions>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !opts.trusted_proxies.is_empty() {
+        forwarded_client(&mut req, &opts.trusted_proxies);
+    }
     if !ANY_HOST.contains(&req.uri().path()) {
         if !host_allowed(req.headers(), req.uri(), &opts.allowed_hosts) {
             return refuse(
@@ -247,5 +255,36 @@ mod tests {
             &with(header::ORIGIN, "https://app.example.com"),
             &[]
         ));
+    }
+}
+
+/// Behind a trusted reverse proxy, the client is the right-most `X-Forwarded-For` address that is
+/// not itself a trusted proxy: it replaces the peer address every per-address limit reads. From
+/// any other peer the header is ignored, so a client cannot pick its own address.
+fn forwarded_client(req: &mut Request, trusted: &[IpAddr]) {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return;
+    };
+    if !trusted.contains(&peer.ip()) {
+        return;
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A hop we cannot read: stop rather than trust what the client wrote before it.
+            return;
+        };
+        if !trusted.contains(&ip) {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(ip, 0)));
+            return;
+        }
     }
 }

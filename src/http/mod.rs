@@ -36,6 +36,8 @@ pub struct HttpOptions {
     pub allowed_hosts: Vec<String>,
     /// Browser `Origin`s accepted; none configured means a request carrying an Origin is refused.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (per-address limits).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub max_body_bytes: usize,
     /// The public URL of `/mcp`, for OAuth protected-resource metadata; derived from the bound
     /// address when unset.
@@ -69,6 +71,7 @@ impl Default for HttpOptions {
                 "[::1]".into(),
             ],
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             max_body_bytes: 1024 * 1024,
             public_url: None,
             drain_timeout: Duration::from_secs(30),
@@ -183,6 +186,10 @@ fn http_options(config: &Config) -> HttpOptions {
     if let Some(origins) = &config.http.allowed_origins {
         opts.allowed_origins = origins.clone();
     }
+    // Checked by `Config::check`; anything unparsable was refused at load.
+    opts.trusted_proxies = (config.http.trusted_proxies.iter().flatten())
+        .filter_map(|p| p.parse().ok())
+        .collect();
     if let Some(bytes) = config.http.max_body_bytes {
         opts.max_body_bytes = bytes;
     }

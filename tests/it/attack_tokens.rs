@@ -1287,3 +1287,60 @@ async fn replicas_starting_at_once_converge_on_one_key() {
         }
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_key_on_the_forwarded_client() {
+    let f = fixture_with(&[
+        ("PARALLAX_FAILED_AUTH_PER_MINUTE", "2"),
+        ("PARALLAX_FAILED_AUTH_BURST", "3"),
+        ("PARALLAX_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let bad = "mcp_agent_0000000000000000000000000000000000000000_000000";
+    let via = |client: &str, bearer: &str| {
+        f.http
+            .post(&f.server.url)
+            .header("x-forwarded-for", format!("{client}, 127.0.0.1"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(initialize().to_string())
+            .send()
+    };
+    // One client behind the proxy exhausts its failures…
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(via("203.0.113.7", bad).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    assert_eq!(via("203.0.113.7", &f.key).await.unwrap().status(), 429);
+    // …and the proxy's other clients are still served.
+    assert_eq!(via("203.0.113.8", &f.key).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_forwarded_for_header_from_an_untrusted_peer_changes_nothing() {
+    let f = fixture_with(&[
+        ("PARALLAX_FAILED_AUTH_PER_MINUTE", "2"),
+        ("PARALLAX_FAILED_AUTH_BURST", "3"),
+    ])
+    .await;
+    let bad = "mcp_agent_0000000000000000000000000000000000000000_000000";
+    // An attacker rotating X-Forwarded-For is still one address.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let res = f
+            .http
+            .post(&f.server.url)
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .header("authorization", format!("Bearer {bad}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(initialize().to_string())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+}
