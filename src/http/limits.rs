@@ -211,6 +211,37 @@ fn parse_origin(value: &str) -> Option<(String, String, u16)> {
     Some((scheme, normalize(auth.host()), port))
 }
 
+/// Behind a trusted reverse proxy, the client is the right-most `X-Forwarded-For` address that is
+/// not itself a trusted proxy: it replaces the peer address every per-address limit reads. From
+/// any other peer the header is ignored, so a client cannot pick its own address.
+fn forwarded_client(req: &mut Request, trusted: &[IpAddr]) {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
+        return;
+    };
+    if !trusted.contains(&peer.ip()) {
+        return;
+    }
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A hop we cannot read: stop rather than trust what the client wrote before it.
+            return;
+        };
+        if !trusted.contains(&ip) {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(ip, 0)));
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,36 +286,5 @@ mod tests {
             &with(header::ORIGIN, "https://app.example.com"),
             &[]
         ));
-    }
-}
-
-/// Behind a trusted reverse proxy, the client is the right-most `X-Forwarded-For` address that is
-/// not itself a trusted proxy: it replaces the peer address every per-address limit reads. From
-/// any other peer the header is ignored, so a client cannot pick its own address.
-fn forwarded_client(req: &mut Request, trusted: &[IpAddr]) {
-    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() else {
-        return;
-    };
-    if !trusted.contains(&peer.ip()) {
-        return;
-    }
-    let forwarded: Vec<&str> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    for hop in forwarded.iter().rev() {
-        let Ok(ip) = hop.parse::<IpAddr>() else {
-            // A hop we cannot read: stop rather than trust what the client wrote before it.
-            return;
-        };
-        if !trusted.contains(&ip) {
-            req.extensions_mut()
-                .insert(ConnectInfo(SocketAddr::new(ip, 0)));
-            return;
-        }
     }
 }
