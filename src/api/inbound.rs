@@ -16,7 +16,32 @@ use serde_json::{Value, json};
 /// Set on an answer served from the replay guard instead of being processed again.
 pub const REPLAYED_HEADER: &str = "webhook-replayed";
 
+/// The challenge on a refusal: this route takes a signature, not a bearer token.
+const SIGNATURE_CHALLENGE: &str =
+    "Webhook-Signature realm=\"parallax-api\", scheme=\"standard-webhooks\"";
+
 pub async fn access_request(
+    ctx: State<HttpContext>,
+    workspace: Ids<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match receive(ctx, workspace, headers, body).await {
+        Ok(res) => res,
+        Err(e) => {
+            let mut res = e.into_response();
+            if res.status() == StatusCode::UNAUTHORIZED {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(SIGNATURE_CHALLENGE),
+                );
+            }
+            res
+        }
+    }
+}
+
+async fn receive(
     State(ctx): State<HttpContext>,
     Ids(workspace): Ids<String>,
     headers: HeaderMap,

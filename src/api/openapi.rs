@@ -109,7 +109,12 @@ fn operation(route: &Route, g: &mut SchemaGenerator) -> Value {
     );
     responses.insert(
         "401".into(),
-        error_response("Missing or refused credential (with `WWW-Authenticate: Bearer`)"),
+        error_response(match route.access {
+            Access::Member(_) => "Missing or refused credential (with `WWW-Authenticate: Bearer`)",
+            Access::Signed => {
+                "Missing, stale or wrong signature (with `WWW-Authenticate: Webhook-Signature`)"
+            }
+        }),
     );
     if matches!(route.access, Access::Member(_)) {
         responses.insert(

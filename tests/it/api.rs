@@ -391,6 +391,12 @@ async fn bad_signatures_and_bodies_are_refused_and_change_nothing() {
         let r = api.signed("acme", "msg_x", ts, sig.as_deref(), &body).await;
         let msg = r.error(StatusCode::UNAUTHORIZED, "unauthenticated");
         assert!(!msg.contains(&good), "{what}: no signature echoed");
+        // The challenge names the signature scheme, not a bearer token this route never takes.
+        let challenge = r.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Webhook-Signature "),
+            "{what}: {challenge}"
+        );
     }
     // A signature over another body.
     let tampered = request_body("evil-bot");
