@@ -728,7 +728,12 @@ async fn a_removed_members_token_is_refused() {
         .ok(StatusCode::OK);
 
     let removed = api
-        .call("DELETE", &format!("{ws}/members/rita@acme.test"), &admin, None)
+        .call(
+            "DELETE",
+            &format!("{ws}/members/rita@acme.test"),
+            &admin,
+            None,
+        )
         .await
         .ok(StatusCode::OK);
     assert_eq!(removed["email"], "rita@acme.test");
@@ -748,12 +753,22 @@ async fn a_removed_members_token_is_refused() {
         .map(|m| m["email"].as_str().unwrap())
         .collect();
     assert!(!emails.contains(&"rita@acme.test"), "{emails:?}");
-    api.call("DELETE", &format!("{ws}/members/rita@acme.test"), &admin, None)
-        .await
-        .error(StatusCode::NOT_FOUND, "not_found");
-    api.call("DELETE", &format!("{ws}/members/admin@acme.test"), &admin, None)
-        .await
-        .error(StatusCode::CONFLICT, "conflict");
+    api.call(
+        "DELETE",
+        &format!("{ws}/members/rita@acme.test"),
+        &admin,
+        None,
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    api.call(
+        "DELETE",
+        &format!("{ws}/members/admin@acme.test"),
+        &admin,
+        None,
+    )
+    .await
+    .error(StatusCode::CONFLICT, "conflict");
     let wsid = w.admin.workspace().id.clone();
     let removals: Vec<String> = all_activity(&w.svc, &wsid)
         .await

@@ -515,13 +515,12 @@ async fn non_admins_cannot_remove_members_and_are_audited() {
     let denied = denials(&svc, s.ws()).await;
     let who: Vec<&str> = denied.iter().map(|e| e.actor_id.as_str()).collect();
     assert_eq!(who, ["reader@acme.test", "writer@acme.test"]);
-    assert!(denied.iter().all(|e| e.metadata
-        == json!({ "action": "removing members", "needed_role": "admin" })));
     assert!(
-        activity_of(&svc, s.ws(), "member.removed")
-            .await
-            .is_empty()
+        denied
+            .iter()
+            .all(|e| e.metadata == json!({ "action": "removing members", "needed_role": "admin" }))
     );
+    assert!(activity_of(&svc, s.ws(), "member.removed").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
