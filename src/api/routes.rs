@@ -81,6 +81,8 @@ pub fn table() -> Vec<Route> {
             query: None, body: Some(s::<workspaces::NewMember>), 201 => domain::Member, post(workspaces::add_member)),
         route!("PATCH" "/api/v1/workspaces/{workspace}/members/{email}", "setMemberRole", "Change a member's role", M(Admin),
             query: None, body: Some(s::<workspaces::RoleChange>), 200 => domain::Member, patch(workspaces::set_role)),
+        route!("DELETE" "/api/v1/workspaces/{workspace}/members/{email}", "removeMember", "Remove a member; their tokens stop working (the last admin cannot be removed)", M(Admin),
+            query: None, body: None, 200 => domain::Member, delete(workspaces::remove_member)),
         route!("GET" "/api/v1/workspaces/{workspace}/projects", "listProjects", "Projects", M(Read),
             query: None, body: None, 200 => Vec<domain::Project>, get(work::projects)),
         route!("POST" "/api/v1/workspaces/{workspace}/projects", "createProject", "Create a project", M(Write),

@@ -137,3 +137,11 @@ pub async fn set_role(
 ) -> ApiResult<Json<crate::domain::Member>> {
     Ok(Json(ctx.service.set_member_role(&m, &email, b.role).await?))
 }
+
+pub async fn remove_member(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+    Ids((_, email)): Ids<(String, String)>,
+) -> ApiResult<Json<crate::domain::Member>> {
+    Ok(Json(ctx.service.remove_member(&m, &email).await?))
+}

@@ -225,6 +225,11 @@ pub enum MemberCmd {
         #[arg(value_parser = role_parser())]
         role: Role,
     },
+    /// Remove a member; their tokens stop working (needs role admin; the last admin cannot be removed)
+    Remove {
+        /// The member's email
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

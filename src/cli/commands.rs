@@ -307,6 +307,12 @@ async fn member(ctx: &Ctx, cmd: MemberCmd, config: &Config) -> Out {
             let m = ctx.svc.set_member_role(&caller, &email, role).await?;
             ctx.render(&m, || format!("{} is now {}.\n", m.email, m.role))
         }
+        MemberCmd::Remove { email } => {
+            let m = ctx.svc.remove_member(&caller, &email).await?;
+            ctx.render(&m, || {
+                format!("Removed {} from {}.\n", m.email, caller.workspace().slug)
+            })
+        }
     }
 }
 

@@ -238,6 +238,48 @@ impl Service {
         Ok(member)
     }
 
+    /// Removes a member and returns the removed row. Their tokens stop working at once (auth
+    /// looks the member up on every request). The last admin cannot be removed, not even by
+    /// themselves, so a workspace always keeps one.
+    pub async fn remove_member(&self, caller: &MemberCaller, email: &str) -> ServiceResult<Member> {
+        self.require(caller, Role::Admin, "removing members")
+            .await?;
+        let email = Email::parse(email)?;
+        let ws = &caller.workspace().id;
+        let tx = self.store.write().await?;
+        // Serialises with role changes and other removals, so two admins cannot remove each other.
+        tx.lock_workspace(ws).await?;
+        let member = tx
+            .member_by_email(ws, email.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("member", email.as_str()))?;
+        if member.role == Role::Admin {
+            let admins = tx
+                .list_members(ws)
+                .await?
+                .iter()
+                .filter(|m| m.role == Role::Admin)
+                .count();
+            if admins <= 1 {
+                return Err(ServiceError::Conflict(format!(
+                    "{email} is the last admin; make another member admin first"
+                )));
+            }
+        }
+        if !tx.delete_member(ws, &member.id).await? {
+            return Err(ServiceError::not_found("member", email.as_str()));
+        }
+        tx.insert_activity(
+            &Activity::new(ws, &caller.actor(), "member.removed")
+                .description(&format!("{} ({}) removed", member.email, member.role))
+                .metadata(json!({ "email": member.email, "role": member.role }))
+                .build(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(member)
+    }
+
     /// Makes a new webhook signing secret the workspace's current one and returns it (shown once).
     /// The secrets active now stay valid for `grace_secs`, so the control plane can switch over.
     pub async fn rotate_webhook_secret(

@@ -7,6 +7,7 @@
 mod convert;
 mod entities;
 mod inbound;
+mod members;
 mod outbox;
 mod signing_keys;
 mod webhook_secrets;

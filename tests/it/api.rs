@@ -719,6 +719,73 @@ async fn roles_are_enforced_and_refusals_audited() {
 }
 
 #[tokio::test]
+async fn a_removed_members_token_is_refused() {
+    let w = world().await;
+    w.svc
+        .add_member(&w.admin, "rita@acme.test", "Rita", Role::Write)
+        .await
+        .unwrap();
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let rita = token(&w.db.url, "acme", "rita@acme.test").await;
+    let ws = "/api/v1/workspaces/acme";
+    api.get(&format!("{ws}/projects"), &rita)
+        .await
+        .ok(StatusCode::OK);
+
+    let removed = api
+        .call(
+            "DELETE",
+            &format!("{ws}/members/rita@acme.test"),
+            &admin,
+            None,
+        )
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(removed["email"], "rita@acme.test");
+    assert_eq!(removed["role"], "write");
+    // The token was valid a moment ago and has not expired; the member is gone, so it is refused.
+    api.get(&format!("{ws}/projects"), &rita)
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    let members = api
+        .get(&format!("{ws}/members"), &admin)
+        .await
+        .ok(StatusCode::OK);
+    let emails: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["email"].as_str().unwrap())
+        .collect();
+    assert!(!emails.contains(&"rita@acme.test"), "{emails:?}");
+    api.call(
+        "DELETE",
+        &format!("{ws}/members/rita@acme.test"),
+        &admin,
+        None,
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    api.call(
+        "DELETE",
+        &format!("{ws}/members/admin@acme.test"),
+        &admin,
+        None,
+    )
+    .await
+    .error(StatusCode::CONFLICT, "conflict");
+    let wsid = w.admin.workspace().id.clone();
+    let removals: Vec<String> = all_activity(&w.svc, &wsid)
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "member.removed")
+        .map(|e| e.description)
+        .collect();
+    assert_eq!(removals, ["rita@acme.test (write) removed"]);
+}
+
+#[tokio::test]
 async fn other_workspaces_are_not_found() {
     let w = world().await;
     let api = Api::start(&w).await;
@@ -1041,6 +1108,11 @@ async fn documented_roles_match_the_services() {
     ] {
         w.svc.add_member(&w.admin, email, "", role).await.unwrap();
     }
+    // removeMember really removes: it gets a member of its own, so the tokens above stay valid.
+    w.svc
+        .add_member(&w.admin, "gone@acme.test", "", Role::Read)
+        .await
+        .unwrap();
     let api = Api::start(&w).await;
     let db = &w.db.url;
     let tokens = [
@@ -1088,7 +1160,14 @@ async fn documented_roles_match_the_services() {
         let path = route
             .path
             .replace("{workspace}", "acme")
-            .replace("{email}", "rita@acme.test")
+            .replace(
+                "{email}",
+                if route.operation_id == "removeMember" {
+                    "gone@acme.test"
+                } else {
+                    "rita@acme.test"
+                },
+            )
             .replace("{task_id}", &w.task.id)
             .replace(['{', '}'], "");
         let refused = api

@@ -722,14 +722,21 @@ async fn sse_resumes_without_gaps_filters_and_ends_when_access_is_lost() {
     assert_eq!(filtered[1].event, "agent.task_assigned");
     assert!(filtered.iter().all(|e| e.data["agentId"] == "bot-1"));
 
-    // The member is removed: the open stream ends.
-    let db = Database::connect(&w.db.url).await.unwrap();
-    db.execute_raw(Statement::from_string(
-        db.get_database_backend(),
-        "DELETE FROM members WHERE email = 'reader@acme.test'".to_owned(),
-    ))
-    .await
-    .unwrap();
+    // An admin removes the member with the real CLI: the open stream ends.
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database-url", &w.db.url, "--workspace", "acme"])
+        .args(["--as", "admin@acme.test", "--json"])
+        .args(["member", "remove", "reader@acme.test"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "member remove failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removed["email"], "reader@acme.test");
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while s.next().await.is_some() {}
     })

@@ -429,6 +429,139 @@ async fn member_role_changes_and_the_last_admin_cannot_be_demoted() {
 }
 
 #[tokio::test]
+async fn admins_remove_members_but_never_the_last_admin() {
+    let (_db, svc, s) = setup().await;
+    let before = snapshot(&svc, s.ws()).await;
+    refused(
+        svc.remove_member(&s.admin, "ghost@acme.test").await,
+        "not_found",
+        "member",
+    );
+    refused(
+        svc.remove_member(&s.admin, "admin@acme.test").await,
+        "conflict",
+        "admin@acme.test is the last admin",
+    );
+    assert_eq!(snapshot(&svc, s.ws()).await, before);
+
+    let removed = svc
+        .remove_member(&s.admin, "writer@acme.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        (removed.email.as_str(), removed.role),
+        ("writer@acme.test", Role::Write)
+    );
+    let left: Vec<String> = svc
+        .list_members(&s.admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.email)
+        .collect();
+    assert_eq!(left, ["admin@acme.test", "reader@acme.test"]);
+    // The removed member can no longer act, and removing them again finds nobody.
+    refused(
+        auth::member(svc.store(), "acme", "writer@acme.test").await,
+        "unauthenticated",
+        "not a member",
+    );
+    refused(
+        svc.remove_member(&s.admin, "writer@acme.test").await,
+        "not_found",
+        "member",
+    );
+    let entries = activity_of(&svc, s.ws(), "member.removed").await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].actor_kind, ActorKind::Member);
+    assert_eq!(entries[0].actor_id, "admin@acme.test");
+    assert_eq!(entries[0].description, "writer@acme.test (write) removed");
+    assert_eq!(
+        entries[0].metadata,
+        json!({ "email": "writer@acme.test", "role": "write" })
+    );
+
+    // With a second admin, an admin may remove themselves; then the other is the last.
+    svc.set_member_role(&s.admin, "reader@acme.test", Role::Admin)
+        .await
+        .unwrap();
+    svc.remove_member(&s.admin, "admin@acme.test")
+        .await
+        .unwrap();
+    let last = member(&svc, "acme", "reader").await;
+    refused(
+        svc.remove_member(&last, "reader@acme.test").await,
+        "conflict",
+        "last admin",
+    );
+    assert_eq!(svc.list_members(&last).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn non_admins_cannot_remove_members_and_are_audited() {
+    let (_db, svc, s) = setup().await;
+    let before = snapshot(&svc, s.ws()).await;
+    refused(
+        svc.remove_member(&s.writer, "reader@acme.test").await,
+        "forbidden",
+        "has role write but removing members needs admin",
+    );
+    refused(
+        svc.remove_member(&s.reader, "reader@acme.test").await,
+        "forbidden",
+        "has role read but removing members needs admin",
+    );
+    assert_eq!(snapshot(&svc, s.ws()).await, before);
+    let denied = denials(&svc, s.ws()).await;
+    let who: Vec<&str> = denied.iter().map(|e| e.actor_id.as_str()).collect();
+    assert_eq!(who, ["reader@acme.test", "writer@acme.test"]);
+    assert!(
+        denied
+            .iter()
+            .all(|e| e.metadata == json!({ "action": "removing members", "needed_role": "admin" }))
+    );
+    assert!(activity_of(&svc, s.ws(), "member.removed").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_admins_removing_each_other_at_once_leave_one() {
+    let (_db, svc, s) = setup().await;
+    svc.set_member_role(&s.admin, "writer@acme.test", Role::Admin)
+        .await
+        .unwrap();
+    let second = member(&svc, "acme", "writer").await;
+    let results = concurrently(&svc, 2, |i| {
+        let svc = svc.clone();
+        let (caller, target) = if i == 0 {
+            (s.admin.clone(), "writer@acme.test")
+        } else {
+            (second.clone(), "admin@acme.test")
+        };
+        async move { svc.remove_member(&caller, target).await }
+    })
+    .await;
+    let outcomes: Vec<&str> = results
+        .iter()
+        .map(|r| r.as_ref().map_or_else(|e| e.code(), |_| "ok"))
+        .collect();
+    let mut sorted = outcomes.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, ["conflict", "ok"], "{results:?}");
+    let admins = svc
+        .store()
+        .read()
+        .await
+        .unwrap()
+        .list_members(s.ws())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.role == Role::Admin)
+        .count();
+    assert_eq!(admins, 1);
+}
+
+#[tokio::test]
 async fn member_callers_must_belong_to_the_workspace() {
     let (_db, svc, _s) = setup().await;
     seed_workspace(&svc, "rival").await;
