@@ -84,6 +84,64 @@ pub fn database_url_for_path(path: &std::path::Path) -> String {
     format!("sqlite://{}?mode=rwc", path.display())
 }
 
+/// Key of the PostgreSQL advisory lock held while migrating (an arbitrary constant, "parallax"
+/// in ASCII, so it cannot collide with another application's key by accident).
+const MIGRATION_LOCK_KEY: i64 = 0x7061_7261_6c6c_6178;
+
+/// A session-level advisory lock on one connection taken out of the pool. Session locks belong
+/// to a connection, so lock and unlock must run on the same one; the connection is detached so
+/// it never goes back to the pool still holding the lock. If the holder is dropped without
+/// `release` (cancelled, panicked), the connection closes and the server frees the lock.
+struct MigrationLock {
+    conn: sea_orm::sqlx::PgConnection,
+}
+
+impl MigrationLock {
+    async fn acquire(pool: &sea_orm::sqlx::PgPool) -> StoreResult<MigrationLock> {
+        let unavailable = |e: sea_orm::sqlx::Error| StoreError::Unavailable(e.to_string());
+        let mut conn = pool.acquire().await.map_err(unavailable)?.detach();
+        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(MigrationLock { conn })
+    }
+
+    /// Unlocks and closes the connection. Never fails: if the unlock does not go through, closing
+    /// the session releases the lock anyway.
+    async fn release(mut self) {
+        use sea_orm::sqlx::Connection;
+        if let Err(e) = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK_KEY)
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::warn!(error = %e, "releasing the migration lock; closing its connection");
+        }
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Applies up to `steps` pending migrations (all when `None`) on `db`; returns their names.
+async fn apply_migrations<'c, C>(db: &'c C, steps: Option<u32>) -> StoreResult<Vec<String>>
+where
+    C: ConnectionTrait,
+    &'c C: sea_orm::IntoDatabaseExecutor<'c>,
+{
+    let pending = Migrator::get_pending_migrations(db).await?;
+    let take = steps.map_or(pending.len(), |n| n as usize);
+    let applying: Vec<String> = pending
+        .iter()
+        .take(take)
+        .map(|m| m.name().to_owned())
+        .collect();
+    if !applying.is_empty() {
+        Migrator::up(db, steps).await?;
+    }
+    Ok(applying)
+}
+
 impl Store {
     /// Connects without touching the schema. `url` is `sqlite://path?mode=rwc`, `sqlite::memory:`
     /// or `postgres://…`.
@@ -125,26 +183,42 @@ impl Store {
 
     /// Applies pending migrations; returns the names of those applied (empty when up to date).
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
-        let pending: Vec<String> = Migrator::get_pending_migrations(&self.db)
-            .await?
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
-        if !pending.is_empty() {
-            Migrator::up(&self.db, None).await?;
-        }
-        Ok(pending)
+        self.migrate_exclusively(None).await
     }
 
     /// Applies at most `steps` pending migrations, oldest first; returns the names applied. Lets
     /// the upgrade test build a database one migration at a time, as successive releases would.
     pub async fn migrate_steps(&self, steps: u32) -> StoreResult<Vec<String>> {
-        let pending = self.pending_migrations().await?;
-        let applying: Vec<String> = pending.into_iter().take(steps as usize).collect();
-        if !applying.is_empty() {
-            Migrator::up(&self.db, Some(steps)).await?;
+        self.migrate_exclusively(Some(steps)).await
+    }
+
+    /// Migrates while holding a database-wide lock, so replicas starting together on one
+    /// database queue up: the first applies the migrations, the others then find none pending.
+    /// Without it they would all create the same tables and all but one would fail to start.
+    async fn migrate_exclusively(&self, steps: Option<u32>) -> StoreResult<Vec<String>> {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                let lock = MigrationLock::acquire(self.db.get_postgres_connection_pool()).await?;
+                let result = apply_migrations(&self.db, steps).await;
+                lock.release().await;
+                result
+            }
+            _ => {
+                // SQLite has no advisory locks, but its DDL is transactional: one `BEGIN
+                // IMMEDIATE` transaction holds the write lock for the whole run (other starters
+                // wait on the busy timeout) and leaves nothing half-applied on failure.
+                let tx = self
+                    .db
+                    .begin_with_options(TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..Default::default()
+                    })
+                    .await?;
+                let applied = apply_migrations(&tx, steps).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
         }
-        Ok(applying)
     }
 
     /// Names of migrations not yet applied.

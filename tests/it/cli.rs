@@ -542,6 +542,33 @@ async fn migrate_twice_is_a_no_op() {
     );
 }
 
+/// Four `migrate` processes at once on a brand-new database (replicas deploying together): all
+/// succeed, and between them each migration is applied exactly once.
+#[tokio::test]
+async fn concurrent_migrate_processes_apply_each_migration_once() {
+    let db = TestDb::new().await;
+    let cli = Cli::new(&db);
+    let all: Vec<Value> = match cli.json(&["migrate", "--status"]).await["pending"].clone() {
+        Value::Array(names) => names,
+        other => panic!("no pending list: {other}"),
+    };
+    assert!(!all.is_empty());
+    let runs = futures_util::future::join_all((0..4).map(|_| cli.json(&["migrate"]))).await;
+    let mut applied: Vec<Value> = runs
+        .iter()
+        .flat_map(|r| r["applied"].as_array().expect("applied list").clone())
+        .collect();
+    applied.sort_by_key(|v| v.as_str().map(str::to_owned));
+    assert_eq!(
+        applied, all,
+        "each migration applied by exactly one process"
+    );
+    assert_eq!(
+        cli.json(&["migrate", "--status"]).await,
+        serde_json::json!({ "pending": [], "up_to_date": true })
+    );
+}
+
 #[tokio::test]
 async fn every_listing_prints_json_for_scripts() {
     let db = TestDb::new().await;

@@ -3224,6 +3224,61 @@ async fn migrate_applies_pending_migrations_once() {
     store.close().await;
 }
 
+/// Replicas starting together on one brand-new database: every `Store::open` succeeds, each
+/// migration is recorded exactly once, and the schema is the one a single start builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_starts_migrate_the_database_once() {
+    let db = TestDb::new().await;
+    let opens = (0..6).map(|_| Store::open(&db.url));
+    let stores: Vec<Store> = futures_util::future::join_all(opens)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("replica {i} failed to start: {e}")))
+        .collect();
+    for store in &stores {
+        assert!(store.pending_migrations().await.unwrap().is_empty());
+    }
+    let all = Store::connect(&TestDb::new().await.url)
+        .await
+        .unwrap()
+        .pending_migrations()
+        .await
+        .unwrap();
+    let conn = Database::connect(&db.url).await.unwrap();
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT version FROM seaql_migrations ORDER BY version",
+        ))
+        .await
+        .unwrap();
+    let recorded: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String>("", "version").unwrap())
+        .collect();
+    assert_eq!(recorded, all, "each migration recorded exactly once");
+    let _ = conn.close().await;
+
+    let reference_db = TestDb::new().await;
+    let reference = reference_db.store().await;
+    let schema =
+        |store: Store| async move { store.read().await.unwrap().describe_schema().await.unwrap() };
+    assert_eq!(
+        schema(stores[0].clone()).await,
+        schema(reference.clone()).await
+    );
+    // And the started stores work.
+    let svc = Service::new(stores[5].clone());
+    svc.create_workspace("acme", "Acme", "a@acme.test", "")
+        .await
+        .unwrap();
+    for store in stores {
+        store.close().await;
+    }
+    reference.close().await;
+}
+
 #[tokio::test]
 async fn a_database_migrated_step_by_step_has_the_fresh_schema() {
     let fresh_db = TestDb::new().await;
