@@ -212,18 +212,8 @@ impl Service {
             .member_by_email(ws, email.as_str())
             .await?
             .ok_or_else(|| ServiceError::not_found("member", email.as_str()))?;
-        if member.role == Role::Admin && role != Role::Admin {
-            let admins = tx
-                .list_members(ws)
-                .await?
-                .iter()
-                .filter(|m| m.role == Role::Admin)
-                .count();
-            if admins <= 1 {
-                return Err(ServiceError::Conflict(format!(
-                    "{email} is the last admin; make another member admin first"
-                )));
-            }
+        if role != Role::Admin {
+            ensure_not_last_admin(&tx, ws, &member).await?;
         }
         let old = member.role;
         tx.update_member_role(ws, &member.id, role).await?;
@@ -253,19 +243,7 @@ impl Service {
             .member_by_email(ws, email.as_str())
             .await?
             .ok_or_else(|| ServiceError::not_found("member", email.as_str()))?;
-        if member.role == Role::Admin {
-            let admins = tx
-                .list_members(ws)
-                .await?
-                .iter()
-                .filter(|m| m.role == Role::Admin)
-                .count();
-            if admins <= 1 {
-                return Err(ServiceError::Conflict(format!(
-                    "{email} is the last admin; make another member admin first"
-                )));
-            }
-        }
+        ensure_not_last_admin(&tx, ws, &member).await?;
         if !tx.delete_member(ws, &member.id).await? {
             return Err(ServiceError::not_found("member", email.as_str()));
         }
@@ -322,3 +300,24 @@ impl Service {
 pub const MAX_SECRET_GRACE_SECS: i64 = 30 * 24 * 3600;
 /// How long a rotated-out secret stays valid unless told otherwise: 24 hours.
 pub const DEFAULT_SECRET_GRACE_SECS: u64 = 24 * 3600;
+
+/// Refuses to demote or remove `member` when it is the workspace's last admin. Call with the
+/// workspace locked, so two admins cannot each pass the check for the other.
+async fn ensure_not_last_admin(tx: &Tx, ws: &str, member: &Member) -> ServiceResult<()> {
+    if member.role != Role::Admin {
+        return Ok(());
+    }
+    let admins = tx
+        .list_members(ws)
+        .await?
+        .iter()
+        .filter(|m| m.role == Role::Admin)
+        .count();
+    if admins <= 1 {
+        return Err(ServiceError::Conflict(format!(
+            "{} is the last admin; make another member admin first",
+            member.email
+        )));
+    }
+    Ok(())
+}
