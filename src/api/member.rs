@@ -5,11 +5,11 @@
 use super::error::{ApiError, ApiResult};
 use crate::auth::MemberCaller;
 use crate::http::HttpContext;
+use crate::http::oauth;
 use crate::http::ratelimit::retry_after_secs;
-use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
-use std::net::SocketAddr;
 
 /// An authenticated member of the workspace named in the path.
 pub struct Member(pub MemberCaller);
@@ -19,22 +19,11 @@ impl FromRequestParts<HttpContext> for Member {
 
     async fn from_request_parts(parts: &mut Parts, ctx: &HttpContext) -> ApiResult<Self> {
         // Refused tokens count against the address, as on `/mcp` and `/oauth/token`.
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = oauth::peer(&parts.extensions);
         if let Some(wait) = peer.and_then(|ip| ctx.failed_auth.blocked(ip)) {
             return Err(ApiError::rate_limited(retry_after_secs(wait)));
         }
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let bearer = oauth::bearer(&parts.headers)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("missing bearer member token"))?
             .to_owned();

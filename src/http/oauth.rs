@@ -61,11 +61,22 @@ async fn authorization_server_metadata(State(st): State<OAuthState>) -> Response
     .into_response()
 }
 
-/// The TCP peer of a request, when the server recorded it.
-pub fn peer(req: &Request) -> Option<IpAddr> {
-    req.extensions()
+/// The client address of a request (the TCP peer, or the forwarded client behind a trusted
+/// proxy), when the server recorded it.
+pub fn peer(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
+}
+
+/// The credential of an `Authorization: Bearer …` header (the scheme is case-insensitive,
+/// RFC 7235), trimmed; `None` when the header is absent or uses another scheme.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("bearer "))
+        .map(|_| value[7..].trim())
 }
 
 /// 429 with `Retry-After`, as both `/mcp` and `/oauth/token` send it.
@@ -147,7 +158,7 @@ fn form_decode(raw: &str) -> Option<String> {
 
 async fn token(State(st): State<OAuthState>, req: Request) -> Response {
     let _guard = st.ctx.inflight.enter();
-    let peer = peer(&req);
+    let peer = peer(req.extensions());
     if let Some(wait) = peer.and_then(|ip| st.ctx.failed_auth.blocked(ip)) {
         return too_many_requests(wait, "too many failed authentications from this address");
     }

@@ -74,7 +74,7 @@ pub fn router(ctx: &HttpContext) -> Router {
 /// agents over their rate get 429 with `Retry-After`.
 async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -> Response {
     let _guard = state.ctx.inflight.enter();
-    let peer = oauth::peer(&req);
+    let peer = oauth::peer(req.extensions());
     if let Some(wait) = peer.and_then(|ip| state.ctx.failed_auth.blocked(ip)) {
         return oauth::too_many_requests(wait, "too many failed authentications from this address");
     }
@@ -91,17 +91,7 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
             Some("invalid_request"),
         );
     }
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.get(..7)
-                .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                .map(|_| &v[7..])
-        })
-        .map(str::trim)
-        .map(str::to_owned);
+    let bearer = oauth::bearer(req.headers()).map(str::to_owned);
     let Some(token) = bearer else {
         return unauthorized(&state, "missing bearer credential", None);
     };
