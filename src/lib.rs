@@ -12,7 +12,8 @@
 //!   no IO, and no rmcp, axum or sea_orm types. Values are parsed once here and trusted after.
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
-//!   workspace; a `Tx` dropped without commit rolls back.
+//!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
+//!   (`store::auth_cache`) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between replicas.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
@@ -38,7 +39,11 @@
 //! - Secrets are never logged or `Debug`-printed. API keys are stored only as blake3 hashes;
 //!   token signing keys and webhook secrets are symmetric and stored as they are.
 //! - A bearer credential is re-checked against the store on every request (keys and tokens
-//!   alike), so revocation applies to the next call on every replica.
+//!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
+//!   but serves them only after one statement shows the authorization generation unchanged. The
+//!   store's own write methods for agents, keys, workspace settings and members bump it in the
+//!   change's transaction, so a revocation applies to the next call on every replica and from
+//!   every process. Key expiry is checked against the clock on each request.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their

@@ -57,7 +57,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// commands stdout is the answer. Servers log at `info` by default, one-shot commands at `warn` so
 /// their output stays clean; `PARALLAX_LOG` (or `RUST_LOG`) overrides either.
 fn init_logging(server: bool) {
-    let default = if server { "info" } else { "warn" };
+    // rmcp logs every stateless request at `info`; its warnings are what an operator needs.
+    let default = if server { "info,rmcp=warn" } else { "warn" };
     let spec = std::env::var("PARALLAX_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()

@@ -10,6 +10,7 @@ mod m20261123_000002_webhook_secrets;
 mod m20261123_000003_signing_keys;
 mod m20261123_000004_inbound_webhooks;
 mod m20261123_000005_outbox;
+mod m20261202_000001_auth_generation;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_signing_keys::Migration),
             Box::new(m20261123_000004_inbound_webhooks::Migration),
             Box::new(m20261123_000005_outbox::Migration),
+            Box::new(m20261202_000001_auth_generation::Migration),
         ]
     }
 }

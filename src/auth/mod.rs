@@ -7,7 +7,7 @@ pub use tokens::{AgentToken, TokenRefusal, Tokens};
 
 use crate::domain::*;
 use crate::service::{ServiceError, ServiceResult};
-use crate::store::{Store, Tx};
+use crate::store::{CredentialView, Store};
 
 /// A human member of a workspace, identified by the operator's CLI (`--as`) or a member token.
 #[derive(Debug, Clone)]
@@ -59,7 +59,8 @@ pub async fn member(store: &Store, workspace: &str, email: &str) -> ServiceResul
 /// An approved agent, identified by its API key or an access token minted from it.
 #[derive(Debug, Clone)]
 pub struct AgentCaller {
-    agent: Agent,
+    /// Shared with the store's snapshot: a request costs no copy of the agent.
+    agent: std::sync::Arc<Agent>,
     credential_id: String,
     /// The access token's scope; `None` for an API key (the full grant).
     scope: Option<PermissionSet>,
@@ -155,8 +156,10 @@ pub struct AgentAuthRefusal {
 }
 
 /// Authenticates an agent from its raw API key: shape and checksum first (no lookup for garbage),
-/// then the stored hash, then the key's and the agent's state. Reads the store on every call, so a
-/// revocation or permission change applies to the very next request on every replica.
+/// then the stored hash, then the key's and the agent's state. The store serves the key from its
+/// snapshot only after one statement confirms no authorization change committed since (see
+/// `store::auth_cache`), so a revocation or permission change applies to the very next request on
+/// every replica and from every process.
 pub async fn agent(
     store: &Store,
     raw_key: &str,
@@ -165,24 +168,24 @@ pub async fn agent(
     let Ok(key) = ApiKey::parse(raw_key) else {
         return refuse(AgentAuthError::Malformed, None);
     };
-    let tx = store.read().await?;
-    let Some((cred, stored)) = tx.credential_by_hash(&key.hash()).await? else {
+    let Some(view) = store.credential_view(&key.hash()).await? else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
-    if !stored.matches(&key) {
+    if !view.key_hash.matches(&key) {
         return refuse(AgentAuthError::UnknownKey, None);
     }
-    check_credential(&tx, cred, None).await
+    Ok(check_credential(&view, None))
 }
 
-/// The checks every request repeats after the credential is identified: not revoked or expired,
-/// agent approved, workspace enabled. `scope` narrows the grant (access tokens).
-pub(crate) async fn check_credential(
-    tx: &Tx,
-    cred: Credential,
+/// The checks every request repeats after the credential is identified: not revoked or expired
+/// (against the clock, now), agent approved, workspace enabled. `scope` narrows the grant
+/// (access tokens).
+pub(crate) fn check_credential(
+    view: &CredentialView,
     scope: Option<PermissionSet>,
-) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
-    let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
+) -> Result<AgentCaller, AgentAuthRefusal> {
+    let refuse = |error, owner| Err(AgentAuthRefusal { error, owner });
+    let cred = &view.credential;
     let owner = Some((cred.workspace_id.clone(), cred.agent_id.clone()));
     if cred.revoked_at.is_some() {
         return refuse(AgentAuthError::KeyRevoked, owner);
@@ -190,26 +193,23 @@ pub(crate) async fn check_credential(
     if cred.expires_at.is_some_and(|exp| exp <= chrono::Utc::now()) {
         return refuse(AgentAuthError::KeyExpired, owner);
     }
-    let Some(agent) = tx.agent(&cred.workspace_id, &cred.agent_id).await? else {
+    let Some(agent) = &view.agent else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
     if agent.status != AgentStatus::Approved {
         return refuse(AgentAuthError::NotApproved(agent.status), owner);
     }
-    let ws = tx
-        .workspace_by_id(&agent.workspace_id)
-        .await?
-        .ok_or_else(|| ServiceError::not_found("workspace", &agent.workspace_id))?;
-    if !ws.settings.enabled {
+    // A key whose workspace is gone cannot be used; refuse it like a disabled workspace.
+    let Some(ws) = view.workspace.as_ref().filter(|ws| ws.settings.enabled) else {
         return refuse(AgentAuthError::WorkspaceDisabled, owner);
-    }
-    Ok(Ok(AgentCaller {
-        agent,
-        credential_id: cred.id,
+    };
+    Ok(AgentCaller {
+        agent: agent.clone(),
+        credential_id: cred.id.clone(),
         scope,
         rate: RateLimit {
             per_minute: ws.settings.rate_limit_per_minute,
             burst: ws.settings.rate_limit_burst,
         },
-    }))
+    })
 }

@@ -6,8 +6,9 @@
 //! cached in memory: the hot path does no extra query. An unknown `kid` (another replica rotated)
 //! reloads them, at most once per second, and minting refreshes them every half minute.
 //!
-//! A valid token only identifies a credential: every request re-reads the store exactly as for an
-//! API key, so a token never outlives a revocation, and its scope only ever narrows the grant.
+//! A valid token only identifies a credential: every request re-checks it against the store
+//! exactly as for an API key (the snapshot, confirmed current by one statement), so a token never
+//! outlives a revocation, and its scope only ever narrows the grant.
 
 use super::{AgentAuthError, AgentAuthRefusal, AgentCaller, MemberCaller, check_credential};
 use crate::config::{AuthConfig, MAX_TOKEN_TTL};
@@ -354,12 +355,15 @@ impl Tokens {
         let Some(email) = claims.email else {
             return refusal("member token without an email");
         };
-        let tx = self.inner.store.read().await?;
-        let Some(workspace) = tx.workspace_by_id(&claims.ws).await? else {
+        let view = self.inner.store.member_view(&claims.ws, &email).await?;
+        let Some(workspace) = view.workspace.clone() else {
             return refusal("the token's workspace no longer exists");
         };
-        match tx.member_by_email(&workspace.id, &email).await? {
-            Some(member) if member.id == claims.sub => Ok(Ok(MemberCaller { workspace, member })),
+        match &view.member {
+            Some(member) if member.id == claims.sub => Ok(Ok(MemberCaller {
+                workspace,
+                member: member.clone(),
+            })),
             _ => refusal("the token's member is no longer in the workspace"),
         }
     }
@@ -418,19 +422,16 @@ impl Tokens {
         else {
             return refuse("access token with an unknown scope".into());
         };
-        let tx = self.inner.store.read().await?;
-        let cred = tx
-            .list_credentials(&claims.ws, &claims.sub)
-            .await?
-            .into_iter()
-            .find(|c| c.id == cid);
-        let Some(cred) = cred else {
+        let view = self.inner.store.credential_view_by_id(&cid).await?;
+        let Some(view) = view.filter(|v| {
+            v.credential.workspace_id == claims.ws && v.credential.agent_id == claims.sub
+        }) else {
             return Ok(Err(AgentAuthRefusal {
                 error: AgentAuthError::UnknownKey,
                 owner: None,
             }));
         };
-        check_credential(&tx, cred, Some(scope)).await
+        Ok(check_credential(&view, Some(scope)))
     }
 
     /// Signature, algorithm, type, key and claims. Never panics on any input.

@@ -1,7 +1,8 @@
 //! The outbox delivered: everything that reads committed events and carries them out.
 //!
 //! - [`Feed`]: one poller per process that watches every workspace's seq and broadcasts new
-//!   events (woken at once by local commits, by polling for other replicas' commits).
+//!   events (woken at once by local commits and, on PostgreSQL, by other replicas' commits via
+//!   LISTEN/NOTIFY; polling covers the rest).
 //! - [`webhooks`]: the worker sending signed deliveries to control planes.
 //! - [`sse`]: the members' `text/event-stream` of a workspace's events.
 //!
@@ -107,6 +108,8 @@ impl Feed {
     pub fn start(store: Store, poll: Duration, stop: CancellationToken) -> Feed {
         let (tx, _) = broadcast::channel(1024);
         let feed = Feed { tx: tx.clone() };
+        // On PostgreSQL other replicas' commits wake the feed too (LISTEN/NOTIFY).
+        store.listen_for_replicas(stop.clone());
         tokio::spawn(async move {
             let wake = store.events_committed();
             let mut seen: Option<HashMap<String, i64>> = None;

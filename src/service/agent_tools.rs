@@ -98,9 +98,8 @@ impl Service {
             .map(|t| RecordId::parse("task", t))
             .transpose()?;
         let tx = self.store.write().await?;
-        // The agent row is rewritten whole: hold the workspace lock so a concurrent revocation or
-        // permission change is not overwritten with the state read here.
-        tx.lock_workspace(ws).await?;
+        // Only the working columns are written (`update_agent_work`), so a concurrent revocation
+        // or permission change cannot be overwritten with the state read here.
         let mut agent = tx
             .agent(ws, caller.agent_id())
             .await?
@@ -115,7 +114,7 @@ impl Service {
         agent.status_message = message;
         agent.last_seen_at = Some(at);
         agent.updated_at = at;
-        tx.update_agent(&agent).await?;
+        tx.update_agent_work(&agent).await?;
         tx.insert_activity(audit).await?;
         tx.insert_activity(
             &Activity::new(ws, &caller.actor(), EventType::StatusChanged.as_str())

@@ -4,16 +4,28 @@
 //! call would serialise every call on SQLite's single writer, so entries submitted while a write
 //! is in flight are collected and committed together in the next transaction, and each submitter
 //! is released when its own batch has committed.
+//!
+//! The batch also records when agents were last seen and keys last used, but at most once per
+//! [`TOUCH_EVERY`] for each: those timestamps are bookkeeping, not audit, and rewriting the rows on
+//! every batch would cost two more statements per commit.
 
 use super::{ServiceError, ServiceResult};
 use crate::domain::ActivityEntry;
 use crate::store::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
 /// The most entries one batch commits.
 const MAX_BATCH: usize = 512;
+
+/// An agent's `last_seen_at` and a key's `last_used_at` are rewritten at most this often.
+pub const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// What this writer last stored for each agent (`workspace/agent`) and key: the timestamps.
+type Touched = HashMap<String, DateTime<Utc>>;
 
 /// A handle to the background writer; cheap to clone.
 #[derive(Clone, Debug)]
@@ -27,9 +39,12 @@ impl AuditWriter {
         let (tx, mut rx) = mpsc::channel::<(ActivityEntry, Ack)>(4096);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut touched = Touched::new();
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let entries: Vec<ActivityEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
-                let result = write(&store, &entries).await.map_err(|e| e.to_string());
+                let result = write(&store, &entries, &mut touched)
+                    .await
+                    .map_err(|e| e.to_string());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, entries = entries.len(), "audit batch failed");
                 }
@@ -56,32 +71,55 @@ impl AuditWriter {
     }
 }
 
-/// Commits a batch, and marks the agents and keys it shows in use as seen: once per batch, so a
-/// busy agent costs one update per batch rather than one per call.
-async fn write(store: &Store, entries: &[ActivityEntry]) -> Result<(), StoreError> {
-    let tx = store.write().await?;
-    tx.insert_activities(entries).await?;
-    let mut agents: Vec<(&str, &str, chrono::DateTime<chrono::Utc>)> = Vec::new();
-    let mut keys: Vec<(&str, chrono::DateTime<chrono::Utc>)> = Vec::new();
+/// Commits a batch, and marks the agents and keys it shows in use as seen, unless this writer
+/// did so less than [`TOUCH_EVERY`] ago.
+async fn write(
+    store: &Store,
+    entries: &[ActivityEntry],
+    touched: &mut Touched,
+) -> Result<(), StoreError> {
+    let mut agents: Vec<(&str, &str, DateTime<Utc>)> = Vec::new();
+    let mut keys: Vec<(&str, DateTime<Utc>)> = Vec::new();
+    let due = |touched: &Touched, k: &str, at: DateTime<Utc>| {
+        touched.get(k).is_none_or(|last| at - *last >= TOUCH_EVERY)
+    };
     for e in entries.iter().filter(|e| e.activity_type == "tool.call") {
         if let Some(agent) = e.agent_id.as_deref()
             && !agents
                 .iter()
                 .any(|(w, a, _)| *w == e.workspace_id && *a == agent)
+            && due(
+                touched,
+                &format!("{}/{agent}", e.workspace_id),
+                e.created_at,
+            )
         {
             agents.push((&e.workspace_id, agent, e.created_at));
         }
         if let Some(key) = e.metadata.get("credential").and_then(|v| v.as_str())
             && !keys.iter().any(|(k, _)| *k == key)
+            && due(touched, key, e.created_at)
         {
             keys.push((key, e.created_at));
         }
     }
+    let tx = store.write().await?;
+    tx.insert_activities(entries).await?;
+    for (ws, agent, at) in &agents {
+        tx.touch_agent(ws, agent, *at).await?;
+    }
+    for (key, at) in &keys {
+        tx.touch_credential(key, *at).await?;
+    }
+    tx.commit().await?;
+    if touched.len() > 100_000 {
+        touched.clear();
+    }
     for (ws, agent, at) in agents {
-        tx.touch_agent(ws, agent, at).await?;
+        touched.insert(format!("{ws}/{agent}"), at);
     }
     for (key, at) in keys {
-        tx.touch_credential(key, at).await?;
+        touched.insert(key.to_owned(), at);
     }
-    tx.commit().await
+    Ok(())
 }

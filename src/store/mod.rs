@@ -3,15 +3,21 @@
 //! Services open a [`Tx`] (a read or write transaction), call its methods, and commit. Dropping a
 //! `Tx` without committing rolls it back, so an error anywhere in a service leaves nothing behind.
 //! Every method takes the workspace id: no query here ever crosses workspaces.
+//!
+//! Lookups by a unique key use `.all()`, not `.one()`: `.one()` binds `LIMIT ?`, and SQLite
+//! re-prepares a statement whose LIMIT is bound on every execution, so it could never be reused.
 
+mod auth_cache;
 mod convert;
 mod entities;
 mod inbound;
 mod members;
+mod notify;
 mod outbox;
 mod signing_keys;
 mod webhook_secrets;
 
+pub use auth_cache::{CredentialView, MemberView};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use signing_keys::SigningKeyRow;
@@ -69,6 +75,8 @@ pub struct Store {
     db: DatabaseConnection,
     /// Woken after every local commit that wrote events, so feeds need not wait for their poll.
     events_committed: Arc<Notify>,
+    /// Credentials and members as last read, valid while the authorization generation holds.
+    auth: Arc<auth_cache::AuthCache>,
 }
 
 impl std::fmt::Debug for Store {
@@ -171,6 +179,7 @@ impl Store {
         Ok(Store {
             db,
             events_committed: Arc::default(),
+            auth: Arc::default(),
         })
     }
 
@@ -323,6 +332,7 @@ impl Tx {
     // ---- workspaces ----
 
     pub async fn insert_workspace(&self, w: &Workspace) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         workspace::Entity::insert(convert::workspace_model(w)?.into_active_model())
             .exec(&self.tx)
             .await?;
@@ -332,16 +342,20 @@ impl Tx {
     pub async fn workspace_by_slug(&self, slug: &str) -> StoreResult<Option<Workspace>> {
         workspace::Entity::find()
             .filter(workspace::Column::Slug.eq(slug))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::workspace)
             .transpose()
     }
 
     pub async fn workspace_by_id(&self, id: &str) -> StoreResult<Option<Workspace>> {
         workspace::Entity::find_by_id(id.to_owned())
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::workspace)
             .transpose()
     }
@@ -364,6 +378,7 @@ impl Tx {
     ) -> StoreResult<()> {
         let json =
             serde_json::to_string(settings).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.bump_auth_generation().await?;
         workspace::Entity::update_many()
             .col_expr(workspace::Column::Settings, Expr::value(json))
             .col_expr(workspace::Column::UpdatedAt, Expr::value(at))
@@ -391,6 +406,7 @@ impl Tx {
     // ---- members ----
 
     pub async fn insert_member(&self, m: &Member) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         member::Entity::insert(convert::member_model(m).into_active_model())
             .exec(&self.tx)
             .await?;
@@ -405,8 +421,10 @@ impl Tx {
         member::Entity::find()
             .filter(member::Column::WorkspaceId.eq(workspace_id))
             .filter(member::Column::Email.eq(email))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::member)
             .transpose()
     }
@@ -428,6 +446,7 @@ impl Tx {
         member_id: &str,
         role: Role,
     ) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         member::Entity::update_many()
             .col_expr(member::Column::Role, Expr::value(role.as_str()))
             .filter(member::Column::WorkspaceId.eq(workspace_id))
@@ -450,8 +469,10 @@ impl Tx {
         project::Entity::find()
             .filter(project::Column::WorkspaceId.eq(workspace_id))
             .filter(project::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::project)
             .transpose()
     }
@@ -487,8 +508,10 @@ impl Tx {
         task::Entity::find()
             .filter(task::Column::WorkspaceId.eq(workspace_id))
             .filter(task::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::task)
             .transpose()
     }
@@ -540,8 +563,10 @@ impl Tx {
         page::Entity::find()
             .filter(page::Column::WorkspaceId.eq(workspace_id))
             .filter(page::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::page)
             .transpose()
     }
@@ -566,6 +591,7 @@ impl Tx {
     // ---- agents ----
 
     pub async fn insert_agent(&self, a: &Agent) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         agent::Entity::insert(convert::agent_model(a)?.into_active_model())
             .exec(&self.tx)
             .await?;
@@ -573,6 +599,7 @@ impl Tx {
     }
 
     pub async fn update_agent(&self, a: &Agent) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         convert::agent_model(a)?
             .into_active_model()
             .reset_all()
@@ -583,8 +610,10 @@ impl Tx {
 
     pub async fn agent(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Agent>> {
         agent::Entity::find_by_id((workspace_id.to_owned(), id.to_owned()))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::agent)
             .transpose()
     }
@@ -618,6 +647,31 @@ impl Tx {
             .await?)
     }
 
+    /// Writes the agent's own working state (status, current task, message, seen), nothing that
+    /// decides what it may do: no authorization change, so cached credentials stay valid.
+    pub async fn update_agent_work(&self, a: &Agent) -> StoreResult<()> {
+        agent::Entity::update_many()
+            .col_expr(
+                agent::Column::WorkingStatus,
+                Expr::value(a.working_status.as_str()),
+            )
+            .col_expr(
+                agent::Column::CurrentTaskId,
+                Expr::value(a.current_task_id.clone()),
+            )
+            .col_expr(
+                agent::Column::StatusMessage,
+                Expr::value(a.status_message.clone()),
+            )
+            .col_expr(agent::Column::LastSeenAt, Expr::value(a.last_seen_at))
+            .col_expr(agent::Column::UpdatedAt, Expr::value(a.updated_at))
+            .filter(agent::Column::WorkspaceId.eq(a.workspace_id.as_str()))
+            .filter(agent::Column::Id.eq(a.id.as_str()))
+            .exec(&self.tx)
+            .await?;
+        Ok(())
+    }
+
     /// Records that the agent was seen, without touching anything else about it.
     pub async fn touch_agent(
         &self,
@@ -637,6 +691,7 @@ impl Tx {
     // ---- credentials ----
 
     pub async fn insert_credential(&self, c: &Credential, hash: &KeyHash) -> StoreResult<()> {
+        self.bump_auth_generation().await?;
         credential::Entity::insert(convert::credential_model(c, hash).into_active_model())
             .exec(&self.tx)
             .await?;
@@ -650,8 +705,23 @@ impl Tx {
     ) -> StoreResult<Option<(Credential, KeyHash)>> {
         Ok(credential::Entity::find()
             .filter(credential::Column::KeyHash.eq(hash.as_str()))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
+            .map(|m| {
+                let stored = KeyHash::from_stored(m.key_hash.clone());
+                (convert::credential(m), stored)
+            }))
+    }
+
+    /// The credential with id `id`, with its stored hash.
+    pub async fn credential_by_id(&self, id: &str) -> StoreResult<Option<(Credential, KeyHash)>> {
+        Ok(credential::Entity::find_by_id(id.to_owned())
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .next()
             .map(|m| {
                 let stored = KeyHash::from_stored(m.key_hash.clone());
                 (convert::credential(m), stored)
@@ -681,6 +751,7 @@ impl Tx {
         agent_id: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<u64> {
+        self.bump_auth_generation().await?;
         let res = credential::Entity::update_many()
             .col_expr(credential::Column::RevokedAt, Expr::value(at))
             .filter(credential::Column::WorkspaceId.eq(workspace_id))
@@ -735,8 +806,10 @@ impl Tx {
         assignment::Entity::find()
             .filter(assignment::Column::WorkspaceId.eq(workspace_id))
             .filter(assignment::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::assignment)
             .transpose()
     }
@@ -815,8 +888,10 @@ impl Tx {
         delegation::Entity::find()
             .filter(delegation::Column::WorkspaceId.eq(workspace_id))
             .filter(delegation::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::delegation)
             .transpose()
     }

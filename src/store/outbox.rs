@@ -111,6 +111,7 @@ impl Tx {
                     .await?;
             }
         }
+        self.notify_events().await?;
         Ok(true)
     }
 

@@ -8,5 +8,6 @@ mod control_plane;
 mod events;
 mod mcp;
 mod service;
+mod snapshot;
 mod support;
 mod transport;

@@ -1,0 +1,255 @@
+//! The authentication snapshot: credentials, their agents and workspaces, and members, kept in
+//! memory and served only while the store's authorization generation is unchanged.
+//!
+//! Every store method that writes something authorization depends on (agents, keys, workspace
+//! settings, members) bumps the generation in its own transaction, so the bump commits with the
+//! change and cannot be forgotten by a service. Each request reads the generation with one
+//! prepared statement; if any process or replica committed such a change since the snapshot was
+//! taken, the snapshot is dropped and the rows are read again. A generation is read *before* the
+//! rows it tags, so a tagged row is never older than its tag.
+
+use super::{Store, StoreError, StoreResult, Tx};
+use crate::domain::{Agent, Credential, KeyHash, Member, Workspace};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// More entries than this in one map and it is emptied rather than grown.
+const MAX_ENTRIES: usize = 10_000;
+
+const READ_GENERATION: &str = "SELECT value FROM auth_generation WHERE id = 1";
+const BUMP_GENERATION: &str = "UPDATE auth_generation SET value = value + 1 WHERE id = 1";
+
+/// A stored API key with everything a request needs to decide on it.
+#[derive(Debug, Clone)]
+pub struct CredentialView {
+    pub credential: Credential,
+    /// The stored hash, for a constant-time recheck against the presented key.
+    pub key_hash: KeyHash,
+    /// `None` when the agent row is gone.
+    pub agent: Option<Arc<Agent>>,
+    /// The agent's workspace (`None` when gone).
+    pub workspace: Option<Workspace>,
+}
+
+/// A member token's workspace and member, as stored now.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub workspace: Option<Workspace>,
+    pub member: Option<Member>,
+}
+
+#[derive(Default)]
+pub(super) struct AuthCache {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The generation every entry below was read at or after; `None` before the first read.
+    generation: Option<i64>,
+    by_hash: HashMap<String, Arc<CredentialView>>,
+    by_id: HashMap<String, Arc<CredentialView>>,
+    members: HashMap<(String, String), Arc<MemberView>>,
+}
+
+impl State {
+    /// Drops every entry unless they were read at `generation`.
+    fn sync(&mut self, generation: i64) {
+        if self.generation != Some(generation) {
+            self.generation = Some(generation);
+            self.by_hash.clear();
+            self.by_id.clear();
+            self.members.clear();
+        }
+    }
+
+    /// Remembers `view`, read in a transaction that saw `generation` first, unless a newer
+    /// generation is already known (then the view may be outdated for later requests).
+    fn remember<K: Eq + Hash, V>(
+        &mut self,
+        generation: i64,
+        pick: impl FnOnce(&mut State) -> &mut HashMap<K, Arc<V>>,
+        key: K,
+        view: Arc<V>,
+    ) {
+        if self.generation.is_some_and(|g| g > generation) {
+            return;
+        }
+        self.sync(generation);
+        let map = pick(self);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(key, view);
+    }
+}
+
+impl AuthCache {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are merely incomplete: still correct.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::WorkerCrashed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Query(other.to_string()),
+    }
+}
+
+impl Store {
+    /// The authorization generation, read by one prepared statement outside any transaction.
+    pub async fn auth_generation(&self) -> StoreResult<i64> {
+        let q = sea_orm::sqlx::query_scalar::<_, i64>(READ_GENERATION);
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => q.fetch_one(self.db.get_sqlite_connection_pool()).await,
+            _ => q.fetch_one(self.db.get_postgres_connection_pool()).await,
+        }
+        .map_err(sqlx_error)
+    }
+
+    /// Reads the generation and returns the cached entry `pick` finds, if still valid.
+    async fn cached<V>(
+        &self,
+        pick: impl FnOnce(&mut State) -> Option<Arc<V>>,
+    ) -> StoreResult<Option<Arc<V>>> {
+        let generation = self.auth_generation().await?;
+        let mut state = self.auth.lock();
+        state.sync(generation);
+        Ok(pick(&mut state))
+    }
+
+    /// The API key whose hash is `hash`, with its agent and workspace; current as of this call.
+    pub async fn credential_view(
+        &self,
+        hash: &KeyHash,
+    ) -> StoreResult<Option<Arc<CredentialView>>> {
+        if let Some(v) = self
+            .cached(|s| s.by_hash.get(hash.as_str()).cloned())
+            .await?
+        {
+            return Ok(Some(v));
+        }
+        let tx = self.read().await?;
+        let generation = tx.read_auth_generation().await?;
+        let Some((credential, key_hash)) = tx.credential_by_hash(hash).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
+        tx.commit().await?;
+        let mut state = self.auth.lock();
+        state.remember(
+            generation,
+            |s| &mut s.by_hash,
+            hash.as_str().to_owned(),
+            view.clone(),
+        );
+        state.remember(
+            generation,
+            |s| &mut s.by_id,
+            view.credential.id.clone(),
+            view.clone(),
+        );
+        Ok(Some(view))
+    }
+
+    /// The API key with id `id` (an access token's credential); current as of this call.
+    pub async fn credential_view_by_id(
+        &self,
+        id: &str,
+    ) -> StoreResult<Option<Arc<CredentialView>>> {
+        if let Some(v) = self.cached(|s| s.by_id.get(id).cloned()).await? {
+            return Ok(Some(v));
+        }
+        let tx = self.read().await?;
+        let generation = tx.read_auth_generation().await?;
+        let Some((credential, key_hash)) = tx.credential_by_id(id).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
+        tx.commit().await?;
+        let mut state = self.auth.lock();
+        state.remember(generation, |s| &mut s.by_id, id.to_owned(), view.clone());
+        state.remember(
+            generation,
+            |s| &mut s.by_hash,
+            view.key_hash.as_str().to_owned(),
+            view.clone(),
+        );
+        Ok(Some(view))
+    }
+
+    /// Workspace `workspace_id` and its member `email`; current as of this call.
+    pub async fn member_view(
+        &self,
+        workspace_id: &str,
+        email: &str,
+    ) -> StoreResult<Arc<MemberView>> {
+        let key = (workspace_id.to_owned(), email.to_owned());
+        if let Some(v) = self.cached(|s| s.members.get(&key).cloned()).await? {
+            return Ok(v);
+        }
+        let tx = self.read().await?;
+        let generation = tx.read_auth_generation().await?;
+        let workspace = tx.workspace_by_id(workspace_id).await?;
+        let member = match &workspace {
+            Some(ws) => tx.member_by_email(&ws.id, email).await?,
+            None => None,
+        };
+        tx.commit().await?;
+        let view = Arc::new(MemberView { workspace, member });
+        self.auth
+            .lock()
+            .remember(generation, |s| &mut s.members, key, view.clone());
+        Ok(view)
+    }
+}
+
+impl Tx {
+    /// The generation as this transaction sees it.
+    async fn read_auth_generation(&self) -> StoreResult<i64> {
+        let backend = self.tx.get_database_backend();
+        let row = self
+            .tx
+            .query_one_raw(Statement::from_string(backend, READ_GENERATION))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("auth_generation has no row".into()))?;
+        Ok(row.try_get::<i64>("", "value")?)
+    }
+
+    /// Marks a change that can affect authorization; commits (or rolls back) with it. Every
+    /// store method that writes agents, keys, workspace settings or members calls this.
+    pub(super) async fn bump_auth_generation(&self) -> StoreResult<()> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, BUMP_GENERATION))
+            .await?;
+        Ok(())
+    }
+
+    async fn credential_view_of(
+        &self,
+        credential: Credential,
+        key_hash: KeyHash,
+    ) -> StoreResult<CredentialView> {
+        let agent = self
+            .agent(&credential.workspace_id, &credential.agent_id)
+            .await?
+            .map(Arc::new);
+        let workspace = self.workspace_by_id(&credential.workspace_id).await?;
+        Ok(CredentialView {
+            credential,
+            key_hash,
+            agent,
+            workspace,
+        })
+    }
+}

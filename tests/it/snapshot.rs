@@ -1,0 +1,271 @@
+//! The server keeps credentials and members in memory (the store's authentication snapshot). These
+//! tests prove it never serves a decision that a committed change has overturned: each change is
+//! made by another process — the real CLI on the same database, or a second server (a replica) —
+//! and the very next request to the first server must be refused, with no wait in between.
+
+use crate::support::server::*;
+use parallax_mcp::domain::Permission;
+use rmcp::model::ProtocolVersion;
+use serde_json::{Value, json};
+
+/// Who makes the change.
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    /// `parallax-mcp` admin commands run as a separate process on the same database.
+    Cli,
+    /// The admin API of a second server process on the same database.
+    Replica,
+}
+
+struct Changer {
+    via: Via,
+    db_url: String,
+    replica: Option<HttpServer>,
+    admin_token: String,
+    http: reqwest::Client,
+}
+
+/// Runs the CLI as the workspace admin; returns stdout, failing the test on a non-zero exit.
+async fn cli(db_url: &str, args: &[&str]) -> String {
+    cli_as(db_url, "admin@acme.test", args).await
+}
+
+async fn cli_as(db_url: &str, who: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database-url", db_url, "-w", "acme", "--as", who])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("PARALLAX_WORKSPACE")
+        .env_remove("PARALLAX_AS")
+        .env_remove("PARALLAX_CONFIG")
+        .output()
+        .await
+        .expect("run parallax-mcp");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+impl Changer {
+    async fn new(via: Via, db_url: &str) -> Changer {
+        let replica = match via {
+            Via::Cli => None,
+            Via::Replica => Some(spawn_http(db_url).await),
+        };
+        let admin_token = cli(db_url, &["member", "token"]).await.trim().to_owned();
+        Changer {
+            via,
+            db_url: db_url.to_owned(),
+            replica,
+            admin_token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends an admin API request to the replica; it must succeed.
+    async fn api(&self, method: &str, path: &str, body: Value) {
+        let replica = self.replica.as_ref().expect("a replica");
+        let origin = replica.url.trim_end_matches("/mcp");
+        let res = self
+            .http
+            .request(method.parse().unwrap(), format!("{origin}{path}"))
+            .bearer_auth(&self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert!(
+            status.is_success(),
+            "{method} {path} on the replica: {status} {}",
+            res.text().await.unwrap_or_default()
+        );
+    }
+
+    async fn revoke(&self, agent: &str) {
+        match self.via {
+            Via::Cli => {
+                cli(
+                    &self.db_url,
+                    &["agent", "revoke", agent, "--reason", "test"],
+                )
+                .await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/agents/{agent}/revoke");
+                self.api("POST", &path, json!({ "reason": "test" })).await
+            }
+        }
+    }
+
+    async fn set_permissions(&self, agent: &str, perms: &[&str]) {
+        match self.via {
+            Via::Cli => {
+                cli(
+                    &self.db_url,
+                    &["agent", "permissions", agent, &perms.join(",")],
+                )
+                .await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/agents/{agent}/permissions");
+                self.api("PUT", &path, json!({ "permissions": perms }))
+                    .await
+            }
+        }
+    }
+
+    async fn rotate_key(&self, agent: &str) {
+        match self.via {
+            Via::Cli => {
+                cli(&self.db_url, &["agent", "rotate-key", agent]).await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/agents/{agent}/rotate-key");
+                self.api("POST", &path, json!({})).await
+            }
+        }
+    }
+
+    async fn remove_member(&self, email: &str) {
+        match self.via {
+            Via::Cli => {
+                cli(&self.db_url, &["member", "remove", email]).await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/members/{email}");
+                self.api("DELETE", &path, Value::Null).await
+            }
+        }
+    }
+
+    async fn disable_workspace(&self) {
+        match self.via {
+            Via::Cli => {
+                cli(
+                    &self.db_url,
+                    &["workspace", "settings", "--set", "enabled=false"],
+                )
+                .await;
+            }
+            Via::Replica => {
+                self.api(
+                    "PATCH",
+                    "/api/v1/workspaces/acme/settings",
+                    json!({ "enabled": false }),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// A read tool call that must succeed (twice: the second is served from the warm snapshot).
+async fn works(client: &Client) {
+    for _ in 0..2 {
+        ok(client, "agent_my_assignments", json!({})).await;
+    }
+}
+
+/// A call that must not run: refused at the transport (401) or as a tool error.
+async fn refused_now(client: &Client, what: &str) {
+    match call(client, "agent_my_assignments", json!({})).await {
+        Err(_) => {}
+        Ok(res) => assert_eq!(
+            res.is_error,
+            Some(true),
+            "{what}: the next call was answered from a stale decision: {res:?}"
+        ),
+    }
+}
+
+/// A member token's admin API status on `url`'s server.
+async fn member_status(http: &reqwest::Client, url: &str, token: &str) -> u16 {
+    let origin = url.trim_end_matches("/mcp");
+    http.get(format!("{origin}/api/v1/workspaces/acme/projects"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn no_stale_decision(via: Via) {
+    let w = world().await;
+    let read = [Permission::ReadTasks, Permission::ReadProjects];
+    let revoked = approved_agent(&w.svc, &w.admin, "revoked", &read).await;
+    let narrowed = approved_agent(&w.svc, &w.admin, "narrowed", &read).await;
+    let rotated = approved_agent(&w.svc, &w.admin, "rotated", &read).await;
+    let last = approved_agent(&w.svc, &w.admin, "last", &read).await;
+    cli(
+        &w.db.url,
+        &["member", "add", "bob@acme.test", "--role", "read"],
+    )
+    .await;
+    let bob = cli_as(&w.db.url, "bob@acme.test", &["member", "token"])
+        .await
+        .trim()
+        .to_owned();
+
+    let server = spawn_http(&w.db.url).await;
+    let changer = Changer::new(via, &w.db.url).await;
+    let v = ProtocolVersion::V_2025_11_25;
+    let http = reqwest::Client::new();
+
+    // Revocation.
+    let client = http_client(&server.url, &revoked, v.clone()).await;
+    works(&client).await;
+    changer.revoke("revoked").await;
+    refused_now(&client, "revoke").await;
+
+    // A permission change: the grant loses read:tasks.
+    let client = http_client(&server.url, &narrowed, v.clone()).await;
+    works(&client).await;
+    changer
+        .set_permissions("narrowed", &["read:projects"])
+        .await;
+    let res = call(&client, "agent_my_assignments", json!({}))
+        .await
+        .expect("still authenticated");
+    assert_eq!(
+        res.is_error,
+        Some(true),
+        "permission change: the next call ran with the old grant: {res:?}"
+    );
+
+    // A key rotation: the old key stops working.
+    let client = http_client(&server.url, &rotated, v.clone()).await;
+    works(&client).await;
+    changer.rotate_key("rotated").await;
+    refused_now(&client, "rotate key").await;
+
+    // A member removal: the member's token stops working on the admin API.
+    assert_eq!(member_status(&http, &server.url, &bob).await, 200);
+    assert_eq!(member_status(&http, &server.url, &bob).await, 200);
+    changer.remove_member("bob@acme.test").await;
+    assert_eq!(
+        member_status(&http, &server.url, &bob).await,
+        401,
+        "member removal: the removed member's token still worked"
+    );
+
+    // Disabling the workspace: every agent in it is refused.
+    let client = http_client(&server.url, &last, v).await;
+    works(&client).await;
+    changer.disable_workspace().await;
+    refused_now(&client, "workspace disabled").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_call() {
+    no_stale_decision(Via::Cli).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_on_another_replica_apply_to_the_very_next_call() {
+    no_stale_decision(Via::Replica).await;
+}
