@@ -106,10 +106,18 @@ fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
 impl Store {
     /// The authorization generation, read by one prepared statement outside any transaction.
     pub async fn auth_generation(&self) -> StoreResult<i64> {
-        let q = sea_orm::sqlx::query_scalar::<_, i64>(READ_GENERATION);
+        use sea_orm::sqlx::query_scalar;
         match self.db.get_database_backend() {
-            DbBackend::Sqlite => q.fetch_one(self.db.get_sqlite_connection_pool()).await,
-            _ => q.fetch_one(self.db.get_postgres_connection_pool()).await,
+            DbBackend::Sqlite => {
+                query_scalar::<_, i64>(READ_GENERATION)
+                    .fetch_one(self.db.get_sqlite_connection_pool())
+                    .await
+            }
+            _ => {
+                query_scalar::<_, i64>(READ_GENERATION)
+                    .fetch_one(self.db.get_postgres_connection_pool())
+                    .await
+            }
         }
         .map_err(sqlx_error)
     }
