@@ -1,7 +1,8 @@
 //! # parallax-mcp
 //!
 //! An MCP server that lets AI agents work inside a team's workspace with human-approved, scoped,
-//! audited access. See `README.md` for running it and `../shared/DESIGN.md` for the product.
+//! audited access. See `README.md` for running it, `docs/design.md` for the product (domain,
+//! permissions, lifecycle, events, transports, security model) and `CHANGELOG.md` for changes.
 //!
 //! ## Code map
 //!
@@ -14,7 +15,8 @@
 //!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
 //!   workspace; a `Tx` dropped without commit rolls back.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
-//!   can only be constructed here, so no service runs for an unauthenticated caller.
+//!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
+//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]).
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
@@ -25,9 +27,10 @@
 //! - [`http`]: the HTTP server — its own accept loop (header/idle timeouts, connection cap), one
 //!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
+//!   [`http::limits::refuse`] is the one error shape of every non-MCP HTTP error.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
-//!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
-//!   `domain`; never `sea_orm` or `rmcp`.
+//!   plane's signed access requests) and its OpenAPI document, served at
+//!   `/api/v1/openapi.json`. May use `service`, `auth` and `domain`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
 //!
@@ -41,6 +44,8 @@
 //!   alike), so revocation applies to the next call on every replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
+//! - Every JSON the server speaks for itself uses camelCase field names (MCP, API, events,
+//!   `--json`); only standard documents (OAuth, RFC 8414/9728 metadata) keep their own names.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
 //!   per-workspace `seq` at commit, so seq order is commit order and readers page by seq.
 
