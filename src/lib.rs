@@ -27,10 +27,9 @@
 //! - [`http`]: the HTTP server — its own accept loop (header/idle timeouts, connection cap), one
 //!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
-//!   [`http::limits::refuse`] is the one error shape of every non-MCP HTTP error.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
-//!   plane's signed access requests) and its OpenAPI document, served at
-//!   `/api/v1/openapi.json`. May use `service`, `auth` and `domain`; never `sea_orm` or `rmcp`.
+//!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
+//!   `domain`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
 //!
@@ -44,8 +43,6 @@
 //!   alike), so revocation applies to the next call on every replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
-//! - Every JSON the server speaks for itself uses camelCase field names (MCP, API, events,
-//!   `--json`); only standard documents (OAuth, RFC 8414/9728 metadata) keep their own names.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
 //!   per-workspace `seq` at commit, so seq order is commit order and readers page by seq.
 
