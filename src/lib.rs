@@ -1,7 +1,8 @@
 //! # parallax-mcp
 //!
 //! An MCP server that lets AI agents work inside a team's workspace with human-approved, scoped,
-//! audited access. See `README.md` for running it and `../shared/DESIGN.md` for the product.
+//! audited access. See `README.md` for running it, `docs/design.md` for the product (domain,
+//! permissions, lifecycle, events, transports, security model) and `CHANGELOG.md` for changes.
 //!
 //! ## Code map
 //!
@@ -15,7 +16,8 @@
 //!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
 //!   (`store::auth_cache`) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between replicas.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
-//!   can only be constructed here, so no service runs for an unauthenticated caller.
+//!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
+//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]).
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also

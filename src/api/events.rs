@@ -1,4 +1,4 @@
-//! The member event stream and the webhook deliveries (DESIGN §4): the same member extractor and
+//! The member event stream and the webhook deliveries (docs/design.md §4): the same member extractor and
 //! error shape as every other route.
 
 use super::error::{ApiError, ApiResult};

@@ -1,6 +1,7 @@
 //! Who is calling. The caller types here can only be constructed by this module, after the caller
 //! proved who it is: services take them as arguments, so no service runs for an unknown caller.
 
+pub mod jwt_crypto;
 pub mod tokens;
 
 pub use tokens::{AgentToken, TokenRefusal, Tokens};

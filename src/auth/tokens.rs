@@ -95,6 +95,8 @@ struct Key {
 
 impl Key {
     fn new(secret: &str) -> Key {
+        // Every sign and verify goes through a key, so the provider is in place before either.
+        super::jwt_crypto::install();
         Key {
             kid: kid_for(secret),
             enc: EncodingKey::from_secret(secret.as_bytes()),

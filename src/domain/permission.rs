@@ -2,7 +2,7 @@ use super::ParseError;
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// What an agent may do. Names follow seed 000 (Raven Docs) so a control plane can speak them.
+/// What an agent may do. Names follow the Parallax control plane's vocabulary so a control plane can speak them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Permission {
     ReadTasks,
@@ -29,7 +29,7 @@ impl Permission {
         Permission::DelegateAgents,
     ];
 
-    /// The grant on approval when the approver names none (DESIGN §2).
+    /// The grant on approval when the approver names none (docs/design.md §2).
     pub const DEFAULT_GRANT: [Permission; 3] = [
         Permission::ReadTasks,
         Permission::ReadProjects,

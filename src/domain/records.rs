@@ -156,7 +156,7 @@ pub struct ActivityEntry {
     pub created_at: Timestamp,
 }
 
-/// An event as written to the outbox (DESIGN §4).
+/// An event as written to the outbox (docs/design.md §4).
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Event {
     pub id: String,

@@ -1,6 +1,6 @@
 use super::{ParseError, Permission, PermissionSet};
 
-/// A workspace's agent settings (seed 000 §6.2, DESIGN §1). Stored as JSON; unknown keys are refused
+/// A workspace's agent settings (docs/design.md §1). Stored as JSON; unknown keys are refused
 /// so a typo in a settings change is an error, not a silently ignored field.
 #[derive(
     Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,

@@ -55,7 +55,7 @@ macro_rules! vocabulary {
 }
 
 vocabulary!(
-    /// Where an agent stands in the access lifecycle (DESIGN §3).
+    /// Where an agent stands in the access lifecycle (docs/design.md §3).
     AgentStatus, "agent status" {
         Pending => "pending",
         Approved => "approved",
@@ -161,7 +161,7 @@ impl TaskStatus {
 }
 
 impl AgentActivityKind {
-    /// The event (DESIGN §4) this entry reports, if any; a note is activity only.
+    /// The event (docs/design.md §4) this entry reports, if any; a note is activity only.
     pub fn event(self) -> Option<EventType> {
         Some(match self {
             AgentActivityKind::TaskStarted => EventType::TaskStarted,
@@ -176,7 +176,7 @@ impl AgentActivityKind {
 }
 
 vocabulary!(
-    /// Event names of seed 000 §4.1, so a Parallax control plane can consume them unchanged.
+    /// Event names of the Parallax control plane (docs/design.md §4), so a Parallax control plane can consume them unchanged.
     EventType, "event type" {
         AccessRequested => "agent.access_requested",
         AccessApproved => "agent.access_approved",

@@ -9,7 +9,7 @@ use rmcp::handler::server::common::{schema_for_output, schema_for_type};
 use rmcp::model::JsonObject;
 use std::sync::Arc;
 
-/// What a caller must have to call a tool (DESIGN §2).
+/// What a caller must have to call a tool (docs/design.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requirement {
     /// The agent must hold this permission.

@@ -1,10 +1,10 @@
-//! The agent access lifecycle (DESIGN §3): request → pending → approved | denied; approved →
+//! The agent access lifecycle (docs/design.md §3): request → pending → approved | denied; approved →
 //! revoked; permission changes and key rotation. Quotas and auto-approval are enforced here.
 
 use super::*;
 use crate::store::Tx;
 
-/// What a requester sends (seed 000's access request fields).
+/// What a requester sends (the control plane's access request fields).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct AccessRequest {
     pub agent_id: String,

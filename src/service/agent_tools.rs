@@ -1,4 +1,4 @@
-//! What approved agents may do (DESIGN §2), always as themselves: every method takes the
+//! What approved agents may do (docs/design.md §2), always as themselves: every method takes the
 //! [`AgentCaller`] built from the agent's credential and never an agent or workspace id for it.
 //!
 //! Writing methods take the gate's audit entry and commit it in the same transaction as the change,

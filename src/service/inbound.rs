@@ -15,7 +15,7 @@ pub struct SignedMessage<'a> {
     pub body: &'a [u8],
 }
 
-/// Seed 000's access request as the control plane sends it. Unknown fields are refused, so a
+/// The control plane's access request, as it sends it. Unknown fields are refused, so a
 /// typo cannot silently drop what the sender meant.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

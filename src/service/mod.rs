@@ -1,4 +1,4 @@
-//! Domain services: every rule of DESIGN §1–§3, each change in one transaction.
+//! Domain services: every rule of docs/design.md §1–§3, each change in one transaction.
 //!
 //! Services take an authenticated caller ([`MemberCaller`] or [`AgentCaller`]) that only `auth`
 //! can construct, check the caller's role or permission, and write the change, its activity entry

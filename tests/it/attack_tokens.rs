@@ -87,6 +87,7 @@ async fn member_tokens_name_the_member_and_nothing_else_passes() {
         "ws": w.other_admin.workspace().id, "email": "gone@rival.test",
         "exp": now + 60, "nbf": now, "iat": now, "jti": "x",
     });
+    parallax_mcp::auth::jwt_crypto::install();
     let gone = jsonwebtoken::encode(
         &header,
         &claims,
@@ -208,6 +209,7 @@ impl Fixture {
     }
 
     fn sign(&self, header: &Header, claims: &Value) -> String {
+        parallax_mcp::auth::jwt_crypto::install();
         jsonwebtoken::encode(
             header,
             claims,
@@ -368,6 +370,7 @@ async fn forged_stale_and_misdirected_tokens_are_refused() {
         mac.update(msg.as_bytes());
         format!("{msg}.{}", b64(&mac.finalize().into_bytes()))
     };
+    parallax_mcp::auth::jwt_crypto::install();
     let other_key = jsonwebtoken::encode(
         &f.header(Algorithm::HS256),
         &f.claims(),

@@ -7,6 +7,7 @@ mod cli;
 mod control_plane;
 mod events;
 mod mcp;
+mod repo;
 mod service;
 mod snapshot;
 mod support;

@@ -1,5 +1,5 @@
 //! The services on a real database with the real migrations: SQLite by default, PostgreSQL when
-//! `PARALLAX_TEST_DATABASE_URL` is set (same test bodies). Every rule of DESIGN §1–§3, each refusal
+//! `PARALLAX_TEST_DATABASE_URL` is set (same test bodies). Every rule of docs/design.md §1–§3, each refusal
 //! with its exact error, and what each change leaves behind: its activity entry and its outbox
 //! event, or — for a refused change — nothing (compared with a snapshot of the whole workspace).
 
