@@ -141,6 +141,9 @@ pub enum AgentAuthError {
     NotApproved(AgentStatus),
     #[error("agents are disabled in this workspace")]
     WorkspaceDisabled,
+    /// The grant ran out; a human can extend it.
+    #[error("agent access expired")]
+    AccessExpired,
     /// An access token that failed verification (signature, claims, key).
     #[error("invalid access token: {0}")]
     InvalidToken(String),
@@ -196,6 +199,14 @@ pub(crate) async fn check_credential(
     if agent.status != AgentStatus::Approved {
         return refuse(AgentAuthError::NotApproved(agent.status), owner);
     }
+    // Time-based, so it holds at the instant of expiry on every replica, before anyone records it.
+    let at = chrono::Utc::now();
+    if agent.access_expired(at) {
+        return refuse(AgentAuthError::AccessExpired, owner);
+    }
+    // Temporary permissions that are still running count as granted for this request.
+    let mut agent = agent;
+    agent.granted_permissions = agent.permissions_at(at);
     let ws = tx
         .workspace_by_id(&agent.workspace_id)
         .await?

@@ -9,4 +9,5 @@ mod events;
 mod mcp;
 mod service;
 mod support;
+mod trail;
 mod transport;
