@@ -50,6 +50,12 @@
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
 //!   per-workspace `seq` at commit, so seq order is commit order and readers page by seq.
+//! - Activity entries are chained at commit in the store (`store::chain`): each gets a
+//!   per-workspace `seq` and a blake3 hash over the previous hash and the entry, whoever writes
+//!   it; `service::trail` verifies the chain. The chain head's lock is taken last, before the
+//!   outbox counter's, in every transaction.
+//! - An agent's grant may end (`access_expires_at`): `auth` compares it with the clock on every
+//!   authentication, so expiry needs no one to act; recording it is a separate, once-only step.
 
 pub mod api;
 pub mod auth;

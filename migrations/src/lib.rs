@@ -5,12 +5,16 @@
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod chain;
+
 mod m20261123_000001_initial;
 mod m20261123_000002_webhook_secrets;
 mod m20261123_000003_signing_keys;
 mod m20261123_000004_inbound_webhooks;
 mod m20261123_000005_outbox;
 mod m20261202_000001_auth_generation;
+mod m20261202_190000_activity_chain;
+mod m20261202_190100_grant_expiry;
 
 pub struct Migrator;
 
@@ -24,6 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_inbound_webhooks::Migration),
             Box::new(m20261123_000005_outbox::Migration),
             Box::new(m20261202_000001_auth_generation::Migration),
+            Box::new(m20261202_190000_activity_chain::Migration),
+            Box::new(m20261202_190100_grant_expiry::Migration),
         ]
     }
 }

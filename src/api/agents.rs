@@ -1,6 +1,6 @@
 //! Agents and their access lifecycle. New key material is in the response once, never again.
 
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Ids, Params};
 use super::member::Member;
 use crate::domain::*;
@@ -104,6 +104,11 @@ pub struct Approval {
     /// Permissions to grant, a subset of those requested [default: the workspace's
     /// default_permissions that were requested].
     pub grant: Option<Vec<Permission>>,
+    /// Grant access for this long, e.g. `8h` or `7d` (not with `until`).
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    /// Grant access until this time, RFC 3339 (not with `for`).
+    pub until: Option<String>,
 }
 
 // No Debug: it carries key material.
@@ -121,7 +126,12 @@ pub async fn approve(
     Body(b): Body<Approval>,
 ) -> ApiResult<Json<Approved>> {
     let grant = b.grant.map(PermissionSet::new);
-    let (agent, key) = ctx.service.approve_agent(&m, &id, grant).await?;
+    let until = grant_end(b.for_.as_deref(), b.until.as_deref(), chrono::Utc::now())
+        .map_err(|e| ApiError::invalid(&e.0))?;
+    let (agent, key) = ctx
+        .service
+        .approve_agent_until(&m, &id, grant, until)
+        .await?;
     Ok(Json(Approved {
         agent,
         api_key: key.expose().to_owned(),
@@ -155,8 +165,12 @@ pub async fn revoke(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
-    /// The complete new grant, a subset of what the agent requested.
+    /// The complete new grant, a subset of what the agent requested; with `for` or `until`,
+    /// extra permissions added on top of the grant until then.
     pub permissions: Vec<Permission>,
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    pub until: Option<String>,
 }
 
 pub async fn set_permissions(
@@ -166,9 +180,39 @@ pub async fn set_permissions(
     Body(b): Body<Grant>,
 ) -> ApiResult<Json<Agent>> {
     let perms = PermissionSet::new(b.permissions);
-    Ok(Json(
-        ctx.service.set_agent_permissions(&m, &id, perms).await?,
-    ))
+    let until = grant_end(b.for_.as_deref(), b.until.as_deref(), chrono::Utc::now())
+        .map_err(|e| ApiError::invalid(&e.0))?;
+    Ok(Json(match until {
+        Some(until) => ctx.service.grant_temporary(&m, &id, perms, until).await?,
+        None => ctx.service.set_agent_permissions(&m, &id, perms).await?,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    /// Access for this long from now, e.g. `8h` (not with `until`).
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    /// Access until this time, RFC 3339 (not with `for`).
+    pub until: Option<String>,
+    /// True to remove the end: access lasts until revoked.
+    #[serde(default)]
+    pub forever: bool,
+}
+
+pub async fn extend(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+    Ids((_, id)): Ids<(String, String)>,
+    Body(b): Body<Extension>,
+) -> ApiResult<Json<Agent>> {
+    let until = grant_end(b.for_.as_deref(), b.until.as_deref(), chrono::Utc::now())
+        .map_err(|e| ApiError::invalid(&e.0))?;
+    if until.is_some() == b.forever {
+        return Err(ApiError::invalid("give one of for, until or forever: true"));
+    }
+    Ok(Json(ctx.service.extend_access(&m, &id, until).await?))
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -207,3 +207,45 @@ pub async fn prune(State(ctx): State<HttpContext>, Member(m): Member) -> ApiResu
         removed: ctx.service.prune_activity(&m).await?,
     }))
 }
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    /// Start at this position (the entry before it is trusted) [default: the chain's start].
+    pub from: Option<i64>,
+}
+
+/// Walks the hash chain; `intact` is false and `problem` names the first bad entry when it broke.
+pub async fn verify(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+    Params(q): Params<VerifyQuery>,
+) -> ApiResult<Json<ChainVerification>> {
+    Ok(Json(ctx.service.verify_activity(&m, q.from).await?))
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// Only entries after this position [default: 0, from the start].
+    pub since: Option<i64>,
+    /// Page size, 1 to 1000 [default: 1000].
+    pub limit: Option<u64>,
+}
+
+/// Entries oldest first with their chain position and hash; page with `since` = the last `seq`.
+pub async fn export(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+    Params(q): Params<ExportQuery>,
+) -> ApiResult<Json<Vec<ChainedActivity>>> {
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let since = q.since.unwrap_or(0);
+    if since < 0 {
+        return Err(ApiError::invalid("since must be 0 or more"));
+    }
+    Ok(Json(ctx.service.export_activity(&m, since, limit).await?))
+}

@@ -143,6 +143,9 @@ pub enum AgentAuthError {
     NotApproved(AgentStatus),
     #[error("agents are disabled in this workspace")]
     WorkspaceDisabled,
+    /// The grant ran out; a human can extend it.
+    #[error("agent access expired")]
+    AccessExpired,
     /// An access token that failed verification (signature, claims, key).
     #[error("invalid access token: {0}")]
     InvalidToken(String),
@@ -200,12 +203,27 @@ pub(crate) fn check_credential(
     if agent.status != AgentStatus::Approved {
         return refuse(AgentAuthError::NotApproved(agent.status), owner);
     }
+    // Time-based, so it holds at the instant of expiry on every replica, before anyone records it;
+    // a cached agent can never outlive its grant.
+    let at = chrono::Utc::now();
+    if agent.access_expired(at) {
+        return refuse(AgentAuthError::AccessExpired, owner);
+    }
+    // Temporary permissions that are still running count as granted for this request.
+    let granted = agent.permissions_at(at);
+    let agent = if granted == agent.granted_permissions {
+        agent.clone()
+    } else {
+        let mut now = Agent::clone(agent);
+        now.granted_permissions = granted;
+        std::sync::Arc::new(now)
+    };
     // A key whose workspace is gone cannot be used; refuse it like a disabled workspace.
     let Some(ws) = view.workspace.as_ref().filter(|ws| ws.settings.enabled) else {
         return refuse(AgentAuthError::WorkspaceDisabled, owner);
     };
     Ok(AgentCaller {
-        agent: agent.clone(),
+        agent,
         credential_id: cred.id.clone(),
         scope,
         rate: RateLimit {

@@ -32,7 +32,8 @@ variables (PARALLAX_DATABASE_URL or DATABASE_URL, PARALLAX_DB, PARALLAX_LISTEN),
 
 Exit codes: 0 success; 1 internal or database error; 2 usage error (bad flags, missing \
 --workspace or --as); 3 invalid input; 4 not found; 5 not allowed (wrong role, not a member); \
-6 conflict (already exists, wrong state); 7 quota exceeded; 8 database unavailable.";
+6 conflict (already exists, wrong state); 7 quota exceeded; 8 database unavailable; 9 the audit \
+trail's hash chain is broken (activity verify).";
 
 /// The `parallax-mcp` command line.
 #[derive(Debug, Parser)]
@@ -327,6 +328,18 @@ pub enum AgentCmd {
         /// Permissions to grant, comma-separated; a subset of those requested [default: the workspace's default_permissions]
         #[arg(long, value_name = "PERMS")]
         grant: Option<String>,
+        #[command(flatten)]
+        end: GrantEnd,
+    },
+    /// Move the end of an approved agent's access, also after it expired (needs role admin)
+    Extend {
+        /// Agent id
+        agent_id: String,
+        #[command(flatten)]
+        end: GrantEnd,
+        /// Remove the end: access lasts until revoked
+        #[arg(long, conflicts_with_all = ["for_", "until"])]
+        forever: bool,
     },
     /// Deny a pending request (needs role admin)
     Deny {
@@ -348,8 +361,11 @@ pub enum AgentCmd {
     Permissions {
         /// Agent id
         agent_id: String,
-        /// The complete new grant, comma-separated, e.g. read:tasks,write:tasks
+        /// The complete new grant, comma-separated, e.g. read:tasks,write:tasks; with --for or
+        /// --until, extra permissions added on top of the grant until then
         permissions: String,
+        #[command(flatten)]
+        end: GrantEnd,
     },
     /// Revoke an agent's keys and print a new one, once (needs role admin)
     RotateKey {
@@ -447,6 +463,33 @@ pub enum DelegationCmd {
     },
 }
 
+/// When access ends: `--for 8h` or `--until 2026-12-31T18:00:00Z`.
+#[derive(Debug, Args)]
+pub struct GrantEnd {
+    /// For how long, e.g. 30m, 8h, 7d
+    #[arg(
+        long = "for",
+        id = "for_",
+        value_name = "DURATION",
+        conflicts_with = "until"
+    )]
+    pub for_: Option<String>,
+    /// Until this time (RFC 3339, e.g. 2026-12-31T18:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+}
+
+impl GrantEnd {
+    /// The end, from whichever flag was given.
+    pub fn resolve(&self) -> Result<Option<Timestamp>, ParseError> {
+        grant_end(
+            self.for_.as_deref(),
+            self.until.as_deref(),
+            chrono::Utc::now(),
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ActivityArgs {
@@ -460,6 +503,23 @@ pub struct ActivityArgs {
 pub enum ActivityCmd {
     /// Delete entries older than the workspace's activity_retention_days (needs role admin)
     Prune,
+    /// Check the hash chain and name the first altered, deleted, inserted or reordered entry;
+    /// exit 0 only when intact, 9 when not. Without --as, an operator check of every workspace
+    /// (or the one given with -w)
+    Verify {
+        /// Start at this position (the entry before it is trusted)
+        #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(i64).range(1..))]
+        from: Option<i64>,
+    },
+    /// Print entries oldest first with their chain position and hash, one JSON object a line
+    Export {
+        /// Output format
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        /// Only entries after this position
+        #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(i64).range(0..))]
+        since: Option<i64>,
+    },
 }
 
 #[derive(Debug, Args)]

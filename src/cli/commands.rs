@@ -574,19 +574,50 @@ async fn agent(ctx: &Ctx, cmd: AgentCmd) -> Out {
             let details = svc.agent_details(&caller, &agent_id).await?;
             ctx.render(&details, || agent_details(&details))
         }
-        AgentCmd::Approve { agent_id, grant } => {
+        AgentCmd::Approve {
+            agent_id,
+            grant,
+            end,
+        } => {
             let grant = grant
                 .as_deref()
                 .map(PermissionSet::parse_list)
                 .transpose()
                 .map_err(ServiceError::from)?;
-            let (agent, key) = svc.approve_agent(&caller, &agent_id, grant).await?;
+            let until = end.resolve().map_err(ServiceError::from)?;
+            let (agent, key) = svc
+                .approve_agent_until(&caller, &agent_id, grant, until)
+                .await?;
             ctx.render(&json!({ "agent": agent, "api_key": key.expose() }), || {
                 format!(
-                    "Approved {} with {}.\n{}",
+                    "Approved {} with {}{}.\n{}",
                     agent.id,
                     perms_or_none(&agent.granted_permissions),
+                    ends_text(agent.access_expires_at),
                     key_block(&agent.id, &key)
+                )
+            })
+        }
+        AgentCmd::Extend {
+            agent_id,
+            end,
+            forever,
+        } => {
+            let until = end.resolve().map_err(ServiceError::from)?;
+            if until.is_none() && !forever {
+                return Err(CliError::Usage(
+                    "say how long: --for DURATION, --until TIME or --forever".into(),
+                ));
+            }
+            let agent = svc.extend_access(&caller, &agent_id, until).await?;
+            ctx.render(&agent, || {
+                format!(
+                    "{}'s access now lasts{}.\n",
+                    agent.id,
+                    match agent.access_expires_at {
+                        Some(_) => ends_text(agent.access_expires_at),
+                        None => " until revoked".to_owned(),
+                    }
                 )
             })
         }
@@ -606,8 +637,22 @@ async fn agent(ctx: &Ctx, cmd: AgentCmd) -> Out {
         AgentCmd::Permissions {
             agent_id,
             permissions,
+            end,
         } => {
             let perms = PermissionSet::parse_list(&permissions).map_err(ServiceError::from)?;
+            if let Some(until) = end.resolve().map_err(ServiceError::from)? {
+                let agent = svc
+                    .grant_temporary(&caller, &agent_id, perms.clone(), until)
+                    .await?;
+                return ctx.render(&agent, || {
+                    format!(
+                        "{} has {} as well{}.\n",
+                        agent.id,
+                        perms,
+                        ends_text(Some(until))
+                    )
+                });
+            }
             let agent = svc.set_agent_permissions(&caller, &agent_id, perms).await?;
             ctx.render(&agent, || {
                 format!(
@@ -861,6 +906,17 @@ async fn delivery(ctx: &Ctx, cmd: DeliveryCmd) -> Out {
 // ---- activity ----
 
 async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
+    match a.command {
+        Some(ActivityCmd::Verify { from }) => return verify_activity(ctx, from).await,
+        Some(ActivityCmd::Export { since, format }) => {
+            // clap admits only the formats there are; this keeps the match honest if one is added.
+            if format != "jsonl" {
+                return Err(CliError::Usage(format!("unknown export format {format:?}")));
+            }
+            return export_activity(ctx, since).await;
+        }
+        _ => {}
+    }
     let caller = ctx.caller().await?;
     if let Some(ActivityCmd::Prune) = a.command {
         let n = ctx.svc.prune_activity(&caller).await?;
@@ -902,4 +958,107 @@ async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
         }
         out
     })
+}
+
+/// Verifies as the member given with `--as`, or as the operator (every workspace, or `-w`'s).
+async fn verify_activity(ctx: &Ctx, from: Option<i64>) -> Out {
+    let reports = if ctx.as_member.is_some() {
+        vec![ctx.svc.verify_activity(&ctx.caller().await?, from).await?]
+    } else {
+        let all = ctx.svc.list_workspaces().await?;
+        let chosen: Vec<Workspace> = match ctx.workspace.as_deref() {
+            Some(slug) => {
+                let ws = all
+                    .into_iter()
+                    .find(|w| w.slug == slug)
+                    .ok_or_else(|| CliError::Service(ServiceError::not_found("workspace", slug)))?;
+                vec![ws]
+            }
+            None => all,
+        };
+        let mut reports = Vec::with_capacity(chosen.len());
+        for ws in &chosen {
+            reports.push(ctx.svc.verify_chain(ws, from).await?);
+        }
+        reports
+    };
+    let text = ctx.render(&reports, || {
+        let mut out = String::new();
+        for r in &reports {
+            match &r.problem {
+                None => out.push_str(&format!(
+                    "{}: intact, {} entries verified (seq {} to {}{}), head {}\n",
+                    r.workspace,
+                    r.verified,
+                    r.from_seq,
+                    r.head_seq,
+                    if r.pruned_through > 0 {
+                        format!(", pruned through {}", r.pruned_through)
+                    } else {
+                        String::new()
+                    },
+                    r.head_hash.as_deref().unwrap_or("-"),
+                )),
+                Some(p) => out.push_str(&format!(
+                    "{}: BROKEN at seq {}: {} ({})\n",
+                    r.workspace,
+                    p.seq,
+                    p.kind.as_str(),
+                    p.detail
+                )),
+            }
+        }
+        out
+    })?;
+    if let Some((r, p)) = reports
+        .iter()
+        .find_map(|r| r.problem.as_ref().map(|p| (r, p)))
+    {
+        // The report still goes to stdout; the exit code and stderr line say it failed.
+        print!("{text}");
+        return Err(CliError::Tampered(format!(
+            "activity chain of workspace {} is broken at seq {}: {} entry{} ({})",
+            r.workspace,
+            p.seq,
+            p.kind.as_str(),
+            p.entry_id
+                .as_deref()
+                .map(|id| format!(" {id}"))
+                .unwrap_or_default(),
+            p.detail
+        )));
+    }
+    Ok(text)
+}
+
+/// Streams the chain as JSON lines, a page at a time, so an export of any size runs in bounded
+/// memory.
+async fn export_activity(ctx: &Ctx, since: Option<i64>) -> Out {
+    use std::io::Write;
+    let caller = ctx.caller().await?;
+    let mut after = since.unwrap_or(0);
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let page = ctx.svc.export_activity(&caller, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let mut buf = Vec::new();
+        for e in &page {
+            serde_json::to_writer(&mut buf, e).map_err(|e| CliError::Output(e.into()))?;
+            buf.push(b'\n');
+        }
+        match stdout.write_all(&buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            other => other.map_err(CliError::Output)?,
+        }
+    }
+    stdout.flush().map_err(CliError::Output)?;
+    Ok(String::new())
+}
+
+/// " until <time>" or nothing.
+fn ends_text(until: Option<Timestamp>) -> String {
+    until
+        .map(|t| format!(" until {}", time(&t)))
+        .unwrap_or_default()
 }

@@ -35,6 +35,9 @@ pub enum CliError {
     Serve(#[from] ServeError),
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// `activity verify` found the chain broken; the message names where.
+    #[error("{0}")]
+    Tampered(String),
 }
 
 /// Exit codes, also listed in `--help`.
@@ -47,6 +50,7 @@ pub mod exit {
     pub const CONFLICT: u8 = 6;
     pub const QUOTA: u8 = 7;
     pub const UNAVAILABLE: u8 = 8;
+    pub const TAMPERED: u8 = 9;
 }
 
 impl CliError {
@@ -57,6 +61,7 @@ impl CliError {
             CliError::Invalid(_) => exit::INVALID,
             CliError::Service(e) | CliError::Serve(ServeError::Service(e)) => service_code(e),
             CliError::Store(e) | CliError::Serve(ServeError::Store(e)) => store_code(e),
+            CliError::Tampered(_) => exit::TAMPERED,
             CliError::Serve(_) | CliError::Output(_) => exit::INTERNAL,
         }
     }

@@ -3,20 +3,24 @@
 //! Everything here is pure: no IO, no rmcp, axum or sea_orm types. Values are parsed once at the edge
 //! (`AgentId::parse`, `Permission::parse`, `ApiKey::parse`) and trusted afterwards.
 
+mod grant;
 mod ids;
 mod key;
 mod permission;
 mod records;
 mod settings;
 mod status;
+mod trail;
 mod webhook;
 
+pub use grant::{grant_end, parse_duration};
 pub use ids::{AgentId, Email, RecordId, WorkspaceSlug, new_id};
 pub use key::{ApiKey, KeyHash};
 pub use permission::{Permission, PermissionSet};
 pub use records::*;
 pub use settings::{SETTING_KEYS, WorkspaceSettings};
 pub use status::*;
+pub use trail::{ChainBreak, ChainProblem, ChainVerification, ChainedActivity};
 pub use webhook::{
     SignatureError, TOLERANCE_SECS, WebhookSecret, signature_header, verify as verify_webhook,
 };

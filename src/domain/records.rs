@@ -85,6 +85,41 @@ pub struct Agent {
     /// Bumped by every change to what the agent may do; a cached decision older than this is stale.
     pub access_version: i64,
     pub updated_at: Timestamp,
+    /// When the grant ends (`None`: until revoked). Checked against the clock at every
+    /// authentication, so it holds on every replica without anyone acting.
+    pub access_expires_at: Option<Timestamp>,
+    /// Extra permissions that lapse by themselves, on top of `granted_permissions`.
+    pub temporary_permissions: Vec<TemporaryPermission>,
+    /// Set by the one transaction that recorded the expiry (event and audit entry).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub access_expiry_recorded_at: Option<Timestamp>,
+}
+
+impl Agent {
+    /// Whether the grant has run out at `at`.
+    pub fn access_expired(&self, at: Timestamp) -> bool {
+        self.access_expires_at.is_some_and(|end| end <= at)
+    }
+
+    /// What the agent may use at `at`: the grant plus the temporary permissions still running.
+    pub fn permissions_at(&self, at: Timestamp) -> PermissionSet {
+        PermissionSet::new(
+            self.granted_permissions.iter().chain(
+                self.temporary_permissions
+                    .iter()
+                    .filter(|t| t.expires_at > at)
+                    .map(|t| t.permission),
+            ),
+        )
+    }
+}
+
+/// A permission granted until a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct TemporaryPermission {
+    pub permission: Permission,
+    pub expires_at: Timestamp,
 }
 
 /// A stored API key, without the secret.

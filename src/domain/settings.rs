@@ -12,6 +12,8 @@ pub struct WorkspaceSettings {
     /// Requests whose capabilities all fall in this list (and permissions in the next) skip review.
     pub auto_approve_capabilities: Vec<String>,
     pub auto_approve_permissions: PermissionSet,
+    /// Auto-approved grants end after this many hours; none means until revoked.
+    pub auto_approve_max_hours: Option<u32>,
     pub max_agents: u32,
     pub max_agents_per_project: u32,
     pub max_active_assignments_per_agent: u32,
@@ -37,6 +39,7 @@ impl Default for WorkspaceSettings {
             enabled: true,
             auto_approve_capabilities: Vec::new(),
             auto_approve_permissions: PermissionSet::default(),
+            auto_approve_max_hours: None,
             max_agents: 20,
             max_agents_per_project: 10,
             max_active_assignments_per_agent: 50,
@@ -57,6 +60,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "enabled",
     "auto_approve_capabilities",
     "auto_approve_permissions",
+    "auto_approve_max_hours",
     "max_agents",
     "max_agents_per_project",
     "max_active_assignments_per_agent",
@@ -114,6 +118,9 @@ impl WorkspaceSettings {
             "auto_approve_capabilities" => self.auto_approve_capabilities = list(value),
             "auto_approve_permissions" => {
                 self.auto_approve_permissions = PermissionSet::parse_list(value)?
+            }
+            "auto_approve_max_hours" => {
+                self.auto_approve_max_hours = optional(value).map(positive).transpose()?
             }
             "max_agents" => self.max_agents = positive(value)?,
             "max_agents_per_project" => self.max_agents_per_project = positive(value)?,

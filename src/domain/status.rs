@@ -182,6 +182,7 @@ vocabulary!(
         AccessApproved => "agent.access_approved",
         AccessDenied => "agent.access_denied",
         AccessRevoked => "agent.access_revoked",
+        AccessExpired => "agent.access_expired",
         StatusChanged => "agent.status_changed",
         ProjectAssigned => "agent.project_assigned",
         TaskAssigned => "agent.task_assigned",

@@ -163,8 +163,8 @@ async fn poll_once(
     Ok(())
 }
 
-/// Calls `revoked(workspace_id, agent_id)` for every `agent.access_revoked` the feed carries (this
-/// replica's and others'), until `stop` is cancelled.
+/// Calls `revoked(workspace_id, agent_id)` for every `agent.access_revoked` or
+/// `agent.access_expired` the feed carries (this replica's and others'), until `stop` is cancelled.
 pub fn on_revocation<F, Fut>(feed: &Feed, stop: CancellationToken, mut revoked: F)
 where
     F: FnMut(Revocation) -> Fut + Send + 'static,
@@ -178,7 +178,14 @@ where
                 n = events.recv() => n,
             };
             match next {
-                Ok(e) if e.event_type == crate::domain::EventType::AccessRevoked => {
+                // An expired grant ends sessions like a revocation does.
+                Ok(e)
+                    if matches!(
+                        e.event_type,
+                        crate::domain::EventType::AccessRevoked
+                            | crate::domain::EventType::AccessExpired
+                    ) =>
+                {
                     if let Some(agent) = e.agent_id.clone() {
                         revoked(Revocation::Agent {
                             workspace_id: e.workspace_id.clone(),

@@ -267,6 +267,9 @@ pub async fn run_with(
         ctx.opts.events.webhooks.clone(),
         ctx.closing.clone(),
     ));
+    // Ended grants are recorded once across replicas; the event closes sessions below.
+    ctx.service
+        .watch_expiries(std::time::Duration::from_secs(1), ctx.closing.clone());
     // A revocation (here or on another replica) closes the agent's MCP sessions at once; its
     // subscriptions end on the same event.
     let sessions = ctx.sessions.clone();

@@ -141,8 +141,22 @@ impl Service {
         agent_id: &str,
         grant: Option<PermissionSet>,
     ) -> ServiceResult<(Agent, ApiKey)> {
+        self.approve_agent_until(caller, agent_id, grant, None)
+            .await
+    }
+
+    /// [`Service::approve_agent`] with an end: access stops at `until` (on every replica, checked
+    /// at authentication) unless a human extends it.
+    pub async fn approve_agent_until(
+        &self,
+        caller: &MemberCaller,
+        agent_id: &str,
+        grant: Option<PermissionSet>,
+        until: Option<Timestamp>,
+    ) -> ServiceResult<(Agent, ApiKey)> {
         self.require(caller, Role::Admin, "approving agents")
             .await?;
+        let until = check_future(until)?;
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
@@ -197,6 +211,8 @@ impl Service {
         agent.resolved_at = Some(at);
         agent.resolved_by = Some(caller.actor().label());
         agent.denial_reason = None;
+        agent.access_expires_at = until;
+        agent.access_expiry_recorded_at = None;
         agent.access_version += 1;
         agent.updated_at = at;
         tx.update_agent(&agent).await?;
@@ -205,7 +221,12 @@ impl Service {
             &Activity::new(ws_id, &caller.actor(), EventType::AccessApproved.as_str())
                 .agent(agent_id)
                 .outcome("allowed")
-                .description(&format!("approved with {}", agent.granted_permissions))
+                .description(&format!(
+                    "approved with {}{}",
+                    agent.granted_permissions,
+                    until_text(until)
+                ))
+                .metadata(json!({ "expires_at": until }))
                 .build(),
         )
         .await?;
@@ -554,6 +575,9 @@ pub(crate) async fn request_access_in(
         last_seen_at: None,
         access_version: existing.as_ref().map_or(0, |a| a.access_version + 1),
         updated_at: at,
+        access_expires_at: None,
+        temporary_permissions: Vec::new(),
+        access_expiry_recorded_at: None,
     };
     match existing {
         Some(_) => tx.update_agent(&agent).await?,
@@ -587,6 +611,10 @@ pub(crate) async fn request_access_in(
         agent.auto_approved = true;
         agent.resolved_at = Some(at);
         agent.resolved_by = Some(Actor::System.label());
+        agent.access_expires_at = ws
+            .settings
+            .auto_approve_max_hours
+            .map(|h| at + chrono::Duration::hours(i64::from(h)));
         agent.access_version += 1;
         tx.update_agent(&agent).await?;
         api_key = Some(issue_key(tx, &agent, ws.settings.key_ttl_days).await?);
@@ -594,7 +622,11 @@ pub(crate) async fn request_access_in(
             &Activity::new(&ws.id, &Actor::System, EventType::AccessApproved.as_str())
                 .agent(&agent.id)
                 .outcome("allowed")
-                .description(&format!("auto-approved with {}", agent.granted_permissions))
+                .description(&format!(
+                    "auto-approved with {}{}",
+                    agent.granted_permissions,
+                    until_text(agent.access_expires_at)
+                ))
                 .build(),
         )
         .await?;

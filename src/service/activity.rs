@@ -63,11 +63,23 @@ impl Service {
         let tx = self.store.write().await?;
         let n = tx.prune_activity(&ws.id, cutoff).await?;
         if n > 0 {
-            // The pruning itself is recorded, so a gap in the trail is explained by the trail.
+            // The pruning itself is recorded, so a gap in the trail is explained by the trail;
+            // the hash it pruned up to is what the remaining chain verifies from.
+            let head = tx.chain_head(&ws.id).await?;
+            let (through, anchor) = head
+                .map(|h| (h.pruned_seq, h.pruned_hash))
+                .unwrap_or_default();
             tx.insert_activity(
                 &Activity::new(&ws.id, actor, "activity.pruned")
-                    .description(&format!("{n} entries older than {days} days removed"))
-                    .metadata(json!({ "cutoff": cutoff, "removed": n }))
+                    .description(&format!(
+                        "{n} entries older than {days} days removed (through seq {through})"
+                    ))
+                    .metadata(json!({
+                        "cutoff": cutoff,
+                        "removed": n,
+                        "pruned_through": through,
+                        "pruned_hash": anchor,
+                    }))
                     .build(),
             )
             .await?;

@@ -10,8 +10,10 @@ mod agent_tools;
 mod audit;
 mod delegations;
 mod error;
+mod expiry;
 mod inbound;
 mod outbox;
+mod trail;
 mod work;
 mod workspaces;
 
@@ -28,6 +30,7 @@ use crate::auth::MemberCaller;
 use crate::domain::*;
 use crate::store::{Store, Tx};
 use chrono::{DateTime, SubsecRound, Utc};
+use expiry::{check_future, until_text};
 use serde_json::{Value, json};
 
 /// The entry point for every domain operation; cheap to clone.

@@ -162,6 +162,9 @@ pub fn agent(m: agent::Model) -> StoreResult<Agent> {
         last_seen_at: m.last_seen_at,
         access_version: m.access_version,
         updated_at: m.updated_at,
+        access_expires_at: m.access_expires_at,
+        temporary_permissions: from_json("temporary permissions", &m.temporary_permissions)?,
+        access_expiry_recorded_at: m.access_expiry_recorded_at,
     })
 }
 
@@ -191,6 +194,9 @@ pub fn agent_model(a: &Agent) -> StoreResult<agent::Model> {
         access_version: a.access_version,
         created_at: a.requested_at,
         updated_at: a.updated_at,
+        access_expires_at: a.access_expires_at,
+        access_expiry_recorded_at: a.access_expiry_recorded_at,
+        temporary_permissions: to_json(&a.temporary_permissions)?,
     })
 }
 
@@ -320,6 +326,8 @@ pub fn activity_model(e: &ActivityEntry) -> StoreResult<activity::Model> {
         task_id: e.task_id.clone(),
         page_id: e.page_id.clone(),
         created_at: e.created_at,
+        seq: None,
+        hash: None,
     })
 }
 

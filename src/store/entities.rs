@@ -124,6 +124,9 @@ pub mod agent {
         pub access_version: i64,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub access_expires_at: Option<DateTimeUtc>,
+        pub access_expiry_recorded_at: Option<DateTimeUtc>,
+        pub temporary_permissions: String,
     }
     no_relations!();
 }
@@ -209,6 +212,24 @@ pub mod activity {
         pub task_id: Option<String>,
         pub page_id: Option<String>,
         pub created_at: DateTimeUtc,
+        /// Position in the workspace's hash chain; set when the writing transaction commits.
+        pub seq: Option<i64>,
+        pub hash: Option<String>,
+    }
+    no_relations!();
+}
+
+pub mod activity_chain {
+    use sea_orm::entity::prelude::*;
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "activity_chains")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: String,
+        pub last_seq: i64,
+        pub last_hash: String,
+        pub pruned_seq: i64,
+        pub pruned_hash: Option<String>,
     }
     no_relations!();
 }

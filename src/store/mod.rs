@@ -8,6 +8,7 @@
 //! re-prepares a statement whose LIMIT is bound on every execution, so it could never be reused.
 
 mod auth_cache;
+mod chain;
 mod convert;
 mod entities;
 mod inbound;
@@ -18,6 +19,7 @@ mod signing_keys;
 mod webhook_secrets;
 
 pub use auth_cache::{CredentialView, MemberView};
+pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use signing_keys::SigningKeyRow;
@@ -264,6 +266,7 @@ impl Store {
     fn tx(&self, tx: DatabaseTransaction) -> Tx {
         Tx {
             tx,
+            pending_activity: Mutex::default(),
             pending_events: Mutex::default(),
             events_committed: self.events_committed.clone(),
         }
@@ -299,6 +302,8 @@ impl Store {
 /// An open transaction. Commit to keep its writes; drop to roll back.
 pub struct Tx {
     tx: DatabaseTransaction,
+    /// Activity written by this transaction, chained and inserted at commit (see `chain`).
+    pending_activity: Mutex<Vec<ActivityEntry>>,
     /// Events written by this transaction, inserted at commit (see `outbox`).
     pending_events: Mutex<Vec<Event>>,
     events_committed: Arc<Notify>,
@@ -317,10 +322,11 @@ pub struct ActivityQuery {
 }
 
 impl Tx {
-    /// Commits, first numbering and inserting the events this transaction wrote (the outbox's
-    /// counter lock is taken here, last, so seq order is commit order without lock-order
-    /// deadlocks).
+    /// Commits, first chaining the activity and numbering the events this transaction wrote (the
+    /// chain head's and then the outbox counter's locks are taken here, last and always in that
+    /// order, so seq order is commit order without lock-order deadlocks).
     pub async fn commit(self) -> StoreResult<()> {
+        self.flush_activity().await?;
         let wrote_events = self.flush_events().await?;
         self.tx.commit().await?;
         if wrote_events {
@@ -688,6 +694,44 @@ impl Tx {
         Ok(())
     }
 
+    /// Approved agents whose access ended by `at` and whose expiry is not yet recorded.
+    pub async fn unrecorded_expiries(
+        &self,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<(String, String)>> {
+        Ok(agent::Entity::find()
+            .filter(agent::Column::Status.eq(AgentStatus::Approved.as_str()))
+            .filter(agent::Column::AccessExpiresAt.lte(at))
+            .filter(agent::Column::AccessExpiryRecordedAt.is_null())
+            .order_by_asc(agent::Column::WorkspaceId)
+            .order_by_asc(agent::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(|m| (m.workspace_id, m.id))
+            .collect())
+    }
+
+    /// Marks an ended grant as recorded; true only for the one transaction that did it (the
+    /// update's row lock makes a concurrent claimer re-check and find it taken).
+    pub async fn claim_expiry(
+        &self,
+        workspace_id: &str,
+        agent_id: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let res = agent::Entity::update_many()
+            .col_expr(agent::Column::AccessExpiryRecordedAt, Expr::value(at))
+            .filter(agent::Column::WorkspaceId.eq(workspace_id))
+            .filter(agent::Column::Id.eq(agent_id))
+            .filter(agent::Column::Status.eq(AgentStatus::Approved.as_str()))
+            .filter(agent::Column::AccessExpiresAt.lte(at))
+            .filter(agent::Column::AccessExpiryRecordedAt.is_null())
+            .exec(&self.tx)
+            .await?;
+        Ok(res.rows_affected == 1)
+    }
+
     // ---- credentials ----
 
     pub async fn insert_credential(&self, c: &Credential, hash: &KeyHash) -> StoreResult<()> {
@@ -916,26 +960,6 @@ impl Tx {
 
     // ---- activity and events ----
 
-    pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
-        activity::Entity::insert(convert::activity_model(e)?.into_active_model())
-            .exec(&self.tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Inserts many entries in one statement: the gate's batched audit writes use this.
-    pub async fn insert_activities(&self, entries: &[ActivityEntry]) -> StoreResult<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let models = entries
-            .iter()
-            .map(|e| convert::activity_model(e).map(IntoActiveModel::into_active_model))
-            .collect::<StoreResult<Vec<_>>>()?;
-        activity::Entity::insert_many(models).exec(&self.tx).await?;
-        Ok(())
-    }
-
     /// Activity of one workspace, newest first, paged by id.
     pub async fn query_activity(
         &self,
@@ -965,20 +989,6 @@ impl Tx {
             .into_iter()
             .map(convert::activity)
             .collect()
-    }
-
-    /// Deletes a workspace's activity older than `cutoff`; returns how many entries went.
-    pub async fn prune_activity(
-        &self,
-        workspace_id: &str,
-        cutoff: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        let res = activity::Entity::delete_many()
-            .filter(activity::Column::WorkspaceId.eq(workspace_id))
-            .filter(activity::Column::CreatedAt.lt(cutoff))
-            .exec(&self.tx)
-            .await?;
-        Ok(res.rows_affected)
     }
 
     /// Queues an event for this transaction; [`Tx::commit`] numbers and inserts it.

@@ -11,4 +11,5 @@ mod repo;
 mod service;
 mod snapshot;
 mod support;
+mod trail;
 mod transport;

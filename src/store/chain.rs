@@ -1,0 +1,289 @@
+//! The activity hash chain (see `migrations::chain` for the hash, and the `activity_chain`
+//! migration): entries are queued by [`Tx::insert_activity`] and chained at commit, after the
+//! workspace's head row in `activity_chains` is locked. Like the outbox counter, that lock is taken
+//! last (just before the outbox's), so two writers queue on it without a lock-order deadlock, and
+//! two replicas appending to one workspace produce one unbroken chain in commit order.
+
+use super::entities::{activity, activity_chain};
+use super::{StoreError, StoreResult, Tx, convert};
+use crate::domain::*;
+use chrono::{DateTime, SubsecRound, Utc};
+use migrations::chain;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use std::collections::BTreeMap;
+
+/// A workspace's chain head, and how far pruning has removed it.
+#[derive(Debug, Clone)]
+pub struct ChainHead {
+    pub last_seq: i64,
+    pub last_hash: String,
+    /// Entries up to this seq were pruned (0: none).
+    pub pruned_seq: i64,
+    /// The hash of entry `pruned_seq`, which the first remaining entry chains from.
+    pub pruned_hash: Option<String>,
+}
+
+/// An activity entry with its place in the chain, as stored.
+#[derive(Debug, Clone)]
+pub struct ChainedEntry {
+    pub entry: ActivityEntry,
+    /// `None` for a row written around the store.
+    pub seq: Option<i64>,
+    pub hash: Option<String>,
+    /// The metadata text exactly as stored: the hash covers these bytes.
+    stored_metadata: String,
+}
+
+impl ChainedEntry {
+    /// The hash this entry would have if it sat at `seq` after an entry hashed `prev`.
+    pub fn hash_after(&self, prev: &str, seq: i64) -> String {
+        let e = &self.entry;
+        chain::hash(
+            prev,
+            &chain::Link {
+                workspace_id: &e.workspace_id,
+                seq,
+                id: &e.id,
+                created_at_micros: e.created_at.timestamp_micros(),
+                actor_kind: e.actor_kind.as_str(),
+                actor_id: &e.actor_id,
+                agent_id: e.agent_id.as_deref(),
+                activity_type: &e.activity_type,
+                outcome: e.outcome.as_deref(),
+                project_id: e.project_id.as_deref(),
+                task_id: e.task_id.as_deref(),
+                page_id: e.page_id.as_deref(),
+                description: &e.description,
+                metadata: &self.stored_metadata,
+            },
+        )
+    }
+}
+
+/// The hash a workspace's first entry chains from.
+pub fn genesis_hash(workspace_id: &str) -> String {
+    chain::genesis(workspace_id)
+}
+
+fn chained(m: activity::Model) -> StoreResult<ChainedEntry> {
+    let (seq, hash, stored_metadata) = (m.seq, m.hash.clone(), m.metadata.clone());
+    Ok(ChainedEntry {
+        entry: convert::activity(m)?,
+        seq,
+        hash,
+        stored_metadata,
+    })
+}
+
+fn head(m: activity_chain::Model) -> ChainHead {
+    ChainHead {
+        last_seq: m.last_seq,
+        last_hash: m.last_hash,
+        pruned_seq: m.pruned_seq,
+        pruned_hash: m.pruned_hash,
+    }
+}
+
+impl Tx {
+    /// Queues an entry for this transaction; [`Tx::commit`] chains and inserts it.
+    pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
+        self.insert_activities(std::slice::from_ref(e)).await
+    }
+
+    /// Queues many entries (the gate's batched audit writes); chained in this order at commit.
+    pub async fn insert_activities(&self, entries: &[ActivityEntry]) -> StoreResult<()> {
+        self.pending_activity
+            .lock()
+            .map_err(|_| StoreError::Query("activity queue lock poisoned".into()))?
+            .extend_from_slice(entries);
+        Ok(())
+    }
+
+    /// Chains and inserts the queued entries, one statement per workspace.
+    pub(super) async fn flush_activity(&self) -> StoreResult<()> {
+        let pending = std::mem::take(
+            &mut *self
+                .pending_activity
+                .lock()
+                .map_err(|_| StoreError::Query("activity queue lock poisoned".into()))?,
+        );
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Workspaces in a fixed order, so a transaction touching two cannot deadlock another.
+        let mut by_workspace: BTreeMap<String, Vec<ActivityEntry>> = BTreeMap::new();
+        for e in pending {
+            by_workspace
+                .entry(e.workspace_id.clone())
+                .or_default()
+                .push(e);
+        }
+        for (ws, entries) in by_workspace {
+            let n = entries.len() as i64;
+            // Creating or advancing the head row locks it until commit (PostgreSQL; SQLite has
+            // one writer), so the read below sees the hash no other writer can move meanwhile.
+            activity_chain::Entity::insert(activity_chain::ActiveModel {
+                workspace_id: Set(ws.clone()),
+                last_seq: Set(n),
+                last_hash: Set(chain::genesis(&ws)),
+                pruned_seq: Set(0),
+                pruned_hash: Set(None),
+            })
+            .on_conflict(
+                OnConflict::column(activity_chain::Column::WorkspaceId)
+                    .value(
+                        activity_chain::Column::LastSeq,
+                        Expr::col((activity_chain::Entity, activity_chain::Column::LastSeq)).add(n),
+                    )
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.tx)
+            .await?;
+            let head = activity_chain::Entity::find_by_id(ws.clone())
+                .one(&self.tx)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
+            let mut prev = head.last_hash;
+            let mut models = Vec::with_capacity(entries.len());
+            for (i, mut e) in entries.into_iter().enumerate() {
+                // Both databases keep microseconds; hash what will be read back.
+                e.created_at = e.created_at.trunc_subsecs(6);
+                let seq = head.last_seq - n + 1 + i as i64;
+                let mut m = convert::activity_model(&e)?;
+                let hash = ChainedEntry {
+                    stored_metadata: m.metadata.clone(),
+                    entry: e,
+                    seq: None,
+                    hash: None,
+                }
+                .hash_after(&prev, seq);
+                m.seq = Some(seq);
+                m.hash = Some(hash.clone());
+                prev = hash;
+                models.push(m.into_active_model());
+            }
+            activity::Entity::insert_many(models)
+                .exec_without_returning(&self.tx)
+                .await?;
+            activity_chain::Entity::update_many()
+                .col_expr(activity_chain::Column::LastHash, Expr::value(prev))
+                .filter(activity_chain::Column::WorkspaceId.eq(ws.as_str()))
+                .exec(&self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The workspace's chain head, if it ever had an entry.
+    pub async fn chain_head(&self, workspace_id: &str) -> StoreResult<Option<ChainHead>> {
+        Ok(activity_chain::Entity::find_by_id(workspace_id.to_owned())
+            .one(&self.tx)
+            .await?
+            .map(head))
+    }
+
+    /// Chained entries with `from <= seq <= to`, in seq order, at most `limit`.
+    pub async fn chained_activity(
+        &self,
+        workspace_id: &str,
+        from: i64,
+        to: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<ChainedEntry>> {
+        activity::Entity::find()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(activity::Column::Seq.gte(from))
+            .filter(activity::Column::Seq.lte(to))
+            .order_by_asc(activity::Column::Seq)
+            .limit(limit)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(chained)
+            .collect()
+    }
+
+    /// The chained entry at `seq`, if present.
+    pub async fn chained_entry(
+        &self,
+        workspace_id: &str,
+        seq: i64,
+    ) -> StoreResult<Option<ChainedEntry>> {
+        activity::Entity::find()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(activity::Column::Seq.eq(seq))
+            .one(&self.tx)
+            .await?
+            .map(chained)
+            .transpose()
+    }
+
+    /// The oldest entry that is not in the chain (written around the store), if any.
+    pub async fn first_unchained_activity(
+        &self,
+        workspace_id: &str,
+    ) -> StoreResult<Option<ChainedEntry>> {
+        activity::Entity::find()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(
+                activity::Column::Seq
+                    .is_null()
+                    .or(activity::Column::Hash.is_null()),
+            )
+            .order_by_asc(activity::Column::Id)
+            .one(&self.tx)
+            .await?
+            .map(chained)
+            .transpose()
+    }
+
+    /// Deletes the chain's prefix of entries older than `cutoff` and records the hash it pruned
+    /// up to, so what remains still verifies; returns how many entries went. Stops at the first
+    /// entry at or after the cutoff, so the chain is cut at one point only.
+    pub async fn prune_activity(
+        &self,
+        workspace_id: &str,
+        cutoff: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let Some(head) = self.chain_head(workspace_id).await? else {
+            return Ok(0);
+        };
+        let first_kept = activity::Entity::find()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(activity::Column::Seq.gt(head.pruned_seq))
+            .filter(activity::Column::CreatedAt.gte(cutoff))
+            .order_by_asc(activity::Column::Seq)
+            .one(&self.tx)
+            .await?
+            .and_then(|m| m.seq);
+        let upto = first_kept.map_or(head.last_seq, |s| s - 1);
+        if upto <= head.pruned_seq {
+            return Ok(0);
+        }
+        let anchor = self
+            .chained_entry(workspace_id, upto)
+            .await?
+            .and_then(|e| e.hash)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "activity entry {upto} is missing: verify the trail before pruning"
+                ))
+            })?;
+        let res = activity::Entity::delete_many()
+            .filter(activity::Column::WorkspaceId.eq(workspace_id))
+            .filter(activity::Column::Seq.lte(upto))
+            .exec(&self.tx)
+            .await?;
+        activity_chain::Entity::update_many()
+            .col_expr(activity_chain::Column::PrunedSeq, Expr::value(upto))
+            .col_expr(activity_chain::Column::PrunedHash, Expr::value(anchor))
+            .filter(activity_chain::Column::WorkspaceId.eq(workspace_id))
+            .exec(&self.tx)
+            .await?;
+        Ok(res.rows_affected)
+    }
+}

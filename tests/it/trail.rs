@@ -1,0 +1,693 @@
+//! Issue 13: the tamper-evident audit trail (hash chain, verify, prune, export) and grants that
+//! expire. Tampering is done the way an attacker with database access would: raw SQL on the
+//! activity table; `activity verify` is the real binary.
+
+use crate::support::server::{
+    self, approved_agent, call, http_client, spawn_http, stdio_client, world,
+};
+use crate::support::{TestDb, seed_workspace};
+use crate::transport::{open_session, post};
+use parallax_mcp::auth;
+use parallax_mcp::domain::*;
+use parallax_mcp::service::Service;
+use parallax_mcp::store::{ActivityQuery, Store};
+use rmcp::model::ProtocolVersion;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_parallax-mcp");
+
+/// Runs the binary; (exit code, stdout, stderr).
+async fn cli(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .arg("--database-url")
+        .arg(&db.url)
+        .args(args)
+        .env_remove("PARALLAX_WORKSPACE")
+        .env_remove("PARALLAX_AS")
+        .env_remove("PARALLAX_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run parallax-mcp");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+async fn raw(db: &TestDb) -> DatabaseConnection {
+    Database::connect(&db.url).await.expect("raw connection")
+}
+
+async fn exec(conn: &DatabaseConnection, sql: &str) {
+    conn.execute_raw(Statement::from_string(
+        conn.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A workspace `acme` with at least `n` chained entries (every service change writes one).
+async fn trail_of(db: &TestDb, n: usize) -> (Service, crate::support::Seeded) {
+    let svc = db.service().await;
+    let s = seed_workspace(&svc, "acme").await;
+    for i in 0..n {
+        svc.create_task(&s.admin, &s.project.id, &format!("task {i}"), "")
+            .await
+            .unwrap();
+    }
+    (svc, s)
+}
+
+/// `activity verify -w acme --json`: (exit code, the workspace's report).
+async fn verify(db: &TestDb, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["activity", "verify", "-w", "acme", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli(db, &args).await;
+    let reports: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): {out} / {err}"));
+    if code != 0 {
+        assert!(
+            err.contains("broken at seq"),
+            "stderr names the break: {err}"
+        );
+    }
+    (code, reports[0].clone())
+}
+
+/// The id of the entry at `seq`.
+async fn id_at(conn: &DatabaseConnection, ws: &str, seq: i64) -> String {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT id FROM activity WHERE workspace_id = '{ws}' AND seq = {seq}"),
+        ))
+        .await
+        .unwrap()
+        .expect("entry at seq");
+    row.try_get::<String>("", "id").unwrap()
+}
+
+fn assert_break(report: &Value, kind: &str, seq: i64, entry: Option<&str>) {
+    assert_eq!(report["intact"], false, "{report}");
+    let p = &report["problem"];
+    assert_eq!(p["kind"], kind, "{report}");
+    assert_eq!(p["seq"], seq, "{report}");
+    if let Some(id) = entry {
+        assert_eq!(p["entry_id"], id, "{report}");
+    }
+}
+
+#[tokio::test]
+async fn an_untouched_chain_verifies_from_its_start_and_from_a_midpoint() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 5).await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["intact"], true);
+    let head = report["head_seq"].as_i64().unwrap();
+    assert!(head >= 8, "seeding and five tasks wrote entries: {report}");
+    assert_eq!(report["verified"], head);
+    let (code, from) = verify(&db, &["--from", "4"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(from["verified"], head - 3);
+    // The API answers the same.
+    let api = svc.verify_activity(&s.reader, None).await.unwrap();
+    assert!(api.intact);
+    assert_eq!(api.head_hash.as_deref(), report["head_hash"].as_str());
+    // Operator mode without -w checks every workspace.
+    let (code, out, _) = cli(&db, &["activity", "verify"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("acme: intact"), "{out}");
+}
+
+#[tokio::test]
+async fn an_edited_entry_is_named_as_altered() {
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    let victim = id_at(&conn, ws, 5).await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET description = 'nothing happened' WHERE workspace_id = '{ws}' AND seq = 5"),
+    )
+    .await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "altered", 5, Some(&victim));
+    assert_eq!(report["verified"], 4);
+}
+
+#[tokio::test]
+async fn a_deleted_entry_is_named_with_or_without_renumbering() {
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    exec(
+        &conn,
+        &format!("DELETE FROM activity WHERE workspace_id = '{ws}' AND seq = 4"),
+    )
+    .await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "deleted", 4, None);
+
+    // Closing the gap by renumbering what follows does not hide it.
+    let next = id_at(&conn, ws, 5).await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = -(seq - 1) WHERE workspace_id = '{ws}' AND seq > 4"),
+    )
+    .await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = -seq WHERE workspace_id = '{ws}' AND seq < 0"),
+    )
+    .await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "deleted", 4, Some(&next));
+
+    // Cutting the tail off is seen against the chain head.
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    let (_, before) = verify(&db, &[]).await;
+    let head = before["head_seq"].as_i64().unwrap();
+    exec(
+        &conn,
+        &format!("DELETE FROM activity WHERE workspace_id = '{ws}' AND seq = {head}"),
+    )
+    .await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "deleted", head, None);
+}
+
+/// Copies entry 2 as a forged entry with id `forged` at `seq` (NULL: outside the chain).
+async fn forge(conn: &DatabaseConnection, ws: &str, seq: &str) {
+    exec(
+        conn,
+        &format!(
+            "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, activity_type, \
+             outcome, description, metadata, project_id, task_id, page_id, created_at, seq, hash) \
+             SELECT 'forged', workspace_id, actor_kind, actor_id, agent_id, activity_type, outcome, \
+             'approved by nobody', metadata, project_id, task_id, page_id, created_at, {seq}, {h} \
+             FROM activity WHERE workspace_id = '{ws}' AND seq = 2",
+            h = if seq == "NULL" { "NULL" } else { "hash" }
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inserted_entry_is_named_in_or_outside_the_chain() {
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    forge(&conn, ws, "NULL").await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_eq!(report["problem"]["kind"], "inserted", "{report}");
+    assert_eq!(report["problem"]["entry_id"], "forged");
+
+    // Made room for at position 3 by renumbering the rest.
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = -(seq + 1) WHERE workspace_id = '{ws}' AND seq >= 3"),
+    )
+    .await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = -seq WHERE workspace_id = '{ws}' AND seq < 0"),
+    )
+    .await;
+    forge(&conn, ws, "3").await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "inserted", 3, Some("forged"));
+}
+
+#[tokio::test]
+async fn swapped_entries_are_named_as_reordered() {
+    let db = TestDb::new().await;
+    let (_, s) = trail_of(&db, 4).await;
+    let conn = raw(&db).await;
+    let ws = s.ws();
+    let (a, b) = (id_at(&conn, ws, 3).await, id_at(&conn, ws, 6).await);
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = -1 WHERE id = '{a}'"),
+    )
+    .await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = 3 WHERE id = '{b}'"),
+    )
+    .await;
+    exec(
+        &conn,
+        &format!("UPDATE activity SET seq = 6 WHERE id = '{a}'"),
+    )
+    .await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 9);
+    assert_break(&report, "reordered", 3, Some(&b));
+    // The API reports the same break.
+    let svc = db.service().await;
+    let admin = auth::member(svc.store(), "acme", "admin@acme.test")
+        .await
+        .unwrap();
+    let api = svc.verify_activity(&admin, None).await.unwrap();
+    assert_eq!(api.problem.unwrap().kind, ChainBreak::Reordered);
+}
+
+#[tokio::test]
+async fn replicas_writing_at_once_keep_one_unbroken_chain() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 0).await;
+    // Two stores with their own pools, as two replicas would have, plus batched writes.
+    let (a, b) = (
+        Service::new(db.store().await),
+        Service::new(db.store().await),
+    );
+    let mut jobs = Vec::new();
+    for (n, svc) in [a, b].into_iter().enumerate() {
+        let admin = s.admin.clone();
+        let project = s.project.id.clone();
+        jobs.push(tokio::spawn(async move {
+            for i in 0..25 {
+                svc.create_task(&admin, &project, &format!("r{n} {i}"), "")
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for j in jobs {
+        j.await.unwrap();
+    }
+    let r = svc.verify_activity(&s.admin, None).await.unwrap();
+    assert!(r.intact, "{r:?}");
+    assert_eq!(r.verified as i64, r.head_seq);
+    assert!(r.head_seq >= 50);
+}
+
+#[tokio::test]
+async fn two_server_processes_append_to_one_chain() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let (s1, s2) = (spawn_http(&w.db.url).await, spawn_http(&w.db.url).await);
+    let mut jobs = Vec::new();
+    for url in [s1.url.clone(), s2.url.clone()] {
+        let key = key.clone();
+        jobs.push(tokio::spawn(async move {
+            let c = http_client(&url, &key, ProtocolVersion::V_2025_11_25).await;
+            for _ in 0..20 {
+                server::ok(&c, "agent_my_assignments", json!({})).await;
+            }
+        }));
+    }
+    for j in jobs {
+        j.await.unwrap();
+    }
+    let r = w.svc.verify_activity(&w.admin, None).await.unwrap();
+    assert!(r.intact, "{r:?}");
+    let calls = server::audit(&w.svc, &w.admin, "bot").await;
+    assert!(
+        calls
+            .iter()
+            .filter(|e| e.activity_type == "tool.call")
+            .count()
+            >= 40
+    );
+}
+
+#[tokio::test]
+async fn pruning_keeps_the_rest_verifiable_and_export_streams_hashes() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 3).await;
+    let store = Store::open(&db.url).await.unwrap();
+    let tx = store.write().await.unwrap();
+    let removed = tx.prune_activity(s.ws(), chrono::Utc::now()).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(removed > 0);
+    svc.create_task(&s.admin, &s.project.id, "after", "")
+        .await
+        .unwrap();
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["pruned_through"], removed as i64);
+    assert_eq!(report["from_seq"], removed as i64 + 1);
+
+    let (code, out, err) = cli(
+        &db,
+        &[
+            "activity",
+            "export",
+            "-w",
+            "acme",
+            "--as",
+            "reader@acme.test",
+            "--format",
+            "jsonl",
+            "--since",
+            &removed.to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len() as i64,
+        report["head_seq"].as_i64().unwrap() - removed as i64
+    );
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["seq"], removed as i64 + 1 + i as i64);
+        assert_eq!(l["hash"].as_str().unwrap().len(), 64);
+    }
+    assert_eq!(lines.last().unwrap()["hash"], report["head_hash"]);
+}
+
+#[tokio::test]
+async fn the_migration_chains_entries_written_before_it() {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    // Up to the outbox migration: the schema of the release before the chain.
+    store.migrate_steps(5).await.unwrap();
+    let conn = raw(&db).await;
+    exec(&conn, "INSERT INTO workspaces (id, slug, name, settings, lock_version, created_at, updated_at) \
+        VALUES ('w1', 'acme', 'Acme', '{}', 0, '2026-11-01 10:00:00+00:00', '2026-11-01 10:00:00+00:00')").await;
+    for i in 0..4 {
+        exec(&conn, &format!(
+            "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, activity_type, outcome, \
+             description, metadata, project_id, task_id, page_id, created_at) VALUES \
+             ('0190000{i}', 'w1', 'system', '', NULL, 'note', NULL, 'old {i}', '{{\"n\":{i}}}', NULL, NULL, NULL, \
+             '2026-11-01 10:00:0{i}.123456+00:00')"
+        )).await;
+    }
+    store.migrate().await.unwrap();
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["head_seq"], 4);
+    assert_eq!(report["verified"], 4);
+}
+
+// ---- grants that expire ----
+
+#[tokio::test]
+async fn an_expired_grant_is_refused_recorded_once_and_can_be_extended() {
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let s = seed_workspace(&svc, "acme").await;
+    crate::support::request(
+        &svc,
+        &s.admin,
+        "bot",
+        &[Permission::ReadTasks, Permission::WriteTasks],
+    )
+    .await;
+    let until = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let (agent, key) = svc
+        .approve_agent_until(
+            &s.admin,
+            "bot",
+            Some(PermissionSet::new([Permission::ReadTasks])),
+            Some(until),
+        )
+        .await
+        .unwrap();
+    assert_eq!(agent.access_expires_at, Some(until.trunc_subsecs_micros()));
+    assert!(
+        auth::agent(svc.store(), key.expose())
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    // A temporary extra permission lapses on its own, sooner.
+    let temp_until = chrono::Utc::now() + chrono::Duration::seconds(3);
+    svc.grant_temporary(
+        &s.admin,
+        "bot",
+        PermissionSet::new([Permission::WriteTasks]),
+        temp_until,
+    )
+    .await
+    .unwrap();
+    let caller = auth::agent(svc.store(), key.expose())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(caller.has(Permission::WriteTasks));
+    sleep_until(temp_until).await;
+    let caller = auth::agent(svc.store(), key.expose())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !caller.has(Permission::WriteTasks),
+        "the temporary permission lapsed"
+    );
+    assert!(caller.has(Permission::ReadTasks));
+
+    sleep_until(until).await;
+    let refused = auth::agent(svc.store(), key.expose())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.error, auth::AgentAuthError::AccessExpired);
+    // Two replicas racing to record it: one event, one entry.
+    let (a, b) = (
+        Service::new(db.store().await),
+        Service::new(db.store().await),
+    );
+    let (ra, rb) = tokio::join!(a.record_expired_access(), b.record_expired_access());
+    assert_eq!(ra.unwrap().len() + rb.unwrap().len(), 1);
+    assert!(svc.record_expired_access().await.unwrap().is_empty());
+    let expired = svc
+        .list_activity(
+            &s.admin,
+            ActivityQuery {
+                activity_type: Some("agent.access_expired".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1);
+    let events = svc
+        .store()
+        .read()
+        .await
+        .unwrap()
+        .list_events(s.ws(), None, 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type == EventType::AccessExpired)
+            .count(),
+        1
+    );
+
+    // A human extends it: the same key works again.
+    svc.extend_access(
+        &s.admin,
+        "bot",
+        Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        auth::agent(svc.store(), key.expose())
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    // An end in the past is refused.
+    assert!(
+        svc.extend_access(
+            &s.admin,
+            "bot",
+            Some(chrono::Utc::now() - chrono::Duration::hours(1))
+        )
+        .await
+        .is_err()
+    );
+}
+
+/// Sleeps until a little after `t`.
+async fn sleep_until(t: chrono::DateTime<chrono::Utc>) {
+    let left = (t - chrono::Utc::now()).num_milliseconds().max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(left + 300)).await;
+}
+
+trait Micros {
+    fn trunc_subsecs_micros(self) -> Self;
+}
+
+impl Micros for chrono::DateTime<chrono::Utc> {
+    fn trunc_subsecs_micros(self) -> Self {
+        use chrono::SubsecRound;
+        self.trunc_subsecs(6)
+    }
+}
+
+#[tokio::test]
+async fn auto_approval_can_carry_a_maximum_duration() {
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let s = seed_workspace(&svc, "acme").await;
+    svc.update_settings(
+        &s.admin,
+        &[
+            ("auto_approve_permissions".into(), "read:tasks".into()),
+            ("auto_approve_capabilities".into(), "docs".into()),
+            ("auto_approve_max_hours".into(), "2".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    let out = crate::support::request(&svc, &s.admin, "bot", &[Permission::ReadTasks]).await;
+    let ends = out
+        .agent
+        .access_expires_at
+        .expect("auto-approval carries an end");
+    let hours = (ends - chrono::Utc::now()).num_minutes();
+    assert!((110..=120).contains(&hours), "{hours} minutes");
+}
+
+/// Expiry through the real server: approve with the CLI `--for`, both transports work, then after
+/// the end the next calls are refused, the HTTP session is closed (a later extension does not
+/// revive it), and `agent.access_expired` is recorded once although two servers watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_through_the_real_servers_closes_sessions() {
+    let w = world().await;
+    w.svc
+        .request_access(
+            &w.admin,
+            crate::support::access_request("bot", &[Permission::ReadTasks]),
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = cli(
+        &w.db,
+        &[
+            "-w",
+            "acme",
+            "--as",
+            "admin@acme.test",
+            "--json",
+            "agent",
+            "approve",
+            "bot",
+            "--grant",
+            "read:tasks",
+            "--for",
+            "20s",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let approved: Value = serde_json::from_str(&out).unwrap();
+    let key = approved["api_key"].as_str().unwrap().to_owned();
+    assert!(approved["agent"]["access_expires_at"].is_string());
+
+    let (s1, s2) = (spawn_http(&w.db.url).await, spawn_http(&w.db.url).await);
+    let raw_http = reqwest::Client::new();
+    let session = open_session(&raw_http, &s1.url, &key).await;
+    let http = http_client(&s1.url, &key, ProtocolVersion::V_2025_11_25).await;
+    let stateless = http_client(&s2.url, &key, ProtocolVersion::V_2026_07_28).await;
+    let stdio = stdio_client(&w.db.url, &key).await;
+    for c in [&http, &stateless, &stdio] {
+        server::ok(c, "agent_my_assignments", json!({})).await;
+    }
+    let ends: chrono::DateTime<chrono::Utc> = approved["agent"]["access_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    sleep_until(ends).await;
+    for c in [&http, &stateless, &stdio] {
+        assert!(
+            call(c, "agent_my_assignments", json!({})).await.is_err(),
+            "refused once expired"
+        );
+    }
+    // Recorded once, by one of the two servers' watchers.
+    let mut recorded = 0;
+    for _ in 0..50 {
+        recorded = server::audit(&w.svc, &w.admin, "bot")
+            .await
+            .iter()
+            .filter(|e| e.activity_type == "agent.access_expired")
+            .count();
+        if recorded > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorded, 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = server::audit(&w.svc, &w.admin, "bot").await;
+    assert_eq!(
+        again
+            .iter()
+            .filter(|e| e.activity_type == "agent.access_expired")
+            .count(),
+        1
+    );
+    // The session died with the grant: extending access does not bring it back.
+    let (code, _, err) = cli(
+        &w.db,
+        &[
+            "-w",
+            "acme",
+            "--as",
+            "admin@acme.test",
+            "agent",
+            "extend",
+            "bot",
+            "--for",
+            "1h",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let list = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/list" });
+    let res = post(&raw_http, &s1.url, &key, Some(&session), &list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        404,
+        "the session was closed when the grant expired"
+    );
+    let session = open_session(&raw_http, &s1.url, &key).await;
+    let res = post(&raw_http, &s1.url, &key, Some(&session), &list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a new session works after the extension");
+    let fresh = http_client(&s1.url, &key, ProtocolVersion::V_2025_11_25).await;
+    server::ok(&fresh, "agent_my_assignments", json!({})).await;
+    let r = w.svc.verify_activity(&w.admin, None).await.unwrap();
+    assert!(r.intact, "{r:?}");
+}
