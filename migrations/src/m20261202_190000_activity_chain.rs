@@ -189,6 +189,8 @@ enum ActivityChains {
     PrunedHash,
 }
 
+// The column is named after the table (`activity_type`), as in the initial migration.
+#[allow(clippy::enum_variant_names)]
 #[derive(DeriveIden)]
 enum Activity {
     Table,

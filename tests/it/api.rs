@@ -1139,6 +1139,7 @@ async fn documented_roles_match_the_services() {
             "createPage" => json!({ "title": "Pg" }),
             "denyAgent" | "revokeAgent" | "denyDelegation" => json!({ "reason": "r" }),
             "setAgentPermissions" => json!({ "permissions": [] }),
+            "extendAgentAccess" => json!({ "forever": true }),
             "assignAgent" => json!({ "agent_id": "nobody", "task_id": tid }),
             _ => return None,
         })

@@ -3122,10 +3122,34 @@ async fn old_entry(store: &Store, ws: &str, days_ago: i64, ty: &str) {
     tx.commit().await.unwrap();
 }
 
+/// Moves every entry of `ws` written so far `days` into the past. Pruning cuts the hash chain as a
+/// prefix, so the tests' old entries must follow an old history, as they do in a live workspace.
+async fn backdate_history(db: &TestDb, ws: &str, days: i64) -> usize {
+    let conn = Database::connect(&db.url).await.unwrap();
+    let backend = conn.get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "UPDATE activity SET created_at = $1 WHERE workspace_id = $2"
+        }
+        _ => "UPDATE activity SET created_at = ? WHERE workspace_id = ?",
+    };
+    let at = Utc::now() - Duration::days(days);
+    conn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [at.into(), ws.into()],
+    ))
+    .await
+    .unwrap()
+    .rows_affected() as usize
+}
+
 #[tokio::test]
 async fn pruning_removes_only_entries_older_than_the_retention() {
-    let (_db, svc, s) = setup().await;
+    let (db, svc, s) = setup().await;
     let rival = seed_workspace(&svc, "rival").await;
+    let history = backdate_history(&db, s.ws(), 100).await;
+    assert!(history > 0, "the seed wrote entries");
     for days in [40, 31, 90] {
         old_entry(svc.store(), s.ws(), days, "test.old").await;
     }
@@ -3141,10 +3165,14 @@ async fn pruning_removes_only_entries_older_than_the_retention() {
     let kept: Vec<String> = all_activity(&svc, s.ws())
         .await
         .into_iter()
-        .filter(|e| e.activity_type != "test.old")
+        .filter(|e| e.created_at > Utc::now() - Duration::days(30))
         .map(|e| e.id)
         .collect();
-    assert_eq!(svc.prune_activity(&s.admin).await.unwrap(), 3);
+    assert_eq!(kept.len(), 2, "test.recent and the settings change");
+    assert_eq!(
+        svc.prune_activity(&s.admin).await.unwrap(),
+        3 + history as u64
+    );
 
     let after = all_activity(&svc, s.ws()).await;
     assert!(after.iter().all(|e| e.activity_type != "test.old"));
@@ -3153,7 +3181,7 @@ async fn pruning_removes_only_entries_older_than_the_retention() {
         .filter(|e| e.activity_type == "activity.pruned")
         .collect();
     assert_eq!(pruned.len(), 1);
-    assert_eq!(pruned[0].metadata["removed"], 3);
+    assert_eq!(pruned[0].metadata["removed"], 3 + history);
     assert_eq!(
         (pruned[0].actor_kind, pruned[0].actor_id.as_str()),
         (ActorKind::Member, "admin@acme.test")
@@ -3183,12 +3211,13 @@ async fn pruning_removes_only_entries_older_than_the_retention() {
 
 #[tokio::test]
 async fn periodic_pruning_covers_only_workspaces_with_a_retention() {
-    let (_db, svc, s) = setup().await;
+    let (db, svc, s) = setup().await;
     let rival = seed_workspace(&svc, "rival").await;
+    let history = backdate_history(&db, s.ws(), 10).await;
     old_entry(svc.store(), s.ws(), 10, "test.old").await;
     old_entry(svc.store(), rival.ws(), 10, "test.old").await;
     set(&svc, &s.admin, &[("activity_retention_days", "7")]).await;
-    assert_eq!(svc.prune_all_activity().await.unwrap(), 1);
+    assert_eq!(svc.prune_all_activity().await.unwrap(), 1 + history as u64);
     assert!(activity_of(&svc, s.ws(), "test.old").await.is_empty());
     let pruned = activity_of(&svc, s.ws(), "activity.pruned").await;
     assert_eq!(
