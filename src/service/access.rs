@@ -368,23 +368,7 @@ impl Service {
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
-        let mut agent = tx
-            .agent(ws_id, agent_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
-        if agent.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!(
-                "agent {agent_id} is {}; permissions apply to approved agents",
-                agent.status
-            )));
-        }
-        let extra = perms.difference(&agent.requested_permissions);
-        if !extra.is_empty() {
-            return Err(ServiceError::Invalid(format!(
-                "cannot grant {extra}: agent {agent_id} requested only {}",
-                agent.requested_permissions
-            )));
-        }
+        let mut agent = grantable_agent(&tx, ws_id, agent_id, &perms).await?;
         let old = std::mem::replace(&mut agent.granted_permissions, perms);
         agent.access_version += 1;
         agent.updated_at = now();
@@ -466,6 +450,34 @@ impl Service {
 }
 
 /// Issues a new key for an agent inside the caller's transaction; only its hash is stored.
+/// The approved agent whose grant is about to change to include `perms`: an agent is never granted
+/// more than it requested.
+pub(super) async fn grantable_agent(
+    tx: &Tx,
+    ws_id: &str,
+    agent_id: &str,
+    perms: &PermissionSet,
+) -> ServiceResult<Agent> {
+    let agent = tx
+        .agent(ws_id, agent_id)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
+    if agent.status != AgentStatus::Approved {
+        return Err(ServiceError::Conflict(format!(
+            "agent {agent_id} is {}; permissions apply to approved agents",
+            agent.status
+        )));
+    }
+    let extra = perms.difference(&agent.requested_permissions);
+    if !extra.is_empty() {
+        return Err(ServiceError::Invalid(format!(
+            "cannot grant {extra}: agent {agent_id} requested only {}",
+            agent.requested_permissions
+        )));
+    }
+    Ok(agent)
+}
+
 async fn issue_key(tx: &Tx, agent: &Agent, ttl_days: Option<u32>) -> ServiceResult<ApiKey> {
     let key = ApiKey::generate();
     let at = now();

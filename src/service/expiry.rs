@@ -107,23 +107,7 @@ impl Service {
         let ws_id = &caller.workspace().id;
         let tx = self.store.write().await?;
         tx.lock_workspace(ws_id).await?;
-        let mut agent = tx
-            .agent(ws_id, agent_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("agent", agent_id))?;
-        if agent.status != AgentStatus::Approved {
-            return Err(ServiceError::Conflict(format!(
-                "agent {agent_id} is {}; permissions apply to approved agents",
-                agent.status
-            )));
-        }
-        let extra = perms.difference(&agent.requested_permissions);
-        if !extra.is_empty() {
-            return Err(ServiceError::Invalid(format!(
-                "cannot grant {extra}: agent {agent_id} requested only {}",
-                agent.requested_permissions
-            )));
-        }
+        let mut agent = super::access::grantable_agent(&tx, ws_id, agent_id, &perms).await?;
         let at = now();
         // Lapsed entries are dropped here rather than kept forever.
         agent
