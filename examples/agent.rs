@@ -78,10 +78,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         json!({ "type": "task_started", "description": "picked up the task", "taskId": task_id }),
     )
     .await?;
-    println!(
-        "logged activity {} (task status now {})",
-        logged["activityId"], logged["taskStatus"]
-    );
+    let id = logged["activityId"].as_str().unwrap_or("?");
+    // The task's status is reported only when logging moved it.
+    match logged["taskStatus"].as_str() {
+        Some(status) => println!("logged activity {id} (task status now {status})"),
+        None => println!("logged activity {id}"),
+    }
     call(&client, "agent_update_status", json!({ "status": "idle" })).await?;
     client.cancel().await?;
     Ok(())

@@ -16,7 +16,7 @@ pm() { "$BIN" --database-url "$DB" -w interop --as admin@interop.test "$@"; }
 project=$(pm --json project create "Interop project" | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 task=$(pm --json task create --project "$project" "Interop task" | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 pm agent request interop-bot --name "Interop bot" --permission read:tasks,read:agents >/dev/null
-KEY=$(pm --json agent approve interop-bot --grant read:tasks,read:agents | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+KEY=$(pm --json agent approve interop-bot --grant read:tasks,read:agents | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["apiKey"])')
 pm assign interop-bot --task "$task" >/dev/null
 
 # HTTP server on a free port; its log names the bound address.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentFilter {
     pub status: Option<AgentStatus>,
 }
@@ -29,7 +29,7 @@ pub async fn list(
 
 /// An access request filed by a member on an agent's behalf (as `agent request`).
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewRequest {
     pub agent_id: String,
     pub name: String,
@@ -47,6 +47,7 @@ pub struct NewRequest {
 
 // No Debug: it carries key material.
 #[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RequestOutcome {
     pub agent: Agent,
     /// False when the agent was already pending or approved (requests are idempotent).
@@ -99,7 +100,7 @@ pub async fn show(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approval {
     /// Permissions to grant, a subset of those requested [default: the workspace's
     /// default_permissions that were requested].
@@ -113,6 +114,7 @@ pub struct Approval {
 
 // No Debug: it carries key material.
 #[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Approved {
     pub agent: Agent,
     /// The agent's API key; shown once.
@@ -139,7 +141,7 @@ pub async fn approve(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Reason {
     pub reason: String,
 }
@@ -163,7 +165,7 @@ pub async fn revoke(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Grant {
     /// The complete new grant, a subset of what the agent requested; with `for` or `until`,
     /// extra permissions added on top of the grant until then.
@@ -189,7 +191,7 @@ pub async fn set_permissions(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Extension {
     /// Access for this long from now, e.g. `8h` (not with `until`).
     #[serde(rename = "for")]
@@ -216,7 +218,7 @@ pub async fn extend(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rotation {
     /// Make the new key expire after this many days [default: the workspace's key_ttl_days].
     pub expires_in_days: Option<u32>,
@@ -224,6 +226,7 @@ pub struct Rotation {
 
 // No Debug: it carries key material.
 #[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct RotatedKey {
     pub credential: Credential,
     /// The new API key; shown once.

@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AssignmentFilter {
     /// Only this agent's assignments.
     pub agent: Option<String>,
@@ -39,7 +39,7 @@ pub async fn list(
 
 /// Assign an approved agent to a project or to a task (exactly one of the two).
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewAssignment {
     pub agent_id: String,
     pub project_id: Option<String>,
@@ -49,6 +49,7 @@ pub struct NewAssignment {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AssignOutcome {
     pub assignment: Assignment,
     /// False when the agent was already assigned there.
@@ -94,7 +95,7 @@ pub async fn unassign(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DelegationFilter {
     pub status: Option<DelegationStatus>,
 }
@@ -108,7 +109,7 @@ pub async fn delegations(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Note {
     /// A note for the audit trail.
     pub note: Option<String>,
@@ -141,7 +142,7 @@ pub async fn deny_delegation(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActivityFilter {
     pub agent: Option<String>,
     pub project: Option<String>,
@@ -157,10 +158,13 @@ pub struct ActivityFilter {
 
 /// A page of the trail, newest first.
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ActivityPage {
     pub entries: Vec<ActivityEntry>,
     /// Pass as `before` for the next page; absent on the last page.
     pub next_before: Option<String>,
+    /// The name or title of every project and task the entries refer to, by id.
+    pub titles: std::collections::BTreeMap<String, String>,
 }
 
 pub async fn activity(
@@ -191,13 +195,16 @@ pub async fn activity(
         .last()
         .filter(|_| entries.len() as u64 >= limit)
         .map(|e| e.id.clone());
+    let titles = ctx.service.activity_titles(&m, &entries).await?;
     Ok(Json(ActivityPage {
         entries,
         next_before,
+        titles,
     }))
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Pruned {
     pub removed: u64,
 }
@@ -209,7 +216,7 @@ pub async fn prune(State(ctx): State<HttpContext>, Member(m): Member) -> ApiResu
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VerifyQuery {
     /// Start at this position (the entry before it is trusted) [default: the chain's start].
     pub from: Option<i64>,
@@ -225,7 +232,7 @@ pub async fn verify(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportQuery {
     /// Only entries after this position [default: 0, from the start].
     pub since: Option<i64>,

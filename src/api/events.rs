@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventsQuery {
     /// Comma-separated event types to keep, e.g. `agent.access_approved,agent.task_assigned`.
     pub types: Option<String>,
@@ -59,13 +59,14 @@ pub async fn stream(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered`, `failed` or `disabled`.
     pub status: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct DeliveryList {
     pub deliveries: Vec<WebhookDelivery>,
 }
@@ -87,6 +88,7 @@ pub async fn deliveries(
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Redelivery {
     pub delivery: WebhookDelivery,
 }

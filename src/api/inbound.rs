@@ -96,6 +96,6 @@ fn render(agent: &Agent, created: bool, key: Option<&ApiKey>) -> (u16, Value) {
     let status = if created { 201 } else { 200 };
     (
         status,
-        json!({ "agent": agent, "created": created, "api_key": key.map(ApiKey::expose) }),
+        json!({ "agent": agent, "created": created, "apiKey": key.map(ApiKey::expose) }),
     )
 }

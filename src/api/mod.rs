@@ -36,7 +36,8 @@ pub fn router(ctx: &HttpContext) -> Router {
     }
     // Unknown API paths and methods answer in the API's error shape; the catch-all is scoped to
     // `/api/v1` so the rest of the server keeps its own 404s.
-    r.route("/api/v1/{*rest}", any(not_found))
+    r.route("/api/v1/openapi.json", axum::routing::get(openapi_document))
+        .route("/api/v1/{*rest}", any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(ctx.opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(ctx.clone(), in_flight))
@@ -47,6 +48,12 @@ pub fn router(ctx: &HttpContext) -> Router {
 async fn in_flight(State(ctx): State<HttpContext>, req: Request, next: Next) -> Response {
     let _guard = ctx.inflight.enter();
     next.run(req).await
+}
+
+/// The OpenAPI document, public like any API description; built once.
+async fn openapi_document() -> axum::Json<&'static serde_json::Value> {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi::document))
 }
 
 async fn not_found() -> Response {

@@ -20,7 +20,7 @@ pub async fn projects(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewProject {
     pub name: String,
     #[serde(default)]
@@ -40,7 +40,7 @@ pub async fn create_project(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskFilter {
     /// Only tasks of this project (its id).
     pub project: Option<String>,
@@ -60,7 +60,7 @@ pub async fn tasks(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTask {
     pub project_id: String,
     pub title: String,
@@ -82,7 +82,7 @@ pub async fn create_task(
 
 /// Fields to change; absent ones stay as they are.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskChange {
     pub title: Option<String>,
     pub description: Option<String>,
@@ -104,7 +104,7 @@ pub async fn update_task(
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PageFilter {
     /// Only pages of this project (its id).
     pub project: Option<String>,
@@ -121,7 +121,7 @@ pub async fn pages(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewPage {
     pub title: String,
     pub project_id: Option<String>,

@@ -64,7 +64,7 @@ fn setting_text(v: Value) -> String {
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RotateSecret {
     /// How long the previous secrets stay valid, in seconds [default: 86400].
     pub grace_secs: Option<u64>,
@@ -72,6 +72,7 @@ pub struct RotateSecret {
 
 // No Debug: it carries key material.
 #[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct NewSecret {
     /// The new `whsec_…` secret; shown once.
     pub secret: String,
@@ -102,7 +103,7 @@ pub async fn members(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMember {
     pub email: String,
     pub role: Role,
@@ -124,7 +125,7 @@ pub async fn add_member(
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RoleChange {
     pub role: Role,
 }

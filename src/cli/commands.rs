@@ -133,7 +133,7 @@ async fn migrate(config: &Config, status_only: bool, json: bool) -> Out {
         let key = if status_only { "pending" } else { "applied" };
         return Ok(format!(
             "{}\n",
-            json!({ key: names, "up_to_date": !status_only || names.is_empty() })
+            json!({ key: names, "upToDate": !status_only || names.is_empty() })
         ));
     }
     Ok(match (status_only, names.is_empty()) {
@@ -224,7 +224,7 @@ async fn workspace(ctx: &Ctx, cmd: WorkspaceCmd) -> Out {
             let secret = ctx.svc.rotate_webhook_secret(&caller, grace_secs).await?;
             let shown = secret.expose();
             ctx.render(
-                &json!({ "secret": shown, "previous_valid_for_secs": grace_secs }),
+                &json!({ "secret": shown, "previousValidForSecs": grace_secs }),
                 || {
                     format!(
                         "New webhook secret for {} (store it now, it will not be shown again):\n\n    {shown}\n\n\
@@ -477,6 +477,7 @@ fn perms_or_none(p: &PermissionSet) -> String {
 
 /// An agent in `agent list`: the record plus how many active assignments it has.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct AgentRow<'a> {
     #[serde(flatten)]
     agent: &'a Agent,
@@ -588,7 +589,7 @@ async fn agent(ctx: &Ctx, cmd: AgentCmd) -> Out {
             let (agent, key) = svc
                 .approve_agent_until(&caller, &agent_id, grant, until)
                 .await?;
-            ctx.render(&json!({ "agent": agent, "api_key": key.expose() }), || {
+            ctx.render(&json!({ "agent": agent, "apiKey": key.expose() }), || {
                 format!(
                     "Approved {} with {}{}.\n{}",
                     agent.id,
@@ -669,7 +670,7 @@ async fn agent(ctx: &Ctx, cmd: AgentCmd) -> Out {
             let (cred, key) = svc
                 .rotate_agent_key(&caller, &agent_id, expires_in_days)
                 .await?;
-            ctx.render(&json!({ "credential": cred, "api_key": key.expose() }), || {
+            ctx.render(&json!({ "credential": cred, "apiKey": key.expose() }), || {
                 let expiry = cred.expires_at.as_ref().map_or_else(|| "does not expire".to_owned(), |t| format!("expires {}", time(t)));
                 format!("Rotated the key of {agent_id}: old keys are revoked; the new one {expiry}.\n{}", key_block(&agent_id, &key))
             })
@@ -935,8 +936,27 @@ async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
         limit,
     };
     let entries = ctx.svc.list_activity(&caller, q).await?;
+    let titles = if ctx.json {
+        Default::default()
+    } else {
+        ctx.svc.activity_titles(&caller, &entries).await?
+    };
+    // Titles, not ids: a person reads "Write the launch post", not task_01j….
+    let title = |id: Option<&String>| match id {
+        Some(id) => titles.get(id).cloned().unwrap_or_else(|| id.clone()),
+        None => "-".to_owned(),
+    };
     ctx.render(&entries, || {
-        let mut t = Table::new(&["TIME", "ACTOR", "TYPE", "AGENT", "OUTCOME", "DESCRIPTION"]);
+        let mut t = Table::new(&[
+            "TIME",
+            "ACTOR",
+            "TYPE",
+            "AGENT",
+            "OUTCOME",
+            "PROJECT",
+            "TASK",
+            "DESCRIPTION",
+        ]);
         for e in &entries {
             let actor = match e.actor_kind {
                 ActorKind::System => "system".to_owned(),
@@ -948,6 +968,8 @@ async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
                 e.activity_type.clone(),
                 or_dash(e.agent_id.as_deref()),
                 or_dash(e.outcome.as_deref()),
+                title(e.project_id.as_ref()),
+                title(e.task_id.as_ref()),
                 e.description.clone(),
             ]);
         }

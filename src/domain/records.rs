@@ -7,6 +7,7 @@ use serde::Serialize;
 pub type Timestamp = DateTime<Utc>;
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Workspace {
     pub id: String,
     pub slug: String,
@@ -16,6 +17,7 @@ pub struct Workspace {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Member {
     pub id: String,
     pub workspace_id: String,
@@ -26,6 +28,7 @@ pub struct Member {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Project {
     pub id: String,
     pub workspace_id: String,
@@ -37,6 +40,7 @@ pub struct Project {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
     pub workspace_id: String,
@@ -49,6 +53,7 @@ pub struct Task {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Page {
     pub id: String,
     pub workspace_id: String,
@@ -60,6 +65,7 @@ pub struct Page {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Agent {
     pub id: String,
     pub workspace_id: String,
@@ -117,13 +123,17 @@ impl Agent {
 
 /// A permission granted until a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TemporaryPermission {
     pub permission: Permission,
+    /// Rows stored before the API spoke camelCase say `expires_at`.
+    #[serde(alias = "expires_at")]
     pub expires_at: Timestamp,
 }
 
 /// A stored API key, without the secret.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Credential {
     pub id: String,
     pub workspace_id: String,
@@ -136,6 +146,7 @@ pub struct Credential {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub id: String,
     pub workspace_id: String,
@@ -157,6 +168,7 @@ impl Assignment {
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Delegation {
     pub id: String,
     pub workspace_id: String,
@@ -174,6 +186,7 @@ pub struct Delegation {
 
 /// One entry of the audit trail.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ActivityEntry {
     pub id: String,
     pub workspace_id: String,
@@ -193,6 +206,7 @@ pub struct ActivityEntry {
 
 /// An event as written to the outbox (docs/design.md §4).
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     pub id: String,
     pub workspace_id: String,

@@ -1,35 +1,50 @@
 use super::{ParseError, Permission, PermissionSet};
 
 /// A workspace's agent settings (docs/design.md §1). Stored as JSON; unknown keys are refused
-/// so a typo in a settings change is an error, not a silently ignored field.
+/// so a typo in a settings change is an error, not a silently ignored field. Written in
+/// camelCase like every JSON the server emits; the snake_case aliases read rows stored before.
 #[derive(
     Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
-#[serde(default, deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WorkspaceSettings {
     /// When false, no agent may request access or call a tool in this workspace.
     pub enabled: bool,
     /// Requests whose capabilities all fall in this list (and permissions in the next) skip review.
+    #[serde(alias = "auto_approve_capabilities")]
     pub auto_approve_capabilities: Vec<String>,
+    #[serde(alias = "auto_approve_permissions")]
     pub auto_approve_permissions: PermissionSet,
     /// Auto-approved grants end after this many hours; none means until revoked.
+    #[serde(alias = "auto_approve_max_hours")]
     pub auto_approve_max_hours: Option<u32>,
+    #[serde(alias = "max_agents")]
     pub max_agents: u32,
+    #[serde(alias = "max_agents_per_project")]
     pub max_agents_per_project: u32,
+    #[serde(alias = "max_active_assignments_per_agent")]
     pub max_active_assignments_per_agent: u32,
     /// Granted on approval when the approver names no permissions (intersected with the request).
+    #[serde(alias = "default_permissions")]
     pub default_permissions: PermissionSet,
+    #[serde(alias = "delegation_requires_approval")]
     pub delegation_requires_approval: bool,
     /// How long a delegation waits for a human before it expires.
+    #[serde(alias = "delegation_ttl_hours")]
     pub delegation_ttl_hours: u32,
     /// Lifetime of newly issued API keys; none means they last until rotated or revoked.
+    #[serde(alias = "key_ttl_days")]
     pub key_ttl_days: Option<u32>,
+    #[serde(alias = "control_plane_url")]
     pub control_plane_url: Option<String>,
     /// Activity older than this is pruned; none keeps it forever.
+    #[serde(alias = "activity_retention_days")]
     pub activity_retention_days: Option<u32>,
     /// MCP requests each agent may make per minute, sustained…
+    #[serde(alias = "rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
     /// …and in a burst above that rate.
+    #[serde(alias = "rate_limit_burst")]
     pub rate_limit_burst: u32,
 }
 
@@ -53,6 +68,20 @@ impl Default for WorkspaceSettings {
             rate_limit_burst: 60,
         }
     }
+}
+
+/// `maxAgents` → `max_agents`, so API bodies may name settings as the JSON shows them.
+fn snake_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Names of the settings, in display order, for help text and `settings` listings.
@@ -113,7 +142,8 @@ impl WorkspaceSettings {
                 ))),
             }
         };
-        match key {
+        let snake = snake_case(key);
+        match snake.as_str() {
             "enabled" => self.enabled = boolean(value)?,
             "auto_approve_capabilities" => self.auto_approve_capabilities = list(value),
             "auto_approve_permissions" => {
@@ -149,9 +179,9 @@ impl WorkspaceSettings {
             }
             "rate_limit_per_minute" => self.rate_limit_per_minute = positive(value)?,
             "rate_limit_burst" => self.rate_limit_burst = positive(value)?,
-            other => {
+            _ => {
                 return Err(ParseError::new(format!(
-                    "unknown setting {other:?}; known: {}",
+                    "unknown setting {key:?}; known: {}",
                     SETTING_KEYS.join(", ")
                 )));
             }
@@ -194,7 +224,7 @@ mod tests {
         assert!(s.apply("control_plane_url", "ftp://x").is_err());
         assert!(s.apply("enabled", "maybe").is_err());
         s.apply("rate_limit_per_minute", "120").unwrap();
-        s.apply("rate_limit_burst", "5").unwrap();
+        s.apply("rateLimitBurst", "5").unwrap();
         assert_eq!((s.rate_limit_per_minute, s.rate_limit_burst), (120, 5));
         assert!(s.apply("rate_limit_per_minute", "0").is_err());
         assert!(s.apply("rate_limit_burst", "lots").is_err());
@@ -218,5 +248,11 @@ mod tests {
         assert!(serde_json::from_str::<WorkspaceSettings>(r#"{"max_agnets": 3}"#).is_err());
         let partial: WorkspaceSettings = serde_json::from_str(r#"{"max_agents": 3}"#).unwrap();
         assert_eq!(partial.max_agents_per_project, 10);
+        assert_eq!(
+            partial.max_agents, 3,
+            "rows stored in snake_case still read"
+        );
+        let json = serde_json::to_value(&partial).unwrap();
+        assert_eq!(json["maxAgents"], 3, "written in camelCase: {json}");
     }
 }

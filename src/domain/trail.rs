@@ -29,6 +29,7 @@ impl ChainBreak {
 
 /// The first point where the chain does not hold.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ChainProblem {
     #[serde(rename = "kind")]
     pub kind: ChainBreak,
@@ -41,6 +42,7 @@ pub struct ChainProblem {
 
 /// The result of walking one workspace's chain.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ChainVerification {
     pub workspace_id: String,
     pub workspace: String,
@@ -60,6 +62,7 @@ pub struct ChainVerification {
 
 /// An activity entry with its place in the chain, as exported.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ChainedActivity {
     pub seq: i64,
     /// blake3 (hex) over the previous entry's hash and this entry.

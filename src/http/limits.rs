@@ -130,12 +130,23 @@ fn too_large(limit: usize) -> Response {
     )
 }
 
-pub fn refuse(status: StatusCode, error: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({ "error": error, "message": message })),
-    )
-        .into_response()
+/// Every non-MCP HTTP error has this one shape, the admin API's: `{"error":{"code","message"}}`.
+/// (`/oauth/token` keeps RFC 6749's own, which clients of that endpoint expect.)
+pub fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(error_body(code, message, None))).into_response()
+}
+
+/// The body of [`refuse`], with extra fields beside `code` and `message` when given.
+pub fn error_body(
+    code: &str,
+    message: &str,
+    extra: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut error = json!({ "code": code, "message": message });
+    if let (Some(serde_json::Value::Object(extra)), Some(map)) = (extra, error.as_object_mut()) {
+        map.extend(extra);
+    }
+    json!({ "error": error })
 }
 
 /// The request's host, lowercase, without brackets or port; and its port if given.

@@ -84,11 +84,11 @@ pub fn too_many_requests(wait: std::time::Duration, message: &str) -> Response {
     let secs = retry_after_secs(wait);
     let mut res = (
         StatusCode::TOO_MANY_REQUESTS,
-        axum::Json(json!({
-            "error": "rate_limited",
-            "message": message,
-            "retry_after_secs": secs,
-        })),
+        axum::Json(super::limits::error_body(
+            "rate_limited",
+            message,
+            Some(json!({ "retryAfterSecs": secs })),
+        )),
     )
         .into_response();
     res.headers_mut()

@@ -6,14 +6,14 @@ use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
 use super::sessions;
 use crate::auth;
+use crate::http::limits::refuse;
 use crate::http::{HttpContext, oauth};
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::response::Response;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use serde_json::json;
 use std::sync::Arc;
 
 /// API keys are recognised by their prefix; anything else is taken for an access token.
@@ -115,8 +115,11 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
         }
         Err(e) => {
             tracing::error!(error = %e, "authentication failed on the store");
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable", "message": "the workspace store is unavailable" })))
-                .into_response();
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the workspace store is unavailable",
+            );
         }
     };
     if let Err(wait) = state.gate.limiter().check(&caller) {
@@ -155,11 +158,14 @@ async fn scope_check(
             let bytes = axum::body::to_bytes(body, state.ctx.opts.max_body_bytes)
                 .await
                 .map_err(|_| {
-                    (
+                    refuse(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        Json(json!({ "error": "payload_too_large", "message": "request body too large" })),
+                        "body_too_large",
+                        &format!(
+                            "the request body is larger than {} bytes",
+                            state.ctx.opts.max_body_bytes
+                        ),
                     )
-                        .into_response()
                 })?;
             let tool = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
@@ -190,14 +196,11 @@ async fn scope_check(
         .gate
         .audit_insufficient_scope(caller, &tool, needed.as_str())
         .await;
-    let mut res = (
+    let mut res = refuse(
         StatusCode::FORBIDDEN,
-        Json(json!({
-            "error": "insufficient_scope",
-            "message": format!("{tool} needs the {needed} scope; request a token with it"),
-        })),
-    )
-        .into_response();
+        "insufficient_scope",
+        &format!("{tool} needs the {needed} scope; request a token with it"),
+    );
     let value = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\", error_description=\"the token's scope lacks {needed}\"",
         state.ctx.urls.resource_metadata
@@ -229,7 +232,7 @@ fn challenge(state: &McpState, status: StatusCode, message: &str, error: Option<
     } else {
         error.unwrap_or("invalid_request")
     };
-    let mut res = (status, Json(json!({ "error": body, "message": message }))).into_response();
+    let mut res = refuse(status, body, message);
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }

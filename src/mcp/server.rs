@@ -118,7 +118,7 @@ impl ParallaxServer {
                     return Err(ErrorData::new(
                         RATE_LIMITED,
                         format!("rate limit exceeded: retry after {secs} s"),
-                        Some(serde_json::json!({ "retry_after_secs": secs })),
+                        Some(serde_json::json!({ "retryAfterSecs": secs })),
                     ));
                 }
                 Ok(outcome)

@@ -6,6 +6,7 @@ use crate::store::Tx;
 
 /// What a requester sends (the control plane's access request fields).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AccessRequest {
     pub agent_id: String,
     pub name: String,
@@ -30,6 +31,7 @@ pub struct AccessOutcome {
 
 /// An agent with its keys (without secrets) and assignment history.
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AgentDetails {
     pub agent: Agent,
     pub credentials: Vec<Credential>,
@@ -226,7 +228,7 @@ impl Service {
                     agent.granted_permissions,
                     until_text(until)
                 ))
-                .metadata(json!({ "expires_at": until }))
+                .metadata(json!({ "expiresAt": until }))
                 .build(),
         )
         .await?;
@@ -345,7 +347,7 @@ impl Service {
                 .agent(agent_id)
                 .outcome("denied")
                 .description(&reason)
-                .metadata(json!({ "keys_revoked": keys }))
+                .metadata(json!({ "keysRevoked": keys }))
                 .build(),
         )
         .await?;

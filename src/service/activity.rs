@@ -7,6 +7,34 @@ use crate::store::ActivityQuery;
 pub const MAX_PAGE: u64 = 500;
 
 impl Service {
+    /// The titles of the projects (their names) and tasks that `entries` refer to, by id, so a
+    /// listing can show what an entry was about rather than bare ids.
+    pub async fn activity_titles(
+        &self,
+        caller: &MemberCaller,
+        entries: &[ActivityEntry],
+    ) -> ServiceResult<std::collections::BTreeMap<String, String>> {
+        self.require(caller, Role::Read, "reading activity").await?;
+        let ids = |f: fn(&ActivityEntry) -> Option<&String>| {
+            let set: std::collections::BTreeSet<String> =
+                entries.iter().filter_map(f).cloned().collect();
+            set.into_iter().collect::<Vec<_>>()
+        };
+        let ws = &caller.workspace().id;
+        let tx = self.store.read().await?;
+        let mut titles = std::collections::BTreeMap::new();
+        for p in tx
+            .projects_by_ids(ws, &ids(|e| e.project_id.as_ref()))
+            .await?
+        {
+            titles.insert(p.id, p.name);
+        }
+        for t in tx.tasks_by_ids(ws, &ids(|e| e.task_id.as_ref())).await? {
+            titles.insert(t.id, t.title);
+        }
+        Ok(titles)
+    }
+
     /// Activity of the caller's workspace, newest first. `q.limit` is clamped to 1..=500 (0 means 50).
     pub async fn list_activity(
         &self,

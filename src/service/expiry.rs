@@ -81,7 +81,7 @@ impl Service {
                     Some(_) => format!("access extended{}", until_text(until)),
                     None => "access no longer expires".to_owned(),
                 })
-                .metadata(json!({ "old_expires_at": old, "expires_at": until }))
+                .metadata(json!({ "oldExpiresAt": old, "expiresAt": until }))
                 .build(),
         )
         .await?;
@@ -130,7 +130,7 @@ impl Service {
                     "temporarily granted {perms}{}",
                     until_text(Some(until))
                 ))
-                .metadata(json!({ "temporary": perms, "expires_at": until }))
+                .metadata(json!({ "temporary": perms, "expiresAt": until }))
                 .build(),
         )
         .await?;
@@ -164,7 +164,7 @@ impl Service {
                         ends.map(|t| format!(" at {}", t.to_rfc3339()))
                             .unwrap_or_default()
                     ))
-                    .metadata(json!({ "expires_at": ends }))
+                    .metadata(json!({ "expiresAt": ends }))
                     .build(),
             )
             .await?;

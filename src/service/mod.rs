@@ -74,7 +74,7 @@ impl Service {
             &Activity::new(&caller.workspace().id, &caller.actor(), "member.denied")
                 .outcome("denied")
                 .description(&reason)
-                .metadata(json!({ "action": action, "needed_role": needed }))
+                .metadata(json!({ "action": action, "neededRole": needed }))
                 .build(),
         )
         .await?;

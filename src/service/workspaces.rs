@@ -287,7 +287,7 @@ impl Service {
                 .description(&format!(
                     "new webhook secret; previous ones valid for {grace_secs} s"
                 ))
-                .metadata(json!({ "grace_secs": grace_secs }))
+                .metadata(json!({ "graceSecs": grace_secs }))
                 .build(),
         )
         .await?;

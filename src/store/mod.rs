@@ -483,6 +483,25 @@ impl Tx {
             .transpose()
     }
 
+    pub async fn projects_by_ids(
+        &self,
+        workspace_id: &str,
+        ids: &[String],
+    ) -> StoreResult<Vec<Project>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        project::Entity::find()
+            .filter(project::Column::WorkspaceId.eq(workspace_id))
+            .filter(project::Column::Id.is_in(ids.iter().cloned()))
+            .order_by_asc(project::Column::Id)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::project)
+            .collect()
+    }
+
     pub async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>> {
         project::Entity::find()
             .filter(project::Column::WorkspaceId.eq(workspace_id))

@@ -174,7 +174,7 @@ async fn signed_access_request_is_processed_once() {
     assert_eq!(v["agent"]["id"], "docs-bot");
     assert_eq!(v["agent"]["status"], "pending");
     assert_eq!(v["created"], true);
-    assert_eq!(v["api_key"], Value::Null);
+    assert_eq!(v["apiKey"], Value::Null);
     assert!(first.headers.get("webhook-replayed").is_none());
 
     let ws = &w.admin.workspace().id;
@@ -337,14 +337,14 @@ async fn signed_access_request_follows_auto_approval() {
         .await
         .ok(StatusCode::CREATED);
     assert_eq!(v["agent"]["status"], "approved");
-    let key = v["api_key"].as_str().expect("key shown once");
+    let key = v["apiKey"].as_str().expect("key shown once");
     assert!(ApiKey::parse(key).is_ok());
     // A replay never shows the key again: it is not stored in clear.
     let again = api
         .signed("acme", "msg_auto", ts, Some(&sig), &body)
         .await
         .ok(StatusCode::CREATED);
-    assert_eq!(again["api_key"], Value::Null);
+    assert_eq!(again["apiKey"], Value::Null);
     assert_eq!(again["agent"], v["agent"]);
 }
 
@@ -516,7 +516,7 @@ async fn full_flow_through_the_api() {
         .post(
             &format!("{ws}/tasks"),
             &admin,
-            json!({ "project_id": pid, "title": "Write intro" }),
+            json!({ "projectId": pid, "title": "Write intro" }),
         )
         .await
         .ok(StatusCode::CREATED);
@@ -536,12 +536,12 @@ async fn full_flow_through_the_api() {
         .post(
             &format!("{ws}/agents"),
             &admin,
-            json!({ "agent_id": "docs-bot", "name": "Docs bot", "permissions": ["read:tasks", "write:tasks", "read:pages"] }),
+            json!({ "agentId": "docs-bot", "name": "Docs bot", "permissions": ["read:tasks", "write:tasks", "read:pages"] }),
         )
         .await
         .ok(StatusCode::CREATED);
     assert_eq!(req["agent"]["status"], "pending");
-    assert_eq!(req["api_key"], Value::Null);
+    assert_eq!(req["apiKey"], Value::Null);
 
     let approved = api
         .post(
@@ -552,10 +552,10 @@ async fn full_flow_through_the_api() {
         .await
         .ok(StatusCode::OK);
     assert_eq!(
-        approved["agent"]["granted_permissions"],
+        approved["agent"]["grantedPermissions"],
         json!(["read:tasks", "write:tasks"])
     );
-    let key = approved["api_key"].as_str().unwrap().to_owned();
+    let key = approved["apiKey"].as_str().unwrap().to_owned();
     let caller = parallax_mcp::auth::agent(w.svc.store(), &key)
         .await
         .unwrap();
@@ -579,7 +579,7 @@ async fn full_flow_through_the_api() {
         .post(
             &format!("{ws}/assignments"),
             &admin,
-            json!({ "agent_id": "docs-bot", "task_id": tid }),
+            json!({ "agentId": "docs-bot", "taskId": tid }),
         )
         .await
         .ok(StatusCode::CREATED);
@@ -598,7 +598,7 @@ async fn full_flow_through_the_api() {
         let entries = page["entries"].as_array().unwrap();
         assert!(entries.len() <= 2);
         seen.extend(entries.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
-        match page["next_before"].as_str() {
+        match page["nextBefore"].as_str() {
             Some(b) => path = format!("{ws}/activity?limit=2&before={b}"),
             None => break,
         }
@@ -626,7 +626,7 @@ async fn full_flow_through_the_api() {
         )
         .await
         .ok(StatusCode::OK);
-    let new_key = rotated["api_key"].as_str().unwrap();
+    let new_key = rotated["apiKey"].as_str().unwrap();
     assert_ne!(new_key, key);
     assert!(
         parallax_mcp::auth::agent(w.svc.store(), &key)
@@ -672,7 +672,7 @@ async fn roles_are_enforced_and_refusals_audited() {
         "PATCH",
         &format!("{ws}/settings"),
         &reader,
-        Some(json!({ "max_agents": 1 })),
+        Some(json!({ "maxAgents": 1 })),
     )
     .await
     .error(StatusCode::FORBIDDEN, "forbidden");
@@ -695,12 +695,12 @@ async fn roles_are_enforced_and_refusals_audited() {
             "PATCH",
             &format!("{ws}/settings"),
             &admin,
-            Some(json!({ "max_agents": 7, "auto_approve_capabilities": ["a", "b"] })),
+            Some(json!({ "maxAgents": 7, "autoApproveCapabilities": ["a", "b"] })),
         )
         .await
         .ok(StatusCode::OK);
-    assert_eq!(s["max_agents"], 7);
-    assert_eq!(s["auto_approve_capabilities"], json!(["a", "b"]));
+    assert_eq!(s["maxAgents"], 7);
+    assert_eq!(s["autoApproveCapabilities"], json!(["a", "b"]));
     api.call(
         "PATCH",
         &format!("{ws}/settings"),
@@ -828,7 +828,7 @@ async fn other_workspaces_are_not_found() {
     api.post(
         "/api/v1/workspaces/acme/assignments",
         &admin,
-        json!({ "agent_id": "nobody", "task_id": tid }),
+        json!({ "agentId": "nobody", "taskId": tid }),
     )
     .await
     .error(StatusCode::NOT_FOUND, "not_found");
@@ -878,7 +878,7 @@ async fn bad_input_and_bad_credentials_get_the_stable_shape() {
     api.post(
         &format!("{ws}/assignments"),
         &admin,
-        json!({ "agent_id": "x", "task_id": "a", "project_id": "b" }),
+        json!({ "agentId": "x", "taskId": "a", "projectId": "b" }),
     )
     .await
     .error(StatusCode::BAD_REQUEST, "invalid");
@@ -986,7 +986,7 @@ async fn cli_and_api_see_the_same_workspace() {
         .post(
             "/api/v1/workspaces/acme/tasks",
             &admin,
-            json!({ "project_id": pid, "title": "From API" }),
+            json!({ "projectId": pid, "title": "From API" }),
         )
         .await
         .ok(StatusCode::CREATED);
@@ -1003,7 +1003,7 @@ async fn cli_and_api_see_the_same_workspace() {
     api.post(
         "/api/v1/workspaces/acme/agents",
         &admin,
-        json!({ "agent_id": "x-bot", "name": "X", "permissions": ["read:tasks"] }),
+        json!({ "agentId": "x-bot", "name": "X", "permissions": ["read:tasks"] }),
     )
     .await
     .ok(StatusCode::CREATED);
@@ -1048,6 +1048,74 @@ fn committed_openapi_matches_the_code() {
         committed == text,
         "schemas/openapi.json drifted (run with PARALLAX_UPDATE_SCHEMAS=1 and commit)"
     );
+}
+
+/// Every JSON property the API documents is camelCase, like MCP's: one casing for everything the
+/// server emits.
+#[test]
+fn every_documented_property_is_camel_case() {
+    fn walk(v: &Value, path: &str, bad: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties") {
+                    for name in props.keys() {
+                        if name.contains('_') || name.contains('-') {
+                            bad.push(format!("{path}.{name}"));
+                        }
+                    }
+                }
+                for (k, child) in map {
+                    walk(child, &format!("{path}/{k}"), bad);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|c| walk(c, path, bad)),
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    walk(&parallax_mcp::api::openapi::document(), "", &mut bad);
+    assert!(bad.is_empty(), "not camelCase: {bad:?}");
+}
+
+/// The document is served at `/api/v1/openapi.json` without credentials, and every non-MCP
+/// refusal (API, `/mcp`'s 401, Host checks, health) has the API's one error shape.
+#[tokio::test]
+async fn the_openapi_document_is_served_and_refusals_share_one_shape() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let doc = api
+        .send(api.http.get(api.url("/api/v1/openapi.json")))
+        .await;
+    assert_eq!(
+        doc.ok(StatusCode::OK),
+        parallax_mcp::api::openapi::document()
+    );
+
+    let msg = api
+        .get("/api/v1/workspaces/acme/agents", "nonsense")
+        .await
+        .error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert!(!msg.contains("nonsense"), "{msg}");
+    api.get("/api/v1/no-such-route", "x")
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    let mcp = api
+        .send(
+            api.http
+                .post(api.url("/mcp"))
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    mcp.error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let host = api
+        .send(
+            api.http
+                .get(api.url("/api/v1/openapi.json"))
+                .header("host", "evil.example"),
+        )
+        .await;
+    host.error(StatusCode::FORBIDDEN, "host_not_allowed");
 }
 
 /// Every route in the table is served: without credentials it is refused (401), never 404/405.
@@ -1127,20 +1195,20 @@ async fn documented_roles_match_the_services() {
     let (pid, tid) = (w.project.id.clone(), w.task.id.clone());
     let sample = |op: &str| -> Option<Value> {
         Some(match op {
-            "updateSettings" => json!({ "max_agents": 20 }),
+            "updateSettings" => json!({ "maxAgents": 20 }),
             "rotateWebhookSecret" | "approveAgent" | "rotateAgentKey" | "approveDelegation" => {
                 json!({})
             }
             "addMember" => json!({ "email": "new@acme.test", "role": "read" }),
             "setMemberRole" => json!({ "role": "read" }),
             "createProject" => json!({ "name": "P" }),
-            "createTask" => json!({ "project_id": pid, "title": "T" }),
+            "createTask" => json!({ "projectId": pid, "title": "T" }),
             "updateTask" => json!({ "title": "T2" }),
             "createPage" => json!({ "title": "Pg" }),
             "denyAgent" | "revokeAgent" | "denyDelegation" => json!({ "reason": "r" }),
             "setAgentPermissions" => json!({ "permissions": [] }),
             "extendAgentAccess" => json!({ "forever": true }),
-            "assignAgent" => json!({ "agent_id": "nobody", "task_id": tid }),
+            "assignAgent" => json!({ "agentId": "nobody", "taskId": tid }),
             _ => return None,
         })
     };
@@ -1288,5 +1356,5 @@ async fn delegations_are_listed_and_resolved_through_the_api() {
         .get(&format!("{ws}/assignments?agent=to-bot"), &admin)
         .await
         .ok(StatusCode::OK);
-    assert_eq!(active[0]["task_id"], w.task.id.as_str());
+    assert_eq!(active[0]["taskId"], w.task.id.as_str());
 }

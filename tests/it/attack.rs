@@ -24,10 +24,10 @@ async fn state(svc: &Service, ws: &str) -> Value {
     activity.retain(|e| e["outcome"] != "denied");
     // Seen-at bookkeeping moves with every authenticated request, refused or not.
     for a in s["agents"].as_array_mut().unwrap() {
-        a["last_seen_at"] = Value::Null;
+        a["lastSeenAt"] = Value::Null;
     }
     for c in s["credentials"].as_array_mut().unwrap() {
-        c["last_used_at"] = Value::Null;
+        c["lastUsedAt"] = Value::Null;
     }
     s
 }
@@ -38,7 +38,7 @@ async fn denied(svc: &Service, ws: &str, activity_type: &str) -> usize {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["outcome"] == "denied" && e["activity_type"] == activity_type)
+        .filter(|e| e["outcome"] == "denied" && e["activityType"] == activity_type)
         .count()
 }
 
@@ -124,7 +124,7 @@ async fn forged_and_mistyped_keys_are_refused_and_change_nothing() {
         assert_eq!(res.status(), 401, "{bad}");
         assert!(res.headers().contains_key("www-authenticate"));
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["error"], "unauthorized");
+        assert_eq!(body["error"]["code"], "unauthorized");
         if bad.len() > 20 {
             assert!(
                 !body.to_string().contains(&bad[10..]),
@@ -441,7 +441,7 @@ async fn host_and_origin_are_checked_on_every_route() {
             .unwrap();
         assert_eq!(res.status(), 403, "{route}");
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["error"], "host_not_allowed", "{route}");
+        assert_eq!(body["error"]["code"], "host_not_allowed", "{route}");
 
         let res = http
             .get(&url)
@@ -452,7 +452,7 @@ async fn host_and_origin_are_checked_on_every_route() {
             .unwrap();
         assert_eq!(res.status(), 403, "{route}");
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["error"], "origin_not_allowed", "{route}");
+        assert_eq!(body["error"]["code"], "origin_not_allowed", "{route}");
     }
     let res = post(&http, &server.url, &key, None, &init_body("2025-11-25"))
         .header("host", "evil.example.com:8720")
@@ -493,7 +493,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
     )
     .await;
     assert_eq!(status_of(&res), 413, "{res}");
-    assert_eq!(json_body(&res)["error"], "body_too_large");
+    assert_eq!(json_body(&res)["error"]["code"], "body_too_large");
 
     // A chunked body is cut off as soon as it grows past the limit.
     let mut tcp = TcpStream::connect(addr_of(&server.url)).await.unwrap();
@@ -508,7 +508,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
     }
     let res = read_some(&mut tcp, wait).await;
     assert_eq!(status_of(&res), 413, "{res}");
-    assert_eq!(json_body(&res)["error"], "body_too_large");
+    assert_eq!(json_body(&res)["error"]["code"], "body_too_large");
 
     // A Content-Length that understates the body: only the declared bytes are the body (here:
     // not JSON, refused by rmcp with 415); the rest is read as the next request, which is
@@ -857,7 +857,7 @@ async fn idle_connections_and_slow_bodies_are_cut_but_streams_live_on() {
     );
     let res = raw(&server.url, head.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(status_of(&res), 408, "{res}");
-    assert_eq!(json_body(&res)["error"], "body_timeout");
+    assert_eq!(json_body(&res)["error"]["code"], "body_timeout");
 
     // A server-sent event stream outlives both timeouts.
     let http = reqwest::Client::new();

@@ -301,7 +301,7 @@ impl Fixture {
 }
 
 fn without_seen(mut state: Value) -> Value {
-    for (list, field) in [("agents", "last_seen_at"), ("credentials", "last_used_at")] {
+    for (list, field) in [("agents", "lastSeenAt"), ("credentials", "lastUsedAt")] {
         for item in state[list].as_array_mut().unwrap() {
             item.as_object_mut().unwrap().remove(field);
         }
@@ -474,7 +474,7 @@ async fn forged_stale_and_misdirected_tokens_are_refused() {
         let res = f.mcp(token).await;
         assert_invalid_token(&res, what);
         let body: Value = res.json().await.unwrap();
-        let message = body["message"].as_str().unwrap_or_default();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(reason), "{what}: {message}");
         assert!(!message.contains(token.as_str()), "{what} echoed the token");
     }
@@ -542,7 +542,7 @@ async fn tokens_of_a_revoked_agent_or_key_are_refused_on_the_next_request() {
     let res = f.mcp(&token).await;
     assert_invalid_token(&res, "token of a revoked key");
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["message"], "API key revoked");
+    assert_eq!(body["error"]["message"], "API key revoked");
     // The refusal named its credential, so it is audited as the agent.
     let audited = f.activity_after(entries).await;
     assert_eq!(
@@ -565,7 +565,7 @@ async fn tokens_of_a_revoked_agent_or_key_are_refused_on_the_next_request() {
     assert_invalid_token(&res, "token of a revoked agent");
     let body: Value = res.json().await.unwrap();
     // Revoking the agent revokes its keys; either way the token is dead.
-    assert_eq!(body["message"], "API key revoked");
+    assert_eq!(body["error"]["message"], "API key revoked");
 }
 
 #[tokio::test]
@@ -589,7 +589,7 @@ async fn a_narrowed_token_gets_insufficient_scope_for_what_it_left_out() {
     let msg = refused(
         &client,
         "agent_delegate_task",
-        json!({ "task_id": f.w.task.id, "to_agent_id": "x", "reason": "r" }),
+        json!({ "taskId": f.w.task.id, "toAgentId": "x", "reason": "r" }),
     )
     .await;
     assert!(msg.contains("permission denied"), "{msg}");
@@ -945,7 +945,7 @@ async fn failed_logins_block_their_address_and_no_other() {
         .unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["error"]["code"], "rate_limited");
     // …while another address is served.
     let res = f.mcp_as(&two, &f.server.url, &f.key, initialize()).await;
     assert_eq!(res.status(), 200);
@@ -999,8 +999,8 @@ async fn an_agent_over_its_rate_is_throttled_while_another_is_served() {
             .unwrap();
         assert!((1..=60).contains(&retry), "{retry}");
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["error"], "rate_limited");
-        assert!(body["retry_after_secs"].as_u64().unwrap() >= 1);
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert!(body["error"]["retryAfterSecs"].as_u64().unwrap() >= 1);
     }
     assert_eq!(f.mcp(&other).await.status(), 200);
 
@@ -1013,9 +1013,7 @@ async fn an_agent_over_its_rate_is_throttled_while_another_is_served() {
         Err(rmcp::ServiceError::McpError(e)) => {
             assert_eq!(e.code.0, -32029);
             assert!(e.message.contains("retry after"), "{}", e.message);
-            let secs = e.data.as_ref().unwrap()["retry_after_secs"]
-                .as_u64()
-                .unwrap();
+            let secs = e.data.as_ref().unwrap()["retryAfterSecs"].as_u64().unwrap();
             assert!((1..=60).contains(&secs), "{secs}");
         }
         other => panic!("expected a rate-limit error, got {other:?}"),

@@ -261,7 +261,7 @@ async fn readme_quickstart_end_to_end() {
     );
     let task: Value = serde_json::from_str(output(&["task", "create"])).unwrap();
     assert_eq!(
-        (str_of(&task, "/project_id"), str_of(&task, "/status")),
+        (str_of(&task, "/projectId"), str_of(&task, "/status")),
         (project_id.as_str(), "todo")
     );
 
@@ -274,10 +274,10 @@ async fn readme_quickstart_end_to_end() {
     let approved: Value = serde_json::from_str(output(&["agent", "approve", "docs-bot"])).unwrap();
     assert_eq!(str_of(&approved, "/agent/status"), "approved");
     assert_eq!(
-        approved["agent"]["granted_permissions"],
+        approved["agent"]["grantedPermissions"],
         serde_json::json!(["read:tasks", "write:tasks"])
     );
-    let key = str_of(&approved, "/api_key").to_owned();
+    let key = str_of(&approved, "/apiKey").to_owned();
     assert!(
         key.starts_with("mcp_agent_") && ApiKey::parse(&key).is_ok(),
         "not an API key: {key}"
@@ -325,7 +325,7 @@ async fn readme_quickstart_end_to_end() {
         "keys show a prefix, never the secret:\n{show}"
     );
     let details = cli.json(&["agent", "show", "docs-bot"]).await;
-    assert_eq!(str_of(&details, "/assignments/0/task_id"), task_id);
+    assert_eq!(str_of(&details, "/assignments/0/taskId"), task_id);
     assert_eq!(details["credentials"].as_array().map(Vec::len), Some(1));
     assert!(
         !details.to_string().contains(&key),
@@ -340,16 +340,19 @@ async fn readme_quickstart_end_to_end() {
         lines[1].contains("member:bob@acme.test") && lines[1].contains("agent.task_assigned"),
         "{text}"
     );
+    // The table names the task and its project by title (the description alone has the id).
+    let title = str_of(&task, "/title");
+    assert!(
+        lines[1].contains(title) && lines[1].contains("Launch"),
+        "{title:?} in {text}"
+    );
     assert!(
         lines[7].contains("system") && lines[7].contains("workspace.created"),
         "{text}"
     );
     let activity = cli.json(&["activity"]).await;
     let entries = activity.as_array().expect("a list");
-    let types: Vec<&str> = entries
-        .iter()
-        .map(|e| str_of(e, "/activity_type"))
-        .collect();
+    let types: Vec<&str> = entries.iter().map(|e| str_of(e, "/activityType")).collect();
     assert_eq!(
         types,
         [
@@ -538,7 +541,7 @@ async fn migrate_twice_is_a_no_op() {
     );
     assert_eq!(
         cli.json(&["migrate"]).await,
-        serde_json::json!({ "applied": [], "up_to_date": true })
+        serde_json::json!({ "applied": [], "upToDate": true })
     );
 }
 
@@ -565,7 +568,7 @@ async fn concurrent_migrate_processes_apply_each_migration_once() {
     );
     assert_eq!(
         cli.json(&["migrate", "--status"]).await,
-        serde_json::json!({ "pending": [], "up_to_date": true })
+        serde_json::json!({ "pending": [], "upToDate": true })
     );
 }
 
@@ -616,7 +619,7 @@ async fn every_listing_prints_json_for_scripts() {
         );
     }
     let settings = alice.json(&["workspace", "settings"]).await;
-    assert_eq!(settings["max_agents"], 20);
+    assert_eq!(settings["maxAgents"], 20);
     assert_eq!(
         str_of(&alice.json(&["page", "list"]).await, "/0/title"),
         "Runbook"
@@ -728,7 +731,7 @@ async fn agent_lifecycle_and_delegation_through_the_cli() {
         )
     );
     let active = alice.json(&["assignments", "--agent", "reviewer"]).await;
-    assert_eq!(str_of(&active, "/0/task_id"), task_id);
+    assert_eq!(str_of(&active, "/0/taskId"), task_id);
     assert_eq!(
         alice.json(&["assignments", "--agent", "writer"]).await,
         serde_json::json!([])
@@ -747,7 +750,7 @@ async fn agent_lifecycle_and_delegation_through_the_cli() {
         .json(&["agent", "permissions", "reviewer", "read:tasks"])
         .await;
     assert_eq!(
-        narrowed["granted_permissions"],
+        narrowed["grantedPermissions"],
         serde_json::json!(["read:tasks"])
     );
     alice
@@ -782,7 +785,7 @@ async fn agent_lifecycle_and_delegation_through_the_cli() {
     assert_eq!(
         (
             str_of(&spammer, "/agent/status"),
-            str_of(&spammer, "/agent/denial_reason")
+            str_of(&spammer, "/agent/denialReason")
         ),
         ("denied", "not needed")
     );
@@ -807,7 +810,7 @@ async fn agent_lifecycle_and_delegation_through_the_cli() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| str_of(e, "/activity_type"))
+        .map(|e| str_of(e, "/activityType"))
         .collect();
     assert_eq!(types, ["agent.unassigned", "task.updated"]);
 }

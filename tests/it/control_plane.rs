@@ -195,7 +195,7 @@ async fn signed_request_api_approval_signed_webhooks_and_a_working_key() {
         ],
     )
     .await;
-    assert_eq!(settings["control_plane_url"], cp.url.as_str(), "{settings}");
+    assert_eq!(settings["controlPlaneUrl"], cp.url.as_str(), "{settings}");
 
     let server = spawn(url).await;
     let http = reqwest::Client::new();
@@ -234,7 +234,7 @@ async fn signed_request_api_approval_signed_webhooks_and_a_working_key() {
     assert_eq!(requested["created"], true);
     assert_eq!(requested["agent"]["id"], AGENT);
     assert_eq!(requested["agent"]["status"], "pending");
-    assert_eq!(requested["api_key"], Value::Null, "no key before approval");
+    assert_eq!(requested["apiKey"], Value::Null, "no key before approval");
 
     // The control plane hears about the request first.
     eventually(
@@ -270,10 +270,10 @@ async fn signed_request_api_approval_signed_webhooks_and_a_working_key() {
     assert_eq!(status, reqwest::StatusCode::OK, "{approved}");
     assert_eq!(approved["agent"]["status"], "approved");
     assert_eq!(
-        approved["agent"]["granted_permissions"],
+        approved["agent"]["grantedPermissions"],
         json!(["read:tasks"])
     );
-    let key = approved["api_key"]
+    let key = approved["apiKey"]
         .as_str()
         .expect("the approval carries the key")
         .to_owned();
@@ -354,7 +354,7 @@ async fn signed_request_api_approval_signed_webhooks_and_a_working_key() {
     let res = http
         .post(api("/assignments"))
         .bearer_auth(&token)
-        .json(&json!({ "agent_id": AGENT, "task_id": tid }))
+        .json(&json!({ "agentId": AGENT, "taskId": tid }))
         .send()
         .await
         .unwrap();

@@ -518,7 +518,7 @@ async fn non_admins_cannot_remove_members_and_are_audited() {
     assert!(
         denied
             .iter()
-            .all(|e| e.metadata == json!({ "action": "removing members", "needed_role": "admin" }))
+            .all(|e| e.metadata == json!({ "action": "removing members", "neededRole": "admin" }))
     );
     assert!(activity_of(&svc, s.ws(), "member.removed").await.is_empty());
 }
@@ -627,7 +627,7 @@ async fn read_member_cannot_change_anything_and_is_audited() {
     assert_eq!(newest.outcome.as_deref(), Some("denied"));
     assert_eq!(
         newest.metadata,
-        json!({ "action": "assigning agents", "needed_role": "write" })
+        json!({ "action": "assigning agents", "neededRole": "write" })
     );
     // Reading is allowed.
     assert_eq!(svc.list_agents(&s.reader, None).await.unwrap().len(), 1);
@@ -1168,7 +1168,7 @@ async fn revoke_refuses_the_key_ends_assignments_and_cancels_delegations() {
         ]
     );
     let entry = &activity_of(&svc, s.ws(), "agent.access_revoked").await[0];
-    assert_eq!(entry.metadata, json!({ "keys_revoked": 1 }));
+    assert_eq!(entry.metadata, json!({ "keysRevoked": 1 }));
 
     refused(
         svc.revoke_agent(&s.admin, "bot", "again").await,

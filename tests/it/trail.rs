@@ -98,7 +98,7 @@ fn assert_break(report: &Value, kind: &str, seq: i64, entry: Option<&str>) {
     assert_eq!(p["kind"], kind, "{report}");
     assert_eq!(p["seq"], seq, "{report}");
     if let Some(id) = entry {
-        assert_eq!(p["entry_id"], id, "{report}");
+        assert_eq!(p["entryId"], id, "{report}");
     }
 }
 
@@ -109,7 +109,7 @@ async fn an_untouched_chain_verifies_from_its_start_and_from_a_midpoint() {
     let (code, report) = verify(&db, &[]).await;
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["intact"], true);
-    let head = report["head_seq"].as_i64().unwrap();
+    let head = report["headSeq"].as_i64().unwrap();
     assert!(head >= 8, "seeding and five tasks wrote entries: {report}");
     assert_eq!(report["verified"], head);
     let (code, from) = verify(&db, &["--from", "4"]).await;
@@ -118,7 +118,7 @@ async fn an_untouched_chain_verifies_from_its_start_and_from_a_midpoint() {
     // The API answers the same.
     let api = svc.verify_activity(&s.reader, None).await.unwrap();
     assert!(api.intact);
-    assert_eq!(api.head_hash.as_deref(), report["head_hash"].as_str());
+    assert_eq!(api.head_hash.as_deref(), report["headHash"].as_str());
     // Operator mode without -w checks every workspace.
     let (code, out, _) = cli(&db, &["activity", "verify"]).await;
     assert_eq!(code, 0);
@@ -180,7 +180,7 @@ async fn a_deleted_entry_is_named_with_or_without_renumbering() {
     let conn = raw(&db).await;
     let ws = s.ws();
     let (_, before) = verify(&db, &[]).await;
-    let head = before["head_seq"].as_i64().unwrap();
+    let head = before["headSeq"].as_i64().unwrap();
     exec(
         &conn,
         &format!("DELETE FROM activity WHERE workspace_id = '{ws}' AND seq = {head}"),
@@ -217,7 +217,7 @@ async fn an_inserted_entry_is_named_in_or_outside_the_chain() {
     let (code, report) = verify(&db, &[]).await;
     assert_eq!(code, 9);
     assert_eq!(report["problem"]["kind"], "inserted", "{report}");
-    assert_eq!(report["problem"]["entry_id"], "forged");
+    assert_eq!(report["problem"]["entryId"], "forged");
 
     // Made room for at position 3 by renumbering the rest.
     let db = TestDb::new().await;
@@ -348,8 +348,8 @@ async fn pruning_keeps_the_rest_verifiable_and_export_streams_hashes() {
         .unwrap();
     let (code, report) = verify(&db, &[]).await;
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["pruned_through"], removed as i64);
-    assert_eq!(report["from_seq"], removed as i64 + 1);
+    assert_eq!(report["prunedThrough"], removed as i64);
+    assert_eq!(report["fromSeq"], removed as i64 + 1);
 
     let (code, out, err) = cli(
         &db,
@@ -374,13 +374,13 @@ async fn pruning_keeps_the_rest_verifiable_and_export_streams_hashes() {
         .collect();
     assert_eq!(
         lines.len() as i64,
-        report["head_seq"].as_i64().unwrap() - removed as i64
+        report["headSeq"].as_i64().unwrap() - removed as i64
     );
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["seq"], removed as i64 + 1 + i as i64);
         assert_eq!(l["hash"].as_str().unwrap().len(), 64);
     }
-    assert_eq!(lines.last().unwrap()["hash"], report["head_hash"]);
+    assert_eq!(lines.last().unwrap()["hash"], report["headHash"]);
 }
 
 #[tokio::test]
@@ -403,7 +403,7 @@ async fn the_migration_chains_entries_written_before_it() {
     store.migrate().await.unwrap();
     let (code, report) = verify(&db, &[]).await;
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["head_seq"], 4);
+    assert_eq!(report["headSeq"], 4);
     assert_eq!(report["verified"], 4);
 }
 
@@ -606,8 +606,8 @@ async fn expiry_through_the_real_servers_closes_sessions() {
     .await;
     assert_eq!(code, 0, "{err}");
     let approved: Value = serde_json::from_str(&out).unwrap();
-    let key = approved["api_key"].as_str().unwrap().to_owned();
-    assert!(approved["agent"]["access_expires_at"].is_string());
+    let key = approved["apiKey"].as_str().unwrap().to_owned();
+    assert!(approved["agent"]["accessExpiresAt"].is_string());
 
     let (s1, s2) = (spawn_http(&w.db.url).await, spawn_http(&w.db.url).await);
     let raw_http = reqwest::Client::new();
@@ -618,7 +618,7 @@ async fn expiry_through_the_real_servers_closes_sessions() {
     for c in [&http, &stateless, &stdio] {
         server::ok(c, "agent_my_assignments", json!({})).await;
     }
-    let ends: chrono::DateTime<chrono::Utc> = approved["agent"]["access_expires_at"]
+    let ends: chrono::DateTime<chrono::Utc> = approved["agent"]["accessExpiresAt"]
         .as_str()
         .unwrap()
         .parse()
