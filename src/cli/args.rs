@@ -249,13 +249,14 @@ pub enum ProjectCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCmd {
-    /// Create a task in a project (needs role write)
+    /// Create a task in a project, or several: one per title (needs role write)
     Create {
         /// Project the task belongs to (its id)
         #[arg(long, value_name = "ID")]
         project: String,
-        /// Task title
-        title: String,
+        /// Task title; several titles create several tasks (`--json` then prints a list)
+        #[arg(required = true, num_args = 1.., value_name = "TITLE")]
+        titles: Vec<String>,
         /// Details of the task
         #[arg(long, default_value = "", hide_default_value = true)]
         description: String,

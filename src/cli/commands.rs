@@ -364,16 +364,28 @@ async fn task(ctx: &Ctx, cmd: TaskCmd) -> Out {
     match cmd {
         TaskCmd::Create {
             project,
-            title,
+            titles,
             description,
         } => {
-            let t = ctx
-                .svc
-                .create_task(&caller, &project, &title, &description)
-                .await?;
-            ctx.render(&t, || {
-                format!("Created task {:?}.\n{}", t.title, task_details(&t))
-            })
+            let mut created = Vec::with_capacity(titles.len());
+            for title in &titles {
+                created.push(
+                    ctx.svc
+                        .create_task(&caller, &project, title, &description)
+                        .await?,
+                );
+            }
+            let human = || {
+                created
+                    .iter()
+                    .map(|t| format!("Created task {:?}.\n{}", t.title, task_details(t)))
+                    .collect::<String>()
+            };
+            match created.as_slice() {
+                // One title keeps the one-object output scripts already parse.
+                [one] => ctx.render(one, human),
+                many => ctx.render(many, human),
+            }
         }
         TaskCmd::List { project, status } => {
             let all = ctx

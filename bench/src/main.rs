@@ -1,0 +1,1125 @@
+//! The hot-path benchmark: parallax-mcp's gated calls beside a bare rmcp echo server, in one run.
+//!
+//!     cargo run --release -p parallax-bench              # the full table (a few minutes)
+//!     cargo run -p parallax-bench -- --smoke             # seconds; what CI runs so it cannot rot
+//!
+//! It seeds a fresh SQLite database through the real CLI (one workspace, 1,000 agents, 10,000
+//! tasks, the measured agent assigned to 10), starts `parallax-mcp serve` and `bare-echo`, and
+//! drives both with a load generator that opens real MCP sessions (one connection and session per
+//! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
+//! measures the bare baselines and then every parallax row, so the machine's noise hits both.
+//! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
+//! Timings are reported, never asserted.
+//!
+//! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
+//! `--postgres URL` (also measure on a fresh database of that server), `--smoke`.
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, Error>;
+
+const ACCEPT: &str = "application/json, text/event-stream";
+const AGENT: &str = "bench-agent";
+
+#[derive(Clone)]
+struct Opts {
+    reps: usize,
+    secs: f64,
+    agents: usize,
+    tasks: usize,
+    postgres: Option<String>,
+    smoke: bool,
+}
+
+impl Opts {
+    fn parse() -> Result<Opts> {
+        let mut o = Opts {
+            reps: 3,
+            secs: 10.0,
+            agents: 1000,
+            tasks: 10_000,
+            postgres: None,
+            smoke: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = |name: &str| {
+                args.next()
+                    .ok_or_else(|| Error::from(format!("{name} needs a value")))
+            };
+            match a.as_str() {
+                "--reps" => o.reps = value("--reps")?.parse()?,
+                "--secs" => o.secs = value("--secs")?.parse()?,
+                "--agents" => o.agents = value("--agents")?.parse()?,
+                "--tasks" => o.tasks = value("--tasks")?.parse()?,
+                "--postgres" => o.postgres = Some(value("--postgres")?),
+                "--smoke" => o.smoke = true,
+                "-h" | "--help" => {
+                    println!("{}", USAGE);
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+            }
+        }
+        if o.smoke {
+            o.reps = 1;
+            o.secs = 0.5;
+            o.agents = o.agents.min(20);
+            o.tasks = o.tasks.min(50);
+        }
+        if o.reps == 0 || o.secs <= 0.0 || o.agents == 0 || o.tasks < 10 {
+            return Err("--reps, --secs and --agents must be positive, --tasks at least 10".into());
+        }
+        Ok(o)
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_secs_f64(self.secs)
+    }
+
+    /// Concurrency levels, scaled down in smoke mode.
+    fn c(&self, full: &[usize]) -> Vec<usize> {
+        if self.smoke { vec![2] } else { full.to_vec() }
+    }
+}
+
+const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--smoke]";
+
+// ---- binaries and the CLI ----
+
+/// `parallax-mcp` and `bare-echo` beside this binary; under `cargo run` the server is built
+/// first with the same profile, so the numbers are never those of a stale binary.
+fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().ok_or("no directory for the bench binary")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let release = dir.ends_with("release");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "parallax-mcp",
+            "--bin",
+            "parallax-mcp",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        if !cmd.status()?.success() {
+            return Err("building parallax-mcp failed".into());
+        }
+    }
+    let server = dir.join("parallax-mcp");
+    let bare = dir.join("bare-echo");
+    for b in [&server, &bare] {
+        if !b.exists() {
+            return Err(format!(
+                "{} not found: build it with `cargo build --workspace --bins` (same profile)",
+                b.display()
+            )
+            .into());
+        }
+    }
+    Ok((server, bare))
+}
+
+struct Cli {
+    bin: PathBuf,
+    db: String,
+}
+
+impl Cli {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--database-url")
+            .arg(&self.db)
+            .args(args)
+            .env("PARALLAX_WORKSPACE", "bench")
+            .env("PARALLAX_AS", "admin@bench.test")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd(args).output().await?;
+        if !out.status.success() {
+            return Err(format!(
+                "parallax-mcp {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    async fn json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.run(&all).await?)?)
+    }
+}
+
+/// One workspace, `agents` agents (the measured one approved, the rest pending), `tasks` tasks in
+/// ten projects, the measured agent assigned to ten of them. Returns the agent's API key.
+async fn seed(cli: &Cli, o: &Opts) -> Result<String> {
+    let started = Instant::now();
+    cli.run(&[
+        "workspace",
+        "create",
+        "bench",
+        "--name",
+        "Bench",
+        "--admin-email",
+        "admin@bench.test",
+    ])
+    .await?;
+    // The benchmark measures the gate, not the per-agent rate limit.
+    cli.run(&[
+        "workspace",
+        "settings",
+        "--set",
+        "rate_limit_per_minute=100000000",
+        "--set",
+        "rate_limit_burst=1000000",
+        "--set",
+        "max_agents=100000",
+        "--set",
+        "max_active_assignments_per_agent=100000",
+    ])
+    .await?;
+    let mut task_ids = Vec::new();
+    let per_project = o.tasks.div_ceil(10);
+    for p in 0..10 {
+        let project = cli
+            .json(&["project", "create", &format!("Project {p}")])
+            .await?;
+        let pid = project["id"].as_str().ok_or("project id")?.to_owned();
+        let mut made = 0;
+        while made < per_project && task_ids.len() < o.tasks {
+            let n = (per_project - made).min(500).min(o.tasks - task_ids.len());
+            let titles: Vec<String> = (0..n).map(|i| format!("Task {p}.{}", made + i)).collect();
+            let mut args = vec!["task", "create", "--project", pid.as_str()];
+            args.extend(titles.iter().map(String::as_str));
+            let created = cli.json(&args).await?;
+            let list = match created {
+                Value::Array(list) => list,
+                one => vec![one],
+            };
+            task_ids.extend(
+                list.iter()
+                    .filter_map(|t| t["id"].as_str().map(str::to_owned)),
+            );
+            made += n;
+        }
+    }
+    let perms = "read:tasks,write:tasks,read:agents";
+    cli.run(&[
+        "agent",
+        "request",
+        AGENT,
+        "--name",
+        "Bench agent",
+        "--permission",
+        perms,
+    ])
+    .await?;
+    let approved = cli
+        .json(&["agent", "approve", AGENT, "--grant", perms])
+        .await?;
+    let key = approved["apiKey"]
+        .as_str()
+        .ok_or("no apiKey in `agent approve --json`")?
+        .to_owned();
+    for t in task_ids.iter().take(10) {
+        cli.run(&["assign", AGENT, "--task", t, "--role", "lead"])
+            .await?;
+    }
+    // The other agents, a few CLI processes at a time.
+    let others: Vec<String> = (1..o.agents).map(|i| format!("agent-{i:04}")).collect();
+    for chunk in others.chunks(4) {
+        let mut running = Vec::new();
+        for id in chunk {
+            let mut cmd = cli.cmd(&[
+                "agent",
+                "request",
+                id,
+                "--name",
+                id,
+                "--permission",
+                "read:tasks",
+            ]);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            running.push(cmd.status());
+        }
+        for r in running {
+            if !r.await?.success() {
+                return Err("seeding an agent failed".into());
+            }
+        }
+    }
+    eprintln!(
+        "seeded {} agents and {} tasks through the CLI in {:.1} s",
+        o.agents,
+        task_ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(key)
+}
+
+/// `application/x-www-form-urlencoded` for one value.
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ---- servers ----
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    async fn start(mut cmd: Command) -> Result<Server> {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().ok_or("stderr")?).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(i) = line.find("listening on http://") {
+                    let rest = &line[i + "listening on ".len()..];
+                    let end = rest
+                        .find(|c: char| c.is_whitespace() || c == '\u{1b}')
+                        .unwrap_or(rest.len());
+                    return Ok::<_, Error>(rest[..end].to_owned());
+                }
+            }
+            Err("server exited before listening".into())
+        })
+        .await
+        .map_err(|_| "server did not report its address in time")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server { child, url })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+/// User + system CPU time of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the name.
+    let total = ticks(11) + ticks(12);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(total * 1_000_000 / hz)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---- MCP over HTTP, by hand ----
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Era {
+    /// 2025-11-25: `initialize`, then requests on the `Mcp-Session-Id`.
+    Session,
+    /// 2026-07-28: every request stands alone.
+    Stateless,
+}
+
+#[derive(Clone)]
+struct Call {
+    method: &'static str,
+    tool: Option<&'static str>,
+    args: Value,
+}
+
+impl Call {
+    fn tool(name: &'static str, args: Value) -> Call {
+        Call {
+            method: "tools/call",
+            tool: Some(name),
+            args,
+        }
+    }
+
+    fn list() -> Call {
+        Call {
+            method: "tools/list",
+            tool: None,
+            args: Value::Null,
+        }
+    }
+
+    fn body(&self, id: u64, era: Era) -> Value {
+        let mut params = match self.tool {
+            Some(name) => json!({ "name": name, "arguments": self.args }),
+            None => json!({}),
+        };
+        if era == Era::Stateless {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": { "name": "parallax-bench", "version": "0" },
+            });
+        }
+        json!({ "jsonrpc": "2.0", "id": id, "method": self.method, "params": params })
+    }
+}
+
+struct HttpClient {
+    http: reqwest::Client,
+    url: String,
+    bearer: Option<String>,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl HttpClient {
+    fn new(url: &str, bearer: Option<&str>) -> Result<HttpClient> {
+        // One connection per client, like one agent.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()?;
+        Ok(HttpClient {
+            http,
+            url: url.to_owned(),
+            bearer: bearer.map(str::to_owned),
+            session: None,
+            next_id: 0,
+        })
+    }
+
+    fn request(&self, body: &Value) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("accept", ACCEPT)
+            .json(body);
+        if let Some(b) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {b}"));
+        }
+        req
+    }
+
+    async fn open_session(&mut self) -> Result<()> {
+        let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "parallax-bench", "version": "0" } } });
+        let res = self.request(&init).send().await?;
+        if !res.status().is_success() {
+            return Err(format!("initialize: HTTP {}", res.status()).into());
+        }
+        let session = res
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("initialize answered without Mcp-Session-Id")?
+            .to_owned();
+        let _ = res.bytes().await?;
+        self.session = Some(session);
+        let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        let res = self.with_session(self.request(&note)).send().await?;
+        if !res.status().is_success() {
+            return Err(format!("notifications/initialized: HTTP {}", res.status()).into());
+        }
+        Ok(())
+    }
+
+    fn with_session(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.session {
+            Some(s) => req
+                .header("mcp-session-id", s)
+                .header("mcp-protocol-version", "2025-11-25"),
+            None => req,
+        }
+    }
+
+    /// One request; the answer must be a JSON-RPC result without `isError`.
+    async fn call(&mut self, call: &Call, era: Era) -> Result<()> {
+        self.next_id += 1;
+        let body = call.body(self.next_id, era);
+        let mut req = self.request(&body);
+        req = match era {
+            Era::Session => self.with_session(req),
+            Era::Stateless => {
+                let mut r = req
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", call.method);
+                if let Some(t) = call.tool {
+                    r = r.header("mcp-name", t);
+                }
+                r
+            }
+        };
+        let res = req.send().await?;
+        let status = res.status();
+        let text = res.text().await?;
+        let msg = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim)
+            .find(|d| d.contains("\"result\"") || d.contains("\"error\""))
+            .unwrap_or(text.trim());
+        let v: Value = serde_json::from_str(msg)
+            .map_err(|_| format!("HTTP {status}: not a JSON-RPC answer: {text:.200}"))?;
+        if v.get("error").is_some() || v["result"]["isError"] == true {
+            return Err(format!("{} failed: {msg:.300}", call.method).into());
+        }
+        Ok(())
+    }
+}
+
+// ---- load ----
+
+#[derive(Default, Clone)]
+struct Sample {
+    calls: u64,
+    errors: u64,
+    elapsed: Duration,
+    cpu: Duration,
+    latencies_us: Vec<u64>,
+    first_error: Option<String>,
+}
+
+impl Sample {
+    fn per_sec(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn cpu_per_call_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / (self.calls.max(1) as f64)
+    }
+}
+
+/// `c` clients, each with its own connection (and session on 2025-11-25), calling as fast as the
+/// server answers for `window`. Sessions are opened before the clock starts.
+async fn http_load(
+    url: &str,
+    bearer: Option<&str>,
+    era: Era,
+    call: &Call,
+    c: usize,
+    window: Duration,
+    pid: u32,
+) -> Result<Sample> {
+    let mut clients = Vec::with_capacity(c);
+    for _ in 0..c {
+        let mut cl = HttpClient::new(url, bearer)?;
+        if era == Era::Session {
+            cl.open_session().await?;
+        }
+        // One warm-up call each: connections open, caches warm.
+        cl.call(call, era).await?;
+        clients.push(cl);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu_time(pid);
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for mut cl in clients {
+        let (stop, call) = (stop.clone(), call.clone());
+        handles.push(tokio::spawn(async move {
+            let mut s = Sample::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match cl.call(&call, era).await {
+                    Ok(()) => {
+                        s.calls += 1;
+                        s.latencies_us.push(t.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        s.errors += 1;
+                        s.first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            s
+        }));
+    }
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Sample::default();
+    for h in handles {
+        let s = h.await?;
+        total.calls += s.calls;
+        total.errors += s.errors;
+        total.latencies_us.extend(s.latencies_us);
+        if total.first_error.is_none() {
+            total.first_error = s.first_error;
+        }
+    }
+    total.elapsed = t0.elapsed();
+    total.cpu = cpu_time(pid).saturating_sub(cpu0);
+    total.latencies_us.sort_unstable();
+    Ok(total)
+}
+
+/// A stdio server with `w` requests in flight on its one pipe.
+async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -> Result<Sample> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let mut stdin = child.stdin.take().ok_or("stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
+    let send = |v: Value| {
+        let mut line = v.to_string();
+        line.push('\n');
+        line
+    };
+    stdin
+        .write_all(
+            send(
+                json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": { "name": "parallax-bench", "version": "0" } } }),
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .map_err(|_| "stdio server did not answer initialize")??
+        .ok_or("stdio server closed before answering initialize")?;
+    if !first.contains("\"result\"") {
+        return Err(format!("initialize failed: {first:.300}").into());
+    }
+    stdin
+        .write_all(
+            send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).as_bytes(),
+        )
+        .await?;
+
+    let sent_at: Arc<tokio::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(1));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(w);
+    for _ in 0..w {
+        tx.send(()).await?;
+    }
+    let writer = {
+        let (sent_at, stop, next, call) =
+            (sent_at.clone(), stop.clone(), next.clone(), call.clone());
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() && !stop.load(Ordering::Relaxed) {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                sent_at.lock().await.insert(id, Instant::now());
+                let line = send(call.body(id, Era::Session));
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            stdin
+        })
+    };
+    let cpu0 = cpu_time(pid);
+    let t0 = Instant::now();
+    let deadline = t0 + window;
+    let mut s = Sample::default();
+    while Instant::now() < deadline {
+        let line = match tokio::time::timeout_at(deadline.into(), lines.next_line()).await {
+            Err(_) => break,
+            Ok(line) => line?.ok_or("stdio server closed its output")?,
+        };
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let Some(id) = v["id"].as_u64() else { continue };
+        if let Some(t) = sent_at.lock().await.remove(&id) {
+            if v.get("error").is_some() || v["result"]["isError"] == true {
+                s.errors += 1;
+                s.first_error.get_or_insert(format!("{line:.300}"));
+            } else {
+                s.calls += 1;
+                s.latencies_us.push(t.elapsed().as_micros() as u64);
+            }
+            let _ = tx.try_send(());
+        }
+    }
+    s.elapsed = t0.elapsed();
+    s.cpu = cpu_time(pid).saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let _ = tx.try_send(());
+    drop(tx);
+    let stdin = writer.await?;
+    drop(stdin);
+    let _ = child.kill().await;
+    s.latencies_us.sort_unstable();
+    Ok(s)
+}
+
+/// Memory each open 2025-11-25 session holds: RSS growth over `n` idle sessions.
+async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<f64> {
+    let before = rss_kb(pid);
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = HttpClient::new(url, bearer)?;
+        c.open_session().await?;
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_kb(pid);
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+// ---- the run ----
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Baseline {
+    Http(usize),
+    Stateless(usize),
+    Stdio(usize),
+}
+
+struct Row {
+    label: String,
+    c: usize,
+    baseline: Baseline,
+    samples: Vec<Sample>,
+    bare: Vec<Sample>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Target<'a> {
+    name: &'static str,
+    server: &'a Server,
+    db: &'a str,
+    bin: &'a Path,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let o = Opts::parse()?;
+    let (server_bin, bare_bin) = binaries()?;
+    let dir = tempfile::tempdir()?;
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.db").display()
+    );
+    let cli = Cli {
+        bin: server_bin.clone(),
+        db: sqlite.clone(),
+    };
+    let key = seed(&cli, &o).await?;
+
+    let serve = |db: &str| {
+        let mut cmd = Command::new(&server_bin);
+        cmd.args(["--database-url", db, "serve", "--listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            // The default log level is part of what is measured.
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let mut bare_cmd = Command::new(&bare_bin);
+    bare_cmd.args(["http", "127.0.0.1:0"]);
+    let bare = Server::start(bare_cmd).await?;
+    let parallax = Server::start(serve(&sqlite)).await?;
+    let idle_rss = rss_kb(parallax.pid());
+
+    // PostgreSQL: a fresh database seeded the same way, when asked for.
+    let mut pg = None;
+    if let Some(admin_url) = &o.postgres {
+        let name = format!("parallax_bench_{}", std::process::id());
+        let created = Command::new("psql")
+            .args([
+                admin_url.as_str(),
+                "-qc",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .status()
+            .await?;
+        if !created.success() {
+            return Err("could not create the PostgreSQL bench database (psql)".into());
+        }
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => return Err("--postgres takes postgres://USER@HOST/DB".into()),
+        };
+        let pg_cli = Cli {
+            bin: server_bin.clone(),
+            db: url.clone(),
+        };
+        let pg_key = seed(&pg_cli, &o).await?;
+        let server = Server::start(serve(&url)).await?;
+        pg = Some((server, pg_key, url));
+    }
+
+    // An access token for the JWT row.
+    let token = {
+        let base = parallax.url.trim_end_matches("/mcp");
+        let res = reqwest::Client::new()
+            .post(format!("{base}/oauth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&client_secret={}",
+                form_encode(&key)
+            ))
+            .send()
+            .await?;
+        let v: Value = res.json().await?;
+        v["access_token"]
+            .as_str()
+            .ok_or_else(|| format!("no access token: {v}"))?
+            .to_owned()
+    };
+
+    let read = Call::tool("agent_my_assignments", json!({}));
+    let write = Call::tool(
+        "agent_log_activity",
+        json!({ "type": "note", "description": "bench" }),
+    );
+    let echo = Call::tool("echo", json!({ "status": "idle" }));
+    let target = Target {
+        name: "sqlite",
+        server: &parallax,
+        db: &sqlite,
+        bin: &server_bin,
+    };
+
+    // (label, c, baseline, how to measure)
+    type Job<'a> = (String, usize, Baseline, Box<dyn Fn() -> Measure + 'a>);
+    enum Measure {
+        Http(String, Option<String>, Era, Call, u32),
+        Stdio(Command, Call),
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let http_row =
+        |label: &str, c: usize, era: Era, call: &Call, bearer: &str, server: &Server| -> Job {
+            let (url, bearer, call, pid) = (
+                server.url.clone(),
+                bearer.to_owned(),
+                call.clone(),
+                server.pid(),
+            );
+            let baseline = match era {
+                Era::Session => Baseline::Http(c),
+                Era::Stateless => Baseline::Stateless(c),
+            };
+            (
+                label.to_owned(),
+                c,
+                baseline,
+                Box::new(move || {
+                    Measure::Http(url.clone(), Some(bearer.clone()), era, call.clone(), pid)
+                }),
+            )
+        };
+    jobs.push(http_row(
+        "tools/list (authenticate only)",
+        o.c(&[16])[0],
+        Era::Session,
+        &Call::list(),
+        &key,
+        target.server,
+    ));
+    for c in o.c(&[16, 64, 256]) {
+        jobs.push(http_row(
+            "agent_my_assignments, API key",
+            c,
+            Era::Session,
+            &read,
+            &key,
+            target.server,
+        ));
+    }
+    for c in o.c(&[16, 64]) {
+        jobs.push(http_row(
+            "same, JWT access token",
+            c,
+            Era::Session,
+            &read,
+            &token,
+            target.server,
+        ));
+    }
+    for c in o.c(&[16, 64]) {
+        jobs.push(http_row(
+            "same, 2026-07-28 stateless",
+            c,
+            Era::Stateless,
+            &read,
+            &key,
+            target.server,
+        ));
+    }
+    for c in o.c(&[16, 64]) {
+        jobs.push(http_row(
+            "agent_log_activity (write)",
+            c,
+            Era::Session,
+            &write,
+            &key,
+            target.server,
+        ));
+    }
+    if let Some((server, pg_key, _)) = &pg {
+        for c in o.c(&[16, 64]) {
+            jobs.push(http_row(
+                "PostgreSQL, agent_my_assignments",
+                c,
+                Era::Session,
+                &read,
+                pg_key,
+                server,
+            ));
+        }
+        for c in o.c(&[16, 64]) {
+            jobs.push(http_row(
+                "PostgreSQL, agent_log_activity",
+                c,
+                Era::Session,
+                &write,
+                pg_key,
+                server,
+            ));
+        }
+    }
+    for w in if o.smoke { vec![2] } else { vec![1, 32] } {
+        let (bin, db, key, read) = (
+            target.bin.to_owned(),
+            target.db.to_owned(),
+            key.clone(),
+            read.clone(),
+        );
+        jobs.push((
+            format!("stdio, agent_my_assignments, W={w}"),
+            w,
+            Baseline::Stdio(w),
+            Box::new(move || {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["--database-url", &db, "stdio"])
+                    .env("PARALLAX_API_KEY", &key)
+                    .env_remove("RUST_LOG");
+                Measure::Stdio(cmd, read.clone())
+            }),
+        ));
+    }
+
+    let mut rows: Vec<Row> = jobs
+        .iter()
+        .map(|(label, c, baseline, _)| Row {
+            label: label.clone(),
+            c: *c,
+            baseline: *baseline,
+            samples: Vec::new(),
+            bare: Vec::new(),
+        })
+        .collect();
+    let window = o.window();
+    let mut bare_rows: HashMap<Baseline, Vec<Sample>> = HashMap::new();
+    let mut failures = Vec::new();
+    for rep in 0..o.reps {
+        eprintln!("rep {}/{}", rep + 1, o.reps);
+        // The bare baselines of this rep, then every parallax row.
+        let mut this_rep: HashMap<Baseline, Sample> = HashMap::new();
+        for row in &rows {
+            if this_rep.contains_key(&row.baseline) {
+                continue;
+            }
+            let s = match row.baseline {
+                Baseline::Http(c) => {
+                    http_load(&bare.url, None, Era::Session, &echo, c, window, bare.pid()).await?
+                }
+                Baseline::Stateless(c) => {
+                    http_load(
+                        &bare.url,
+                        None,
+                        Era::Stateless,
+                        &echo,
+                        c,
+                        window,
+                        bare.pid(),
+                    )
+                    .await?
+                }
+                Baseline::Stdio(w) => {
+                    let mut cmd = Command::new(&bare_bin);
+                    cmd.arg("stdio");
+                    stdio_load(cmd, &echo, w, window).await?
+                }
+            };
+            if s.errors > 0 {
+                failures.push(format!(
+                    "bare {:?}: {}",
+                    row.baseline,
+                    s.first_error.clone().unwrap_or_default()
+                ));
+            }
+            this_rep.insert(row.baseline, s);
+        }
+        for (row, (_, _, _, job)) in rows.iter_mut().zip(&jobs) {
+            let s = match job() {
+                Measure::Http(url, bearer, era, call, pid) => {
+                    http_load(&url, bearer.as_deref(), era, &call, row.c, window, pid).await?
+                }
+                Measure::Stdio(cmd, call) => stdio_load(cmd, &call, row.c, window).await?,
+            };
+            if s.errors > 0 {
+                failures.push(format!(
+                    "{} c={}: {}",
+                    row.label,
+                    row.c,
+                    s.first_error.clone().unwrap_or_default()
+                ));
+            }
+            row.samples.push(s);
+            row.bare.push(this_rep[&row.baseline].clone());
+        }
+        for (k, s) in this_rep {
+            bare_rows.entry(k).or_default().push(s);
+        }
+    }
+
+    let n = if o.smoke { 5 } else { 200 };
+    let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
+    let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
+
+    // ---- the table ----
+    println!(
+        "\nparallax-mcp vs bare rmcp echo — {} rep(s) × {:.1} s, medians; {} agents, {} tasks{}\n",
+        o.reps,
+        o.secs,
+        o.agents,
+        o.tasks,
+        if o.smoke {
+            " (smoke: numbers mean nothing)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "| call | c | calls/s | × bare | p50 ms | p99 ms | p99 × bare | CPU/call µs | CPU × bare |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut baselines: Vec<_> = bare_rows.into_iter().collect();
+    baselines.sort_by_key(|(k, _)| format!("{k:?}"));
+    for (k, samples) in &baselines {
+        let label = match k {
+            Baseline::Http(_) => "bare rmcp echo, session",
+            Baseline::Stateless(_) => "bare rmcp echo, 2026-07-28 stateless",
+            Baseline::Stdio(_) => "bare rmcp echo, stdio",
+        };
+        let c = match k {
+            Baseline::Http(c) | Baseline::Stateless(c) | Baseline::Stdio(c) => c,
+        };
+        println!(
+            "| {label} | {c} | {:.0} | 1 | {:.2} | {:.2} | 1 | {:.0} | 1 |",
+            median(samples.iter().map(Sample::per_sec).collect()),
+            median(samples.iter().map(|s| s.pct(0.5)).collect()),
+            median(samples.iter().map(|s| s.pct(0.99)).collect()),
+            median(samples.iter().map(Sample::cpu_per_call_us).collect()),
+        );
+    }
+    for row in &rows {
+        let ratio = |f: &dyn Fn(&Sample) -> f64| {
+            median(
+                row.samples
+                    .iter()
+                    .zip(&row.bare)
+                    .map(|(s, b)| f(s) / f(b))
+                    .collect(),
+            )
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |",
+            row.label,
+            row.c,
+            median(row.samples.iter().map(Sample::per_sec).collect()),
+            ratio(&Sample::per_sec),
+            median(row.samples.iter().map(|s| s.pct(0.5)).collect()),
+            median(row.samples.iter().map(|s| s.pct(0.99)).collect()),
+            ratio(&|s: &Sample| s.pct(0.99)),
+            median(row.samples.iter().map(Sample::cpu_per_call_us).collect()),
+            ratio(&Sample::cpu_per_call_us),
+        );
+    }
+    println!(
+        "\nper open 2025-11-25 session: {our_session:.1} kB (bare rmcp: {bare_session:.1} kB); \
+         idle RSS after start: {:.1} MB",
+        idle_rss as f64 / 1024.0
+    );
+    if let Some((_, _, url)) = &pg {
+        let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+        drop(pg);
+        if let Some(admin_url) = &o.postgres {
+            let _ = Command::new("psql")
+                .args([
+                    admin_url.as_str(),
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .status()
+                .await;
+        }
+    }
+    let _ = target.name;
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("error: {f}");
+        }
+        return Err(format!("{} measurement(s) saw failed calls", failures.len()).into());
+    }
+    Ok(())
+}
