@@ -174,6 +174,64 @@ mod tests {
         );
     }
 
+    /// Keys left unset here take their defaults from the transports; the reference states those
+    /// defaults, so this fails when one changes without the other.
+    #[test]
+    fn documented_defaults_are_the_ones_in_use() {
+        let http = crate::http::HttpOptions::default();
+        let events = crate::events::EventOptions::default();
+        let ms = |d: std::time::Duration| d.as_millis().to_string();
+        let secs = |d: std::time::Duration| d.as_secs().to_string();
+        let in_use = [
+            ("http.max_body_bytes", http.max_body_bytes.to_string()),
+            (
+                "http.header_read_timeout_secs",
+                secs(http.header_read_timeout),
+            ),
+            ("http.idle_timeout_secs", secs(http.idle_timeout)),
+            ("http.body_read_timeout_secs", secs(http.body_read_timeout)),
+            ("http.max_connections", http.max_connections.to_string()),
+            (
+                "stdio.max_line_bytes",
+                crate::mcp::stdio::DEFAULT_MAX_LINE_BYTES.to_string(),
+            ),
+            ("webhooks.base_delay_ms", ms(events.webhooks.base_delay)),
+            ("webhooks.max_delay_ms", ms(events.webhooks.max_delay)),
+            (
+                "webhooks.attempt_timeout_ms",
+                ms(events.webhooks.attempt_timeout),
+            ),
+            (
+                "webhooks.give_up_after_secs",
+                secs(events.webhooks.give_up_after),
+            ),
+            (
+                "webhooks.poll_interval_ms",
+                ms(events.webhooks.poll_interval),
+            ),
+            ("events.poll_interval_ms", ms(events.poll_interval)),
+            ("events.keepalive_ms", ms(events.keepalive)),
+            ("events.access_check_ms", ms(events.access_check)),
+        ];
+        for (path, value) in in_use {
+            let key = KEYS.iter().find(|k| k.path == path).unwrap();
+            let unset = key.unset.unwrap_or_default();
+            assert!(
+                unset.split_whitespace().next() == Some(value.as_str()),
+                "{path}: documented {unset:?}, in use {value}"
+            );
+        }
+        let hosts = http.allowed_hosts.join(", ");
+        let documented = KEYS
+            .iter()
+            .find(|k| k.path == "http.allowed_hosts")
+            .unwrap();
+        assert_eq!(
+            documented.unset.unwrap().replace('`', ""),
+            format!("loopback names: {hosts}")
+        );
+    }
+
     #[test]
     fn every_key_has_a_variable_and_a_doc() {
         for key in KEYS {

@@ -116,7 +116,9 @@ struct MigrationLock {
 
 impl MigrationLock {
     async fn acquire(pool: &sea_orm::sqlx::PgPool) -> StoreResult<MigrationLock> {
-        let unavailable = |e: sea_orm::sqlx::Error| StoreError::Unavailable(e.to_string());
+        let unavailable = |e: sea_orm::sqlx::Error| {
+            StoreError::Unavailable(preflight::strip_source_line(&e.to_string()))
+        };
         let mut conn = pool.acquire().await.map_err(unavailable)?.detach();
         sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK_KEY)
@@ -282,7 +284,7 @@ impl Store {
         self.db
             .ping()
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(|e| StoreError::Unavailable(preflight::strip_source_line(&e.to_string())))
     }
 
     /// Notified after each local commit that wrote events (other replicas' commits are seen by
