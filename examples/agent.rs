@@ -2,7 +2,8 @@
 //! server) or over streamable HTTP, lists its tools, fetches its assignments and logs progress.
 //!
 //! ```text
-//! # stdio: spawns `parallax-mcp stdio` with the key in PARALLAX_API_KEY
+//! # stdio: spawns `parallax-mcp stdio` with the key in PARALLAX_API_KEY (build it first)
+//! cargo build
 //! PARALLAX_API_KEY=mcp_agent_… cargo run --example agent -- stdio
 //! # HTTP: against a running `parallax-mcp serve`
 //! PARALLAX_API_KEY=mcp_agent_… cargo run --example agent -- http http://127.0.0.1:8720/mcp
@@ -36,13 +37,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("stdio") | None => {
             // The server reads the key from its environment; it inherits ours. Extra arguments
             // (e.g. `--database-url …`) are passed to it.
-            let server =
-                std::env::var("PARALLAX_MCP_BIN").unwrap_or_else(|_| "parallax-mcp".into());
-            let mut cmd = tokio::process::Command::new(server);
+            let server = server_binary();
+            eprintln!("starting {}", server.display());
+            let mut cmd = tokio::process::Command::new(&server);
             cmd.args(args.iter().skip(1)).arg("stdio");
-            ClientConfig::default()
-                .serve(TokioChildProcess::new(cmd)?)
-                .await?
+            let child = TokioChildProcess::new(cmd).map_err(|e| {
+                format!(
+                    "cannot start {}: {e} (build it with `cargo build`, or set PARALLAX_MCP_BIN to the server binary)",
+                    server.display()
+                )
+            })?;
+            ClientConfig::default().serve(child).await?
         }
         Some(other) => return Err(format!("unknown transport {other:?}: use stdio or http").into()),
     };
@@ -87,6 +92,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     call(&client, "agent_update_status", json!({ "status": "idle" })).await?;
     client.cancel().await?;
     Ok(())
+}
+
+/// The server to spawn: `PARALLAX_MCP_BIN` if set, else the `parallax-mcp` that cargo built next
+/// to this example (`target/<profile>/examples/agent` → `target/<profile>/parallax-mcp`), else the
+/// one on `PATH`.
+fn server_binary() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("PARALLAX_MCP_BIN") {
+        return bin.into();
+    }
+    let sibling = std::env::current_exe().ok().and_then(|exe| {
+        let profile_dir = exe.parent()?.parent()?;
+        Some(profile_dir.join(format!("parallax-mcp{}", std::env::consts::EXE_SUFFIX)))
+    });
+    match sibling {
+        Some(path) if path.is_file() => path,
+        Some(path) => {
+            eprintln!(
+                "no server at {} (run `cargo build`); trying parallax-mcp on PATH",
+                path.display()
+            );
+            "parallax-mcp".into()
+        }
+        None => "parallax-mcp".into(),
+    }
 }
 
 /// Calls a tool and returns its structured result, or the tool's error message as an error.

@@ -15,6 +15,8 @@
 //!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
 //!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
 //!   (`store::auth_cache`) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between replicas.
+//!   `store::preflight` says in one line why a database cannot be opened (path or host, cause)
+//!   and keeps commands other than `serve` and `workspace create` from creating one.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]).
@@ -32,7 +34,9 @@
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
-//! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags.
+//! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags. Every
+//!   key is defined once in `config::schema`; the README table, `parallax.example.toml` and
+//!   `config check` are generated from it (`config::reference`).
 //!
 //! ## Invariants
 //!

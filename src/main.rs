@@ -38,6 +38,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         db_path: cli.global.db.clone(),
         listen,
     };
+    // Once per run, before anything else is printed: a misspelt variable is otherwise silent.
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for warning in parallax_mcp::config::reference::unknown_variables(names) {
+        eprintln!("warning: {warning}");
+    }
     let config = Config::load(&flags)?;
     cli::run(cli, &config).await?;
     Ok(())

@@ -233,7 +233,7 @@ impl Tokens {
             inner: Arc::new(Inner {
                 store,
                 issuer: config.issuer.clone(),
-                ttl: config.token_ttl,
+                ttl: config.token_ttl(),
                 fixed,
                 keys: RwLock::new(Arc::new(keys)),
                 reloaded: tokio::sync::Mutex::new(None),

@@ -10,7 +10,8 @@ const QUICKSTART: &str = "\
 parallax-mcp gives AI agents human-approved, scoped, audited access to a team's workspace, over \
 MCP (stdio or streamable HTTP). This binary runs the server and is the admin tool for humans.
 
-Quickstart (SQLite file parallax.db in the current directory, created on first use):
+Quickstart (SQLite database in ~/.local/share/parallax-mcp/parallax.db, or under $XDG_DATA_HOME, \
+created by `workspace create` or `serve`; every other command, stdio included, only opens it):
 
   1. Create a workspace and its first admin:
        parallax-mcp workspace create acme --name \"Acme\" --admin-email alice@acme.test
@@ -28,11 +29,20 @@ const GLOBAL: &str = "Global options";
 
 const AFTER_HELP: &str = "\
 Configuration, lowest to highest precedence: defaults, the --config TOML file, environment \
-variables (PARALLAX_DATABASE_URL or DATABASE_URL, PARALLAX_DB, PARALLAX_LISTEN), then flags.
+variables (PARALLAX_DATABASE_URL or DATABASE_URL, PARALLAX_DB, PARALLAX_LISTEN and one PARALLAX_* \
+variable per key; see parallax.example.toml), then flags. `parallax-mcp config check` prints the \
+effective configuration and where each value came from.
 
-Exit codes: 0 success; 1 internal or database error; 2 usage error (bad flags, missing \
---workspace or --as); 3 invalid input; 4 not found; 5 not allowed (wrong role, not a member); \
-6 conflict (already exists, wrong state); 7 quota exceeded; 8 database unavailable; 9 the audit \
+Database: --database-url, else the configuration, else $XDG_DATA_HOME/parallax-mcp/parallax.db \
+(default ~/.local/share/parallax-mcp/parallax.db), whatever the working directory. A relative \
+SQLite path is taken from the working directory. Only `serve` and `workspace create` create a \
+missing database; other commands name the path they looked at and exit 2.
+
+Exit codes: 0 success; 1 internal or database error; 2 usage or configuration error (bad flags, \
+missing --workspace or --as, no database at the path, unwritable file or directory, unknown \
+PostgreSQL database or user, listen address malformed or in use); 3 invalid input; 4 not found; \
+5 not allowed (wrong role, not a member); 6 conflict (already exists, wrong state); 7 quota \
+exceeded; 8 database unavailable (PostgreSQL refuses or does not answer; try again); 9 the audit \
 trail's hash chain is broken (activity verify).";
 
 /// The `parallax-mcp` command line.
@@ -63,13 +73,13 @@ pub struct GlobalArgs {
     /// Print JSON instead of tables, for scripts
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
-    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB [default: sqlite://parallax.db?mode=rwc]
+    /// Database URL: sqlite:///ABSOLUTE/PATH.db or postgres://USER@HOST/DB [default: ~/.local/share/parallax-mcp/parallax.db; env: PARALLAX_DATABASE_URL]
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "URL", conflicts_with = "db")]
     pub database_url: Option<String>,
-    /// SQLite database file, created if missing (shorthand for --database-url)
+    /// SQLite database file (shorthand for --database-url; only serve and workspace create create it)
     #[arg(long, global = true, help_heading = GLOBAL, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// TOML configuration file (keys: database_url, listen)
+    /// TOML configuration file; every key is in parallax.example.toml (see `config check`)
     #[arg(long, global = true, help_heading = GLOBAL, env = "PARALLAX_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -128,6 +138,15 @@ pub enum Command {
     /// Manage the keys that sign member and agent tokens
     #[command(subcommand)]
     SigningKey(SigningKeyCmd),
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (secrets hidden) and where each value came from
+    Check,
 }
 
 #[derive(Debug, Subcommand)]

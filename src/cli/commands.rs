@@ -11,7 +11,7 @@ use crate::service::{
     AccessRequest, AgentDetails, AssignTarget, DelegationResolution, Service, ServiceError,
     TaskUpdate,
 };
-use crate::store::{ActivityQuery, Store};
+use crate::store::{ActivityQuery, Create, Store};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -68,10 +68,22 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         }
         Command::Migrate { status } => return migrate(config, status, global.json).await,
         Command::SigningKey(SigningKeyCmd::Rotate) => return rotate_signing_key(config).await,
+        Command::Config(ConfigCmd::Check) => {
+            return Ok(crate::config::reference::check_report(config));
+        }
         _ => {}
     }
+    // Only `workspace create` may start a new database; every other command needs one to exist.
+    let create = if matches!(command, Command::Workspace(WorkspaceCmd::Create { .. })) {
+        config
+            .prepare_default_location()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        Create::IfMissing
+    } else {
+        Create::Never
+    };
     let ctx = Ctx {
-        svc: Service::new(Store::open(&config.database_url).await?),
+        svc: Service::new(Store::open_with(&config.database_url, create).await?),
         json: global.json,
         workspace: global.workspace,
         as_member: global.as_member,
@@ -80,7 +92,8 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         Command::Serve { .. }
         | Command::Stdio
         | Command::Migrate { .. }
-        | Command::SigningKey(_) => {
+        | Command::SigningKey(_)
+        | Command::Config(_) => {
             unreachable!("handled above")
         }
         Command::Workspace(cmd) => workspace(&ctx, cmd).await,
@@ -108,7 +121,7 @@ async fn rotate_signing_key(config: &Config) -> Out {
             "a signing key is configured ([auth] signing_key / PARALLAX_SIGNING_KEY): rotate it by changing the configuration".into(),
         ));
     }
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open_with(&config.database_url, Create::Never).await?;
     let result = auth::Tokens::rotate(&store).await;
     store.close().await;
     let kid = result?;
@@ -121,7 +134,7 @@ async fn rotate_signing_key(config: &Config) -> Out {
 
 async fn migrate(config: &Config, status_only: bool, json: bool) -> Out {
     // Connect without migrating: `Store::open` would apply them before we could report.
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect_with(&config.database_url, Create::Never).await?;
     let result = if status_only {
         store.pending_migrations().await
     } else {
@@ -271,7 +284,7 @@ async fn member(ctx: &Ctx, cmd: MemberCmd, config: &Config) -> Out {
     let caller = ctx.caller().await?;
     match cmd {
         MemberCmd::Token { ttl_secs } => {
-            let ttl = ttl_secs.map_or(config.auth.token_ttl, std::time::Duration::from_secs);
+            let ttl = ttl_secs.map_or(config.auth.token_ttl(), std::time::Duration::from_secs);
             let tokens = auth::Tokens::load(ctx.svc.store().clone(), &config.auth).await?;
             let token = tokens.mint_member(&caller, ttl).await?;
             // The token only, so `$(parallax-mcp member token …)` works.

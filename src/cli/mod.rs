@@ -61,6 +61,7 @@ impl CliError {
             CliError::Invalid(_) => exit::INVALID,
             CliError::Service(e) | CliError::Serve(ServeError::Service(e)) => service_code(e),
             CliError::Store(e) | CliError::Serve(ServeError::Store(e)) => store_code(e),
+            CliError::Serve(ServeError::Config(_)) => exit::USAGE,
             CliError::Tampered(_) => exit::TAMPERED,
             CliError::Serve(_) | CliError::Output(_) => exit::INTERNAL,
         }
@@ -82,6 +83,7 @@ fn service_code(e: &ServiceError) -> u8 {
 fn store_code(e: &StoreError) -> u8 {
     match e {
         StoreError::Unavailable(_) => exit::UNAVAILABLE,
+        StoreError::Misconfigured(_) => exit::USAGE,
         _ => exit::INTERNAL,
     }
 }

@@ -14,7 +14,7 @@ use crate::events::{self, EventOptions, Feed};
 use crate::mcp::sessions::SessionRegistry;
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
-use crate::store::Store;
+use crate::store::{Create, Store};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -164,18 +164,39 @@ impl Drop for InFlightGuard {
 /// Serves HTTP (MCP and the rest) on `config.listen` until ctrl-c or SIGTERM.
 pub async fn serve(config: &Config) -> Result<(), ServeError> {
     let shutdown = mcp::shutdown_signal();
-    let store = Store::open(&config.database_url).await?;
+    config
+        .prepare_default_location()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let store = Store::open_with(&config.database_url, Create::IfMissing).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| listen_error(&config.listen, &e))?;
     run(store, listener, http_options(config), shutdown).await
+}
+
+/// Why `listen` cannot be bound, in one line. A taken port or an address this machine does not
+/// have is a configuration problem (exit 2), not an outage.
+fn listen_error(listen: &str, e: &std::io::Error) -> ServeError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => ServeError::Config(format!(
+            "cannot listen on {listen}: address already in use (another server on that port? pick another with --listen or PARALLAX_LISTEN)"
+        )),
+        ErrorKind::AddrNotAvailable => ServeError::Config(format!(
+            "cannot listen on {listen}: this machine has no such address"
+        )),
+        ErrorKind::PermissionDenied => ServeError::Config(format!(
+            "cannot listen on {listen}: permission denied (ports below 1024 need privileges)"
+        )),
+        _ => ServeError::Config(format!("cannot listen on {listen}: {e}")),
+    }
 }
 
 /// The transport settings from the `[http]` part of the configuration, over safe defaults.
 fn http_options(config: &Config) -> HttpOptions {
     let mut opts = HttpOptions {
         auth: config.auth.clone(),
-        limits: config.limits,
+        limits: config.limits.clone(),
         events: EventOptions::from_config(config),
         ..HttpOptions::default()
     };

@@ -12,7 +12,7 @@ pub mod tools;
 
 use crate::config::Config;
 use crate::service::{Service, ServiceError};
-use crate::store::Store;
+use crate::store::{Create, Store};
 use rmcp::ServiceExt;
 
 /// The environment variable that carries an agent's key in stdio mode.
@@ -23,6 +23,9 @@ pub const API_KEY_ENV: &str = "PARALLAX_API_KEY";
 pub enum ServeError {
     #[error("{0}")]
     Startup(String),
+    /// Configuration that cannot work as given (e.g. the listen address is taken): exit 2.
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error(transparent)]
@@ -43,14 +46,16 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
             ))
         })?;
     let key = key.trim().to_owned();
-    let store = Store::open(&config.database_url).await?;
+    // An agent runtime starts us in its own directory: never create a database there.
+    let store = Store::open_with(&config.database_url, Create::Never).await?;
+    let location = store.location().to_owned();
     let gate = gate::Gate::new(Service::new(store));
     match crate::auth::agent(gate.service().store(), &key).await? {
         Ok(caller) => tracing::info!(agent = caller.agent_id(), "stdio session starting"),
         Err(refusal) => {
             gate.audit_refusal(&refusal, "stdio start").await;
             return Err(ServeError::Startup(format!(
-                "{API_KEY_ENV} refused: {}",
+                "{API_KEY_ENV} refused: {} (database {location})",
                 refusal.error
             )));
         }

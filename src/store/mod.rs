@@ -15,6 +15,7 @@ mod inbound;
 mod members;
 mod notify;
 mod outbox;
+pub mod preflight;
 mod signing_keys;
 mod webhook_secrets;
 
@@ -22,6 +23,7 @@ pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
+pub use preflight::Create;
 pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
@@ -45,6 +47,10 @@ use tokio::sync::Notify;
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The configured database cannot be used as configured (missing, read-only, wrong
+    /// credentials, no such database): fixing it takes a person, not a retry.
+    #[error("{0}")]
+    Misconfigured(String),
     #[error("database error: {0}")]
     Query(String),
     #[error("stored data is invalid: {0}")]
@@ -55,7 +61,7 @@ pub enum StoreError {
 
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
-        let text = e.to_string();
+        let text = preflight::strip_source_line(&e.to_string());
         match e {
             DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => StoreError::Unavailable(text),
             _ if text.contains("UNIQUE constraint") || text.contains("duplicate key") => {
@@ -79,6 +85,8 @@ pub struct Store {
     events_committed: Arc<Notify>,
     /// Credentials and members as last read, valid while the authorization generation holds.
     auth: Arc<auth_cache::AuthCache>,
+    /// The database for messages: an absolute SQLite path or `postgres://host:port/db`.
+    location: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,7 +116,9 @@ struct MigrationLock {
 
 impl MigrationLock {
     async fn acquire(pool: &sea_orm::sqlx::PgPool) -> StoreResult<MigrationLock> {
-        let unavailable = |e: sea_orm::sqlx::Error| StoreError::Unavailable(e.to_string());
+        let unavailable = |e: sea_orm::sqlx::Error| {
+            StoreError::Unavailable(preflight::strip_source_line(&e.to_string()))
+        };
         let mut conn = pool.acquire().await.map_err(unavailable)?.detach();
         sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(MIGRATION_LOCK_KEY)
@@ -153,9 +163,17 @@ where
 }
 
 impl Store {
-    /// Connects without touching the schema. `url` is `sqlite://path?mode=rwc`, `sqlite::memory:`
-    /// or `postgres://…`.
+    /// Connects without touching the schema, creating a missing SQLite file. `url` is
+    /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`.
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        Store::connect_with(url, Create::IfMissing).await
+    }
+
+    /// Connects without touching the schema; with [`Create::Never`] a missing SQLite file is an
+    /// error naming its absolute path. Common mistakes (no such directory, read-only file,
+    /// refused PostgreSQL port) are diagnosed first, in one line (see [`preflight`]).
+    pub async fn connect_with(url: &str, create: Create) -> StoreResult<Store> {
+        preflight::check(url, create).await?;
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(5))
@@ -165,31 +183,43 @@ impl Store {
             // instead of failing; foreign keys are off by default in SQLite.
             opts.max_connections(if url.contains(":memory:") { 1 } else { 8 })
                 .min_connections(1)
-                .map_sqlx_sqlite_opts(|o| {
+                .map_sqlx_sqlite_opts(move |o| {
                     o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                         .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                         .foreign_keys(true)
-                        .create_if_missing(true)
+                        .create_if_missing(create == Create::IfMissing)
                 });
         } else {
             opts.max_connections(16).min_connections(1);
         }
         let db = Database::connect(opts)
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| preflight::diagnose_connect(url, &e))?;
         Ok(Store {
             db,
             events_committed: Arc::default(),
             auth: Arc::default(),
+            location: preflight::location(url).into(),
         })
     }
 
-    /// Connects and applies pending migrations: what the server does on start.
+    /// Connects (creating a missing SQLite file) and applies pending migrations.
     pub async fn open(url: &str) -> StoreResult<Store> {
-        let store = Store::connect(url).await?;
+        Store::open_with(url, Create::IfMissing).await
+    }
+
+    /// Connects as [`Store::connect_with`] does and applies pending migrations: what every
+    /// command does on start.
+    pub async fn open_with(url: &str, create: Create) -> StoreResult<Store> {
+        let store = Store::connect_with(url, create).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The database in use, for messages: an absolute SQLite path or `postgres://host:port/db`.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// Applies pending migrations; returns the names of those applied (empty when up to date).
@@ -254,7 +284,7 @@ impl Store {
         self.db
             .ping()
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+            .map_err(|e| StoreError::Unavailable(preflight::strip_source_line(&e.to_string())))
     }
 
     /// Notified after each local commit that wrote events (other replicas' commits are seen by

@@ -147,7 +147,7 @@ fn readme_quickstart() -> Vec<Line> {
     for line in joined.lines().map(str::trim) {
         if line.is_empty()
             || line.starts_with('#')
-            || line.starts_with("cargo build")
+            || line.starts_with("cargo ")
             || line.starts_with("export PATH=")
         {
             continue;
@@ -523,6 +523,7 @@ async fn refusals_exit_non_zero_with_one_line() {
 #[tokio::test]
 async fn migrate_twice_is_a_no_op() {
     let db = TestDb::new().await;
+    db.ensure_exists();
     let cli = Cli::new(&db);
     let status = cli.ok(&["migrate", "--status"]).await;
     assert!(
@@ -550,6 +551,7 @@ async fn migrate_twice_is_a_no_op() {
 #[tokio::test]
 async fn concurrent_migrate_processes_apply_each_migration_once() {
     let db = TestDb::new().await;
+    db.ensure_exists();
     let cli = Cli::new(&db);
     let all: Vec<Value> = match cli.json(&["migrate", "--status"]).await["pending"].clone() {
         Value::Array(names) => names,

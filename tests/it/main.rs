@@ -9,6 +9,7 @@ mod events;
 mod mcp;
 mod repo;
 mod service;
+mod setup;
 mod snapshot;
 mod support;
 mod trail;

@@ -60,6 +60,17 @@ impl TestDb {
         self.pg.is_some()
     }
 
+    /// Makes the database exist without a schema, as a new PostgreSQL database does: commands
+    /// other than `serve` and `workspace create` refuse to create a SQLite file. An empty file is
+    /// an empty SQLite database.
+    pub fn ensure_exists(&self) {
+        if let Some(path) = parallax_mcp::store::preflight::sqlite_path(&self.url)
+            && !path.exists()
+        {
+            std::fs::File::create(&path).expect("create the empty SQLite file");
+        }
+    }
+
     /// A migrated store on this database.
     pub async fn store(&self) -> Store {
         Store::open(&self.url).await.expect("open store")

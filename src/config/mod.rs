@@ -1,244 +1,70 @@
 //! Configuration, in layers: built-in defaults, then a TOML file, then `PARALLAX_*` environment
 //! variables, then command-line flags. Each layer overrides only what it sets.
 //!
-//! Variables: `PARALLAX_CONFIG` (the file), `PARALLAX_DATABASE_URL` (else `DATABASE_URL`, else
-//! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, `PARALLAX_PUBLIC_URL`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
-//! `PARALLAX_ALLOWED_ORIGINS`, `PARALLAX_TRUSTED_PROXIES` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
-//! `PARALLAX_HEADER_READ_TIMEOUT_SECS`, `PARALLAX_IDLE_TIMEOUT_SECS`,
-//! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`; for `[stdio]`:
-//! `PARALLAX_STDIO_MAX_LINE_BYTES`; for `[auth]`:
-//! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
-//! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`; for `[webhooks]`:
-//! `PARALLAX_WEBHOOK_BASE_DELAY_MS`, `PARALLAX_WEBHOOK_MAX_DELAY_MS`, `PARALLAX_WEBHOOK_TIMEOUT_MS`,
-//! `PARALLAX_WEBHOOK_GIVE_UP_SECS`, `PARALLAX_WEBHOOK_POLL_MS`; for `[events]`:
-//! `PARALLAX_EVENTS_POLL_MS`, `PARALLAX_EVENTS_KEEPALIVE_MS`, `PARALLAX_EVENTS_ACCESS_CHECK_MS`.
-//!
-//! ```toml
-//! # parallax.toml (pass with --config or PARALLAX_CONFIG)
-//! database_url = "postgres://parallax@db.internal/parallax"
-//! listen = "0.0.0.0:8720"
-//! public_url = "https://mcp.example.com/mcp"   # behind a proxy: token audience, discovery
-//!
-//! [http]
-//! allowed_hosts = ["mcp.example.com"]
-//! allowed_origins = ["https://app.example.com"]
-//! trusted_proxies = ["10.0.0.5"]   # their X-Forwarded-For names the client
-//! max_body_bytes = 1048576
-//! header_read_timeout_secs = 10
-//! idle_timeout_secs = 60
-//! body_read_timeout_secs = 30
-//! max_connections = 1024
-//!
-//! [stdio]
-//! max_line_bytes = 1048576
-//!
-//! [auth]
-//! issuer = "parallax-mcp"
-//! # signing_key = "…at least 32 characters…"   # else one is generated and stored
-//! token_ttl_secs = 900
-//!
-//! [limits]
-//! failed_auth_per_minute = 30
-//! failed_auth_burst = 10
-//!
-//! [webhooks]            # deliveries to each workspace's control_plane_url
-//! base_delay_ms = 1000  # first retry within [0, 1 s], doubling per attempt (full jitter)
-//! max_delay_ms = 3600000
-//! attempt_timeout_ms = 10000
-//! give_up_after_secs = 259200
-//! poll_interval_ms = 1000
-//!
-//! [events]              # the feed and the members' event streams
-//! poll_interval_ms = 1000
-//! keepalive_ms = 15000
-//! access_check_ms = 30000
-//! ```
+//! Every key is defined once, in [`schema`]: its field, TOML key, variable, default and doc line.
+//! The README's table and `parallax.example.toml` are generated from it ([`reference`]; a test
+//! fails when they drift), and `parallax-mcp config check` prints the effective values and where
+//! each came from.
+
+pub mod reference;
+pub mod schema;
+
+pub use schema::{
+    AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, StdioConfig,
+    WebhooksConfig,
+};
 
 use crate::store::database_url_for_path;
-use serde::Deserialize;
+use crate::store::preflight::{absolute_sqlite_url, sqlite_path};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The SQLite file used when nothing else is configured, relative to the working directory.
-pub const DEFAULT_DB_FILE: &str = "parallax.db";
 /// Where `serve` listens when nothing else is configured: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8720";
-
-/// Everything the binary needs to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `sqlite://…?mode=rwc` (default: `parallax.db` in the working directory) or `postgres://…`.
-    pub database_url: String,
-    /// Address for `serve` (default `127.0.0.1:8720`; port 0 picks a free port).
-    pub listen: String,
-    /// The public URL of `/mcp` (e.g. `https://mcp.example.com/mcp`) behind a proxy: the audience
-    /// of access tokens and the resource in discovery metadata. Default: `http://{listen}/mcp`.
-    pub public_url: Option<String>,
-    /// Transport settings for `serve`; unset fields keep the transport's defaults.
-    pub http: HttpConfig,
-    /// Settings for the `stdio` transport.
-    pub stdio: StdioConfig,
-    /// Webhook delivery to control planes (`[webhooks]`).
-    pub webhooks: WebhooksConfig,
-    /// Live event streams (`[events]`).
-    pub events: EventsConfig,
-    /// Tokens this server issues and accepts.
-    pub auth: AuthConfig,
-    /// Rate limits that are not per-workspace settings.
-    pub limits: LimitsConfig,
-}
-
-/// The `[webhooks]` table; unset fields keep the worker's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhooksConfig {
-    /// First retry delay (before jitter), in milliseconds; doubles per attempt.
-    pub base_delay_ms: Option<u64>,
-    /// Cap on the retry delay, in milliseconds.
-    pub max_delay_ms: Option<u64>,
-    /// Time allowed for one attempt (connect, send, read the answer), in milliseconds.
-    pub attempt_timeout_ms: Option<u64>,
-    /// A delivery still failing this long after its event is marked failed, in seconds.
-    pub give_up_after_secs: Option<u64>,
-    /// How often the worker looks for due deliveries, in milliseconds.
-    pub poll_interval_ms: Option<u64>,
-}
-
-/// The `[events]` table; unset fields keep the feed's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsConfig {
-    /// How often the feed polls for other replicas' events, in milliseconds.
-    pub poll_interval_ms: Option<u64>,
-    /// Keep-alive comment interval on event streams, in milliseconds.
-    pub keepalive_ms: Option<u64>,
-    /// How often a stream re-checks that its member still has access, in milliseconds.
-    pub access_check_ms: Option<u64>,
-}
-
-/// The `[auth]` table: the issuer and key for the tokens this server mints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthConfig {
-    /// `iss` of every token (default `parallax-mcp`).
-    pub issuer: String,
-    /// An HS256 secret shared by every replica; when unset the first start generates one and
-    /// stores it in the database.
-    pub signing_key: Option<String>,
-    /// Lifetime of agent access tokens and the default for member tokens (default 15 minutes).
-    pub token_ttl: Duration,
-}
+/// The SQLite file used when nothing else is configured, under the per-user data directory.
+pub const DEFAULT_DB_FILE: &str = "parallax.db";
+/// The per-user data directory's subdirectory for parallax-mcp.
+pub const DATA_DIR_NAME: &str = "parallax-mcp";
 
 /// The shortest signing key accepted from configuration: HS256 wants at least 256 bits.
 pub const MIN_SIGNING_KEY_LEN: usize = 32;
 /// The longest token lifetime accepted anywhere; bounds how long a retired key stays valid.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            issuer: "parallax-mcp".to_owned(),
-            signing_key: None,
-            token_ttl: Duration::from_secs(15 * 60),
-        }
-    }
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
 }
 
-impl std::fmt::Debug for AuthConfig {
+impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the signing key.
-        f.debug_struct("AuthConfig")
-            .field("issuer", &self.issuer)
-            .field("signing_key", &self.signing_key.as_ref().map(|_| "***"))
-            .field("token_ttl", &self.token_ttl)
-            .finish()
-    }
-}
-
-/// The `[limits]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Failed authentications allowed per client address per minute (default 30)…
-    pub failed_auth_per_minute: u32,
-    /// …after a burst of this many (default 10).
-    pub failed_auth_burst: u32,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            failed_auth_per_minute: 30,
-            failed_auth_burst: 10,
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
         }
     }
 }
 
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAuth {
-    issuer: Option<String>,
-    signing_key: Option<String>,
-    token_ttl_secs: Option<u64>,
-}
+/// The source of each key that did not keep its default, by key path (`listen`, `http.max_body_bytes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(BTreeMap<&'static str, Source>);
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    failed_auth_per_minute: Option<u32>,
-    failed_auth_burst: Option<u32>,
-}
+impl Origins {
+    fn set(&mut self, path: &'static str, source: Source) {
+        self.0.insert(path, source);
+    }
 
-/// The `[http]` table: optional overrides of the HTTP transport's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// `Host` header values accepted (DNS-rebinding protection).
-    pub allowed_hosts: Option<Vec<String>>,
-    /// Browser `Origin`s accepted.
-    pub allowed_origins: Option<Vec<String>>,
-    /// Addresses of reverse proxies whose `X-Forwarded-For` names the real client (for the
-    /// per-address limits); from any other peer the header is ignored.
-    pub trusted_proxies: Option<Vec<String>>,
-    /// Largest request body accepted, on every route.
-    pub max_body_bytes: Option<usize>,
-    /// Seconds a client has to send a request head (slow-loris protection; default 10).
-    pub header_read_timeout_secs: Option<u64>,
-    /// Seconds an idle keep-alive connection stays open between requests (default 60).
-    pub idle_timeout_secs: Option<u64>,
-    /// Seconds a client has to send the whole request body (default 30).
-    pub body_read_timeout_secs: Option<u64>,
-    /// Open connections at most (default 1024); further ones wait until one closes.
-    pub max_connections: Option<usize>,
-}
-
-/// The `[stdio]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StdioConfig {
-    /// Longest JSON-RPC line accepted on stdin (default 1 MiB); longer lines are skipped and
-    /// answered with an error.
-    pub max_line_bytes: Option<usize>,
-}
-
-/// The configuration file's shape. Unknown keys are refused, so a typo is an error rather than a
-/// silently ignored setting.
-#[derive(Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_url: Option<String>,
-    listen: Option<String>,
-    public_url: Option<String>,
-    #[serde(default)]
-    http: HttpConfig,
-    #[serde(default)]
-    webhooks: WebhooksConfig,
-    #[serde(default)]
-    events: EventsConfig,
-    #[serde(default)]
-    auth: FileAuth,
-    #[serde(default)]
-    limits: FileLimits,
-    #[serde(default)]
-    stdio: StdioConfig,
+    /// Where the key at `path` came from.
+    pub fn of(&self, path: &str) -> Source {
+        self.0.get(path).cloned().unwrap_or(Source::Default)
+    }
 }
 
 /// What the command line said; `None` leaves the lower layers' value.
@@ -259,20 +85,20 @@ pub struct Overrides {
 #[error("{0}")]
 pub struct ConfigError(String);
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            database_url: database_url_for_path(Path::new(DEFAULT_DB_FILE)),
-            listen: DEFAULT_LISTEN.to_owned(),
-            public_url: None,
-            http: HttpConfig::default(),
-            webhooks: WebhooksConfig::default(),
-            events: EventsConfig::default(),
-            auth: AuthConfig::default(),
-            limits: LimitsConfig::default(),
-            stdio: StdioConfig::default(),
-        }
-    }
+/// The per-user default database: `$XDG_DATA_HOME/parallax-mcp/parallax.db`, else
+/// `$HOME/.local/share/parallax-mcp/parallax.db` (XDG base directories; a relative
+/// `XDG_DATA_HOME` is ignored, as the specification says).
+pub fn default_database_path(env: impl Fn(&str) -> Option<String>) -> Result<PathBuf, ConfigError> {
+    let data = env("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .ok_or_else(|| {
+            ConfigError(
+                "no database configured and neither XDG_DATA_HOME nor HOME is set: pass --database-url or --db".into(),
+            )
+        })?;
+    Ok(data.join(DATA_DIR_NAME).join(DEFAULT_DB_FILE))
 }
 
 impl Config {
@@ -298,99 +124,75 @@ impl Config {
             config.apply_file(&path)?;
         }
 
-        let env_url = env("PARALLAX_DATABASE_URL")
-            .or_else(|| env("DATABASE_URL"))
-            .or_else(|| env("PARALLAX_DB").map(|p| database_url_for_path(Path::new(&p))));
-        if let Some(url) = env_url {
-            config.database_url = url;
-        }
-        if let Some(listen) = env("PARALLAX_LISTEN") {
-            config.listen = listen;
-        }
-        if let Some(url) = env("PARALLAX_PUBLIC_URL") {
-            config.public_url = Some(url.trim().to_owned());
-        }
-        if let Some(hosts) = env("PARALLAX_ALLOWED_HOSTS") {
-            config.http.allowed_hosts = Some(comma_list(&hosts));
-        }
-        if let Some(origins) = env("PARALLAX_ALLOWED_ORIGINS") {
-            config.http.allowed_origins = Some(comma_list(&origins));
-        }
-        if let Some(proxies) = env("PARALLAX_TRUSTED_PROXIES") {
-            config.http.trusted_proxies = Some(comma_list(&proxies));
-        }
-        let env_number = |name: &str| -> Result<Option<u64>, ConfigError> {
-            env(name).map(|v| number(name, &v)).transpose()
-        };
-        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        if let Some(n) = env_number("PARALLAX_MAX_BODY_BYTES")? {
-            config.http.max_body_bytes = Some(size(n));
-        }
-        if let Some(n) = env_number("PARALLAX_HEADER_READ_TIMEOUT_SECS")? {
-            config.http.header_read_timeout_secs = Some(n);
-        }
-        if let Some(n) = env_number("PARALLAX_IDLE_TIMEOUT_SECS")? {
-            config.http.idle_timeout_secs = Some(n);
-        }
-        if let Some(n) = env_number("PARALLAX_BODY_READ_TIMEOUT_SECS")? {
-            config.http.body_read_timeout_secs = Some(n);
-        }
-        if let Some(n) = env_number("PARALLAX_MAX_CONNECTIONS")? {
-            config.http.max_connections = Some(size(n));
-        }
-        if let Some(n) = env_number("PARALLAX_STDIO_MAX_LINE_BYTES")? {
-            config.stdio.max_line_bytes = Some(size(n));
-        }
-        if let Some(issuer) = env("PARALLAX_AUTH_ISSUER") {
-            config.auth.issuer = issuer.trim().to_owned();
-        }
-        if let Some(key) = env("PARALLAX_SIGNING_KEY") {
-            config.auth.signing_key = Some(key.trim().to_owned());
-        }
-        if let Some(secs) = env("PARALLAX_TOKEN_TTL_SECS") {
-            config.auth.token_ttl = Duration::from_secs(number("PARALLAX_TOKEN_TTL_SECS", &secs)?);
-        }
-        if let Some(n) = env("PARALLAX_FAILED_AUTH_PER_MINUTE") {
-            config.limits.failed_auth_per_minute = number("PARALLAX_FAILED_AUTH_PER_MINUTE", &n)?;
-        }
-        if let Some(n) = env("PARALLAX_FAILED_AUTH_BURST") {
-            config.limits.failed_auth_burst = number("PARALLAX_FAILED_AUTH_BURST", &n)?;
-        }
-
-        let w = &mut config.webhooks;
-        let e = &mut config.events;
-        for (name, slot) in [
-            ("PARALLAX_WEBHOOK_BASE_DELAY_MS", &mut w.base_delay_ms),
-            ("PARALLAX_WEBHOOK_MAX_DELAY_MS", &mut w.max_delay_ms),
-            ("PARALLAX_WEBHOOK_TIMEOUT_MS", &mut w.attempt_timeout_ms),
-            ("PARALLAX_WEBHOOK_GIVE_UP_SECS", &mut w.give_up_after_secs),
-            ("PARALLAX_WEBHOOK_POLL_MS", &mut w.poll_interval_ms),
-            ("PARALLAX_EVENTS_POLL_MS", &mut e.poll_interval_ms),
-            ("PARALLAX_EVENTS_KEEPALIVE_MS", &mut e.keepalive_ms),
-            ("PARALLAX_EVENTS_ACCESS_CHECK_MS", &mut e.access_check_ms),
-        ] {
-            if let Some(v) = env_number(name)? {
-                *slot = Some(v);
+        config.merge_env(&env)?;
+        // The conventional DATABASE_URL and the PARALLAX_DB path stand in for our variable.
+        if env("PARALLAX_DATABASE_URL").is_none() {
+            if let Some(url) = env("DATABASE_URL") {
+                config.database_url = url;
+                config
+                    .origins
+                    .set("database_url", Source::Env("DATABASE_URL"));
+            } else if let Some(path) = env("PARALLAX_DB") {
+                config.database_url = database_url_for_path(Path::new(&path));
+                config
+                    .origins
+                    .set("database_url", Source::Env("PARALLAX_DB"));
             }
         }
 
         if let Some(url) = &flags.database_url {
             config.database_url = url.clone();
+            config
+                .origins
+                .set("database_url", Source::Flag("--database-url"));
         } else if let Some(path) = &flags.db_path {
             config.database_url = database_url_for_path(path);
+            config.origins.set("database_url", Source::Flag("--db"));
         }
         if let Some(listen) = &flags.listen {
             config.listen = listen.clone();
+            config.origins.set("listen", Source::Flag("--listen"));
         }
+
+        if config.database_url.trim().is_empty() {
+            config.database_url = database_url_for_path(&default_database_path(env)?);
+        }
+        // SQLite would open a relative path from the working directory; say which file that is.
+        config.database_url = absolute_sqlite_url(config.database_url.trim());
 
         config.check()?;
         Ok(config)
     }
 
+    /// Whether the database is the per-user default (whose directory `serve` and `workspace
+    /// create` may create).
+    pub fn database_is_default(&self) -> bool {
+        self.origins.of("database_url") == Source::Default
+    }
+
+    /// Creates the default database's directory (`~/.local/share/parallax-mcp`) if the default is
+    /// in use; any other location must exist already.
+    pub fn prepare_default_location(&self) -> Result<(), ConfigError> {
+        if !self.database_is_default() {
+            return Ok(());
+        }
+        if let Some(dir) =
+            sqlite_path(&self.database_url).and_then(|p| p.parent().map(Path::to_owned))
+        {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                ConfigError(format!(
+                    "cannot create the data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        let file: schema::FileConfig = toml::from_str(&text).map_err(|e| {
             // toml's messages span several lines (with a source excerpt); keep the first.
             let msg = e
                 .message()
@@ -405,61 +207,8 @@ impl Config {
                 .unwrap_or_default();
             ConfigError(format!("config file {}{at}: {msg}", path.display()))
         })?;
-        if let Some(url) = file.database_url {
-            self.database_url = url;
-        }
-        if let Some(listen) = file.listen {
-            self.listen = listen;
-        }
-        if let Some(url) = file.public_url {
-            self.public_url = Some(url);
-        }
-        let HttpConfig {
-            allowed_hosts,
-            allowed_origins,
-            trusted_proxies,
-            max_body_bytes,
-            header_read_timeout_secs,
-            idle_timeout_secs,
-            body_read_timeout_secs,
-            max_connections,
-        } = file.http;
-        let http = &mut self.http;
-        http.allowed_hosts = allowed_hosts.or(http.allowed_hosts.take());
-        http.allowed_origins = allowed_origins.or(http.allowed_origins.take());
-        http.trusted_proxies = trusted_proxies.or(http.trusted_proxies.take());
-        http.max_body_bytes = max_body_bytes.or(http.max_body_bytes);
-        http.header_read_timeout_secs = header_read_timeout_secs.or(http.header_read_timeout_secs);
-        http.idle_timeout_secs = idle_timeout_secs.or(http.idle_timeout_secs);
-        http.body_read_timeout_secs = body_read_timeout_secs.or(http.body_read_timeout_secs);
-        http.max_connections = max_connections.or(http.max_connections);
-        let StdioConfig { max_line_bytes } = file.stdio;
-        self.stdio.max_line_bytes = max_line_bytes.or(self.stdio.max_line_bytes);
-        let (w, f) = (&mut self.webhooks, file.webhooks);
-        w.base_delay_ms = f.base_delay_ms.or(w.base_delay_ms);
-        w.max_delay_ms = f.max_delay_ms.or(w.max_delay_ms);
-        w.attempt_timeout_ms = f.attempt_timeout_ms.or(w.attempt_timeout_ms);
-        w.give_up_after_secs = f.give_up_after_secs.or(w.give_up_after_secs);
-        w.poll_interval_ms = f.poll_interval_ms.or(w.poll_interval_ms);
-        let (e, f) = (&mut self.events, file.events);
-        e.poll_interval_ms = f.poll_interval_ms.or(e.poll_interval_ms);
-        e.keepalive_ms = f.keepalive_ms.or(e.keepalive_ms);
-        e.access_check_ms = f.access_check_ms.or(e.access_check_ms);
-        if let Some(issuer) = file.auth.issuer {
-            self.auth.issuer = issuer;
-        }
-        if let Some(key) = file.auth.signing_key {
-            self.auth.signing_key = Some(key);
-        }
-        if let Some(secs) = file.auth.token_ttl_secs {
-            self.auth.token_ttl = Duration::from_secs(secs);
-        }
-        if let Some(n) = file.limits.failed_auth_per_minute {
-            self.limits.failed_auth_per_minute = n;
-        }
-        if let Some(n) = file.limits.failed_auth_burst {
-            self.limits.failed_auth_burst = n;
-        }
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        self.merge_file(file, &Source::File(shown));
         Ok(())
     }
 
@@ -497,6 +246,7 @@ impl Config {
                 "public_url must be an http(s) URL such as https://mcp.example.com/mcp, got {url:?}"
             )));
         }
+        check_listen(&self.listen)?;
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|k| self.database_url.starts_with(k)) {
             return Err(ConfigError(format!(
@@ -516,7 +266,7 @@ impl Config {
                 key.len()
             )));
         }
-        if self.auth.token_ttl.is_zero() || self.auth.token_ttl > MAX_TOKEN_TTL {
+        if self.auth.token_ttl_secs == 0 || self.auth.token_ttl() > MAX_TOKEN_TTL {
             return Err(ConfigError(format!(
                 "auth token_ttl_secs must be between 1 and {}",
                 MAX_TOKEN_TTL.as_secs()
@@ -531,18 +281,27 @@ impl Config {
     }
 }
 
-fn number<T: std::str::FromStr>(name: &str, raw: &str) -> Result<T, ConfigError> {
-    raw.trim()
-        .parse()
-        .map_err(|_| ConfigError(format!("{name} must be a whole number, got {raw:?}")))
-}
-
-fn comma_list(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// `listen` must be `HOST:PORT`; a bare port gets the loopback address suggested, since that is
+/// almost always what was meant.
+fn check_listen(listen: &str) -> Result<(), ConfigError> {
+    let listen = listen.trim();
+    if let Ok(port) = listen.parse::<u16>() {
+        return Err(ConfigError(format!(
+            "listen address {listen:?} has no host: use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
+        )));
+    }
+    if listen.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let port_ok = listen.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+    });
+    if port_ok {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "listen address {listen:?} is not HOST:PORT, e.g. 127.0.0.1:8720 or [::1]:8720"
+    )))
 }
 
 fn line_of(text: &str, byte: usize) -> usize {
@@ -576,11 +335,15 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Loads with `vars` as the whole environment, plus `HOME=/home/ada` unless `vars` set it.
     fn load(flags: &Overrides, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
+        let mut map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        map.entry("HOME".into())
+            .or_insert_with(|| "/home/ada".into());
+        map.retain(|_, v| !v.is_empty());
         Config::load_with(flags, |k| map.get(k).cloned())
     }
 
@@ -591,11 +354,72 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_a_local_sqlite_file_and_loopback() {
+    fn defaults_are_a_per_user_sqlite_file_and_loopback() {
         let c = load(&Overrides::default(), &[]).unwrap();
-        assert_eq!(c.database_url, "sqlite://parallax.db?mode=rwc");
+        assert_eq!(
+            c.database_url,
+            "sqlite:///home/ada/.local/share/parallax-mcp/parallax.db?mode=rwc"
+        );
+        assert!(c.database_is_default());
         assert_eq!(c.listen, "127.0.0.1:8720");
         assert_eq!(c.http, HttpConfig::default());
+        let c = load(&Overrides::default(), &[("XDG_DATA_HOME", "/data")]).unwrap();
+        assert_eq!(
+            c.database_url,
+            "sqlite:///data/parallax-mcp/parallax.db?mode=rwc"
+        );
+        let c = load(&Overrides::default(), &[("XDG_DATA_HOME", "relative")]).unwrap();
+        assert!(
+            c.database_url.contains("/home/ada/.local/share/"),
+            "a relative XDG_DATA_HOME is ignored"
+        );
+        let err = load(&Overrides::default(), &[("HOME", "")]).unwrap_err();
+        assert!(err.to_string().contains("pass --database-url"), "{err}");
+    }
+
+    #[test]
+    fn relative_sqlite_paths_are_made_absolute_and_sources_recorded() {
+        let cwd = std::env::current_dir().unwrap();
+        let c = load(&Overrides::default(), &[("PARALLAX_DB", "rel.db")]).unwrap();
+        assert_eq!(
+            c.database_url,
+            format!("sqlite://{}?mode=rwc", cwd.join("rel.db").display())
+        );
+        assert_eq!(c.origins.of("database_url"), Source::Env("PARALLAX_DB"));
+        assert!(!c.database_is_default());
+        let flags = Overrides {
+            database_url: Some("sqlite://x/y.db".into()),
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let c = load(&flags, &[("PARALLAX_MAX_CONNECTIONS", "5")]).unwrap();
+        assert_eq!(
+            c.database_url,
+            format!("sqlite://{}", cwd.join("x/y.db").display())
+        );
+        assert_eq!(c.origins.of("listen"), Source::Flag("--listen"));
+        assert_eq!(
+            c.origins.of("http.max_connections"),
+            Source::Env("PARALLAX_MAX_CONNECTIONS")
+        );
+        assert_eq!(c.origins.of("http.max_body_bytes"), Source::Default);
+    }
+
+    #[test]
+    fn a_bare_port_suggests_an_address() {
+        let flags = |l: &str| Overrides {
+            listen: Some(l.into()),
+            ..Default::default()
+        };
+        let err = load(&flags("8720"), &[]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "listen address \"8720\" has no host: use 127.0.0.1:8720 (this machine only) or 0.0.0.0:8720 (every interface)"
+        );
+        assert!(load(&flags("localhost:99999"), &[]).is_err());
+        for ok in ["127.0.0.1:0", "[::1]:8720", "localhost:8720", "0.0.0.0:80"] {
+            assert!(load(&flags(ok), &[]).is_ok(), "{ok}");
+        }
     }
 
     #[test]
@@ -757,7 +581,7 @@ mod tests {
     fn auth_and_limits_come_from_file_then_environment() {
         let c = load(&Overrides::default(), &[]).unwrap();
         assert_eq!(c.auth, AuthConfig::default());
-        assert_eq!(c.auth.token_ttl, Duration::from_secs(900));
+        assert_eq!(c.auth.token_ttl(), Duration::from_secs(900));
         assert_eq!(c.limits, LimitsConfig::default());
 
         let dir = tempfile::tempdir().unwrap();
@@ -775,7 +599,7 @@ mod tests {
         let c = load(&flags, &[]).unwrap();
         assert_eq!(c.auth.issuer, "acme");
         assert_eq!(c.auth.signing_key.as_deref(), Some(key.as_str()));
-        assert_eq!(c.auth.token_ttl, Duration::from_secs(60));
+        assert_eq!(c.auth.token_ttl(), Duration::from_secs(60));
         assert_eq!(
             (c.limits.failed_auth_per_minute, c.limits.failed_auth_burst),
             (5, 2)
@@ -794,7 +618,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.auth.issuer.as_str(), c.auth.token_ttl.as_secs()),
+            (c.auth.issuer.as_str(), c.auth.token_ttl().as_secs()),
             ("env", 120)
         );
 
@@ -813,7 +637,7 @@ mod tests {
     #[test]
     fn empty_variables_count_as_unset() {
         let c = load(&Overrides::default(), &[("DATABASE_URL", " ")]).unwrap();
-        assert_eq!(c.database_url, "sqlite://parallax.db?mode=rwc");
+        assert!(c.database_is_default(), "{}", c.database_url);
     }
 
     #[test]
