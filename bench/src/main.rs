@@ -12,7 +12,8 @@
 //! Timings are reported, never asserted.
 //!
 //! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
-//! `--postgres URL` (also measure on a fresh database of that server), `--smoke`.
+//! `--postgres URL` (also measure on a fresh database of that server), `--only TEXT` (rows whose
+//! label contains it), `--smoke`.
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ struct Opts {
     tasks: usize,
     postgres: Option<String>,
     smoke: bool,
+    /// Only rows whose label contains this.
+    only: Option<String>,
 }
 
 impl Opts {
@@ -49,6 +52,7 @@ impl Opts {
             tasks: 10_000,
             postgres: None,
             smoke: false,
+            only: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -63,6 +67,7 @@ impl Opts {
                 "--tasks" => o.tasks = value("--tasks")?.parse()?,
                 "--postgres" => o.postgres = Some(value("--postgres")?),
                 "--smoke" => o.smoke = true,
+                "--only" => o.only = Some(value("--only")?),
                 "-h" | "--help" => {
                     println!("{}", USAGE);
                     std::process::exit(0);
@@ -92,7 +97,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--smoke]";
+const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--only TEXT] [--smoke]";
 
 // ---- binaries and the CLI ----
 
@@ -957,6 +962,9 @@ async fn main() -> Result<()> {
         ));
     }
 
+    if let Some(only) = &o.only {
+        jobs.retain(|(label, ..)| label.contains(only.as_str()));
+    }
     let mut rows: Vec<Row> = jobs
         .iter()
         .map(|(label, c, baseline, _)| Row {
