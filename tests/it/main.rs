@@ -11,5 +11,6 @@ mod repo;
 mod service;
 mod snapshot;
 mod support;
+mod tasks;
 mod trail;
 mod transport;
