@@ -811,6 +811,8 @@ async fn an_edit_after_a_checkpoint_breaks_verify_against_it() {
     let db = TestDb::new().await;
     let (svc, s) = trail_of(&db, 3).await;
     let cp = svc.create_checkpoint(&s.admin).await.unwrap();
+    // Asking again with nothing new gives the same checkpoint.
+    assert_eq!(svc.create_checkpoint(&s.admin).await.unwrap().id, cp.id);
     svc.create_task(&s.admin, &s.project.id, "later", "")
         .await
         .unwrap();
@@ -834,9 +836,11 @@ async fn an_edit_after_a_checkpoint_breaks_verify_against_it() {
     .await;
     assert_eq!(code, 9, "{out} / {err}");
     assert!(out.contains("broken at seq"), "{out}");
-    // A read-only member cannot sign checkpoints; an admin asking again without new entries gets
-    // the same one.
-    assert!(svc.create_checkpoint(&s.reader).await.is_err());
+    // A read-only member cannot sign checkpoints.
+    assert!(matches!(
+        svc.create_checkpoint(&s.reader).await,
+        Err(parallax_mcp::service::ServiceError::Forbidden(_))
+    ));
 }
 
 #[tokio::test]
