@@ -856,7 +856,8 @@ async fn the_server_signs_due_checkpoints_and_emits_them_as_events() {
         )
         .await
         .unwrap();
-    let _server = spawn_http(&w.db.url).await;
+    // Two replicas race to sign each head; one checkpoint (and one event) per head is kept.
+    let _servers = (spawn_http(&w.db.url).await, spawn_http(&w.db.url).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let list = loop {
         let list = w.svc.list_checkpoints(&w.admin).await.unwrap();
