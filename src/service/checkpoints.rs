@@ -42,9 +42,9 @@ fn signed(row: CheckpointRow, slug: &str, key: Option<&AuditKeyRow>) -> SignedCh
 
 /// Whether a checkpoint is due after `last` (the time rule counts from the workspace's creation
 /// before the first), under the workspace's settings.
-fn due(ws: &Workspace, head_seq: i64, last: Option<&CheckpointRow>, at: Timestamp) -> bool {
+fn due(ws: &Workspace, head_seq: i64, last: Option<(i64, Timestamp)>, at: Timestamp) -> bool {
     let settings = &ws.settings;
-    let (last_seq, since) = last.map_or((0, ws.created_at), |c| (c.seq, c.created_at));
+    let (last_seq, since) = last.unwrap_or((0, ws.created_at));
     if head_seq <= last_seq {
         return false;
     }
@@ -105,7 +105,8 @@ impl Service {
             };
             let last = tx.last_checkpoint(&ws.id).await?;
             let moved = head.last_seq > last.as_ref().map_or(0, |c| c.seq);
-            if !(moved && (force || due(ws, head.last_seq, last.as_ref(), now()))) {
+            let last = last.map(|c| (c.seq, c.created_at));
+            if !(moved && (force || due(ws, head.last_seq, last, now()))) {
                 return Ok(None);
             }
         }
@@ -144,10 +145,23 @@ impl Service {
 
     /// Checkpoints every workspace that is due; the server runs this on a timer.
     pub async fn checkpoint_due(&self) -> ServiceResult<usize> {
-        let workspaces = self.store.read().await?.list_workspaces().await?;
+        let (candidates, workspaces) = {
+            let tx = self.store.read().await?;
+            let candidates = tx.checkpoint_candidates().await?;
+            if candidates.is_empty() {
+                return Ok(0);
+            }
+            (candidates, tx.list_workspaces().await?)
+        };
+        let at = now();
         let mut n = 0;
-        for ws in &workspaces {
-            if self.checkpoint_workspace(ws, false).await?.is_some() {
+        for c in candidates {
+            let Some(ws) = workspaces.iter().find(|w| w.id == c.workspace_id) else {
+                continue;
+            };
+            if due(ws, c.head_seq, c.last, at)
+                && self.checkpoint_workspace(ws, false).await?.is_some()
+            {
                 n += 1;
             }
         }
@@ -334,4 +348,39 @@ pub fn check_signature(cp: &SignedCheckpoint) -> Result<(), String> {
     UnparsedPublicKey::new(&ED25519, key)
         .verify(&cp.signed_bytes(), &sig)
         .map_err(|_| "the checkpoint's signature does not verify: the file was altered".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(entries: Option<u32>, minutes: Option<u32>, created: Timestamp) -> Workspace {
+        let settings = WorkspaceSettings {
+            checkpoint_every_entries: entries,
+            checkpoint_every_minutes: minutes,
+            ..WorkspaceSettings::default()
+        };
+        Workspace {
+            id: "w".into(),
+            slug: "acme".into(),
+            name: "Acme".into(),
+            settings,
+            created_at: created,
+        }
+    }
+
+    #[test]
+    fn due_by_count_or_by_time_only_when_the_chain_grew() {
+        let t0 = now();
+        let min = chrono::Duration::minutes;
+        let w = ws(Some(10), Some(60), t0);
+        assert!(!due(&w, 5, None, t0 + min(59)), "neither rule yet");
+        assert!(due(&w, 10, None, t0), "ten entries");
+        assert!(due(&w, 1, None, t0 + min(60)), "an hour since creation");
+        assert!(!due(&w, 15, Some((10, t0)), t0 + min(1)));
+        assert!(due(&w, 20, Some((10, t0)), t0 + min(1)));
+        assert!(!due(&w, 10, Some((10, t0)), t0 + min(600)), "nothing new");
+        let off = ws(None, None, t0);
+        assert!(!due(&off, 1_000_000, None, t0 + min(100_000)));
+    }
 }

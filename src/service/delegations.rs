@@ -237,19 +237,24 @@ impl Service {
     ) -> ServiceResult<Delegation> {
         let ws_id = caller.workspace_id();
         let id = RecordId::parse("delegation", delegation_id)?;
-        let tx = self.store.write().await?;
-        if expire_due(&tx, ws_id).await? > 0 {
-            tx.commit().await?;
-        } else {
-            drop(tx);
+        let read = || async {
+            self.store
+                .read()
+                .await?
+                .delegation(ws_id, id.as_str())
+                .await?
+                .filter(|d| d.from_agent_id == caller.agent_id())
+                .ok_or_else(|| ServiceError::not_found("task", id.as_str()))
+        };
+        let d = read().await?;
+        // Polling is a read; only an overdue request costs a write, to record its expiry.
+        if d.status != DelegationStatus::Pending || d.expires_at > now() {
+            return Ok(d);
         }
-        self.store
-            .read()
-            .await?
-            .delegation(ws_id, id.as_str())
-            .await?
-            .filter(|d| d.from_agent_id == caller.agent_id())
-            .ok_or_else(|| ServiceError::not_found("task", id.as_str()))
+        let tx = self.store.write().await?;
+        expire_due(&tx, ws_id).await?;
+        tx.commit().await?;
+        read().await
     }
 
     /// The agent that asked for a delegation withdraws it while it is pending; `audit` (the

@@ -6,7 +6,10 @@ use super::entities::{audit_checkpoint, audit_key};
 use super::{StoreError, StoreResult, Tx};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
+};
 
 /// A stored audit signing key. The private key is never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -65,7 +68,42 @@ fn checkpoint_row(m: audit_checkpoint::Model) -> CheckpointRow {
     }
 }
 
+/// Where a workspace's chain stands against its latest checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointCandidate {
+    pub workspace_id: String,
+    pub head_seq: i64,
+    /// The latest checkpoint's seq and time, if any.
+    pub last: Option<(i64, DateTime<Utc>)>,
+}
+
 impl Tx {
+    /// Every workspace with a chain whose head moved past its latest checkpoint, in one statement,
+    /// so the timer that signs checkpoints costs little when nothing is due.
+    pub async fn checkpoint_candidates(&self) -> StoreResult<Vec<CheckpointCandidate>> {
+        let sql = "SELECT c.workspace_id, c.last_seq, cp.seq AS cp_seq, cp.created_at AS cp_at \
+            FROM activity_chains c LEFT JOIN audit_checkpoints cp \
+            ON cp.workspace_id = c.workspace_id \
+            AND cp.seq = (SELECT MAX(x.seq) FROM audit_checkpoints x WHERE x.workspace_id = c.workspace_id) \
+            WHERE cp.seq IS NULL OR c.last_seq > cp.seq";
+        let rows = self
+            .tx
+            .query_all_raw(Statement::from_string(self.tx.get_database_backend(), sql))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let cp_seq: Option<i64> = r.try_get("", "cp_seq")?;
+                let cp_at: Option<DateTime<Utc>> = r.try_get("", "cp_at")?;
+                Ok(CheckpointCandidate {
+                    workspace_id: r.try_get("", "workspace_id")?,
+                    head_seq: r.try_get("", "last_seq")?,
+                    last: cp_seq.zip(cp_at),
+                })
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .map_err(StoreError::from)
+    }
+
     /// The current audit key (the highest generation), if one was ever made.
     pub async fn latest_audit_key(&self) -> StoreResult<Option<AuditKeyRow>> {
         Ok(audit_key::Entity::find()

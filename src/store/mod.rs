@@ -21,7 +21,7 @@ mod webhook_secrets;
 
 pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
-pub use checkpoints::{AuditKeyRow, CheckpointRow};
+pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use signing_keys::SigningKeyRow;
