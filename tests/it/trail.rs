@@ -904,3 +904,33 @@ async fn the_server_signs_due_checkpoints_and_emits_them_as_events() {
     assert_eq!(listed.len(), 2);
     assert!(listed[0].seq > listed[1].seq);
 }
+
+#[tokio::test]
+async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_it_cannot() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 3).await;
+    let ws = svc.workspace(&s.admin).await.unwrap();
+    let prune = || async {
+        let store = Store::open(&db.url).await.unwrap();
+        let tx = store.write().await.unwrap();
+        let n = tx.prune_activity(s.ws(), chrono::Utc::now()).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    let first = svc.create_checkpoint(&s.admin).await.unwrap();
+    assert!(prune().await > 0);
+    let r = svc.verify_checkpoint(&ws, first.clone()).await.unwrap();
+    assert!(r.extends, "{r:?}");
+    for i in 0..2 {
+        svc.create_task(&s.admin, &s.project.id, &format!("later {i}"), "")
+            .await
+            .unwrap();
+    }
+    let second = svc.create_checkpoint(&s.admin).await.unwrap();
+    assert!(second.seq > first.seq);
+    assert!(prune().await > 0);
+    assert!(svc.verify_checkpoint(&ws, second).await.unwrap().extends);
+    let r = svc.verify_checkpoint(&ws, first).await.unwrap();
+    assert!(!r.extends);
+    assert!(r.problem.unwrap().contains("pruned"));
+}
