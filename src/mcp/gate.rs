@@ -307,7 +307,7 @@ impl Gate {
                 }
                 found
             }
-            TaskAction::Update => Err(crate::service::ServiceError::Invalid(
+            TaskAction::Update => Err(ServiceError::Invalid(
                 "delegation tasks take no input".into(),
             )),
             TaskAction::Cancel => {

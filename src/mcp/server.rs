@@ -465,11 +465,7 @@ fn task_of(d: &Delegation) -> DetailedTask {
             let result = serde_json::to_value(CallToolResult::structured(
                 super::tools::delegation_output(d),
             ))
-            .ok()
-            .and_then(|v| match v {
-                serde_json::Value::Object(m) => Some(m),
-                _ => None,
-            })
+            .map(object)
             .unwrap_or_default();
             let note = d
                 .resolution_note
@@ -488,11 +484,8 @@ fn task_of(d: &Delegation) -> DetailedTask {
                 d.id,
                 rfc3339(&d.expires_at)
             );
-            let error = serde_json::json!({ "code": DELEGATION_EXPIRED.0, "message": message });
-            let error = match error {
-                serde_json::Value::Object(m) => m,
-                _ => JsonObject::new(),
-            };
+            let error =
+                object(serde_json::json!({ "code": DELEGATION_EXPIRED.0, "message": message }));
             (TaskPayload::Failed { error }, message)
         }
     };
@@ -508,6 +501,13 @@ fn task_of(d: &Delegation) -> DetailedTask {
         task = task.with_poll_interval_ms(POLL_INTERVAL_MS);
     }
     DetailedTask::new(task, payload)
+}
+
+fn object(v: serde_json::Value) -> JsonObject {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => JsonObject::new(),
+    }
 }
 
 /// JSON-RPC error code in a failed task: the delegation expired before a human decided.

@@ -105,9 +105,17 @@ impl Service {
             };
             let last = tx.last_checkpoint(&ws.id).await?;
             let moved = head.last_seq > last.as_ref().map_or(0, |c| c.seq);
-            let last = last.map(|c| (c.seq, c.created_at));
-            if !(moved && (force || due(ws, head.last_seq, last, now()))) {
+            let since = last.as_ref().map(|c| (c.seq, c.created_at));
+            if !(moved && (force || due(ws, head.last_seq, since, now()))) {
                 return Ok(None);
+            }
+            drop(tx);
+            // Never sign over a rewrite: what was added since the last checkpoint must extend it.
+            if let Some(why) = self.breaks_last_checkpoint(ws, last.as_ref()).await? {
+                return Err(ServiceError::Conflict(format!(
+                    "refusing to sign a checkpoint of workspace {}: {why}; run activity verify",
+                    ws.slug
+                )));
             }
         }
         let (key, pair) = self.audit_key().await?;
@@ -143,6 +151,62 @@ impl Service {
         Ok(Some(cp))
     }
 
+    /// Why the chain does not extend `last` (walking only what came after it), if it does not.
+    async fn breaks_last_checkpoint(
+        &self,
+        ws: &Workspace,
+        last: Option<&CheckpointRow>,
+    ) -> ServiceResult<Option<String>> {
+        let head_seq = self
+            .store
+            .read()
+            .await?
+            .chain_head(&ws.id)
+            .await?
+            .map_or(0, |h| h.last_seq);
+        if let Some(c) = last.filter(|c| c.seq > head_seq) {
+            return Ok(Some(format!(
+                "the chain ends at seq {head_seq}, before the last checkpoint at {}",
+                c.seq
+            )));
+        }
+        let chain = self.verify_chain(ws, last.map(|c| c.seq + 1)).await?;
+        if let Some(p) = &chain.problem {
+            return Ok(Some(broken(p)));
+        }
+        let Some(c) = last.filter(|c| c.seq >= chain.pruned_through) else {
+            // Pruned past the last checkpoint: the walk from the pruned point is all there is.
+            return Ok(None);
+        };
+        self.hash_at(ws, c.seq, &c.hash, &chain).await
+    }
+
+    /// Why the entry at `seq` no longer has `hash` (given the walk `chain`), if it does not.
+    async fn hash_at(
+        &self,
+        ws: &Workspace,
+        seq: i64,
+        hash: &str,
+        chain: &ChainVerification,
+    ) -> ServiceResult<Option<String>> {
+        let tx = self.store.read().await?;
+        let found = if seq == chain.pruned_through {
+            tx.chain_head(&ws.id).await?.and_then(|h| h.pruned_hash)
+        } else if seq < chain.pruned_through {
+            return Ok(Some(format!(
+                "entries up to seq {} were pruned, so a checkpoint at seq {seq} can no longer be checked",
+                chain.pruned_through
+            )));
+        } else {
+            tx.chained_entry(&ws.id, seq).await?.and_then(|e| e.hash)
+        };
+        Ok((found.as_deref() != Some(hash)).then(|| {
+            format!(
+                "the entry at seq {seq} no longer has the checkpoint's hash: history up to it was rewritten"
+            )
+        }))
+    }
+
     /// Checkpoints every workspace that is due; the server runs this on a timer.
     pub async fn checkpoint_due(&self) -> ServiceResult<usize> {
         let (candidates, workspaces) = {
@@ -159,10 +223,15 @@ impl Service {
             let Some(ws) = workspaces.iter().find(|w| w.id == c.workspace_id) else {
                 continue;
             };
-            if due(ws, c.head_seq, c.last, at)
-                && self.checkpoint_workspace(ws, false).await?.is_some()
-            {
-                n += 1;
+            if !due(ws, c.head_seq, c.last, at) {
+                continue;
+            }
+            // One workspace refusing (a rewritten chain) must not hold up the others.
+            match self.checkpoint_workspace(ws, false).await {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => {}
+                Err(ServiceError::Conflict(why)) => tracing::error!(workspace = %ws.slug, "{why}"),
+                Err(e) => return Err(e),
             }
         }
         Ok(n)
@@ -282,12 +351,7 @@ impl Service {
         }
         let chain = self.verify_chain(ws, None).await?;
         if let Some(p) = &chain.problem {
-            let why = format!(
-                "the chain is broken at seq {}: {} ({})",
-                p.seq,
-                p.kind.as_str(),
-                p.detail
-            );
+            let why = broken(p);
             return fail(cp, Some(chain), why);
         }
         if cp.seq > chain.head_seq {
@@ -297,23 +361,7 @@ impl Service {
             );
             return fail(cp, Some(chain), why);
         }
-        let tx = self.store.read().await?;
-        let found = if cp.seq == chain.pruned_through {
-            tx.chain_head(&ws.id).await?.and_then(|h| h.pruned_hash)
-        } else if cp.seq < chain.pruned_through {
-            let why = format!(
-                "entries up to seq {} were pruned, so a checkpoint at seq {} can no longer be checked",
-                chain.pruned_through, cp.seq
-            );
-            return fail(cp, Some(chain), why);
-        } else {
-            tx.chained_entry(&ws.id, cp.seq).await?.and_then(|e| e.hash)
-        };
-        if found.as_deref() != Some(cp.hash.as_str()) {
-            let why = format!(
-                "the entry at seq {} no longer has the checkpoint's hash: history up to it was rewritten",
-                cp.seq
-            );
+        if let Some(why) = self.hash_at(ws, cp.seq, &cp.hash, &chain).await? {
             return fail(cp, Some(chain), why);
         }
         Ok(CheckpointVerification {
@@ -323,6 +371,15 @@ impl Service {
             chain: Some(chain),
         })
     }
+}
+
+fn broken(p: &ChainProblem) -> String {
+    format!(
+        "the chain is broken at seq {}: {} ({})",
+        p.seq,
+        p.kind.as_str(),
+        p.detail
+    )
 }
 
 /// Checks a checkpoint's signature against the public key it carries.

@@ -804,6 +804,10 @@ async fn a_checkpoint_exported_before_a_rewrite_makes_verify_fail_after_it() {
     assert!(out.contains("rewritten"), "{out}");
     let api = svc.verify_checkpoint_as(&s.reader, cp).await.unwrap();
     assert!(!api.extends);
+    // Nor will the server sign a new checkpoint over the rewrite.
+    let (code, _, err) = cli(&db, &["activity", "checkpoint", "-w", "acme"]).await;
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("refusing to sign"), "{err}");
 }
 
 #[tokio::test]
