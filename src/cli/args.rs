@@ -33,7 +33,7 @@ variables (PARALLAX_DATABASE_URL or DATABASE_URL, PARALLAX_DB, PARALLAX_LISTEN),
 Exit codes: 0 success; 1 internal or database error; 2 usage error (bad flags, missing \
 --workspace or --as); 3 invalid input; 4 not found; 5 not allowed (wrong role, not a member); \
 6 conflict (already exists, wrong state); 7 quota exceeded; 8 database unavailable; 9 the audit \
-trail's hash chain is broken (activity verify).";
+trail's hash chain is broken or does not extend the given checkpoint (activity verify).";
 
 /// The `parallax-mcp` command line.
 #[derive(Debug, Parser)]
