@@ -43,7 +43,8 @@
 //! - Identity comes from the credential, never from a tool argument.
 //! - Default deny: a tool missing from the catalogue cannot be called; every decision is audited.
 //! - Secrets are never logged or `Debug`-printed. API keys are stored only as blake3 hashes;
-//!   token signing keys and webhook secrets are symmetric and stored as they are.
+//!   token signing keys and webhook secrets are symmetric and stored as they are, and so is the
+//!   Ed25519 key that signs audit checkpoints (`audit_keys`, beside `signing_keys`).
 //! - A bearer credential is re-checked against the store on every request (keys and tokens
 //!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
 //!   but serves them only after one statement shows the authorization generation unchanged. The
@@ -57,7 +58,10 @@
 //! - Activity entries are chained at commit in the store (`store::chain`): each gets a
 //!   per-workspace `seq` and a blake3 hash over the previous hash and the entry, whoever writes
 //!   it; `service::trail` verifies the chain. The chain head's lock is taken last, before the
-//!   outbox counter's, in every transaction.
+//!   outbox counter's, in every transaction. `service::checkpoints` signs the head now and then
+//!   (one checkpoint per head across replicas) and proves a log still extends an exported one.
+//! - An MCP task is a delegation row, answered through the gate (`Gate::task`) like a tool call:
+//!   no `tasks/*` request reaches the service without authentication, authorization and audit.
 //! - An agent's grant may end (`access_expires_at`): `auth` compares it with the clock on every
 //!   authentication, so expiry needs no one to act; recording it is a separate, once-only step.
 

@@ -51,4 +51,14 @@ grep -q 'working on "Interop task"' <<<"$out"
 out=$(PARALLAX_API_KEY="$KEY" PARALLAX_MCP_BIN="$BIN" "$EXAMPLE" stdio --database-url "$DB" 2>/dev/null)
 grep -q 'working on "Interop task"' <<<"$out"
 echo "OK example agent"
-echo "interop: 5 passed, 0 failed"
+
+# The Python SDK as a tasks-extension client: a delegation waits for a human as an MCP task.
+pm agent request interop-lead --name "Interop lead" --permission read:tasks,delegate:agents >/dev/null
+LEAD_KEY=$(pm --json agent approve interop-lead --grant read:tasks,delegate:agents | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+pm agent request interop-helper --name "Interop helper" --permission read:tasks >/dev/null
+pm agent approve interop-helper --grant read:tasks >/dev/null
+handover=$(pm --json task create --project "$project" "Hand-over task" | "$MCP_PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+pm assign interop-lead --task "$handover" >/dev/null
+"$MCP_PY" "$HERE/py_tasks.py" "$LEAD_KEY" "$URL" "$handover" \
+  "$BIN" --database-url "$DB" -w interop --as admin@interop.test delegation approve
+echo "interop: 6 passed, 0 failed"

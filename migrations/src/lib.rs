@@ -15,6 +15,7 @@ mod m20261123_000005_outbox;
 mod m20261202_000001_auth_generation;
 mod m20261202_190000_activity_chain;
 mod m20261202_190100_grant_expiry;
+mod m20261202_200000_audit_checkpoints;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_auth_generation::Migration),
             Box::new(m20261202_190000_activity_chain::Migration),
             Box::new(m20261202_190100_grant_expiry::Migration),
+            Box::new(m20261202_200000_audit_checkpoints::Migration),
         ]
     }
 }

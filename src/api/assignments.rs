@@ -256,3 +256,35 @@ pub async fn export(
     }
     Ok(Json(ctx.service.export_activity(&m, since, limit).await?))
 }
+
+/// The workspace's signed checkpoints of the chain, newest first.
+pub async fn checkpoints(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+) -> ApiResult<Json<Vec<SignedCheckpoint>>> {
+    Ok(Json(ctx.service.list_checkpoints(&m).await?))
+}
+
+/// Signs a checkpoint of the chain's head now (the latest one when nothing was added since).
+pub async fn create_checkpoint(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+) -> ApiResult<(StatusCode, Json<SignedCheckpoint>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(ctx.service.create_checkpoint(&m).await?),
+    ))
+}
+
+/// Whether the chain still extends a checkpoint exported earlier; `extends` says, `problem` why
+/// not.
+pub async fn verify_checkpoint(
+    State(ctx): State<HttpContext>,
+    Member(m): Member,
+    Body(cp): Body<SignedCheckpoint>,
+) -> ApiResult<Json<CheckpointVerification>> {
+    if cp.workspace_id != m.workspace().id {
+        return Err(ApiError::invalid("the checkpoint is of another workspace"));
+    }
+    Ok(Json(ctx.service.verify_checkpoint_as(&m, cp).await?))
+}

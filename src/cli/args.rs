@@ -43,7 +43,7 @@ missing --workspace or --as, no database at the path, unwritable file or directo
 PostgreSQL database or user, listen address malformed or in use); 3 invalid input; 4 not found; \
 5 not allowed (wrong role, not a member); 6 conflict (already exists, wrong state); 7 quota \
 exceeded; 8 database unavailable (PostgreSQL refuses or does not answer; try again); 9 the audit \
-trail's hash chain is broken (activity verify).";
+trail's hash chain is broken or does not extend the given checkpoint (activity verify).";
 
 /// The `parallax-mcp` command line.
 #[derive(Debug, Parser)]
@@ -530,6 +530,21 @@ pub enum ActivityCmd {
         /// Start at this position (the entry before it is trusted)
         #[arg(long, value_name = "SEQ", value_parser = clap::value_parser!(i64).range(1..))]
         from: Option<i64>,
+        /// Prove the chain still extends this exported checkpoint (`activity checkpoint --out`):
+        /// its signature holds, and the entry at its seq still has its hash with the chain intact
+        #[arg(long, value_name = "FILE", conflicts_with = "from")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// List the signed checkpoints of the chain, newest first. Without --as, an operator listing
+    /// of the workspace given with -w
+    Checkpoints,
+    /// Sign a checkpoint of the chain's head now (or take the latest if nothing was added since)
+    /// and write it, with the public key that checks it, to FILE or stdout (needs role admin;
+    /// without --as, as the operator)
+    Checkpoint {
+        /// Where to write the checkpoint (JSON)
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Print entries oldest first with their chain position and hash, one JSON object a line
     Export {

@@ -933,7 +933,13 @@ async fn delivery(ctx: &Ctx, cmd: DeliveryCmd) -> Out {
 
 async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
     match a.command {
-        Some(ActivityCmd::Verify { from }) => return verify_activity(ctx, from).await,
+        Some(ActivityCmd::Verify {
+            checkpoint: Some(file),
+            ..
+        }) => return verify_checkpoint(ctx, &file).await,
+        Some(ActivityCmd::Verify { from, .. }) => return verify_activity(ctx, from).await,
+        Some(ActivityCmd::Checkpoints) => return list_checkpoints(ctx).await,
+        Some(ActivityCmd::Checkpoint { out }) => return checkpoint(ctx, out.as_deref()).await,
         Some(ActivityCmd::Export { since, format }) => {
             // clap admits only the formats there are; this keeps the match honest if one is added.
             if format != "jsonl" {
@@ -1073,6 +1079,127 @@ async fn verify_activity(ctx: &Ctx, from: Option<i64>) -> Out {
                 .map(|id| format!(" {id}"))
                 .unwrap_or_default(),
             p.detail
+        )));
+    }
+    Ok(text)
+}
+
+/// The workspace named by `-w`, for an operator command (no `--as`).
+async fn operator_workspace(ctx: &Ctx) -> Result<Workspace, CliError> {
+    let slug = ctx.workspace.as_deref().ok_or_else(|| {
+        CliError::Usage(
+            "no workspace given: pass --workspace <slug> or set PARALLAX_WORKSPACE".into(),
+        )
+    })?;
+    ctx.svc
+        .list_workspaces()
+        .await?
+        .into_iter()
+        .find(|w| w.slug == slug)
+        .ok_or_else(|| CliError::Service(ServiceError::not_found("workspace", slug)))
+}
+
+async fn list_checkpoints(ctx: &Ctx) -> Out {
+    let list = if ctx.as_member.is_some() {
+        ctx.svc.list_checkpoints(&ctx.caller().await?).await?
+    } else {
+        ctx.svc
+            .checkpoints_of(&operator_workspace(ctx).await?)
+            .await?
+    };
+    ctx.render(&list, || {
+        let mut t = Table::new(&["TIME", "SEQ", "HASH", "KEY", "ID"]);
+        for c in &list {
+            t.row(vec![
+                time(&c.created_at),
+                c.seq.to_string(),
+                c.hash.clone(),
+                c.key_id.clone(),
+                c.id.clone(),
+            ]);
+        }
+        t.render("No checkpoints yet.")
+    })
+}
+
+/// Signs (or takes the latest) checkpoint and writes it where `out` says, or to stdout.
+async fn checkpoint(ctx: &Ctx, out: Option<&std::path::Path>) -> Out {
+    let cp = if ctx.as_member.is_some() {
+        ctx.svc.create_checkpoint(&ctx.caller().await?).await?
+    } else {
+        ctx.svc
+            .checkpoint_now(&operator_workspace(ctx).await?)
+            .await?
+    };
+    let mut text = serde_json::to_string_pretty(&cp).map_err(|e| CliError::Output(e.into()))?;
+    text.push('\n');
+    match out {
+        None => Ok(text),
+        Some(path) => {
+            std::fs::write(path, text).map_err(CliError::Output)?;
+            ctx.render(&cp, || {
+                format!(
+                    "Checkpoint of {} at seq {} (hash {}) written to {}.\n",
+                    cp.workspace,
+                    cp.seq,
+                    cp.hash,
+                    path.display()
+                )
+            })
+        }
+    }
+}
+
+/// `activity verify --checkpoint FILE`: exit 0 only when the chain still extends the checkpoint.
+async fn verify_checkpoint(ctx: &Ctx, file: &std::path::Path) -> Out {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Invalid(format!("cannot read {}: {e}", file.display())))?;
+    let cp: SignedCheckpoint = serde_json::from_str(&text).map_err(|e| {
+        CliError::Invalid(format!("{} is not a checkpoint file: {e}", file.display()))
+    })?;
+    let (ws, report) = if ctx.as_member.is_some() {
+        let caller = ctx.caller().await?;
+        let report = ctx.svc.verify_checkpoint_as(&caller, cp).await?;
+        (caller.workspace().clone(), report)
+    } else {
+        let ws = ctx
+            .svc
+            .list_workspaces()
+            .await?
+            .into_iter()
+            .find(|w| w.id == cp.workspace_id)
+            .ok_or_else(|| {
+                CliError::Service(ServiceError::not_found("workspace", &cp.workspace_id))
+            })?;
+        if let Some(slug) = ctx.workspace.as_deref().filter(|s| *s != ws.slug) {
+            return Err(CliError::Invalid(format!(
+                "the checkpoint is of workspace {}, not {slug}",
+                ws.slug
+            )));
+        }
+        let report = ctx.svc.verify_checkpoint(&ws, cp).await?;
+        (ws, report)
+    };
+    let text = ctx.render(&report, || match &report.problem {
+        None => format!(
+            "{}: the chain extends the checkpoint at seq {} (signed {} by key {}); {} entries verified up to seq {}\n",
+            ws.slug,
+            report.checkpoint.seq,
+            time(&report.checkpoint.created_at),
+            report.checkpoint.key_id,
+            report.chain.as_ref().map_or(0, |c| c.verified),
+            report.chain.as_ref().map_or(0, |c| c.head_seq),
+        ),
+        Some(why) => format!(
+            "{}: does NOT extend the checkpoint at seq {}: {why}\n",
+            ws.slug, report.checkpoint.seq
+        ),
+    })?;
+    if let Some(why) = &report.problem {
+        print!("{text}");
+        return Err(CliError::Tampered(format!(
+            "activity chain of workspace {} does not extend the checkpoint at seq {}: {why}",
+            ws.slug, report.checkpoint.seq
         )));
     }
     Ok(text)

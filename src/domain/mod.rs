@@ -20,7 +20,10 @@ pub use permission::{Permission, PermissionSet};
 pub use records::*;
 pub use settings::{SETTING_KEYS, WorkspaceSettings};
 pub use status::*;
-pub use trail::{ChainBreak, ChainProblem, ChainVerification, ChainedActivity};
+pub use trail::{
+    CHECKPOINT_FORMAT, ChainBreak, ChainProblem, ChainVerification, ChainedActivity,
+    CheckpointVerification, SignedCheckpoint,
+};
 pub use webhook::{
     SignatureError, TOLERANCE_SECS, WebhookSecret, signature_header, verify as verify_webhook,
 };

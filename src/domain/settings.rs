@@ -40,6 +40,12 @@ pub struct WorkspaceSettings {
     /// Activity older than this is pruned; none keeps it forever.
     #[serde(alias = "activity_retention_days")]
     pub activity_retention_days: Option<u32>,
+    /// Sign a checkpoint of the activity chain after this many new entries (1 to 1,000,000);
+    /// none: not by count.
+    pub checkpoint_every_entries: Option<u32>,
+    /// …or when this many minutes (1 to 10,080) have passed since the last one and the chain grew;
+    /// none: not by time.
+    pub checkpoint_every_minutes: Option<u32>,
     /// MCP requests each agent may make per minute, sustained…
     #[serde(alias = "rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
@@ -64,6 +70,8 @@ impl Default for WorkspaceSettings {
             key_ttl_days: None,
             control_plane_url: None,
             activity_retention_days: None,
+            checkpoint_every_entries: Some(1000),
+            checkpoint_every_minutes: Some(60),
             rate_limit_per_minute: 600,
             rate_limit_burst: 60,
         }
@@ -84,6 +92,11 @@ fn snake_case(key: &str) -> String {
     out
 }
 
+/// The most entries between two checkpoints a workspace may set.
+pub const MAX_CHECKPOINT_ENTRIES: u32 = 1_000_000;
+/// The longest time between two checkpoints a workspace may set (a week).
+pub const MAX_CHECKPOINT_MINUTES: u32 = 10_080;
+
 /// Names of the settings, in display order, for help text and `settings` listings.
 pub const SETTING_KEYS: &[&str] = &[
     "enabled",
@@ -99,6 +112,8 @@ pub const SETTING_KEYS: &[&str] = &[
     "key_ttl_days",
     "control_plane_url",
     "activity_retention_days",
+    "checkpoint_every_entries",
+    "checkpoint_every_minutes",
     "rate_limit_per_minute",
     "rate_limit_burst",
 ];
@@ -130,6 +145,12 @@ impl WorkspaceSettings {
         let positive = |v: &str| -> Result<u32, ParseError> {
             match num(v)? {
                 0 => Err(ParseError::new(format!("{key} must be at least 1"))),
+                n => Ok(n),
+            }
+        };
+        let bounded = |v: &str, max: u32| -> Result<u32, ParseError> {
+            match positive(v)? {
+                n if n > max => Err(ParseError::new(format!("{key} must be at most {max}"))),
                 n => Ok(n),
             }
         };
@@ -176,6 +197,16 @@ impl WorkspaceSettings {
             }
             "activity_retention_days" => {
                 self.activity_retention_days = optional(value).map(positive).transpose()?
+            }
+            "checkpoint_every_entries" => {
+                self.checkpoint_every_entries = optional(value)
+                    .map(|v| bounded(v, MAX_CHECKPOINT_ENTRIES))
+                    .transpose()?
+            }
+            "checkpoint_every_minutes" => {
+                self.checkpoint_every_minutes = optional(value)
+                    .map(|v| bounded(v, MAX_CHECKPOINT_MINUTES))
+                    .transpose()?
             }
             "rate_limit_per_minute" => self.rate_limit_per_minute = positive(value)?,
             "rate_limit_burst" => self.rate_limit_burst = positive(value)?,
@@ -228,6 +259,19 @@ mod tests {
         assert_eq!((s.rate_limit_per_minute, s.rate_limit_burst), (120, 5));
         assert!(s.apply("rate_limit_per_minute", "0").is_err());
         assert!(s.apply("rate_limit_burst", "lots").is_err());
+        s.apply("checkpoint_every_entries", "5").unwrap();
+        s.apply("checkpoint_every_minutes", "none").unwrap();
+        assert_eq!(
+            (s.checkpoint_every_entries, s.checkpoint_every_minutes),
+            (Some(5), None)
+        );
+        assert!(s.apply("checkpoint_every_entries", "0").is_err());
+        assert!(
+            s.apply("checkpoint_every_minutes", "10081")
+                .unwrap_err()
+                .0
+                .contains("at most 10080")
+        );
     }
 
     #[test]

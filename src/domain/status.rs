@@ -196,6 +196,8 @@ vocabulary!(
         DelegationRequested => "agent.delegation_requested",
         DelegationApproved => "agent.delegation_approved",
         DelegationDenied => "agent.delegation_denied",
+        DelegationCancelled => "agent.delegation_cancelled",
+        AuditCheckpoint => "audit.checkpoint",
     }
 );
 

@@ -70,3 +70,61 @@ pub struct ChainedActivity {
     #[serde(flatten)]
     pub entry: super::ActivityEntry,
 }
+
+/// What a checkpoint file says it is, so a file of another kind is refused by name.
+pub const CHECKPOINT_FORMAT: &str = "parallax-mcp-checkpoint/v1";
+
+/// A signed statement that a workspace's chain had `hash` at `seq` at `created_at`: the server
+/// signs it with its Ed25519 audit key. Exported, it is the file `activity verify --checkpoint`
+/// reads, so it carries the public key that checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignedCheckpoint {
+    /// Always `parallax-mcp-checkpoint/v1`.
+    pub format: String,
+    pub id: String,
+    pub workspace_id: String,
+    /// The workspace's slug when the checkpoint was listed (not signed: slugs can change).
+    pub workspace: String,
+    pub seq: i64,
+    /// The chain hash of entry `seq` (blake3, hex).
+    pub hash: String,
+    pub created_at: super::Timestamp,
+    /// Always `ed25519`.
+    pub algorithm: String,
+    pub key_id: String,
+    /// The raw 32-byte Ed25519 public key, base64.
+    pub public_key: String,
+    /// The signature over [`SignedCheckpoint::message`], base64.
+    pub signature: String,
+}
+
+impl SignedCheckpoint {
+    /// The exact bytes signed: a versioned tag, then the workspace id, seq, hash and time (RFC 3339
+    /// with microseconds), one a line. None of them can contain a newline.
+    pub fn message(workspace_id: &str, seq: i64, hash: &str, at: &super::Timestamp) -> Vec<u8> {
+        format!(
+            "{CHECKPOINT_FORMAT}\n{workspace_id}\n{seq}\n{hash}\n{}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+        .into_bytes()
+    }
+
+    /// [`SignedCheckpoint::message`] for this checkpoint.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        Self::message(&self.workspace_id, self.seq, &self.hash, &self.created_at)
+    }
+}
+
+/// What `activity verify --checkpoint` found.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct CheckpointVerification {
+    /// True only when the signature holds, the entry at `seq` still has the checkpoint's hash and
+    /// the chain is intact from its start to the head.
+    pub extends: bool,
+    pub checkpoint: SignedCheckpoint,
+    /// Why it does not, when it does not.
+    pub problem: Option<String>,
+    /// The walk of the current chain.
+    pub chain: Option<ChainVerification>,
+}

@@ -291,6 +291,9 @@ pub async fn run_with(
     // Ended grants are recorded once across replicas; the event closes sessions below.
     ctx.service
         .watch_expiries(std::time::Duration::from_secs(1), ctx.closing.clone());
+    // Signed checkpoints of every workspace's chain, when due; replicas racing keep one per head.
+    ctx.service
+        .watch_checkpoints(std::time::Duration::from_secs(2), ctx.closing.clone());
     // A revocation (here or on another replica) closes the agent's MCP sessions at once; its
     // subscriptions end on the same event.
     let sessions = ctx.sessions.clone();

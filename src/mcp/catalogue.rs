@@ -113,7 +113,8 @@ pub static CATALOGUE: [ToolSpec; 5] = [
         name: DELEGATE_TASK,
         title: "Delegate a task",
         description: "Ask to hand one of your assigned tasks to another approved agent of your workspace, with a reason. \
-            The request usually waits for a human's approval (awaitingApproval is true); once approved the task is theirs, not yours.",
+            The request usually waits for a human's approval (awaitingApproval is true); once approved the task is theirs, not yours. \
+            Clients that declare the MCP tasks extension get a task to poll with tasks/get instead, completed when a human decides.",
         requirement: Requirement::Permission(Permission::DelegateAgents),
         read_only: false,
         destructive: true,

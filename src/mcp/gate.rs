@@ -4,7 +4,7 @@
 use super::catalogue::{self, ToolSpec};
 use super::tools;
 use crate::auth::{AgentAuthRefusal, AgentCaller};
-use crate::domain::{ActivityEntry, Actor};
+use crate::domain::{ActivityEntry, Actor, Delegation, DelegationStatus};
 use crate::http::ratelimit::AgentLimiter;
 use crate::service::{Activity, AuditWriter, Service, ServiceError};
 use serde::de::DeserializeOwned;
@@ -16,6 +16,27 @@ use serde_json::{Map, Value, json};
 pub enum CallOutcome {
     Ok(Value),
     Refused(String),
+    /// The call waits for a human: answered as an MCP task (only for a client that declared the
+    /// tasks extension). The delegation row is the task.
+    Task(Delegation),
+}
+
+/// The `tasks/*` requests; each passes [`Gate::task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAction {
+    Get,
+    Update,
+    Cancel,
+}
+
+impl TaskAction {
+    pub fn method(self) -> &'static str {
+        match self {
+            TaskAction::Get => "tasks/get",
+            TaskAction::Update => "tasks/update",
+            TaskAction::Cancel => "tasks/cancel",
+        }
+    }
 }
 
 /// A call the gate rejects at the protocol level (JSON-RPC errors).
@@ -115,12 +136,14 @@ impl Gate {
         }
     }
 
-    /// Runs one tool call through the gate.
+    /// Runs one tool call through the gate. With `tasks` (the client declared the MCP tasks
+    /// extension), a delegation that waits for a human is answered as a task.
     pub async fn call(
         &self,
         auth: Result<AgentCaller, AgentAuthRefusal>,
         name: &str,
         args: Option<Map<String, Value>>,
+        tasks: bool,
     ) -> Result<CallOutcome, GateError> {
         let caller = match auth {
             Ok(c) => c,
@@ -154,6 +177,9 @@ impl Gate {
             Err(other) => return Err(other),
         };
         match result {
+            Ok(value) if tasks && spec.name == catalogue::DELEGATE_TASK => {
+                self.as_task(&caller, value).await
+            }
             Ok(value) => Ok(CallOutcome::Ok(value)),
             Err(ServiceError::Store(e)) => {
                 tracing::error!(tool = name, error = %e, "tool failed on the store");
@@ -215,6 +241,96 @@ impl Gate {
         }
         self.record(entry("allowed", "")).await?;
         Ok(Ok(caller))
+    }
+
+    /// A delegation that waits for a human becomes a task; one already decided (approval not
+    /// required) is answered as today.
+    async fn as_task(&self, caller: &AgentCaller, value: Value) -> Result<CallOutcome, GateError> {
+        let Some(id) = value
+            .get("delegationId")
+            .and_then(Value::as_str)
+            .filter(|_| value.get("awaitingApproval") == Some(&Value::Bool(true)))
+        else {
+            return Ok(CallOutcome::Ok(value));
+        };
+        match self.service.agent_delegation(caller, id).await {
+            Ok(d) if d.status == DelegationStatus::Pending => Ok(CallOutcome::Task(d)),
+            Ok(_) => Ok(CallOutcome::Ok(value)),
+            Err(e) => Err(GateError::Internal(format!(
+                "reading the delegation back: {e}"
+            ))),
+        }
+    }
+
+    /// Authorizes a `tasks/*` request with a tool call's discipline: authenticated, the
+    /// requirement of the tool that creates tasks, the task the caller's own (another agent's is
+    /// not found), and audited either way. `Ok(Err(_))` is a refusal the caller may see.
+    pub async fn task(
+        &self,
+        auth: Result<AgentCaller, AgentAuthRefusal>,
+        action: TaskAction,
+        task_id: &str,
+    ) -> Result<Result<Delegation, String>, GateError> {
+        let method = action.method();
+        let caller = match auth {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.audit_refusal(&refusal, &format!("{method} {task_id}"))
+                    .await;
+                return Err(GateError::Unauthenticated(refusal.error.to_string()));
+            }
+        };
+        let entry = |outcome: &str, reason: &str| {
+            Activity::new(caller.workspace_id(), &caller.actor(), "mcp.task")
+                .outcome(outcome)
+                .description(&if reason.is_empty() {
+                    format!("{method} {task_id}")
+                } else {
+                    format!("{method} {task_id}: {reason}")
+                })
+                .metadata(json!({ "method": method, "taskId": task_id, "credential": caller.credential_id() }))
+                .build()
+        };
+        let spec = catalogue::find(catalogue::DELEGATE_TASK).ok_or_else(|| {
+            GateError::Internal("the delegation tool is missing from the catalogue".into())
+        })?;
+        if !spec.requirement.is_met_by(&caller) {
+            let reason = format!("{method} needs {}", spec.requirement.describe());
+            self.record(entry("denied", &reason)).await?;
+            return Ok(Err(format!("permission denied: {reason}")));
+        }
+        let result = match action {
+            TaskAction::Get => {
+                let found = self.service.agent_delegation(&caller, task_id).await;
+                if found.is_ok() {
+                    self.record(entry("allowed", "")).await?;
+                }
+                found
+            }
+            TaskAction::Update => Err(ServiceError::Invalid(
+                "delegation tasks take no input".into(),
+            )),
+            TaskAction::Cancel => {
+                self.service
+                    .cancel_delegation(&caller, Some(&entry("allowed", "")), task_id)
+                    .await
+            }
+        };
+        match result {
+            Ok(d) => Ok(Ok(d)),
+            Err(ServiceError::Store(e)) => {
+                tracing::error!(method, error = %e, "task request failed on the store");
+                let _ = self.audit.record(entry("error", "store unavailable")).await;
+                Err(GateError::Internal(
+                    "the workspace store is unavailable; try again shortly".into(),
+                ))
+            }
+            Err(refusal) => {
+                let message = refusal.to_string();
+                self.record(entry("denied", &message)).await?;
+                Ok(Err(message))
+            }
+        }
     }
 
     /// Parses the arguments into the tool's input type and runs its body.

@@ -2,17 +2,20 @@
 //! [`Gate`]. Nothing else in the handler exposes workspace data.
 
 use super::catalogue::ToolSpec;
-use super::gate::{CallOutcome, Gate, GateError};
+use super::gate::{CallOutcome, Gate, GateError, TaskAction};
 use super::resources::{self, ASSIGNMENTS_URI};
 use crate::auth::{self, AgentAuthRefusal, AgentCaller};
+use crate::domain::{Delegation, DelegationStatus, Timestamp};
 use crate::events::Feed;
 use crate::service::ServiceError;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceUpdatedNotificationParam,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
-    ToolAnnotations, UnsubscribeRequestParams,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    TASKS_EXTENSION_ID, Task, TaskPayload, TaskStatus, Tool, ToolAnnotations,
+    UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -165,6 +168,10 @@ impl ServerHandler for ParallaxServer {
             .enable_resources()
             .enable_resources_subscribe()
             .build();
+        // SEP-2663 tasks: a delegation waiting for a human is a task the agent polls.
+        caps.extensions
+            .get_or_insert_with(Default::default)
+            .insert(TASKS_EXTENSION_ID.to_owned(), JsonObject::new());
         if self.feed.is_none() {
             // No feed (nothing to notify from): do not promise subscriptions.
             if let Some(r) = caps.resources.as_mut() {
@@ -355,14 +362,56 @@ impl ServerHandler for ParallaxServer {
         Ok(())
     }
 
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let d = self
+            .task_request(&ctx, TaskAction::Get, &request.task_id)
+            .await?;
+        Ok(GetTaskResult::new(task_of(&d)))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task_request(&ctx, TaskAction::Update, &request.task_id)
+            .await?;
+        Ok(())
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task_request(&ctx, TaskAction::Cancel, &request.task_id)
+            .await?;
+        Ok(())
+    }
+
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        // Per request (2026-07-28) or from `initialize` (sessions); rmcp reads both.
+        let tasks = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
         let auth = self.authenticate(&ctx).await?;
-        match self.gate.call(auth, &request.name, request.arguments).await {
+        match self
+            .gate
+            .call(auth, &request.name, request.arguments, tasks)
+            .await
+        {
             Ok(CallOutcome::Ok(value)) => Ok(CallToolResult::structured(value).into()),
+            Ok(CallOutcome::Task(d)) => Ok(CallToolResponse::Task(CreateTaskResult::new(
+                task_of(&d).task,
+            ))),
             Ok(CallOutcome::Refused(message)) => {
                 Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into())
             }
@@ -370,6 +419,99 @@ impl ServerHandler for ParallaxServer {
         }
     }
 }
+
+impl ParallaxServer {
+    /// Runs a `tasks/*` request through the gate.
+    async fn task_request(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        action: TaskAction,
+        task_id: &str,
+    ) -> Result<Delegation, ErrorData> {
+        let auth = self.authenticate(ctx).await?;
+        match self.gate.task(auth, action, task_id).await {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(refusal)) => Err(ErrorData::invalid_params(refusal, None)),
+            Err(e) => Err(gate_error(e)),
+        }
+    }
+}
+
+fn rfc3339(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How often a client should poll a delegation task.
+const POLL_INTERVAL_MS: u64 = 2000;
+
+/// A delegation as an MCP task: `working` while a human has to decide, `completed` with the
+/// tool's answer once approved or denied, `cancelled` when the agent withdrew it, `failed` when it
+/// expired undecided. It lives as long as the delegation may wait.
+fn task_of(d: &Delegation) -> DetailedTask {
+    let updated = d.resolved_at.as_ref().unwrap_or(&d.requested_at);
+    let ttl = (d.expires_at - d.requested_at).num_milliseconds().max(0) as u64;
+    let by = d.resolved_by.as_deref().unwrap_or("system");
+    let (payload, message) = match d.status {
+        DelegationStatus::Pending => (
+            TaskPayload::Working,
+            format!(
+                "waiting for a human to approve handing task {} to agent {} (until {})",
+                d.task_id,
+                d.to_agent_id,
+                rfc3339(&d.expires_at)
+            ),
+        ),
+        DelegationStatus::Approved | DelegationStatus::Denied => {
+            let result = serde_json::to_value(CallToolResult::structured(
+                super::tools::delegation_output(d),
+            ))
+            .map(object)
+            .unwrap_or_default();
+            let note = d
+                .resolution_note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default();
+            (
+                TaskPayload::Completed { result },
+                format!("{} by {by}{note}", d.status),
+            )
+        }
+        DelegationStatus::Cancelled => (TaskPayload::Cancelled, format!("cancelled by {by}")),
+        DelegationStatus::Expired => {
+            let message = format!(
+                "delegation {} expired at {} before a human decided",
+                d.id,
+                rfc3339(&d.expires_at)
+            );
+            let error =
+                object(serde_json::json!({ "code": DELEGATION_EXPIRED.0, "message": message }));
+            (TaskPayload::Failed { error }, message)
+        }
+    };
+    let mut task = Task::new(
+        d.id.clone(),
+        TaskStatus::Working,
+        rfc3339(&d.requested_at),
+        rfc3339(updated),
+    )
+    .with_ttl_ms(ttl)
+    .with_status_message(message);
+    if d.status == DelegationStatus::Pending {
+        task = task.with_poll_interval_ms(POLL_INTERVAL_MS);
+    }
+    DetailedTask::new(task, payload)
+}
+
+fn object(v: serde_json::Value) -> JsonObject {
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => JsonObject::new(),
+    }
+}
+
+/// JSON-RPC error code in a failed task: the delegation expired before a human decided.
+pub const DELEGATION_EXPIRED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32030);
 
 /// The one place gate errors become JSON-RPC errors.
 fn gate_error(e: GateError) -> ErrorData {

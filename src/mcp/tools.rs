@@ -315,12 +315,17 @@ pub async fn delegate_task(
             &input.reason,
         )
         .await?;
-    Ok(to_value(&DelegateTaskOutput {
+    Ok(delegation_output(&d))
+}
+
+/// `agent_delegate_task`'s answer for a delegation: now, or as a task's final result.
+pub fn delegation_output(d: &Delegation) -> Value {
+    to_value(&DelegateTaskOutput {
         awaiting_approval: d.status == DelegationStatus::Pending,
-        delegation_id: d.id,
+        delegation_id: d.id.clone(),
         status: d.status,
-        task_id: d.task_id,
-        to_agent_id: d.to_agent_id,
+        task_id: d.task_id.clone(),
+        to_agent_id: d.to_agent_id.clone(),
         expires_at: ts(&d.expires_at),
-    }))
+    })
 }

@@ -227,6 +227,96 @@ impl Service {
     }
 }
 
+impl Service {
+    /// A delegation as the agent that asked for it sees it (the MCP task of that request), after
+    /// recording any expiry due. Another agent's delegation is not found.
+    pub async fn agent_delegation(
+        &self,
+        caller: &AgentCaller,
+        delegation_id: &str,
+    ) -> ServiceResult<Delegation> {
+        let ws_id = caller.workspace_id();
+        let id = RecordId::parse("delegation", delegation_id)?;
+        let read = || async {
+            self.store
+                .read()
+                .await?
+                .delegation(ws_id, id.as_str())
+                .await?
+                .filter(|d| d.from_agent_id == caller.agent_id())
+                .ok_or_else(|| ServiceError::not_found("task", id.as_str()))
+        };
+        let d = read().await?;
+        // Polling is a read; only an overdue request costs a write, to record its expiry.
+        if d.status != DelegationStatus::Pending || d.expires_at > now() {
+            return Ok(d);
+        }
+        let tx = self.store.write().await?;
+        expire_due(&tx, ws_id).await?;
+        tx.commit().await?;
+        read().await
+    }
+
+    /// The agent that asked for a delegation withdraws it while it is pending; `audit` (the
+    /// gate's entry) commits with the change.
+    pub async fn cancel_delegation(
+        &self,
+        caller: &AgentCaller,
+        audit: Option<&ActivityEntry>,
+        delegation_id: &str,
+    ) -> ServiceResult<Delegation> {
+        let ws_id = caller.workspace_id();
+        let id = RecordId::parse("delegation", delegation_id)?;
+        let tx = self.store.write().await?;
+        tx.lock_workspace(ws_id).await?;
+        let expired = expire_due(&tx, ws_id).await?;
+        let mut d = tx
+            .delegation(ws_id, id.as_str())
+            .await?
+            .filter(|d| d.from_agent_id == caller.agent_id())
+            .ok_or_else(|| ServiceError::not_found("task", id.as_str()))?;
+        if d.status != DelegationStatus::Pending {
+            if expired > 0 {
+                tx.commit().await?;
+            }
+            return Err(ServiceError::Conflict(format!(
+                "delegation {} is already {}",
+                d.id, d.status
+            )));
+        }
+        d.status = DelegationStatus::Cancelled;
+        d.resolved_at = Some(now());
+        d.resolved_by = Some(caller.actor().label());
+        tx.update_delegation(&d).await?;
+        if let Some(audit) = audit {
+            tx.insert_activity(audit).await?;
+        }
+        tx.insert_activity(
+            &Activity::new(
+                ws_id,
+                &caller.actor(),
+                EventType::DelegationCancelled.as_str(),
+            )
+            .outcome("allowed")
+            .task(Some(&d.task_id))
+            .description(&format!("withdrew the delegation to {}", d.to_agent_id))
+            .metadata(json!({ "delegationId": d.id, "toAgentId": d.to_agent_id }))
+            .build(),
+        )
+        .await?;
+        emit(
+            &tx,
+            ws_id,
+            EventType::DelegationCancelled,
+            Some(caller.agent_id()),
+            delegation_event_data(&d),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(d)
+    }
+}
+
 async fn apply_resolution(
     tx: &Tx,
     ws: &Workspace,

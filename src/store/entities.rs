@@ -336,3 +336,37 @@ pub mod inbound_webhook {
     }
     no_relations!();
 }
+
+pub mod audit_key {
+    use sea_orm::entity::prelude::*;
+    // As for `signing_key`: the store's own row type hides the secret.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kid: String,
+        pub generation: i64,
+        pub secret: String,
+        pub public_key: String,
+        pub created_at: DateTimeUtc,
+        pub retired_at: Option<DateTimeUtc>,
+    }
+    no_relations!();
+}
+
+pub mod audit_checkpoint {
+    use sea_orm::entity::prelude::*;
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_checkpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub workspace_id: String,
+        pub seq: i64,
+        pub hash: String,
+        pub created_at: DateTimeUtc,
+        pub kid: String,
+        pub signature: String,
+    }
+    no_relations!();
+}

@@ -9,6 +9,7 @@
 
 mod auth_cache;
 mod chain;
+mod checkpoints;
 mod convert;
 mod entities;
 mod inbound;
@@ -21,6 +22,7 @@ mod webhook_secrets;
 
 pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
+pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use preflight::Create;

@@ -1358,3 +1358,44 @@ async fn delegations_are_listed_and_resolved_through_the_api() {
         .ok(StatusCode::OK);
     assert_eq!(active[0]["taskId"], w.task.id.as_str());
 }
+
+// ---- signed checkpoints ----
+
+#[tokio::test]
+async fn checkpoints_are_signed_listed_and_verified_over_the_api() {
+    let w = world().await;
+    let api = Api::start(&w).await;
+    let admin = token(&w.db.url, "acme", "admin@acme.test").await;
+    let base = "/api/v1/workspaces/acme/activity/checkpoints";
+    let cp = api
+        .call("POST", base, &admin, None)
+        .await
+        .ok(StatusCode::CREATED);
+    assert_eq!(cp["format"], "parallax-mcp-checkpoint/v1");
+    assert_eq!(cp["algorithm"], "ed25519");
+    let list = api.call("GET", base, &admin, None).await.ok(StatusCode::OK);
+    assert_eq!(list[0]["id"], cp["id"]);
+    let checked = api
+        .call("POST", &format!("{base}/verify"), &admin, Some(cp.clone()))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(checked["extends"], true, "{checked}");
+    // A checkpoint whose hash was changed no longer carries a valid signature.
+    let mut forged = cp.clone();
+    forged["hash"] = json!("0".repeat(64));
+    let checked = api
+        .call("POST", &format!("{base}/verify"), &admin, Some(forged))
+        .await
+        .ok(StatusCode::OK);
+    assert_eq!(checked["extends"], false, "{checked}");
+    assert!(
+        checked["problem"]
+            .as_str()
+            .unwrap()
+            .contains("signature does not verify")
+    );
+    // Another workspace's member cannot read or check acme's.
+    let rival = token(&w.db.url, "rival", "admin@rival.test").await;
+    let r = api.call("GET", base, &rival, None).await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+}

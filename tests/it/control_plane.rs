@@ -389,3 +389,60 @@ async fn signed_request_api_approval_signed_webhooks_and_a_working_key() {
     assert!(why.is_some_and(|t| t.contains("read:agents")), "{denied:?}");
     let _ = client.cancel().await;
 }
+
+/// A signed checkpoint of the audit trail reaches the control plane as a signed
+/// `audit.checkpoint` webhook whose data verifies on its own (Ed25519, the key it carries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_checkpoints_reach_the_control_plane_as_signed_webhooks() {
+    let db = TestDb::new().await;
+    let url = db.url.as_str();
+    cli(
+        url,
+        &[
+            "workspace",
+            "create",
+            WS,
+            "--name",
+            "Acme",
+            "--admin-email",
+            ADMIN,
+        ],
+    )
+    .await;
+    let rotated = cli_json(
+        url,
+        &["workspace", "webhook-secret", "rotate", "--grace-secs", "0"],
+    )
+    .await;
+    let secret = WebhookSecret::parse(rotated["secret"].as_str().expect("secret shown")).unwrap();
+    let cp = ControlPlane::start(secret).await;
+    cli_json(
+        url,
+        &[
+            "workspace",
+            "settings",
+            "--set",
+            &format!("control_plane_url={}", cp.url),
+            "--set",
+            "checkpoint_every_entries=1",
+        ],
+    )
+    .await;
+    let _server = spawn(url).await;
+    eventually("audit.checkpoint", Duration::from_secs(20), || async {
+        cp.processed()
+            .iter()
+            .any(|h| h.body["type"] == "audit.checkpoint")
+    })
+    .await;
+    let hook = cp
+        .processed()
+        .into_iter()
+        .find(|h| h.body["type"] == "audit.checkpoint")
+        .unwrap();
+    let signed: SignedCheckpoint = serde_json::from_value(hook.body["data"].clone())
+        .unwrap_or_else(|e| panic!("{e}: {:?}", hook.body));
+    parallax_mcp::service::check_signature(&signed).unwrap();
+    let listed = cli_json(url, &["activity", "checkpoints"]).await;
+    assert_eq!(listed[0]["id"], signed.id.as_str(), "{listed}");
+}

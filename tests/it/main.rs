@@ -12,5 +12,6 @@ mod service;
 mod setup;
 mod snapshot;
 mod support;
+mod tasks;
 mod trail;
 mod transport;

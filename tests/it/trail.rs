@@ -691,3 +691,250 @@ async fn expiry_through_the_real_servers_closes_sessions() {
     let r = w.svc.verify_activity(&w.admin, None).await.unwrap();
     assert!(r.intact, "{r:?}");
 }
+
+// ---- signed checkpoints ----
+
+/// Rewrites entry `seq`'s description and recomputes every hash after it, as someone with write
+/// access to the database would to hide an edit: the plain chain walk then finds nothing.
+async fn rewrite_history(db: &TestDb, ws: &str, seq: i64) {
+    let conn = raw(db).await;
+    exec(
+        &conn,
+        &format!(
+            "UPDATE activity SET description = 'nothing happened here' WHERE workspace_id = '{ws}' AND seq = {seq}"
+        ),
+    )
+    .await;
+    let store = Store::open(&db.url).await.unwrap();
+    let tx = store.read().await.unwrap();
+    let entries = tx.chained_activity(ws, 1, i64::MAX, 100_000).await.unwrap();
+    drop(tx);
+    let mut prev = parallax_mcp::store::genesis_hash(ws);
+    for e in &entries {
+        let s = e.seq.unwrap();
+        let h = e.hash_after(&prev, s);
+        if s >= seq {
+            exec(
+                &conn,
+                &format!(
+                    "UPDATE activity SET hash = '{h}' WHERE workspace_id = '{ws}' AND seq = {s}"
+                ),
+            )
+            .await;
+        }
+        prev = h;
+    }
+    exec(
+        &conn,
+        &format!("UPDATE activity_chains SET last_hash = '{prev}' WHERE workspace_id = '{ws}'"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_exported_before_a_rewrite_makes_verify_fail_after_it() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoint.json");
+    let file_arg = file.to_str().unwrap();
+    let (code, _, err) = cli(
+        &db,
+        &["activity", "checkpoint", "-w", "acme", "--out", file_arg],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let cp: SignedCheckpoint =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(cp.workspace_id, s.ws());
+    assert!(cp.seq >= 7, "{cp:?}");
+    parallax_mcp::service::check_signature(&cp).unwrap();
+
+    // Intact, and still intact after the log grew past the checkpoint.
+    let verify_cp = |extra: &'static [&'static str]| {
+        let db = &db;
+        let file_arg = file_arg.to_owned();
+        async move {
+            let mut args = vec!["activity", "verify", "--checkpoint", file_arg.as_str()];
+            args.extend_from_slice(extra);
+            cli(db, &args).await
+        }
+    };
+    let (code, out, err) = verify_cp(&[]).await;
+    assert_eq!(code, 0, "{out} / {err}");
+    assert!(out.contains("extends the checkpoint"), "{out}");
+    svc.create_task(&s.admin, &s.project.id, "after the checkpoint", "")
+        .await
+        .unwrap();
+    let (code, out, err) = verify_cp(&[]).await;
+    assert_eq!(code, 0, "{out} / {err}");
+    // A member may check it too, and the API-side service agrees.
+    let (code, _, err) = verify_cp(&["-w", "acme", "--as", "reader@acme.test"]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // A checkpoint file that was edited does not verify.
+    let mut forged = cp.clone();
+    forged.seq -= 1;
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, serde_json::to_string(&forged).unwrap()).unwrap();
+    let (code, _, err) = cli(
+        &db,
+        &[
+            "activity",
+            "verify",
+            "--checkpoint",
+            forged_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 9, "{err}");
+    assert!(err.contains("signature does not verify"), "{err}");
+
+    // History before the checkpoint rewritten consistently: the plain walk is fooled…
+    rewrite_history(&db, s.ws(), 3).await;
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(
+        code, 0,
+        "a consistent rewrite passes the plain walk: {report}"
+    );
+    // …the checkpoint is not.
+    let (code, out, err) = verify_cp(&[]).await;
+    assert_eq!(code, 9, "{out} / {err}");
+    assert!(err.contains("does not extend the checkpoint"), "{err}");
+    assert!(out.contains("rewritten"), "{out}");
+    let api = svc.verify_checkpoint_as(&s.reader, cp).await.unwrap();
+    assert!(!api.extends);
+    // Nor will the server sign a new checkpoint over the rewrite.
+    let (code, _, err) = cli(&db, &["activity", "checkpoint", "-w", "acme"]).await;
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("refusing to sign"), "{err}");
+}
+
+#[tokio::test]
+async fn an_edit_after_a_checkpoint_breaks_verify_against_it() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 3).await;
+    let cp = svc.create_checkpoint(&s.admin).await.unwrap();
+    // Asking again with nothing new gives the same checkpoint.
+    assert_eq!(svc.create_checkpoint(&s.admin).await.unwrap().id, cp.id);
+    svc.create_task(&s.admin, &s.project.id, "later", "")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cp.json");
+    std::fs::write(&file, serde_json::to_string(&cp).unwrap()).unwrap();
+    let conn = raw(&db).await;
+    exec(
+        &conn,
+        &format!(
+            "UPDATE activity SET description = 'edited' WHERE workspace_id = '{}' AND seq = {}",
+            s.ws(),
+            cp.seq + 1
+        ),
+    )
+    .await;
+    let (code, out, err) = cli(
+        &db,
+        &["activity", "verify", "--checkpoint", file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 9, "{out} / {err}");
+    assert!(out.contains("broken at seq"), "{out}");
+    // A read-only member cannot sign checkpoints.
+    assert!(matches!(
+        svc.create_checkpoint(&s.reader).await,
+        Err(parallax_mcp::service::ServiceError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_server_signs_due_checkpoints_and_emits_them_as_events() {
+    let w = world().await;
+    w.svc
+        .update_settings(
+            &w.admin,
+            &[
+                ("checkpoint_every_entries".into(), "3".into()),
+                ("checkpoint_every_minutes".into(), "none".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    // Two replicas race to sign each head; one checkpoint (and one event) per head is kept.
+    let _servers = (spawn_http(&w.db.url).await, spawn_http(&w.db.url).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let list = w.svc.list_checkpoints(&w.admin).await.unwrap();
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint was signed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cp = &list[0];
+    parallax_mcp::service::check_signature(cp).unwrap();
+    let head = w.svc.verify_activity(&w.admin, None).await.unwrap();
+    assert!(cp.seq <= head.head_seq);
+    // Not due again until three more entries: writing them makes the next one.
+    for i in 0..3 {
+        w.svc
+            .create_task(&w.admin, &w.project.id, &format!("more {i}"), "")
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.svc.list_checkpoints(&w.admin).await.unwrap().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second checkpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = w.svc.events_after(&w.admin, 0, 1000).await.unwrap();
+    let signed: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event_type == EventType::AuditCheckpoint)
+        .collect();
+    assert_eq!(signed.len(), 2, "one audit.checkpoint event per checkpoint");
+    let from_event: SignedCheckpoint = serde_json::from_value(signed[0].data.clone()).unwrap();
+    parallax_mcp::service::check_signature(&from_event).unwrap();
+    // The CLI lists them.
+    let (code, out, err) = cli(&w.db, &["activity", "checkpoints", "-w", "acme", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<SignedCheckpoint> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].seq > listed[1].seq);
+}
+
+#[tokio::test]
+async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_it_cannot() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 3).await;
+    let ws = svc.workspace(&s.admin).await.unwrap();
+    let prune = || async {
+        let store = Store::open(&db.url).await.unwrap();
+        let tx = store.write().await.unwrap();
+        let n = tx.prune_activity(s.ws(), chrono::Utc::now()).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    let first = svc.create_checkpoint(&s.admin).await.unwrap();
+    assert!(prune().await > 0);
+    let r = svc.verify_checkpoint(&ws, first.clone()).await.unwrap();
+    assert!(r.extends, "{r:?}");
+    for i in 0..2 {
+        svc.create_task(&s.admin, &s.project.id, &format!("later {i}"), "")
+            .await
+            .unwrap();
+    }
+    let second = svc.create_checkpoint(&s.admin).await.unwrap();
+    assert!(second.seq > first.seq);
+    assert!(prune().await > 0);
+    assert!(svc.verify_checkpoint(&ws, second).await.unwrap().extends);
+    let r = svc.verify_checkpoint(&ws, first).await.unwrap();
+    assert!(!r.extends);
+    assert!(r.problem.unwrap().contains("pruned"));
+}
