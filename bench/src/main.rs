@@ -976,6 +976,10 @@ async fn main() -> Result<()> {
         })
         .collect();
     let window = o.window();
+    // Session memory first, while the allocator holds no memory freed by the load.
+    let n = if o.smoke { 5 } else { 200 };
+    let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
+    let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
     let mut bare_rows: HashMap<Baseline, Vec<Sample>> = HashMap::new();
     let mut failures = Vec::new();
     for rep in 0..o.reps {
@@ -1018,6 +1022,7 @@ async fn main() -> Result<()> {
             this_rep.insert(row.baseline, s);
         }
         for (row, (_, _, _, job)) in rows.iter_mut().zip(&jobs) {
+            eprintln!("  {} c={}", row.label, row.c);
             let s = match job() {
                 Measure::Http(url, bearer, era, call, pid) => {
                     http_load(&url, bearer.as_deref(), era, &call, row.c, window, pid).await?
@@ -1040,9 +1045,6 @@ async fn main() -> Result<()> {
         }
     }
 
-    let n = if o.smoke { 5 } else { 200 };
-    let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
-    let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
 
     // ---- the table ----
     println!(
