@@ -5,7 +5,10 @@
 //! `PARALLAX_DB`, a SQLite path), `PARALLAX_LISTEN`, `PARALLAX_PUBLIC_URL`, and for `[http]`: `PARALLAX_ALLOWED_HOSTS`,
 //! `PARALLAX_ALLOWED_ORIGINS`, `PARALLAX_TRUSTED_PROXIES` (comma-separated), `PARALLAX_MAX_BODY_BYTES`,
 //! `PARALLAX_HEADER_READ_TIMEOUT_SECS`, `PARALLAX_IDLE_TIMEOUT_SECS`,
-//! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`; for `[stdio]`:
+//! `PARALLAX_BODY_READ_TIMEOUT_SECS`, `PARALLAX_MAX_CONNECTIONS`,
+//! `PARALLAX_MAX_CONNECTIONS_PER_ADDRESS`, `PARALLAX_FIRST_BYTE_TIMEOUT_SECS`,
+//! `PARALLAX_MAX_SESSIONS`, `PARALLAX_MAX_SESSIONS_PER_AGENT`,
+//! `PARALLAX_MAX_EVENT_STREAMS_PER_MEMBER`, `PARALLAX_DRAIN_TIMEOUT_SECS`; for `[stdio]`:
 //! `PARALLAX_STDIO_MAX_LINE_BYTES`; for `[auth]`:
 //! `PARALLAX_AUTH_ISSUER`, `PARALLAX_SIGNING_KEY`, `PARALLAX_TOKEN_TTL_SECS`; for `[limits]`:
 //! `PARALLAX_FAILED_AUTH_PER_MINUTE`, `PARALLAX_FAILED_AUTH_BURST`; for `[webhooks]`:
@@ -28,6 +31,12 @@
 //! idle_timeout_secs = 60
 //! body_read_timeout_secs = 30
 //! max_connections = 1024
+//! max_connections_per_address = 128
+//! first_byte_timeout_secs = 3
+//! max_sessions = 4096            # open MCP sessions (2025-11-25) on this replica
+//! max_sessions_per_agent = 32
+//! max_event_streams_per_member = 8
+//! drain_timeout_secs = 30         # on SIGTERM, how long in-flight calls may run
 //!
 //! [stdio]
 //! max_line_bytes = 1048576
@@ -206,8 +215,20 @@ pub struct HttpConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Seconds a client has to send the whole request body (default 30).
     pub body_read_timeout_secs: Option<u64>,
-    /// Open connections at most (default 1024); further ones wait until one closes.
+    /// Open connections at most (default 1024); at the cap the oldest idle one is closed.
     pub max_connections: Option<usize>,
+    /// Open connections from one client address at most (default 128).
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a new connection has to send its first byte (default 3).
+    pub first_byte_timeout_secs: Option<u64>,
+    /// Open MCP sessions on this replica at most (default 4096).
+    pub max_sessions: Option<usize>,
+    /// Open MCP sessions per agent at most (default 32).
+    pub max_sessions_per_agent: Option<usize>,
+    /// Open event streams (`/api/v1/.../events/stream`) per member at most (default 8).
+    pub max_event_streams_per_member: Option<usize>,
+    /// Seconds in-flight calls may still run after SIGTERM (default 30).
+    pub drain_timeout_secs: Option<u64>,
 }
 
 /// The `[stdio]` table.
@@ -338,6 +359,24 @@ impl Config {
         if let Some(n) = env_number("PARALLAX_MAX_CONNECTIONS")? {
             config.http.max_connections = Some(size(n));
         }
+        if let Some(n) = env_number("PARALLAX_MAX_CONNECTIONS_PER_ADDRESS")? {
+            config.http.max_connections_per_address = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_FIRST_BYTE_TIMEOUT_SECS")? {
+            config.http.first_byte_timeout_secs = Some(n);
+        }
+        if let Some(n) = env_number("PARALLAX_MAX_SESSIONS")? {
+            config.http.max_sessions = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_MAX_SESSIONS_PER_AGENT")? {
+            config.http.max_sessions_per_agent = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_MAX_EVENT_STREAMS_PER_MEMBER")? {
+            config.http.max_event_streams_per_member = Some(size(n));
+        }
+        if let Some(n) = env_number("PARALLAX_DRAIN_TIMEOUT_SECS")? {
+            config.http.drain_timeout_secs = Some(n);
+        }
         if let Some(n) = env_number("PARALLAX_STDIO_MAX_LINE_BYTES")? {
             config.stdio.max_line_bytes = Some(size(n));
         }
@@ -423,6 +462,12 @@ impl Config {
             idle_timeout_secs,
             body_read_timeout_secs,
             max_connections,
+            max_connections_per_address,
+            first_byte_timeout_secs,
+            max_sessions,
+            max_sessions_per_agent,
+            max_event_streams_per_member,
+            drain_timeout_secs,
         } = file.http;
         let http = &mut self.http;
         http.allowed_hosts = allowed_hosts.or(http.allowed_hosts.take());
@@ -433,6 +478,14 @@ impl Config {
         http.idle_timeout_secs = idle_timeout_secs.or(http.idle_timeout_secs);
         http.body_read_timeout_secs = body_read_timeout_secs.or(http.body_read_timeout_secs);
         http.max_connections = max_connections.or(http.max_connections);
+        http.max_connections_per_address =
+            max_connections_per_address.or(http.max_connections_per_address);
+        http.first_byte_timeout_secs = first_byte_timeout_secs.or(http.first_byte_timeout_secs);
+        http.max_sessions = max_sessions.or(http.max_sessions);
+        http.max_sessions_per_agent = max_sessions_per_agent.or(http.max_sessions_per_agent);
+        http.max_event_streams_per_member =
+            max_event_streams_per_member.or(http.max_event_streams_per_member);
+        http.drain_timeout_secs = drain_timeout_secs.or(http.drain_timeout_secs);
         let StdioConfig { max_line_bytes } = file.stdio;
         self.stdio.max_line_bytes = max_line_bytes.or(self.stdio.max_line_bytes);
         let (w, f) = (&mut self.webhooks, file.webhooks);
@@ -472,6 +525,20 @@ impl Config {
             ("idle_timeout_secs", h.idle_timeout_secs),
             ("body_read_timeout_secs", h.body_read_timeout_secs),
             ("max_connections", h.max_connections.map(|n| n as u64)),
+            (
+                "max_connections_per_address",
+                h.max_connections_per_address.map(|n| n as u64),
+            ),
+            ("first_byte_timeout_secs", h.first_byte_timeout_secs),
+            ("max_sessions", h.max_sessions.map(|n| n as u64)),
+            (
+                "max_sessions_per_agent",
+                h.max_sessions_per_agent.map(|n| n as u64),
+            ),
+            (
+                "max_event_streams_per_member",
+                h.max_event_streams_per_member.map(|n| n as u64),
+            ),
             ("max_body_bytes", h.max_body_bytes.map(|n| n as u64)),
         ] {
             if value == Some(0) {

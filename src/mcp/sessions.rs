@@ -6,6 +6,11 @@
 //! with the same 404 as an unknown session (so session ids cannot be probed), audited as denied.
 //! Bindings are forgotten when rmcp closes a session (DELETE, keep-alive expiry, worker exit), and
 //! [`SessionRegistry::close_agent`] ends all of one agent's sessions, e.g. when it is revoked.
+//!
+//! Sessions cost memory for as long as they live (rmcp keeps an idle one five minutes), so an
+//! `initialize` past the agent's cap ([`SessionLimits::per_agent`]) or the replica's
+//! ([`SessionLimits::global`]) is refused with HTTP 429 / 503 and a JSON-RPC error naming the
+//! limit; the agent can end a session with `DELETE` or reuse one.
 
 use super::gate::Gate;
 use super::server::HttpAuth;
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex};
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Who opened a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Owner {
     workspace_id: String,
     agent_id: String,
@@ -46,15 +51,118 @@ impl Owner {
 
 /// rmcp's in-memory session manager plus the owner of each session. Shared by the `/mcp`
 /// service (as its [`SessionManager`]) and the rest of the server (through `HttpContext`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionRegistry {
     inner: LocalSessionManager,
     owners: Mutex<HashMap<SessionId, Owner>>,
+    /// `initialize` requests under way, per owner: they count against the caps until bound.
+    opening: Mutex<HashMap<Owner, usize>>,
+    limits: SessionLimits,
+}
+
+/// Caps on open MCP sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub per_agent: usize,
+    pub global: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            per_agent: 32,
+            global: 4096,
+        }
+    }
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self::new(SessionLimits::default())
+    }
+}
+
+/// JSON-RPC error code for a refused session (over a cap).
+pub const SESSION_LIMIT: i64 = -32031;
+
+/// Which cap a new session hit.
+enum Full {
+    Agent(usize),
+    Server(usize),
+}
+
+/// A session being opened, counted against the caps until it is bound (or fails).
+struct Opening<'a> {
+    registry: &'a SessionRegistry,
+    owner: Owner,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.registry.opening_lock();
+        if let Some(n) = opening.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                opening.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl SessionRegistry {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(limits: SessionLimits) -> Self {
+        let mut inner = LocalSessionManager::default();
+        // A smaller footprint per session: fewer buffered messages, finished request streams kept
+        // for late resumption 15 s instead of 60, and 10 s (not 60) to send `initialize`.
+        inner.session_config.channel_capacity = 8;
+        inner.session_config.completed_cache_ttl = std::time::Duration::from_secs(15);
+        inner.session_config.init_timeout = Some(std::time::Duration::from_secs(10));
+        Self {
+            inner,
+            owners: Mutex::default(),
+            opening: Mutex::default(),
+            limits: SessionLimits {
+                per_agent: limits.per_agent.max(1),
+                global: limits.global.max(1),
+            },
+        }
+    }
+
+    fn opening_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Owner, usize>> {
+        self.opening.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a session `owner` is opening, unless a cap is reached. Bindings whose session rmcp
+    /// already ended are dropped first, so only live sessions count.
+    async fn open(&self, owner: &Owner) -> Result<Opening<'_>, Full> {
+        let stale: Vec<SessionId> = self.lock().keys().cloned().collect();
+        let at_cap = {
+            let owners = self.lock();
+            let mine = owners.values().filter(|o| *o == owner).count();
+            mine + 1 > self.limits.per_agent || owners.len() + 1 > self.limits.global
+        };
+        if at_cap {
+            for id in stale {
+                if !self.inner.has_session(&id).await.unwrap_or(true) {
+                    self.lock().remove(&id);
+                }
+            }
+        }
+        let owners = self.lock();
+        let mut opening = self.opening_lock();
+        let mine = owners.values().filter(|o| *o == owner).count()
+            + opening.get(owner).copied().unwrap_or(0);
+        if mine >= self.limits.per_agent {
+            return Err(Full::Agent(self.limits.per_agent));
+        }
+        if owners.len() + opening.values().sum::<usize>() >= self.limits.global {
+            return Err(Full::Server(self.limits.global));
+        }
+        *opening.entry(owner.clone()).or_default() += 1;
+        Ok(Opening {
+            registry: self,
+            owner: owner.clone(),
+        })
     }
 
     /// Closes every open session of `agent_id` in `workspace_id`, ending its streams; returns how
@@ -228,6 +336,25 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
             None => return session_not_found(),
         }
     }
+    let opens = req
+        .extensions()
+        .get::<super::envelope::RpcMessage>()
+        .is_some_and(|m| m.method.as_deref() == Some("initialize"));
+    let opening = if opens {
+        match b.sessions.open(&owner).await {
+            Ok(o) => Some(o),
+            Err(full) => {
+                let id = req
+                    .extensions()
+                    .get::<super::envelope::RpcMessage>()
+                    .map(|m| m.id.clone())
+                    .unwrap_or_default();
+                return session_limit(full, id);
+            }
+        }
+    } else {
+        None
+    };
     let res = next.run(req).await;
     if let Some(id) = res
         .headers()
@@ -241,6 +368,39 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
             b.sessions.lock().remove(&id);
         }
     }
+    drop(opening);
+    res
+}
+
+/// A refused `initialize`: 429 for the agent's cap (it can close one of its sessions), 503 for
+/// the replica's (another replica may have room); a JSON-RPC error either way.
+fn session_limit(full: Full, id: serde_json::Value) -> Response {
+    let (status, retry, message, limit) = match full {
+        Full::Agent(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "30",
+            format!(
+                "too many open MCP sessions for this agent (limit {n}); end one with DELETE or reuse it"
+            ),
+            n,
+        ),
+        Full::Server(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "5",
+            format!("this server holds its maximum of {n} MCP sessions; retry shortly"),
+            n,
+        ),
+    };
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": SESSION_LIMIT, "message": message, "data": { "limit": limit } },
+    });
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static(retry),
+    );
     res
 }
 

@@ -511,7 +511,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
     assert_eq!(json_body(&res)["error"], "body_too_large");
 
     // A Content-Length that understates the body: only the declared bytes are the body (here:
-    // not JSON, refused by rmcp with 415); the rest is read as the next request, which is
+    // not JSON, a JSON-RPC parse error with 400); the rest is read as the next request, which is
     // garbage: 400 and the connection is closed.
     let body = format!("{{\"jsonrpc\":\"2.0\",\"pad\":\"{}\"}}", "x".repeat(8000));
     let lying = format!("{}{}", head("content-length: 10\r\n"), body);
@@ -520,7 +520,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| status_of(&res[i..]))
         .collect();
-    assert_eq!(statuses, [415, 400], "{res}");
+    assert_eq!(statuses, [400, 400], "{res}");
 
     // A Content-Length that overstates a small body is refused from the header.
     let res = raw(
@@ -571,25 +571,41 @@ async fn malformed_json_rpc_gets_a_clean_answer_and_the_server_goes_on() {
             .send()
     };
     let nested = "[".repeat(100_000).into_bytes();
+    let nested_object = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{}{}}}"#,
+        r#"{"a":"#.repeat(10_000),
+        "1".to_owned() + &"}".repeat(10_000)
+    )
+    .into_bytes();
     let mut bad_utf8 = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":""#.to_vec();
     bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3]);
     bad_utf8.extend_from_slice(br#""}}"#);
-    for (what, body) in [
-        ("deep nesting", nested),
-        ("invalid UTF-8", bad_utf8),
-        ("not JSON", b"hello".to_vec()),
-        ("empty", Vec::new()),
+    let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let huge_number = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n":1e999}}"#;
+    let fractional_id = br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#;
+    let duplicate = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"agent_update_status","name":"agent_delegate_task","arguments":{"status":"idle"}}}"#;
+    for (what, body, code, message) in [
+        ("deep nesting", nested, -32600, "Invalid Request"),
+        ("deep object nesting", nested_object, -32600, "nested deeper than"),
+        ("invalid UTF-8", bad_utf8, -32700, "not valid UTF-8"),
+        ("not JSON", b"hello".to_vec(), -32700, "Parse error"),
+        ("empty", Vec::new(), -32700, "Parse error"),
+        ("a batch", batch.to_vec(), -32600, "batch requests are not supported"),
+        ("a number out of range", huge_number.to_vec(), -32700, "number out of range"),
+        ("a fractional id", fractional_id.to_vec(), -32600, "`id` must be"),
+        ("a duplicated key", duplicate.to_vec(), -32600, "duplicate key `name`"),
     ] {
-        // rmcp answers a body it cannot parse as JSON-RPC with 415 and a one-line reason.
+        // Refused before rmcp reads it: 400 with a JSON-RPC error object.
         let res = send(body).await.unwrap();
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        assert_eq!(status, 415, "{what}: {text}");
-        assert!(
-            text.starts_with("fail to deserialize request body"),
-            "{what}: {text}"
-        );
+        assert_eq!(status, 400, "{what}: {text}");
         assert!(text.len() < 1000, "{what}: a short answer");
+        let err: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+        assert_eq!(err["jsonrpc"], "2.0", "{what}");
+        assert_eq!(err["error"]["code"], code, "{what}: {text}");
+        let m = err["error"]["message"].as_str().unwrap();
+        assert!(m.contains(message), "{what}: {m}");
     }
     // Unknown method on a live session.
     let body = json!({ "jsonrpc": "2.0", "id": 7, "method": "admin/grant", "params": {} });
