@@ -26,8 +26,17 @@ const HEADER_MISMATCH: i64 = -32020;
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 
+/// What [`check`] needs.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub max_body_bytes: usize,
+    /// A call counts as in flight until its whole answer is sent (shutdown waits for it).
+    pub inflight: crate::http::InFlight,
+}
+
 /// Checks the body of every `POST /mcp` whose content type is JSON (others are rmcp's to refuse).
-pub async fn check(State(max_body): State<usize>, req: Request, next: Next) -> Response {
+pub async fn check(State(env): State<Envelope>, req: Request, next: Next) -> Response {
+    let max_body = env.max_body_bytes;
     if req.method() != Method::POST || !is_json(&req) {
         return next.run(req).await;
     }
@@ -47,6 +56,9 @@ pub async fn check(State(max_body): State<usize>, req: Request, next: Next) -> R
         return refusal.into_response();
     }
     let mut parts = parts;
+    // A subscription stream lives until the client or the server ends it: not "in flight".
+    let long_lived = message.get("method").and_then(Value::as_str) == Some("subscriptions/listen");
+    let guard = (!long_lived).then(|| env.inflight.enter());
     parts.extensions.insert(RpcMessage {
         method: message
             .get("method")
@@ -54,7 +66,37 @@ pub async fn check(State(max_body): State<usize>, req: Request, next: Next) -> R
             .map(str::to_owned),
         id: message.get("id").cloned().unwrap_or(Value::Null),
     });
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    let res = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    match guard {
+        Some(guard) => res.map(|body| Body::new(Guarded { body, _guard: guard })),
+        None => res,
+    }
+}
+
+/// A response body that holds an in-flight guard until it is fully sent or dropped.
+struct Guarded {
+    body: Body,
+    _guard: crate::http::InFlightGuard,
+}
+
+impl axum::body::HttpBody for Guarded {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn is_json(req: &Request) -> bool {

@@ -74,7 +74,10 @@ pub fn router(ctx: &HttpContext) -> Router {
         .layer(middleware::from_fn_with_state(binder, sessions::bind))
         // A malformed message is refused with a JSON-RPC error before rmcp reads it.
         .layer(middleware::from_fn_with_state(
-            opts.max_body_bytes,
+            super::envelope::Envelope {
+                max_body_bytes: opts.max_body_bytes,
+                inflight: ctx.inflight.clone(),
+            },
             super::envelope::check,
         ))
         .layer(middleware::from_fn_with_state(state, authenticate))

@@ -909,27 +909,36 @@ async fn idle_connections_and_slow_bodies_are_cut_but_streams_live_on() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     let w = world().await;
     let server = spawn_http_env(&w.db.url, &[("PARALLAX_MAX_CONNECTIONS", "2")]).await;
     let get = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
-    let mut held = Vec::new();
+    // Two connections in the middle of a request (head half sent): busy, never shed.
+    let (head, rest) = get.split_at(20);
+    let mut busy = Vec::new();
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(addr_of(&server.url)).await.unwrap();
-        tcp.write_all(get.as_bytes()).await.unwrap();
-        assert_eq!(
-            status_of(&read_some(&mut tcp, Duration::from_millis(500)).await),
-            200
-        );
-        held.push(tcp);
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        busy.push(tcp);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = TcpStream::connect(addr_of(&server.url)).await.unwrap();
     third.write_all(get.as_bytes()).await.unwrap();
     let waiting = read_some(&mut third, Duration::from_millis(800)).await;
-    assert_eq!(waiting, "", "not served while two connections are open");
-    drop(held.pop());
+    assert_eq!(waiting, "", "not served while both connections are busy");
+    // One finishes its request and goes idle: it makes room for the third.
+    busy[0].write_all(rest.as_bytes()).await.unwrap();
+    let first = read_some(&mut busy[0], Duration::from_millis(500)).await;
+    assert_eq!(status_of(&first), 200, "{first}");
     let served = read_some(&mut third, Duration::from_secs(3)).await;
     assert_eq!(status_of(&served), 200, "{served}");
+    // The idle one was closed to make room (EOF), the busy one still finishes its request.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), busy[0].read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    busy[1].write_all(rest.as_bytes()).await.unwrap();
+    let second = read_some(&mut busy[1], Duration::from_secs(3)).await;
+    assert_eq!(status_of(&second), 200, "{second}");
 }
 
 // ---- stdio ----
