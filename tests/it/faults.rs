@@ -187,6 +187,16 @@ async fn seeded(store: Store) -> (Service, String, String) {
         .await
         .unwrap();
     let key = approved_agent(&svc, &admin, "bot", &Permission::ALL).await;
+    // Load tests measure faults, not the per-agent rate limit.
+    crate::support::set(
+        &svc,
+        &admin,
+        &[
+            ("rate_limit_per_minute", "100000"),
+            ("rate_limit_burst", "10000"),
+        ],
+    )
+    .await;
     (svc, admin.workspace().id.clone(), key)
 }
 
@@ -517,19 +527,7 @@ fn p99(sorted: &[u128]) -> u128 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_idle_sockets_do_not_starve_active_agents() {
     let db = TestDb::new().await;
-    let (svc, _ws, key) = seeded(db.store().await).await;
-    let admin = parallax_mcp::auth::member(svc.store(), "acme", "admin@acme.test")
-        .await
-        .unwrap();
-    crate::support::set(
-        &svc,
-        &admin,
-        &[
-            ("rate_limit_per_minute", "100000"),
-            ("rate_limit_burst", "10000"),
-        ],
-    )
-    .await;
+    let (_svc, _ws, key) = seeded(db.store().await).await;
     let server = spawn_http(&db.url).await;
     let addr: std::net::SocketAddr = server
         .url
