@@ -208,8 +208,7 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 /// Host and so would accept any rebinding page's origin). A rebinding page's origin names the
 /// attacker's host, which `allowed_hosts` refuses.
 pub fn same_origin(headers: &HeaderMap, uri: &Uri, allowed_hosts: &[String]) -> bool {
-    if allowed_hosts.iter().any(|a| a.trim() == "*") || !host_allowed(headers, uri, allowed_hosts)
-    {
+    if allowed_hosts.iter().any(|a| a.trim() == "*") || !host_allowed(headers, uri, allowed_hosts) {
         return false;
     }
     let mut values = headers.get_all(header::ORIGIN).iter();
@@ -322,7 +321,11 @@ mod tests {
         assert!(!same("127.0.0.1:8720", "http://127.0.0.1:9999", &loopback));
         assert!(!same("127.0.0.1:8720", "http://localhost:8720", &loopback));
         assert!(!same("evil.test:8720", "http://evil.test:8720", &loopback));
-        assert!(!same("evil.test:8720", "http://evil.test:8720", &["*".to_owned()]));
+        assert!(!same(
+            "evil.test:8720",
+            "http://evil.test:8720",
+            &["*".to_owned()]
+        ));
     }
 
     #[test]

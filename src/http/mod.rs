@@ -410,7 +410,9 @@ async fn drain_sequence(ctx: HttpContext) {
         .await
         .is_err()
     {
-        tracing::warn!("in-flight calls still running after {drain:?}; answering them with an error");
+        tracing::warn!(
+            "in-flight calls still running after {drain:?}; answering them with an error"
+        );
         ctx.cut.cancel();
         let _ = tokio::time::timeout(CUT_GRACE, ctx.inflight.idle()).await;
     }

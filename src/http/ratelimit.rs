@@ -238,7 +238,11 @@ mod failed_auth_tests {
         let limiter = FailedAuthLimiter::new(1, 3);
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         let answers: Vec<bool> = (0..5)
-            .map(|_| limiter.failed(Some(ip), Some("mcp_agent_revoked")).is_some())
+            .map(|_| {
+                limiter
+                    .failed(Some(ip), Some("mcp_agent_revoked"))
+                    .is_some()
+            })
             .collect();
         // The burst and the failure that crosses it are failures; after that, 429.
         assert_eq!(answers, [false, false, false, false, true]);

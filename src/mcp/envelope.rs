@@ -66,9 +66,16 @@ pub async fn check(State(env): State<Envelope>, req: Request, next: Next) -> Res
             .map(str::to_owned),
         id: message.get("id").cloned().unwrap_or(Value::Null),
     });
-    let res = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let res = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     match guard {
-        Some(guard) => res.map(|body| Body::new(Guarded { body, _guard: guard })),
+        Some(guard) => res.map(|body| {
+            Body::new(Guarded {
+                body,
+                _guard: guard,
+            })
+        }),
         None => res,
     }
 }
@@ -150,7 +157,10 @@ pub fn parse(bytes: &[u8]) -> Result<Map<String, Value>, Refusal> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         Refusal::new(
             PARSE_ERROR,
-            format!("Parse error: the body is not valid UTF-8 (at byte {})", e.valid_up_to()),
+            format!(
+                "Parse error: the body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
             Value::Null,
         )
     })?;
@@ -405,16 +415,33 @@ mod tests {
         assert_eq!(code(b"hello"), PARSE_ERROR);
         assert_eq!(code(b""), PARSE_ERROR);
         assert_eq!(code(b"{\"a\":\"\xff\"}"), PARSE_ERROR);
-        assert_eq!(code(br#"{"jsonrpc":"2.0","id":1,"method":"ping","x":1e400}"#), PARSE_ERROR);
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":1,"method":"ping","x":1e400}"#),
+            PARSE_ERROR
+        );
         assert_eq!(code(&"[".repeat(10_000).into_bytes()), INVALID_REQUEST);
-        assert_eq!(code(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#), INVALID_REQUEST);
+        assert_eq!(
+            code(br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#),
+            INVALID_REQUEST
+        );
         assert_eq!(code(b"42"), INVALID_REQUEST);
-        assert_eq!(code(br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#), INVALID_REQUEST);
-        assert_eq!(code(br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), INVALID_REQUEST);
-        let dup = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#;
+        assert_eq!(
+            code(br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#),
+            INVALID_REQUEST
+        );
+        assert_eq!(
+            code(br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#),
+            INVALID_REQUEST
+        );
+        let dup =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#;
         let refusal = parse(dup).unwrap_err();
         assert_eq!(refusal.code, INVALID_REQUEST);
-        assert!(refusal.message.contains("duplicate key `name`"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("duplicate key `name`"),
+            "{}",
+            refusal.message
+        );
         let response = br#"{"jsonrpc":"2.0","id":"s-1","result":{}}"#;
         assert_eq!(code(response), 0);
     }

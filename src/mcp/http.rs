@@ -108,7 +108,10 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
         return unauthorized(&state, "missing bearer credential", None);
     };
     if let Some(wait) = state.ctx.failed_auth.credential_blocked(&token) {
-        return oauth::too_many_requests(wait, "too many failed authentications with this credential");
+        return oauth::too_many_requests(
+            wait,
+            "too many failed authentications with this credential",
+        );
     }
     let outcome = if token.starts_with(API_KEY_PREFIX) {
         auth::agent(state.gate.service().store(), &token).await

@@ -77,7 +77,10 @@ impl AuditWriter {
     pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
         let (ack, done) = oneshot::channel();
         let closed = || ServiceError::Store(StoreError::Unavailable("audit writer stopped".into()));
-        self.tx.send((Some(entry), ack)).await.map_err(|_| closed())?;
+        self.tx
+            .send((Some(entry), ack))
+            .await
+            .map_err(|_| closed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!(

@@ -580,20 +580,46 @@ async fn malformed_json_rpc_gets_a_clean_answer_and_the_server_goes_on() {
     let mut bad_utf8 = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":""#.to_vec();
     bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3]);
     bad_utf8.extend_from_slice(br#""}}"#);
-    let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let batch =
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
     let huge_number = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n":1e999}}"#;
     let fractional_id = br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#;
     let duplicate = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"agent_update_status","name":"agent_delegate_task","arguments":{"status":"idle"}}}"#;
     for (what, body, code, message) in [
         ("deep nesting", nested, -32600, "Invalid Request"),
-        ("deep object nesting", nested_object, -32600, "nested deeper than"),
+        (
+            "deep object nesting",
+            nested_object,
+            -32600,
+            "nested deeper than",
+        ),
         ("invalid UTF-8", bad_utf8, -32700, "not valid UTF-8"),
         ("not JSON", b"hello".to_vec(), -32700, "Parse error"),
         ("empty", Vec::new(), -32700, "Parse error"),
-        ("a batch", batch.to_vec(), -32600, "batch requests are not supported"),
-        ("a number out of range", huge_number.to_vec(), -32700, "number out of range"),
-        ("a fractional id", fractional_id.to_vec(), -32600, "`id` must be"),
-        ("a duplicated key", duplicate.to_vec(), -32600, "duplicate key `name`"),
+        (
+            "a batch",
+            batch.to_vec(),
+            -32600,
+            "batch requests are not supported",
+        ),
+        (
+            "a number out of range",
+            huge_number.to_vec(),
+            -32700,
+            "number out of range",
+        ),
+        (
+            "a fractional id",
+            fractional_id.to_vec(),
+            -32600,
+            "`id` must be",
+        ),
+        (
+            "a duplicated key",
+            duplicate.to_vec(),
+            -32600,
+            "duplicate key `name`",
+        ),
     ] {
         // Refused before rmcp reads it: 400 with a JSON-RPC error object.
         let res = send(body).await.unwrap();

@@ -61,41 +61,42 @@ impl Load {
                 let mut i = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
-                    let read = i % 3 == 0;
+                    let read = i.is_multiple_of(3);
                     let res = if read {
                         call(&client, "agent_my_assignments", json!({})).await
                     } else {
-                        let args = json!({ "type": "note", "description": format!("agent {a} call {i}") });
+                        let args =
+                            json!({ "type": "note", "description": format!("agent {a} call {i}") });
                         call(&client, "agent_log_activity", args).await
                     };
                     let mut reconnect = false;
                     {
-                    let mut t = tally.lock().unwrap();
-                    match res {
-                        Ok(r) if r.is_error != Some(true) => {
-                            if mark.load(Ordering::SeqCst) {
-                                t.after_mark += 1;
+                        let mut t = tally.lock().unwrap();
+                        match res {
+                            Ok(r) if r.is_error != Some(true) => {
+                                if mark.load(Ordering::SeqCst) {
+                                    t.after_mark += 1;
+                                }
+                                if read {
+                                    t.reads += 1;
+                                } else {
+                                    let id = r.structured_content.as_ref().unwrap()["activityId"]
+                                        .as_str()
+                                        .expect("an activityId")
+                                        .to_owned();
+                                    t.logged.push(id);
+                                }
                             }
-                            if read {
-                                t.reads += 1;
-                            } else {
-                                let id = r.structured_content.as_ref().unwrap()["activityId"]
-                                    .as_str()
-                                    .expect("an activityId")
-                                    .to_owned();
-                                t.logged.push(id);
+                            Ok(r) => t.errors.push((0, format!("tool error: {:?}", r.content))),
+                            Err(rmcp::ServiceError::McpError(e)) => {
+                                t.errors.push((e.code.0, e.message.to_string()))
+                            }
+                            Err(other) => {
+                                // The session itself failed: start a new one.
+                                t.errors.push((-1, other.to_string()));
+                                reconnect = true;
                             }
                         }
-                        Ok(r) => t.errors.push((0, format!("tool error: {:?}", r.content))),
-                        Err(rmcp::ServiceError::McpError(e)) => {
-                            t.errors.push((e.code.0, e.message.to_string()))
-                        }
-                        Err(other) => {
-                            // The session itself failed: start a new one.
-                            t.errors.push((-1, other.to_string()));
-                            reconnect = true;
-                        }
-                    }
                     }
                     if reconnect {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -315,9 +316,11 @@ async fn sqlite_on_a_full_disk_acknowledges_nothing_it_did_not_store_and_recover
     // Space comes back: the same process recovers by itself.
     std::fs::remove_file(&filler).unwrap();
     load.mark();
-    wait_until("calls after the disk freed", Duration::from_secs(30), || {
-        load.after_mark() >= 40
-    })
+    wait_until(
+        "calls after the disk freed",
+        Duration::from_secs(30),
+        || load.after_mark() >= 40,
+    )
     .await;
     let mut ready = 0;
     for _ in 0..50 {
@@ -561,7 +564,10 @@ async fn two_thousand_idle_sockets_do_not_starve_active_agents() {
     stop.store(true, Ordering::SeqCst);
     let opened = idlers.await.unwrap();
 
-    assert!(still_held >= 1024, "the attack held {still_held} sockets ({opened} opened)");
+    assert!(
+        still_held >= 1024,
+        "the attack held {still_held} sockets ({opened} opened)"
+    );
     eprintln!(
         "idle sockets: {opened} opened, {still_held} held; p99 {} ms before, {} ms during",
         p99(&baseline),
@@ -653,7 +659,10 @@ async fn log_call(http: &reqwest::Client, url: &str, key: &str, n: usize) -> Val
         .expect("an answer, not a dropped connection");
     let status = res.status().as_u16();
     let msgs = messages(res).await;
-    assert_eq!(status, 200, "a JSON-RPC answer, never a bare error: {msgs:?}");
+    assert_eq!(
+        status, 200,
+        "a JSON-RPC answer, never a bare error: {msgs:?}"
+    );
     msgs.iter()
         .find(|m| m["id"] == n)
         .cloned()
@@ -839,10 +848,12 @@ async fn sessions_are_capped_per_agent_and_per_server() {
         .header("authorization", format!("Bearer {key}"))
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/list")
-        .json(&json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
             "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                        "io.modelcontextprotocol/clientCapabilities": {},
-                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }))
+                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }),
+        )
         .send()
         .await
         .unwrap();
@@ -879,12 +890,7 @@ async fn event_streams_are_capped_per_member() {
         .await
         .unwrap();
     let url = format!("{}/api/v1/workspaces/acme/events", origin_of(&server.url));
-    let open = || {
-        reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-    };
+    let open = || reqwest::Client::new().get(&url).bearer_auth(&token).send();
     let first = open().await.unwrap();
     assert_eq!(first.status(), 200);
     let second = open().await.unwrap();
@@ -957,7 +963,10 @@ async fn an_mcp_name_header_that_disagrees_with_the_body_is_refused_on_a_session
 #[tokio::test]
 async fn a_malformed_stdio_key_prints_exactly_one_line() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("fresh.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("fresh.db").display()
+    );
     let out = stdio_command(&url, Some("not-a-key"))
         .output()
         .await
@@ -965,8 +974,7 @@ async fn a_malformed_stdio_key_prints_exactly_one_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(
-        stderr,
-        "error: PARALLAX_API_KEY refused: malformed API key\n",
+        stderr, "error: PARALLAX_API_KEY refused: malformed API key\n",
         "one line and nothing before it"
     );
     assert!(out.stdout.is_empty());
