@@ -7,10 +7,11 @@
 //! Bindings are forgotten when rmcp closes a session (DELETE, keep-alive expiry, worker exit), and
 //! [`SessionRegistry::close_agent`] ends all of one agent's sessions, e.g. when it is revoked.
 //!
-//! Sessions cost memory for as long as they live (rmcp keeps an idle one five minutes), so an
-//! `initialize` past the agent's cap ([`SessionLimits::per_agent`]) or the replica's
-//! ([`SessionLimits::global`]) is refused with HTTP 429 / 503 and a JSON-RPC error naming the
-//! limit; the agent can end a session with `DELETE` or reuse one.
+//! Sessions cost memory for as long as they live (rmcp keeps an idle one five minutes), so they
+//! are capped. An `initialize` past the agent's cap ([`SessionLimits::per_agent`]) closes the
+//! agent's least recently used session (clients that never `DELETE` keep working; the evicted
+//! session's next request gets 404 and re-initializes). One past the replica's cap
+//! ([`SessionLimits::global`]) is refused with HTTP 503 and a JSON-RPC error naming the limit.
 
 use super::gate::Gate;
 use super::server::HttpAuth;
@@ -54,10 +55,17 @@ impl Owner {
 #[derive(Debug)]
 pub struct SessionRegistry {
     inner: LocalSessionManager,
-    owners: Mutex<HashMap<SessionId, Owner>>,
+    owners: Mutex<HashMap<SessionId, Bound>>,
     /// `initialize` requests under way, per owner: they count against the caps until bound.
     opening: Mutex<HashMap<Owner, usize>>,
     limits: SessionLimits,
+}
+
+/// A session's owner and when it was last used.
+#[derive(Debug, Clone)]
+struct Bound {
+    owner: Owner,
+    last_used: std::time::Instant,
 }
 
 /// Caps on open MCP sessions.
@@ -132,29 +140,56 @@ impl SessionRegistry {
         self.opening.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a session `owner` is opening, unless a cap is reached. Bindings whose session rmcp
+    fn count_of(owners: &HashMap<SessionId, Bound>, owner: &Owner) -> usize {
+        owners.values().filter(|b| b.owner == *owner).count()
+    }
+
+    /// Counts a session `owner` is opening. At the agent's cap its least recently used session
+    /// is closed first; at the replica's cap the new one is refused. Bindings whose session rmcp
     /// already ended are dropped first, so only live sessions count.
     async fn open(&self, owner: &Owner) -> Result<Opening<'_>, Full> {
-        let stale: Vec<SessionId> = self.lock().keys().cloned().collect();
         let at_cap = {
             let owners = self.lock();
-            let mine = owners.values().filter(|o| *o == owner).count();
-            mine + 1 > self.limits.per_agent || owners.len() + 1 > self.limits.global
+            Self::count_of(&owners, owner) + 1 > self.limits.per_agent
+                || owners.len() + 1 > self.limits.global
         };
         if at_cap {
-            for id in stale {
+            let ids: Vec<SessionId> = self.lock().keys().cloned().collect();
+            for id in ids {
                 if !self.inner.has_session(&id).await.unwrap_or(true) {
                     self.lock().remove(&id);
                 }
             }
         }
+        loop {
+            let lru = {
+                let owners = self.lock();
+                let pending = self.opening_lock().get(owner).copied().unwrap_or(0);
+                if Self::count_of(&owners, owner) + pending < self.limits.per_agent {
+                    break;
+                }
+                owners
+                    .iter()
+                    .filter(|(_, b)| b.owner == *owner)
+                    .min_by_key(|(_, b)| b.last_used)
+                    .map(|(id, _)| id.clone())
+            };
+            let Some(id) = lru else {
+                // Only sessions still opening: nothing to evict yet.
+                return Err(Full::Agent(self.limits.per_agent));
+            };
+            tracing::info!(
+                agent = %owner.agent_id,
+                limit = self.limits.per_agent,
+                "agent at its session cap: closing its least recently used session"
+            );
+            self.lock().remove(&id);
+            if let Err(e) = self.inner.close_session(&id).await {
+                tracing::warn!(error = %e, "could not close an evicted session");
+            }
+        }
         let owners = self.lock();
         let mut opening = self.opening_lock();
-        let mine = owners.values().filter(|o| *o == owner).count()
-            + opening.get(owner).copied().unwrap_or(0);
-        if mine >= self.limits.per_agent {
-            return Err(Full::Agent(self.limits.per_agent));
-        }
         if owners.len() + opening.values().sum::<usize>() >= self.limits.global {
             return Err(Full::Server(self.limits.global));
         }
@@ -172,7 +207,9 @@ impl SessionRegistry {
             let mut owners = self.lock();
             let ids: Vec<SessionId> = owners
                 .iter()
-                .filter(|(_, o)| o.workspace_id == workspace_id && o.agent_id == agent_id)
+                .filter(|(_, b)| {
+                    b.owner.workspace_id == workspace_id && b.owner.agent_id == agent_id
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &ids {
@@ -203,7 +240,7 @@ impl SessionRegistry {
         let mut agents: Vec<(String, String)> = self
             .lock()
             .values()
-            .map(|o| (o.workspace_id.clone(), o.agent_id.clone()))
+            .map(|b| (b.owner.workspace_id.clone(), b.owner.agent_id.clone()))
             .collect();
         agents.sort();
         agents.dedup();
@@ -219,11 +256,15 @@ impl SessionRegistry {
         self.len() == 0
     }
 
+    /// The session's owner; marks the session used now.
     fn owner(&self, id: &str) -> Option<Owner> {
-        self.lock().get(id).cloned()
+        let mut owners = self.lock();
+        let bound = owners.get_mut(id)?;
+        bound.last_used = std::time::Instant::now();
+        Some(bound.owner.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Owner>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Bound>> {
         // The map stays consistent even if a holder panicked: every update is one insert/remove.
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -362,7 +403,13 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
         .and_then(|v| v.to_str().ok())
     {
         let id: SessionId = id.into();
-        b.sessions.lock().insert(id.clone(), owner);
+        b.sessions.lock().insert(
+            id.clone(),
+            Bound {
+                owner,
+                last_used: std::time::Instant::now(),
+            },
+        );
         // The session may already have ended (a failed handshake); don't keep a stale owner.
         if !b.sessions.inner.has_session(&id).await.unwrap_or(false) {
             b.sessions.lock().remove(&id);
@@ -372,8 +419,8 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
     res
 }
 
-/// A refused `initialize`: 429 for the agent's cap (it can close one of its sessions), 503 for
-/// the replica's (another replica may have room); a JSON-RPC error either way.
+/// A refused `initialize`: 429 when the agent's cap is taken by sessions still opening, 503 at
+/// the replica's cap (another replica may have room); a JSON-RPC error either way.
 fn session_limit(full: Full, id: serde_json::Value) -> Response {
     let (status, retry, message, limit) = match full {
         Full::Agent(n) => (

@@ -6,7 +6,7 @@
 
 use crate::support::server::*;
 use crate::support::{TestDb, all_activity};
-use crate::transport::{ACCEPT, init_body, messages, open_session, post};
+use crate::transport::{ACCEPT, init_body, list_on, messages, open_session, post};
 use parallax_mcp::domain::Permission;
 use parallax_mcp::service::Service;
 use parallax_mcp::store::Store;
@@ -352,8 +352,10 @@ async fn admin_conn(db: &TestDb) -> DatabaseConnection {
     Database::connect(&db.url).await.unwrap()
 }
 
+/// Runs `sql` as the test's administrator, exempt from the statement timeout it imposes on the
+/// server (a pooled connection may be opened after `ALTER DATABASE … SET statement_timeout`).
 async fn pg(conn: &DatabaseConnection, sql: &str) {
-    conn.execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+    conn.execute_unprepared(&format!("SET statement_timeout = 0; {sql}"))
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
@@ -407,10 +409,7 @@ async fn postgres_backends_killed_and_statements_timed_out_lose_nothing_acknowle
     kill_backends(&admin).await;
     let locker = admin.begin().await.unwrap();
     locker
-        .execute_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "LOCK TABLE activity IN EXCLUSIVE MODE",
-        ))
+        .execute_unprepared("SET LOCAL statement_timeout = 0; LOCK TABLE activity IN EXCLUSIVE MODE")
         .await
         .unwrap();
     let errors_before = load.errors();
@@ -801,26 +800,17 @@ async fn sessions_are_capped_per_agent_and_per_server() {
     for _ in 0..3 {
         mine.push(open_session(&http, &server.url, &key).await);
     }
-    // The fourth of one agent is refused with a JSON-RPC error naming the limit.
-    let res = post(&http, &server.url, &key, None, &init_body("2025-11-25"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 429);
-    assert!(res.headers().contains_key("retry-after"));
-    assert!(!res.headers().contains_key("mcp-session-id"));
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["id"], 1);
-    assert_eq!(body["error"]["code"], -32031, "{body}");
-    assert_eq!(body["error"]["data"]["limit"], 3);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("too many open MCP sessions for this agent"),
-        "{body}"
-    );
-    // Another agent is served, up to the server's cap (5 in all)…
+    // The first is used again, so the second is the least recently used.
+    assert_eq!(list_on(&http, &server.url, &key, &mine[0]).await.0, 200);
+    // A fourth session of the same agent closes its least recently used one: the agent never
+    // holds more than 3, and a client that never ends its sessions keeps working.
+    let fourth = open_session(&http, &server.url, &key).await;
+    assert_eq!(list_on(&http, &server.url, &key, &mine[1]).await.0, 404);
+    for s in [&mine[0], &mine[2], &fourth] {
+        assert_eq!(list_on(&http, &server.url, &key, s).await.0, 200);
+    }
+    // Another agent is served up to the server's cap (5 in all), then refused with 503 and a
+    // JSON-RPC error naming the limit.
     open_session(&http, &server.url, &other).await;
     open_session(&http, &server.url, &other).await;
     let res = post(&http, &server.url, &third, None, &init_body("2025-11-25"))
@@ -828,9 +818,20 @@ async fn sessions_are_capped_per_agent_and_per_server() {
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    assert!(!res.headers().contains_key("mcp-session-id"));
     let body: Value = res.json().await.unwrap();
+    assert_eq!(body["id"], 1);
     assert_eq!(body["error"]["code"], -32031, "{body}");
-    // …and ending a session makes room.
+    assert_eq!(body["error"]["data"]["limit"], 5);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 5 MCP sessions"),
+        "{body}"
+    );
+    // Ending a session makes room.
     let res = http
         .delete(&server.url)
         .header("authorization", format!("Bearer {key}"))
@@ -848,12 +849,10 @@ async fn sessions_are_capped_per_agent_and_per_server() {
         .header("authorization", format!("Bearer {key}"))
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/list")
-        .json(
-            &json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
+        .json(&json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
             "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                        "io.modelcontextprotocol/clientCapabilities": {},
-                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }),
-        )
+                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }))
         .send()
         .await
         .unwrap();
