@@ -457,9 +457,15 @@ async fn ready(State(ctx): State<HttpContext>) -> Response {
     if ctx.closing.is_cancelled() || ctx.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    if let Err(e) = store.ping().await {
-        tracing::warn!(error = %e, "not ready");
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
+        }
+        Err(_) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response();
+        }
     }
     match tokio::time::timeout(READY_PROBE_TIMEOUT, store.probe_write()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
@@ -471,8 +477,9 @@ async fn ready(State(ctx): State<HttpContext>) -> Response {
     }
 }
 
-/// How long the readiness write may wait for the write lock.
-const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each readiness step (the round trip, the write) may take: a probe must answer
+/// promptly even while the database hangs.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn discovery_router(ctx: &HttpContext) -> Router {
     Router::new()

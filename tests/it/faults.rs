@@ -409,7 +409,9 @@ async fn postgres_backends_killed_and_statements_timed_out_lose_nothing_acknowle
     kill_backends(&admin).await;
     let locker = admin.begin().await.unwrap();
     locker
-        .execute_unprepared("SET LOCAL statement_timeout = 0; LOCK TABLE activity IN EXCLUSIVE MODE")
+        .execute_unprepared(
+            "SET LOCAL statement_timeout = 0; LOCK TABLE activity IN EXCLUSIVE MODE",
+        )
         .await
         .unwrap();
     let errors_before = load.errors();
@@ -849,10 +851,12 @@ async fn sessions_are_capped_per_agent_and_per_server() {
         .header("authorization", format!("Bearer {key}"))
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/list")
-        .json(&json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {
             "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                        "io.modelcontextprotocol/clientCapabilities": {},
-                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }))
+                       "io.modelcontextprotocol/clientInfo": { "name": "x", "version": "0" } } } }),
+        )
         .send()
         .await
         .unwrap();
@@ -1006,4 +1010,152 @@ async fn the_servers_own_loopback_origin_is_accepted_and_others_are_not() {
         let res = with_origin(other.clone()).await.unwrap();
         assert_eq!(res.status(), 403, "{other}");
     }
+}
+
+// ---- 1c. PostgreSQL restarted under load ----
+
+/// A private PostgreSQL cluster on its own port (initdb + pg_ctl, run as the `postgres` user when
+/// the tests run as root); stopped and removed on drop.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PrivateCluster {
+    fn run(args: &[&str]) -> bool {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]);
+            c
+        } else {
+            std::process::Command::new(args[0])
+        };
+        let rest = if root { args } else { &args[1..] };
+        cmd.args(rest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start_new() -> Option<PrivateCluster> {
+        let initdb = format!("{PG_BIN}/initdb");
+        if !Path::new(&initdb).exists() {
+            return None;
+        }
+        let dir = tempfile::tempdir().ok()?;
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let data = dir.path().join("data");
+        let data = data.to_str()?;
+        if !Self::run(&[&initdb, "-D", data, "-A", "trust", "-U", "postgres"]) {
+            return None;
+        }
+        let cluster = PrivateCluster { dir, port };
+        cluster.start().then_some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn start(&self) -> bool {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        Self::run(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            &self.data(),
+            "-o",
+            &opts,
+            "-w",
+            "start",
+        ])
+    }
+
+    fn stop(&self) -> bool {
+        Self::run(&[
+            &format!("{PG_BIN}/pg_ctl"),
+            "-D",
+            &self.data(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ])
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_load_loses_nothing_acknowledged_and_recovers() {
+    if std::env::var(crate::support::PG_ENV).is_err() {
+        return; // a PostgreSQL fault: runs with the PostgreSQL pass
+    }
+    let Some(cluster) = PrivateCluster::start_new() else {
+        eprintln!("skipped: cannot start a private PostgreSQL cluster (initdb in {PG_BIN})");
+        return;
+    };
+    let url = cluster.url();
+    let (svc, ws, key) = seeded(Store::open(&url).await.unwrap()).await;
+    let server = spawn_http(&url).await;
+    let origin = origin_of(&server.url);
+
+    let load = Load::start(&server.url, &key, 4).await;
+    wait_until("calls before the restart", Duration::from_secs(20), || {
+        load.successes() >= 40
+    })
+    .await;
+    // The database goes away under load…
+    assert!(cluster.stop(), "pg_ctl stop");
+    let errors_before = load.errors();
+    wait_until(
+        "errors while the database is down",
+        Duration::from_secs(30),
+        || load.errors() >= errors_before + 5,
+    )
+    .await;
+    assert_eq!(readyz(&origin).await, 503, "not ready without a database");
+    // …and comes back: the same process recovers by itself.
+    assert!(cluster.start(), "pg_ctl start");
+    load.mark();
+    wait_until("calls after the restart", Duration::from_secs(40), || {
+        load.after_mark() >= 40
+    })
+    .await;
+    assert_eq!(readyz(&origin).await, 200);
+    let tally = load.finish().await;
+    for (code, message) in &tally.errors {
+        assert!(
+            *code == -32603 || *code == -1,
+            "unexpected error {code}: {message}"
+        );
+    }
+    nothing_acknowledged_is_lost(&svc, &ws, &tally).await;
+    drop(server);
 }
