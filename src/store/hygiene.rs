@@ -12,23 +12,26 @@
 use sea_orm::sqlx;
 use sqlx::pool::{PoolConnectionMetadata, PoolOptions};
 use sqlx::{Connection, Database};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Connections closed because they were left inside a transaction (for logs and tests).
-static DISCARDED: AtomicU64 = AtomicU64::new(0);
-
-/// How many pooled connections were discarded for being left inside a transaction.
-pub fn discarded() -> u64 {
-    DISCARDED.load(Ordering::Relaxed)
+/// The release and acquire checks for SQLite, whose rollback on drop is queued to the
+/// connection's worker thread: a ping (a round trip to that thread, no SQL) lets it run first, so
+/// the depth read next is the one the rollback left.
+pub fn guard_sqlite(opts: PoolOptions<sqlx::Sqlite>) -> PoolOptions<sqlx::Sqlite> {
+    guard(opts, true)
 }
 
-/// Adds the release and acquire checks to a pool's options.
-pub fn guard<DB: Database>(opts: PoolOptions<DB>) -> PoolOptions<DB> {
-    opts.after_release(|conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
+/// The release and acquire checks for PostgreSQL, whose rollback on drop lowers the depth at once
+/// (the `ROLLBACK` itself is sent with the next use), so no extra round trip is needed.
+pub fn guard_postgres(opts: PoolOptions<sqlx::Postgres>) -> PoolOptions<sqlx::Postgres> {
+    guard(opts, false)
+}
+
+fn guard<DB: Database>(opts: PoolOptions<DB>, settle: bool) -> PoolOptions<DB> {
+    opts.after_release(move |conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
         Box::pin(async move {
-            // The ping runs after any rollback queued when the transaction was dropped, so the
-            // depth read next is the one that rollback left.
-            conn.ping().await?;
+            if settle {
+                conn.ping().await?;
+            }
             Ok(clean(&*conn, "released"))
         })
     })
@@ -37,10 +40,9 @@ pub fn guard<DB: Database>(opts: PoolOptions<DB>) -> PoolOptions<DB> {
     })
 }
 
-/// Whether the connection is outside any transaction; logs and counts it when not.
+/// Whether the connection is outside any transaction; logs it when not.
 fn clean<C: Connection>(conn: &C, when: &str) -> bool {
     if conn.is_in_transaction() {
-        DISCARDED.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("a database connection {when} inside a failed transaction was closed");
         false
     } else {

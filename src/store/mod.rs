@@ -21,7 +21,6 @@ mod webhook_secrets;
 
 pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
-pub use hygiene::discarded as discarded_connections;
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use signing_keys::SigningKeyRow;
@@ -174,11 +173,11 @@ impl Store {
                         .foreign_keys(true)
                         .create_if_missing(true)
                 })
-                .map_sqlx_sqlite_pool_opts(hygiene::guard);
+                .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
         } else {
             opts.max_connections(16)
                 .min_connections(1)
-                .map_sqlx_postgres_pool_opts(hygiene::guard);
+                .map_sqlx_postgres_pool_opts(hygiene::guard_postgres);
         }
         let db = Database::connect(opts)
             .await
