@@ -223,7 +223,7 @@ pub struct HttpConfig {
     pub first_byte_timeout_secs: Option<u64>,
     /// Open MCP sessions on this replica at most (default 4096).
     pub max_sessions: Option<usize>,
-    /// Open MCP sessions per agent at most (default 32).
+    /// Open MCP sessions per agent at most (default 32); past it the least recently used closes.
     pub max_sessions_per_agent: Option<usize>,
     /// Open event streams (`/api/v1/.../events/stream`) per member at most (default 8).
     pub max_event_streams_per_member: Option<usize>,

@@ -66,7 +66,7 @@ pub struct HttpOptions {
     pub first_byte_timeout: Duration,
     /// Open MCP sessions on this replica at most.
     pub max_sessions: usize,
-    /// Open MCP sessions per agent at most; past it a new session is refused.
+    /// Open MCP sessions per agent at most; past it the least recently used one is closed.
     pub max_sessions_per_agent: usize,
     /// Open event streams per member at most; past it a new stream is refused.
     pub max_event_streams_per_member: usize,
