@@ -27,14 +27,16 @@ pub fn guard_postgres(opts: PoolOptions<sqlx::Postgres>) -> PoolOptions<sqlx::Po
 }
 
 fn guard<DB: Database>(opts: PoolOptions<DB>, settle: bool) -> PoolOptions<DB> {
-    opts.after_release(move |conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
-        Box::pin(async move {
-            if settle {
-                conn.ping().await?;
-            }
-            Ok(clean(&*conn, "released"))
-        })
-    })
+    opts.after_release(
+        move |conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
+            Box::pin(async move {
+                if settle {
+                    conn.ping().await?;
+                }
+                Ok(clean(&*conn, "released"))
+            })
+        },
+    )
     .before_acquire(|conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
         Box::pin(async move { Ok(clean(&*conn, "acquired")) })
     })
