@@ -14,20 +14,23 @@
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
 //!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
-//!   (`store::auth_cache`) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between replicas.
-//!   `store::preflight` says in one line why a database cannot be opened (path or host, cause)
-//!   and keeps commands other than `serve` and `workspace create` from creating one.
+//!   (`store::auth_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
+//!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
+//!   replicas. `store::preflight` says in one line why a database cannot be opened (path or host,
+//!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]).
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
-//!   guards the assignments resource and its subscriptions), stdio and streamable HTTP. **The
-//!   only module that imports `rmcp`.**
+//!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
+//!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions capped
+//!   (`mcp::sessions`). **The only module that imports `rmcp`.**
 //! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
 //!   the signed webhook worker, and the server-sent event stream the API serves to members.
-//! - [`http`]: the HTTP server — its own accept loop (header/idle timeouts, connection cap), one
+//! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;
+//!   connection caps that shed idle connections; a draining shutdown), one
 //!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control

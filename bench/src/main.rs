@@ -1045,7 +1045,6 @@ async fn main() -> Result<()> {
         }
     }
 
-
     // ---- the table ----
     println!(
         "\nparallax-mcp vs bare rmcp echo — {} rep(s) × {:.1} s, medians; {} agents, {} tasks{}\n",

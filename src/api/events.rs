@@ -49,13 +49,23 @@ pub async fn stream(
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("invalid"));
     let last = sse::parse_last_event_id(last).map_err(ApiError::invalid)?;
+    let limit = ctx.opts.max_event_streams_per_member;
+    let slot = ctx.event_streams.acquire(&m, limit).ok_or_else(|| {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("this member already has {limit} open event streams; close one first"),
+        );
+        e.retry_after = Some(5);
+        e
+    })?;
     let sctx = StreamContext {
         service: ctx.service.clone(),
         feed: ctx.feed.clone(),
         opts: ctx.opts.events.clone(),
         closing: ctx.closing.clone(),
     };
-    Ok(sse::stream(sctx, m, filter, last).await)
+    Ok(sse::stream(sctx, m, filter, last, slot).await)
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -19,19 +19,22 @@ impl FromRequestParts<HttpContext> for Member {
 
     async fn from_request_parts(parts: &mut Parts, ctx: &HttpContext) -> ApiResult<Self> {
         // Refused tokens count against the address, as on `/mcp` and `/oauth/token`.
+        // A valid token passes even from a blocked address; see `FailedAuthLimiter`.
         let peer = oauth::peer(&parts.extensions);
-        if let Some(wait) = peer.and_then(|ip| ctx.failed_auth.blocked(ip)) {
-            return Err(ApiError::rate_limited(retry_after_secs(wait)));
-        }
         let bearer = oauth::bearer(&parts.headers)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("missing bearer member token"))?
             .to_owned();
+        if let Some(wait) = ctx.failed_auth.credential_blocked(&bearer) {
+            return Err(ApiError::rate_limited(retry_after_secs(wait)));
+        }
         let caller = match authenticate(ctx, &bearer).await {
             Ok(c) => c,
             Err(e) => {
-                if let (Some(ip), StatusCode::UNAUTHORIZED) = (peer, e.status) {
-                    ctx.failed_auth.failed(ip);
+                if e.status == StatusCode::UNAUTHORIZED
+                    && let Some(wait) = ctx.failed_auth.failed(peer, Some(&bearer))
+                {
+                    return Err(ApiError::rate_limited(retry_after_secs(wait)));
                 }
                 return Err(e);
             }

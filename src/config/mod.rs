@@ -221,6 +221,20 @@ impl Config {
             ("idle_timeout_secs", h.idle_timeout_secs),
             ("body_read_timeout_secs", h.body_read_timeout_secs),
             ("max_connections", h.max_connections.map(|n| n as u64)),
+            (
+                "max_connections_per_address",
+                h.max_connections_per_address.map(|n| n as u64),
+            ),
+            ("first_byte_timeout_secs", h.first_byte_timeout_secs),
+            ("max_sessions", h.max_sessions.map(|n| n as u64)),
+            (
+                "max_sessions_per_agent",
+                h.max_sessions_per_agent.map(|n| n as u64),
+            ),
+            (
+                "max_event_streams_per_member",
+                h.max_event_streams_per_member.map(|n| n as u64),
+            ),
             ("max_body_bytes", h.max_body_bytes.map(|n| n as u64)),
         ] {
             if value == Some(0) {

@@ -327,9 +327,27 @@ config_schema! {
         /// Seconds a client has to send the whole request body (else `408`).
         body_read_timeout_secs: Option<u64> = None => "PARALLAX_BODY_READ_TIMEOUT_SECS", plain,
             unset "30", eg "30";
-        /// Open connections at most; further ones wait until one closes.
+        /// Open connections at most; at the cap the oldest idle connection is closed.
         max_connections: Option<usize> = None => "PARALLAX_MAX_CONNECTIONS", plain,
             unset "1024", eg "1024";
+        /// Open connections from one client address (the TCP peer) at most; more are refused.
+        max_connections_per_address: Option<usize> = None => "PARALLAX_MAX_CONNECTIONS_PER_ADDRESS", plain,
+            unset "128", eg "128";
+        /// Seconds a new connection has to send its first byte before it is closed.
+        first_byte_timeout_secs: Option<u64> = None => "PARALLAX_FIRST_BYTE_TIMEOUT_SECS", plain,
+            unset "3", eg "3";
+        /// Open MCP sessions (2025-11-25) on this replica at most; past it `initialize` gets `503`.
+        max_sessions: Option<usize> = None => "PARALLAX_MAX_SESSIONS", plain,
+            unset "4096", eg "4096";
+        /// Open MCP sessions per agent at most; past it the least recently used one is closed.
+        max_sessions_per_agent: Option<usize> = None => "PARALLAX_MAX_SESSIONS_PER_AGENT", plain,
+            unset "32", eg "32";
+        /// Open event streams per member at most; past it a new stream gets `429`.
+        max_event_streams_per_member: Option<usize> = None => "PARALLAX_MAX_EVENT_STREAMS_PER_MEMBER", plain,
+            unset "8", eg "8";
+        /// Seconds in-flight calls may still run after SIGTERM; then they get a JSON-RPC error.
+        drain_timeout_secs: Option<u64> = None => "PARALLAX_DRAIN_TIMEOUT_SECS", plain,
+            unset "30", eg "30";
     }
 
     /// The `[stdio]` table.

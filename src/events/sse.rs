@@ -16,6 +16,50 @@ use std::convert::Infallible;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+/// Open streams per member, so one member (or a leaked token) cannot hold unbounded streams.
+#[derive(Debug, Default, Clone)]
+pub struct StreamSlots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One open stream's place; freed when the stream ends.
+#[derive(Debug)]
+pub struct StreamSlot {
+    slots: StreamSlots,
+    key: String,
+}
+
+impl StreamSlots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more stream of `member`, unless it already holds `limit`.
+    pub fn acquire(&self, member: &MemberCaller, limit: usize) -> Option<StreamSlot> {
+        let key = format!("{}/{}", member.workspace().id, member.member().id);
+        let mut map = self.lock();
+        let n = map.entry(key.clone()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut map = self.slots.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// How many events one store read returns.
 const BATCH: u64 = 200;
 
@@ -83,6 +127,7 @@ pub async fn stream(
     caller: MemberCaller,
     filter: StreamFilter,
     last_event_id: Option<i64>,
+    slot: StreamSlot,
 ) -> Response {
     // Subscribe before reading the starting point, so nothing committed in between is missed.
     let sub = ctx.feed.subscribe();
@@ -94,7 +139,11 @@ pub async fn stream(
         },
     };
     let (tx, mut rx) = mpsc::channel::<SseEvent>(64);
-    tokio::spawn(pump(ctx.clone(), caller, filter, start, sub, tx));
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        pump(ctx2, caller, filter, start, sub, tx).await;
+        drop(slot);
+    });
     let body = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|o| o.map(Ok::<_, Infallible>))
     });

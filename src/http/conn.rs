@@ -1,16 +1,21 @@
-//! The accept loop: one hyper HTTP/1 connection per TCP stream, with a cap on open connections,
-//! a header-read timeout for slow clients, a longer idle timeout between keep-alive requests,
-//! TCP_NODELAY, the peer address as `ConnectInfo`, and graceful shutdown.
+//! The accept loop: one hyper HTTP/1 connection per TCP stream, with caps on open connections
+//! (in all and per client address), a first-byte deadline, a header-read timeout for slow
+//! clients, a longer idle timeout between keep-alive requests, TCP_NODELAY, the peer address as
+//! `ConnectInfo`, and graceful shutdown.
 //!
 //! Timeouts: hyper's header-read timer starts as soon as a connection waits for a request head,
 //! which would also cut idle keep-alive connections at the (short) header timeout. A per-connection
-//! clock fixes that: while no byte of the next request has arrived, the timer's deadline is the
-//! idle timeout from the last activity; from the first byte on, it is the header timeout. Nothing
-//! times out while a response is being produced or streamed (hyper reads no head then), so SSE
-//! streams are unaffected.
+//! clock fixes that: a new connection must send its first byte within the first-byte timeout;
+//! while no byte of the next request has arrived, the deadline is the idle timeout from the last
+//! activity; from the first byte on, it is the header timeout. Nothing times out while a response
+//! is being produced or streamed (hyper reads no head then), so SSE streams are unaffected.
 //!
-//! Over the cap, a new connection waits in the kernel's accept backlog until a slot frees: the
-//! header and idle timeouts bound how long any slot can be held by a client that sends nothing.
+//! Caps: idle connections must not starve active ones. A connection is idle while hyper waits for
+//! a request head of which no byte has arrived. At the global cap the oldest idle connection is
+//! closed to make room (one that never sent a byte first); only when every connection is serving
+//! a request does a new one wait in the kernel's accept backlog. Past the per-address cap the
+//! address's own oldest idle connection is closed, or, if it has none, the new connection.
+//! On shutdown the listener closes at once.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -18,45 +23,59 @@ use hyper::rt::{Sleep, Timer};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower_http::add_extension::AddExtension;
+
+use super::ratelimit::client_key;
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
+    /// A new connection's first byte must arrive within this time.
+    pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     /// How long shutdown waits for open connections after the server stopped accepting.
     pub shutdown_grace: Duration,
 }
 
-/// Accepts connections until `stop` resolves, then closes idle connections, lets the others finish
-/// (up to the grace period) and returns.
+/// Accepts connections until `stop` is cancelled; then closes the listener at once, asks every
+/// connection to finish (idle ones close, busy ones answer with `Connection: close`), runs
+/// `drain` alongside, and returns when both are done or the grace period passed.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
-    stop: impl Future<Output = ()> + Send,
+    stop: CancellationToken,
+    drain: impl Future<Output = ()> + Send,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    tokio::pin!(stop);
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break, // never closed
-            },
-            () = &mut stop => break,
-        };
+    let open = Arc::new(Registry::default());
+    let per_address = limits.max_connections_per_address.max(1);
+    'accept: loop {
+        // Room for one more: at the cap, shed the oldest idle connection, else wait for one to
+        // end or go idle.
+        while open.len() >= limits.max_connections.max(1) {
+            if open.shed_idle(None) {
+                break;
+            }
+            tokio::select! {
+                () = open.freed.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = stop.cancelled() => break 'accept,
+            }
+        }
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -67,13 +86,20 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut stop => break,
+            () = stop.cancelled() => break,
         };
+        let address = client_key(peer.ip());
+        if open.count_from(address) >= per_address && !open.shed_idle(Some(address)) {
+            tracing::debug!(%peer, "connection refused: too many open from this address");
+            drop(tcp);
+            continue;
+        }
         // Without TCP_NODELAY, small responses wait on Nagle + delayed ACK (~40 ms per call).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
         let clock = Arc::new(ConnClock::new(limits));
+        let (id, shed) = open.add(address, clock.clone());
         let io = TokioIo::new(TimedIo {
             inner: tcp,
             clock: clock.clone(),
@@ -86,22 +112,121 @@ pub async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true);
         let conn = graceful.watch(builder.serve_connection(io, svc));
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                res = conn => if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Only idle connections are shed: no request is lost.
+                () = shed.cancelled() => tracing::debug!(%peer, "idle connection closed to make room"),
             }
-            drop(permit);
+            open.remove(id);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "connections still open after {:?}; closing",
-            limits.shutdown_grace
+    let connections = async {
+        if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open after {:?}; closing",
+                limits.shutdown_grace
+            );
+        }
+    };
+    tokio::join!(connections, drain);
+}
+
+/// The open connections, for the caps.
+#[derive(Default)]
+struct Registry {
+    state: Mutex<RegistryState>,
+    /// Notified when a connection ends.
+    freed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    next_id: u64,
+    conns: HashMap<u64, OpenConn>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+struct OpenConn {
+    address: IpAddr,
+    clock: Arc<ConnClock>,
+    shed: CancellationToken,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    fn count_from(&self, address: IpAddr) -> usize {
+        self.lock().per_address.get(&address).copied().unwrap_or(0)
+    }
+
+    fn add(&self, address: IpAddr, clock: Arc<ConnClock>) -> (u64, CancellationToken) {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        let shed = CancellationToken::new();
+        s.conns.insert(
+            id,
+            OpenConn {
+                address,
+                clock,
+                shed: shed.clone(),
+            },
         );
+        *s.per_address.entry(address).or_default() += 1;
+        (id, shed)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut s = self.lock();
+        if let Some(c) = s.conns.remove(&id) {
+            forget_one(&mut s.per_address, c.address);
+        }
+        drop(s);
+        self.freed.notify_waiters();
+    }
+
+    /// Closes the oldest idle connection (of `address`, if given): one that never sent a byte
+    /// first, else the one idle longest. False when none is idle.
+    fn shed_idle(&self, address: Option<IpAddr>) -> bool {
+        let mut s = self.lock();
+        let victim = s
+            .conns
+            .iter()
+            .filter(|(_, c)| address.is_none_or(|a| a == c.address))
+            .filter_map(|(id, c)| c.clock.idle_since().map(|since| (*id, since)))
+            .min_by_key(|(_, (spoke, since))| (*spoke, *since))
+            .map(|(id, _)| id);
+        let Some(id) = victim else {
+            return false;
+        };
+        if let Some(c) = s.conns.remove(&id) {
+            forget_one(&mut s.per_address, c.address);
+            c.shed.cancel();
+        }
+        true
+    }
+}
+
+fn forget_one(per_address: &mut HashMap<IpAddr, usize>, address: IpAddr) {
+    if let Some(n) = per_address.get_mut(&address) {
+        *n -= 1;
+        if *n == 0 {
+            per_address.remove(&address);
+        }
     }
 }
 
@@ -114,22 +239,38 @@ struct ConnClock {
 
 #[derive(Debug)]
 struct ClockState {
+    /// When the connection was accepted.
+    opened: Instant,
+    /// Whether any byte was ever read.
+    spoke: bool,
     /// The last byte read or written.
     last_activity: Instant,
     /// When the first byte arrived since the last write: the start of the next request.
     request_started: Option<Instant>,
+    /// hyper is waiting for a request head (its header timer is armed).
+    awaiting_head: usize,
 }
 
 impl ConnClock {
     fn new(limits: ConnLimits) -> Self {
+        let now = Instant::now();
         Self {
             limits,
-            // A new connection owes its first request head within the header timeout.
             state: Mutex::new(ClockState {
-                last_activity: Instant::now(),
-                request_started: Some(Instant::now()),
+                opened: now,
+                spoke: false,
+                last_activity: now,
+                request_started: None,
+                awaiting_head: 0,
             }),
         }
+    }
+
+    /// When idle (waiting for a request of which no byte arrived): whether the connection ever
+    /// spoke, and since when it is idle.
+    fn idle_since(&self) -> Option<(bool, Instant)> {
+        let s = self.lock();
+        (s.awaiting_head > 0 && s.request_started.is_none()).then_some((s.spoke, s.last_activity))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
@@ -139,6 +280,7 @@ impl ConnClock {
     fn read(&self) {
         let mut s = self.lock();
         let now = Instant::now();
+        s.spoke = true;
         s.last_activity = now;
         s.request_started.get_or_insert(now);
     }
@@ -154,6 +296,15 @@ impl ConnClock {
         let s = self.lock();
         match s.request_started {
             Some(t) => t + self.limits.header_read_timeout,
+            // A new connection owes its first byte soon: holding a socket open costs nothing to
+            // the client and a slot to everyone else.
+            None if !s.spoke => {
+                s.opened
+                    + self
+                        .limits
+                        .first_byte_timeout
+                        .min(self.limits.header_read_timeout)
+            }
             None => s.last_activity + self.limits.idle_timeout,
         }
     }
@@ -247,6 +398,7 @@ struct HeadSleep {
 
 impl HeadSleep {
     fn new(clock: Arc<ConnClock>) -> Self {
+        clock.lock().awaiting_head += 1;
         let at = clock.deadline();
         Self {
             clock,
@@ -266,6 +418,13 @@ impl Future for HeadSleep {
             self.sleep.as_mut().reset(at.into());
         }
         self.sleep.as_mut().poll(cx)
+    }
+}
+
+impl Drop for HeadSleep {
+    fn drop(&mut self) {
+        let mut s = self.clock.lock();
+        s.awaiting_head = s.awaiting_head.saturating_sub(1);
     }
 }
 
@@ -293,15 +452,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let limits = ConnLimits {
             header_read_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             max_connections: 4,
+            max_connections_per_address: 4,
             shutdown_grace: Duration::from_secs(1),
         };
-        let stop = tokio_util::sync::CancellationToken::new();
-        let stopped = stop.clone();
-        let server = tokio::spawn(serve(listener, app, limits, async move {
-            stopped.cancelled().await
-        }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, limits, stop.clone(), async {}));
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let local = tcp.local_addr().unwrap();
         tcp.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")

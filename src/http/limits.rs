@@ -39,7 +39,11 @@ pub async fn enforce(
                 "this Host is not served here (DNS rebinding protection); see [http] allowed_hosts",
             );
         }
-        if !origin_allowed(req.headers(), &opts.allowed_origins) {
+        if same_origin(req.headers(), req.uri(), &opts.allowed_hosts) {
+            // A page served from this very Host (checked above) may call us; past this check the
+            // Origin has nothing more to say, and rmcp's own check must not refuse it.
+            req.headers_mut().remove(header::ORIGIN);
+        } else if !origin_allowed(req.headers(), &opts.allowed_origins) {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
@@ -210,6 +214,30 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         .any(|a| a == origin)
 }
 
+/// An `Origin` naming this server as the client reached it: the same host and port as the
+/// `Host` header, which must be one of `allowed_hosts` by name (not by `*`, which accepts any
+/// Host and so would accept any rebinding page's origin). A rebinding page's origin names the
+/// attacker's host, which `allowed_hosts` refuses.
+pub fn same_origin(headers: &HeaderMap, uri: &Uri, allowed_hosts: &[String]) -> bool {
+    if allowed_hosts.iter().any(|a| a.trim() == "*") || !host_allowed(headers, uri, allowed_hosts) {
+        return false;
+    }
+    let mut values = headers.get_all(header::ORIGIN).iter();
+    let (Some(origin), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some((scheme, host, port)) = origin.to_str().ok().and_then(parse_origin) else {
+        return false;
+    };
+    let Some((req_host, req_port)) = authority(headers, uri) else {
+        return false;
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    (scheme == "http" || scheme == "https")
+        && host == req_host
+        && port == req_port.unwrap_or(default_port)
+}
+
 fn parse_origin(value: &str) -> Option<(String, String, u16)> {
     let uri: Uri = value.trim().parse().ok()?;
     let scheme = uri.scheme_str()?.to_ascii_lowercase();
@@ -284,6 +312,31 @@ mod tests {
         ));
         let v6 = vec!["::1".to_owned()];
         assert!(host_allowed(&with(header::HOST, "[::1]:80"), &uri, &v6));
+    }
+
+    #[test]
+    fn the_servers_own_origin_is_accepted() {
+        let loopback = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let req = |host: &str, origin: &str| {
+            let mut h = with(header::HOST, host);
+            h.insert(header::ORIGIN, origin.parse().unwrap());
+            h
+        };
+        let uri: Uri = "/mcp".parse().unwrap();
+        let same = |host: &str, origin: &str, allowed: &[String]| {
+            same_origin(&req(host, origin), &uri, allowed)
+        };
+        assert!(same("127.0.0.1:8720", "http://127.0.0.1:8720", &loopback));
+        assert!(same("localhost:8720", "http://localhost:8720", &loopback));
+        // Another port, another host, or a rebinding name are someone else.
+        assert!(!same("127.0.0.1:8720", "http://127.0.0.1:9999", &loopback));
+        assert!(!same("127.0.0.1:8720", "http://localhost:8720", &loopback));
+        assert!(!same("evil.test:8720", "http://evil.test:8720", &loopback));
+        assert!(!same(
+            "evil.test:8720",
+            "http://evil.test:8720",
+            &["*".to_owned()]
+        ));
     }
 
     #[test]

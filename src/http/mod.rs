@@ -11,7 +11,7 @@ pub mod ratelimit;
 use crate::auth::Tokens;
 use crate::config::{AuthConfig, Config, LimitsConfig};
 use crate::events::{self, EventOptions, Feed};
-use crate::mcp::sessions::SessionRegistry;
+use crate::mcp::sessions::{SessionLimits, SessionRegistry};
 use crate::mcp::{self, ServeError};
 use crate::service::Service;
 use crate::store::{Create, Store};
@@ -57,8 +57,19 @@ pub struct HttpOptions {
     pub idle_timeout: Duration,
     /// The whole request body must arrive within this time.
     pub body_read_timeout: Duration,
-    /// Open connections at most; more wait in the accept backlog until one closes.
+    /// Open connections at most; at the cap the oldest connection that is not serving a request
+    /// is closed to make room, and if none is idle the new one waits in the accept backlog.
     pub max_connections: usize,
+    /// Open connections from one client address at most; more are closed at once.
+    pub max_connections_per_address: usize,
+    /// A new connection must send its first byte within this time, or it is closed.
+    pub first_byte_timeout: Duration,
+    /// Open MCP sessions on this replica at most.
+    pub max_sessions: usize,
+    /// Open MCP sessions per agent at most; past it the least recently used one is closed.
+    pub max_sessions_per_agent: usize,
+    /// Open event streams per member at most; past it a new stream is refused.
+    pub max_event_streams_per_member: usize,
 }
 
 impl Default for HttpOptions {
@@ -82,6 +93,11 @@ impl Default for HttpOptions {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_connections_per_address: 128,
+            first_byte_timeout: Duration::from_secs(3),
+            max_sessions: 4096,
+            max_sessions_per_agent: 32,
+            max_event_streams_per_member: 8,
         }
     }
 }
@@ -94,6 +110,16 @@ pub struct HttpContext {
     pub inflight: InFlight,
     /// Cancelled at shutdown, after in-flight calls finished: closes MCP sessions and streams.
     pub closing: CancellationToken,
+    /// Cancelled as soon as shutdown begins: the listener closes, keep-alive ends and new MCP
+    /// sessions are refused with 503 while in-flight calls finish.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain limit passes with calls still running: each gets a JSON-RPC
+    /// error instead of being cut off without an answer.
+    pub cut: CancellationToken,
+    /// Members' open event streams, for the per-member cap.
+    pub event_streams: crate::events::sse::StreamSlots,
+    /// The one gate (and so the one audit writer) every HTTP route shares.
+    pub gate: crate::mcp::gate::Gate,
     pub opts: Arc<HttpOptions>,
     /// Open MCP sessions and the agent each belongs to; `close_agent` ends an agent's sessions.
     pub sessions: Arc<SessionRegistry>,
@@ -227,6 +253,24 @@ fn http_options(config: &Config) -> HttpOptions {
     if let Some(n) = config.http.max_connections {
         opts.max_connections = n;
     }
+    if let Some(n) = config.http.max_connections_per_address {
+        opts.max_connections_per_address = n;
+    }
+    if let Some(s) = config.http.first_byte_timeout_secs {
+        opts.first_byte_timeout = secs(s);
+    }
+    if let Some(s) = config.http.drain_timeout_secs {
+        opts.drain_timeout = secs(s);
+    }
+    if let Some(n) = config.http.max_sessions {
+        opts.max_sessions = n;
+    }
+    if let Some(n) = config.http.max_sessions_per_agent {
+        opts.max_sessions_per_agent = n;
+    }
+    if let Some(n) = config.http.max_event_streams_per_member {
+        opts.max_event_streams_per_member = n;
+    }
     opts
 }
 
@@ -257,9 +301,17 @@ impl HttpContext {
             opts.events.poll_interval,
             closing.clone(),
         );
+        let sessions = Arc::new(SessionRegistry::new(SessionLimits {
+            per_agent: opts.max_sessions_per_agent,
+            global: opts.max_sessions,
+        }));
         Self {
             feed,
             tokens,
+            gate: crate::mcp::gate::Gate::new(service.clone()),
+            draining: CancellationToken::new(),
+            event_streams: Default::default(),
+            cut: CancellationToken::new(),
             failed_auth: ratelimit::FailedAuthLimiter::new(
                 opts.limits.failed_auth_per_minute,
                 opts.limits.failed_auth_burst,
@@ -269,7 +321,7 @@ impl HttpContext {
             inflight: InFlight::default(),
             closing,
             opts: Arc::new(opts),
-            sessions: Arc::new(SessionRegistry::new()),
+            sessions,
         }
     }
 }
@@ -331,52 +383,147 @@ pub async fn run_with(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
-    // Limits wrap everything, so no route can skip them.
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        ctx.opts.clone(),
-        limits::enforce,
-    ));
+    // Limits wrap everything, so no route can skip them; while draining, nothing new starts.
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            refuse_while_draining,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.opts.clone(),
+            limits::enforce,
+        ));
     if ctx.opts.allowed_hosts.is_empty() {
         tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
     }
 
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
-    let inflight = ctx.inflight.clone();
-    let closing = ctx.closing.clone();
-    let drain = ctx.opts.drain_timeout;
-    let stop = async move {
+    let draining = ctx.draining.clone();
+    tokio::spawn(async move {
         shutdown.await;
-        tracing::info!("shutting down: finishing in-flight calls");
-        if tokio::time::timeout(drain, inflight.idle()).await.is_err() {
-            tracing::warn!("in-flight calls still running after {drain:?}; closing anyway");
-        }
-        // Ends MCP sessions and their streams, so their connections can close.
-        closing.cancel();
-    };
+        draining.cancel();
+    });
+    let drain = drain_sequence(ctx.clone());
     let limits = conn::ConnLimits {
         header_read_timeout: ctx.opts.header_read_timeout,
+        first_byte_timeout: ctx.opts.first_byte_timeout,
         idle_timeout: ctx.opts.idle_timeout,
         max_connections: ctx.opts.max_connections,
-        shutdown_grace: drain,
+        max_connections_per_address: ctx.opts.max_connections_per_address,
+        shutdown_grace: ctx.opts.drain_timeout + CUT_GRACE + CLOSE_GRACE,
     };
-    conn::serve(listener, app, limits, stop).await;
+    conn::serve(listener, app, limits, ctx.draining.clone(), drain).await;
+    ctx.gate.flush_audit().await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// How long calls cut by the drain limit have to send their JSON-RPC error.
+const CUT_GRACE: Duration = Duration::from_secs(2);
+/// How long connections have to close once sessions and streams ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// After the listener closed: lets in-flight calls finish up to the drain limit, then answers
+/// those still running with a JSON-RPC error, then ends MCP sessions and event streams so their
+/// connections can close.
+async fn drain_sequence(ctx: HttpContext) {
+    ctx.draining.cancelled().await;
+    let drain = ctx.opts.drain_timeout;
+    tracing::info!("shutting down: listener closed, finishing in-flight calls");
+    if tokio::time::timeout(drain, ctx.inflight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight calls still running after {drain:?}; answering them with an error"
+        );
+        ctx.cut.cancel();
+        let _ = tokio::time::timeout(CUT_GRACE, ctx.inflight.idle()).await;
+    }
+    // Ends MCP sessions and their streams, so their connections can close.
+    ctx.closing.cancel();
+}
+
+/// Once shutdown began, a new request (a new MCP session, a call, an API request) gets 503 with
+/// `Retry-After` and `Connection: close`, so the client goes to another replica; ending a session
+/// (`DELETE`) and the health checks still work.
+async fn refuse_while_draining(
+    State(ctx): State<HttpContext>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let exempt = req.method() == axum::http::Method::DELETE
+        || matches!(req.uri().path(), "/healthz" | "/readyz");
+    if !ctx.draining.is_cancelled() || exempt {
+        return next.run(req).await;
+    }
+    let mut res = limits::refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down; retry shortly",
+    );
+    let headers = res.headers_mut();
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    headers.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    res
+}
+
+/// Ready when the store answers and can commit a write; a store that can be read but not
+/// written (disk full, read-only) is not ready, since every tool call writes its audit entry.
 async fn ready(State(ctx): State<HttpContext>) -> Response {
-    match ctx.service.store().ping().await {
-        Ok(()) => (StatusCode::OK, "ready").into_response(),
-        Err(e) => {
+    let store = ctx.service.store();
+    if ctx.closing.is_cancelled() || ctx.draining.is_cancelled() {
+        return limits::refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        );
+    }
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready");
-            limits::refuse(
+            return limits::refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the database is unreachable",
-            )
+            );
+        }
+        Err(_) => {
+            return limits::refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database did not answer in time",
+            );
         }
     }
+    match tokio::time::timeout(READY_PROBE_TIMEOUT, store.probe_write()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the store cannot commit");
+            limits::refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database cannot commit a write",
+            )
+        }
+        Err(_) => limits::refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database did not commit a write in time",
+        ),
+    }
 }
+
+/// How long each readiness step (the round trip, the write) may take: a probe must answer
+/// promptly even while the database hangs.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn discovery_router(ctx: &HttpContext) -> Router {
     Router::new()

@@ -31,7 +31,7 @@ struct OAuthState {
 pub fn router(ctx: &HttpContext) -> Router {
     let state = OAuthState {
         ctx: ctx.clone(),
-        gate: Gate::new(ctx.service.clone()),
+        gate: ctx.gate.clone(),
     };
     Router::new()
         .route("/oauth/token", post(token))
@@ -159,9 +159,6 @@ fn form_decode(raw: &str) -> Option<String> {
 async fn token(State(st): State<OAuthState>, req: Request) -> Response {
     let _guard = st.ctx.inflight.enter();
     let peer = peer(req.extensions());
-    if let Some(wait) = peer.and_then(|ip| st.ctx.failed_auth.blocked(ip)) {
-        return too_many_requests(wait, "too many failed authentications from this address");
-    }
     let (parts, body) = req.into_parts();
     let form_type = parts
         .headers
@@ -209,22 +206,30 @@ async fn token(State(st): State<OAuthState>, req: Request) -> Response {
         }
         (Some(Err(())), None) => {
             return st
-                .client_failed(peer, None, "malformed HTTP Basic credentials")
+                .client_failed(peer, None, None, "malformed HTTP Basic credentials")
                 .await;
         }
         (Some(Ok((id, secret))), None) => (Some(id), secret),
         (None, Some(secret)) => (param("client_id").map(str::to_owned), secret.to_owned()),
         (None, None) => {
             return st
-                .client_failed(peer, None, "client authentication is required")
+                .client_failed(peer, None, None, "client authentication is required")
                 .await;
         }
     };
+    if let Some(wait) = st.ctx.failed_auth.credential_blocked(&secret) {
+        return too_many_requests(wait, "too many failed authentications with this credential");
+    }
     let caller = match auth::agent(st.ctx.service.store(), &secret).await {
         Ok(Ok(caller)) => caller,
         Ok(Err(refusal)) => {
             return st
-                .client_failed(peer, Some(&refusal), &refusal.error.to_string())
+                .client_failed(
+                    peer,
+                    Some(&secret),
+                    Some(&refusal),
+                    &refusal.error.to_string(),
+                )
                 .await;
         }
         Err(e) => {
@@ -247,7 +252,12 @@ async fn token(State(st): State<OAuthState>, req: Request) -> Response {
             )),
         };
         return st
-            .client_failed(peer, Some(&refusal), "client_id does not match the key")
+            .client_failed(
+                peer,
+                Some(&secret),
+                Some(&refusal),
+                "client_id does not match the key",
+            )
             .await;
     }
 
@@ -305,18 +315,21 @@ async fn token(State(st): State<OAuthState>, req: Request) -> Response {
 }
 
 impl OAuthState {
-    /// `invalid_client`: counted against the address, audited where the key's owner is known.
+    /// `invalid_client`: counted against the address and the presented secret, audited where the
+    /// key's owner is known; 429 once either is over its quota.
     async fn client_failed(
         &self,
         peer: Option<IpAddr>,
+        secret: Option<&str>,
         refusal: Option<&AgentAuthRefusal>,
         description: &str,
     ) -> Response {
-        if let Some(ip) = peer {
-            self.ctx.failed_auth.failed(ip);
-        }
+        let blocked = self.ctx.failed_auth.failed(peer, secret);
         if let Some(r) = refusal {
             self.gate.audit_refusal(r, "token request").await;
+        }
+        if let Some(wait) = blocked {
+            return too_many_requests(wait, "too many failed authentications");
         }
         error(StatusCode::UNAUTHORIZED, "invalid_client", description)
     }

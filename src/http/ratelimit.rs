@@ -120,14 +120,25 @@ impl AgentLimiter {
     }
 }
 
-/// Failed authentications per client address. Once an address exceeds its quota it is blocked
-/// until its next allowed attempt, and blocked requests are refused before any credential check.
+/// Failed authentications, counted per client address and per presented credential. A
+/// credential over its quota is refused (429) before it is checked, from any address. An address
+/// over its quota gets 429 for every credential that fails there, but a valid credential still
+/// passes: one agent retrying a revoked key in a loop must not lock out its neighbours behind the
+/// same NAT, while guessing from that address stays throttled.
 #[derive(Clone)]
 pub struct FailedAuthLimiter(Arc<FailedAuthInner>);
 
+/// What failures are counted against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum FailKey {
+    Address(IpAddr),
+    /// The blake3 hash of the presented credential (never the credential itself).
+    Credential([u8; 32]),
+}
+
 struct FailedAuthInner {
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    failures: DefaultKeyedRateLimiter<FailKey>,
+    blocked: Mutex<HashMap<FailKey, Instant>>,
 }
 
 impl std::fmt::Debug for FailedAuthLimiter {
@@ -136,8 +147,12 @@ impl std::fmt::Debug for FailedAuthLimiter {
     }
 }
 
+fn credential_key(credential: &str) -> FailKey {
+    FailKey::Credential(*blake3::hash(credential.as_bytes()).as_bytes())
+}
+
 /// IPv6 clients usually hold a whole /64: count them as one address.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -167,26 +182,75 @@ impl FailedAuthLimiter {
         limiter
     }
 
-    /// How long `ip` must still wait, if it is blocked.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let key = client_key(ip);
+    fn blocked_key(&self, key: FailKey) -> Option<Duration> {
         let blocked = lock(&self.0.blocked);
         let until = *blocked.get(&key)?;
         until.checked_duration_since(Instant::now())
     }
 
-    /// Counts a failed authentication from `ip`; past the quota, blocks it.
-    pub fn failed(&self, ip: IpAddr) {
-        let key = client_key(ip);
-        if let Err(wait) = check(&self.0.failures, &key) {
-            let now = Instant::now();
-            let mut blocked = lock(&self.0.blocked);
-            if blocked.len() >= MAX_TRACKED {
-                blocked.retain(|_, until| *until > now);
-            }
-            if blocked.len() < MAX_TRACKED || blocked.contains_key(&key) {
-                blocked.insert(key, now + wait.max(Duration::from_secs(1)));
+    /// How long requests from `ip` that fail authentication are still refused with 429.
+    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        self.blocked_key(FailKey::Address(client_key(ip)))
+    }
+
+    /// How long `credential` is still refused, from any address, without being checked.
+    pub fn credential_blocked(&self, credential: &str) -> Option<Duration> {
+        self.blocked_key(credential_key(credential))
+    }
+
+    /// Counts a failed authentication from `ip` with `credential` (when one was presented)
+    /// against both. Returns how long to wait when the address or credential was already blocked
+    /// (answer 429); the failure that first crosses the quota is still answered as a failure.
+    pub fn failed(&self, ip: Option<IpAddr>, credential: Option<&str>) -> Option<Duration> {
+        let keys: Vec<FailKey> = ip
+            .map(|ip| FailKey::Address(client_key(ip)))
+            .into_iter()
+            .chain(credential.filter(|c| !c.is_empty()).map(credential_key))
+            .collect();
+        let mut wait_for: Option<Duration> = None;
+        for &key in &keys {
+            if let Some(w) = self.blocked_key(key) {
+                wait_for = Some(wait_for.map_or(w, |x| x.max(w)));
             }
         }
+        for key in keys {
+            if let Err(wait) = check(&self.0.failures, &key) {
+                let now = Instant::now();
+                let mut blocked = lock(&self.0.blocked);
+                if blocked.len() >= MAX_TRACKED {
+                    blocked.retain(|_, until| *until > now);
+                }
+                if blocked.len() < MAX_TRACKED || blocked.contains_key(&key) {
+                    blocked.insert(key, now + wait.max(Duration::from_secs(1)));
+                }
+            }
+        }
+        wait_for
+    }
+}
+
+#[cfg(test)]
+mod failed_auth_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_credential_is_blocked_and_a_neighbour_is_not() {
+        let limiter = FailedAuthLimiter::new(1, 3);
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let answers: Vec<bool> = (0..5)
+            .map(|_| {
+                limiter
+                    .failed(Some(ip), Some("mcp_agent_revoked"))
+                    .is_some()
+            })
+            .collect();
+        // The burst and the failure that crosses it are failures; after that, 429.
+        assert_eq!(answers, [false, false, false, false, true]);
+        assert!(limiter.blocked(ip).is_some());
+        assert!(limiter.credential_blocked("mcp_agent_revoked").is_some());
+        // Another credential is not blocked before it is checked; failing from the blocked
+        // address, it is answered 429.
+        assert!(limiter.credential_blocked("mcp_agent_neighbour").is_none());
+        assert!(limiter.failed(Some(ip), Some("mcp_agent_other")).is_some());
     }
 }

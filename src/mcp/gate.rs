@@ -76,6 +76,11 @@ impl Gate {
         &self.service
     }
 
+    /// Waits until every audit entry submitted so far is committed (at shutdown).
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
+    }
+
     /// Per-agent request limits, shared by every session this gate serves.
     pub fn limiter(&self) -> &AgentLimiter {
         &self.limiter

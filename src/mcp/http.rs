@@ -29,7 +29,7 @@ struct McpState {
 pub fn router(ctx: &HttpContext) -> Router {
     let opts = &ctx.opts;
     let state = McpState {
-        gate: Gate::new(ctx.service.clone()),
+        gate: ctx.gate.clone(),
         ctx: ctx.clone(),
     };
     // The server-wide limits layer checks Host and Origin first; rmcp checks again. `*` (any
@@ -50,9 +50,15 @@ pub fn router(ctx: &HttpContext) -> Router {
     }
     let gate = state.gate.clone();
     let feed = ctx.feed.clone();
+    let drain = super::server::Drain {
+        inflight: ctx.inflight.clone(),
+        cut: ctx.cut.clone(),
+    };
     let mcp = StreamableHttpService::new(
         move || {
-            Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest).with_feed(feed.clone()))
+            Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)
+                .with_feed(feed.clone())
+                .with_drain(drain.clone()))
         },
         ctx.sessions.clone(),
         mcp_config,
@@ -63,8 +69,17 @@ pub fn router(ctx: &HttpContext) -> Router {
     };
     Router::new()
         .nest_service("/mcp", mcp)
-        // Layers run bottom-up: authenticate first, then check the session belongs to the caller.
+        // Layers run bottom-up: authenticate first, then the envelope, then check the session belongs
+        // to the caller.
         .layer(middleware::from_fn_with_state(binder, sessions::bind))
+        // A malformed message is refused with a JSON-RPC error before rmcp reads it.
+        .layer(middleware::from_fn_with_state(
+            super::envelope::Envelope {
+                max_body_bytes: opts.max_body_bytes,
+                inflight: ctx.inflight.clone(),
+            },
+            super::envelope::check,
+        ))
         .layer(middleware::from_fn_with_state(state, authenticate))
 }
 
@@ -75,9 +90,6 @@ pub fn router(ctx: &HttpContext) -> Router {
 async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -> Response {
     let _guard = state.ctx.inflight.enter();
     let peer = oauth::peer(req.extensions());
-    if let Some(wait) = peer.and_then(|ip| state.ctx.failed_auth.blocked(ip)) {
-        return oauth::too_many_requests(wait, "too many failed authentications from this address");
-    }
     // RFC 6750 §2.3 is not supported: a token in a URL ends up in logs.
     let in_query = req.uri().query().is_some_and(|q| {
         q.split('&')
@@ -95,6 +107,12 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
     let Some(token) = bearer else {
         return unauthorized(&state, "missing bearer credential", None);
     };
+    if let Some(wait) = state.ctx.failed_auth.credential_blocked(&token) {
+        return oauth::too_many_requests(
+            wait,
+            "too many failed authentications with this credential",
+        );
+    }
     let outcome = if token.starts_with(API_KEY_PREFIX) {
         auth::agent(state.gate.service().store(), &token).await
     } else {
@@ -107,10 +125,11 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
     let caller = match outcome {
         Ok(Ok(caller)) => caller,
         Ok(Err(refusal)) => {
-            if let Some(ip) = peer {
-                state.ctx.failed_auth.failed(ip);
-            }
+            let blocked = state.ctx.failed_auth.failed(peer, Some(&token));
             state.gate.audit_refusal(&refusal, "http request").await;
+            if let Some(wait) = blocked {
+                return oauth::too_many_requests(wait, "too many failed authentications");
+            }
             return unauthorized(&state, &refusal.error.to_string(), Some("invalid_token"));
         }
         Err(e) => {

@@ -2,6 +2,7 @@
 //! Only this module imports rmcp.
 
 pub mod catalogue;
+pub mod envelope;
 pub mod gate;
 pub mod http;
 pub mod resources;
@@ -46,6 +47,14 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
             ))
         })?;
     let key = key.trim().to_owned();
+    // A key that cannot be one is refused before anything else runs or logs: the error is the
+    // only line the user sees.
+    if crate::domain::ApiKey::parse(&key).is_err() {
+        return Err(ServeError::Startup(format!(
+            "{API_KEY_ENV} refused: {}",
+            crate::auth::AgentAuthError::Malformed
+        )));
+    }
     // An agent runtime starts us in its own directory: never create a database there.
     let store = Store::open_with(&config.database_url, Create::Never).await?;
     let location = store.location().to_owned();
@@ -53,7 +62,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
     match crate::auth::agent(gate.service().store(), &key).await? {
         Ok(caller) => tracing::info!(agent = caller.agent_id(), "stdio session starting"),
         Err(refusal) => {
-            gate.audit_refusal(&refusal, "stdio start").await;
+            // Only a key with a known owner leaves an audit entry (and so a log line).
+            if refusal.owner.is_some() {
+                gate.audit_refusal(&refusal, "stdio start").await;
+            }
             return Err(ServeError::Startup(format!(
                 "{API_KEY_ENV} refused: {} (database {location})",
                 refusal.error

@@ -52,9 +52,23 @@ pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
 #[derive(Clone)]
 pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
 
+/// How an HTTP server's shutdown reaches tool calls: each counts as in flight while it runs,
+/// and one still running when the drain limit passes is answered with an error.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    pub inflight: crate::http::InFlight,
+    pub cut: CancellationToken,
+}
+
+/// JSON-RPC error for a call cut short by shutdown's drain limit.
+pub const SHUTTING_DOWN: &str =
+    "the server is shutting down and the call did not finish in time; retry it on another replica";
+
 #[derive(Clone, Debug)]
 pub struct ParallaxServer {
     gate: Gate,
+    /// Shutdown's view of calls (HTTP only).
+    drain: Option<Drain>,
     credential: Credential,
     /// Committed events, for resource subscriptions; without it subscribing is refused.
     feed: Option<Feed>,
@@ -78,9 +92,16 @@ impl ParallaxServer {
         Self {
             gate,
             credential,
+            drain: None,
             feed: None,
             subscriptions: Arc::default(),
         }
+    }
+
+    /// Counts calls as in flight for shutdown, which may cut them with an error.
+    pub fn with_drain(mut self, drain: Drain) -> Self {
+        self.drain = Some(drain);
+        self
     }
 
     /// Enables resource subscriptions, fed by `feed`.
@@ -97,9 +118,14 @@ impl ParallaxServer {
         uri: &str,
     ) -> Result<AgentCaller, ErrorData> {
         let auth = self.authenticate(ctx).await?;
+        let data = Some(serde_json::json!({ "uri": uri }));
         match self.gate.resource(auth, action, uri).await {
             Ok(Ok(caller)) => Ok(caller),
-            Ok(Err(refusal)) => Err(ErrorData::invalid_params(refusal, None)),
+            // -32002 with `data.uri`, as 2025-11-25 recommends and 2026-07-28 requires.
+            Ok(Err(refusal)) if resources::tool_for(uri).is_none() => {
+                Err(ErrorData::resource_not_found(refusal, data))
+            }
+            Ok(Err(refusal)) => Err(ErrorData::invalid_params(refusal, data)),
             Err(e) => Err(gate_error(e)),
         }
     }
@@ -398,16 +424,25 @@ impl ServerHandler for ParallaxServer {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let _in_flight = self.drain.as_ref().map(|d| d.inflight.enter());
         // Per request (2026-07-28) or from `initialize` (sessions); rmcp reads both.
         let tasks = ctx
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());
         let auth = self.authenticate(&ctx).await?;
-        match self
+        let call = self
             .gate
-            .call(auth, &request.name, request.arguments, tasks)
-            .await
-        {
+            .call(auth, &request.name, request.arguments, tasks);
+        let outcome = match &self.drain {
+            Some(d) => tokio::select! {
+                outcome = call => outcome,
+                () = d.cut.cancelled() => {
+                    return Err(ErrorData::internal_error(SHUTTING_DOWN, None));
+                }
+            },
+            None => call.await,
+        };
+        match outcome {
             Ok(CallOutcome::Ok(value)) => Ok(CallToolResult::structured(value).into()),
             Ok(CallOutcome::Task(d)) => Ok(CallToolResponse::Task(CreateTaskResult::new(
                 task_of(&d).task,

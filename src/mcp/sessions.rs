@@ -6,6 +6,12 @@
 //! with the same 404 as an unknown session (so session ids cannot be probed), audited as denied.
 //! Bindings are forgotten when rmcp closes a session (DELETE, keep-alive expiry, worker exit), and
 //! [`SessionRegistry::close_agent`] ends all of one agent's sessions, e.g. when it is revoked.
+//!
+//! Sessions cost memory for as long as they live (rmcp keeps an idle one five minutes), so they
+//! are capped. An `initialize` past the agent's cap ([`SessionLimits::per_agent`]) closes the
+//! agent's least recently used session (clients that never `DELETE` keep working; the evicted
+//! session's next request gets 404 and re-initializes). One past the replica's cap
+//! ([`SessionLimits::global`]) is refused with HTTP 503 and a JSON-RPC error naming the limit.
 
 use super::gate::Gate;
 use super::server::HttpAuth;
@@ -29,7 +35,7 @@ use std::sync::{Arc, Mutex};
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Who opened a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Owner {
     workspace_id: String,
     agent_id: String,
@@ -46,15 +52,152 @@ impl Owner {
 
 /// rmcp's in-memory session manager plus the owner of each session. Shared by the `/mcp`
 /// service (as its [`SessionManager`]) and the rest of the server (through `HttpContext`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionRegistry {
     inner: LocalSessionManager,
-    owners: Mutex<HashMap<SessionId, Owner>>,
+    owners: Mutex<HashMap<SessionId, Bound>>,
+    /// `initialize` requests under way, per owner: they count against the caps until bound.
+    opening: Mutex<HashMap<Owner, usize>>,
+    limits: SessionLimits,
+}
+
+/// A session's owner and when it was last used.
+#[derive(Debug, Clone)]
+struct Bound {
+    owner: Owner,
+    last_used: std::time::Instant,
+}
+
+/// Caps on open MCP sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub per_agent: usize,
+    pub global: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            per_agent: 32,
+            global: 4096,
+        }
+    }
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        Self::new(SessionLimits::default())
+    }
+}
+
+/// JSON-RPC error code for a refused session (over a cap).
+pub const SESSION_LIMIT: i64 = -32031;
+
+/// Which cap a new session hit.
+enum Full {
+    Agent(usize),
+    Server(usize),
+}
+
+/// A session being opened, counted against the caps until it is bound (or fails).
+struct Opening<'a> {
+    registry: &'a SessionRegistry,
+    owner: Owner,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.registry.opening_lock();
+        if let Some(n) = opening.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                opening.remove(&self.owner);
+            }
+        }
+    }
 }
 
 impl SessionRegistry {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(limits: SessionLimits) -> Self {
+        let mut inner = LocalSessionManager::default();
+        // A smaller footprint per session: fewer buffered messages, finished request streams kept
+        // for late resumption 15 s instead of 60, and 10 s (not 60) to send `initialize`.
+        inner.session_config.channel_capacity = 8;
+        inner.session_config.completed_cache_ttl = std::time::Duration::from_secs(15);
+        inner.session_config.init_timeout = Some(std::time::Duration::from_secs(10));
+        Self {
+            inner,
+            owners: Mutex::default(),
+            opening: Mutex::default(),
+            limits: SessionLimits {
+                per_agent: limits.per_agent.max(1),
+                global: limits.global.max(1),
+            },
+        }
+    }
+
+    fn opening_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Owner, usize>> {
+        self.opening.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_of(owners: &HashMap<SessionId, Bound>, owner: &Owner) -> usize {
+        owners.values().filter(|b| b.owner == *owner).count()
+    }
+
+    /// Counts a session `owner` is opening. At the agent's cap its least recently used session
+    /// is closed first; at the replica's cap the new one is refused. Bindings whose session rmcp
+    /// already ended are dropped first, so only live sessions count.
+    async fn open(&self, owner: &Owner) -> Result<Opening<'_>, Full> {
+        let at_cap = {
+            let owners = self.lock();
+            Self::count_of(&owners, owner) + 1 > self.limits.per_agent
+                || owners.len() + 1 > self.limits.global
+        };
+        if at_cap {
+            let ids: Vec<SessionId> = self.lock().keys().cloned().collect();
+            for id in ids {
+                if !self.inner.has_session(&id).await.unwrap_or(true) {
+                    self.lock().remove(&id);
+                }
+            }
+        }
+        loop {
+            let lru = {
+                let owners = self.lock();
+                let pending = self.opening_lock().get(owner).copied().unwrap_or(0);
+                if Self::count_of(&owners, owner) + pending < self.limits.per_agent {
+                    break;
+                }
+                owners
+                    .iter()
+                    .filter(|(_, b)| b.owner == *owner)
+                    .min_by_key(|(_, b)| b.last_used)
+                    .map(|(id, _)| id.clone())
+            };
+            let Some(id) = lru else {
+                // Only sessions still opening: nothing to evict yet.
+                return Err(Full::Agent(self.limits.per_agent));
+            };
+            tracing::info!(
+                agent = %owner.agent_id,
+                limit = self.limits.per_agent,
+                "agent at its session cap: closing its least recently used session"
+            );
+            self.lock().remove(&id);
+            if let Err(e) = self.inner.close_session(&id).await {
+                tracing::warn!(error = %e, "could not close an evicted session");
+            }
+        }
+        let owners = self.lock();
+        let mut opening = self.opening_lock();
+        if owners.len() + opening.values().sum::<usize>() >= self.limits.global {
+            return Err(Full::Server(self.limits.global));
+        }
+        *opening.entry(owner.clone()).or_default() += 1;
+        Ok(Opening {
+            registry: self,
+            owner: owner.clone(),
+        })
     }
 
     /// Closes every open session of `agent_id` in `workspace_id`, ending its streams; returns how
@@ -64,7 +207,9 @@ impl SessionRegistry {
             let mut owners = self.lock();
             let ids: Vec<SessionId> = owners
                 .iter()
-                .filter(|(_, o)| o.workspace_id == workspace_id && o.agent_id == agent_id)
+                .filter(|(_, b)| {
+                    b.owner.workspace_id == workspace_id && b.owner.agent_id == agent_id
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &ids {
@@ -95,7 +240,7 @@ impl SessionRegistry {
         let mut agents: Vec<(String, String)> = self
             .lock()
             .values()
-            .map(|o| (o.workspace_id.clone(), o.agent_id.clone()))
+            .map(|b| (b.owner.workspace_id.clone(), b.owner.agent_id.clone()))
             .collect();
         agents.sort();
         agents.dedup();
@@ -111,11 +256,15 @@ impl SessionRegistry {
         self.len() == 0
     }
 
+    /// The session's owner; marks the session used now.
     fn owner(&self, id: &str) -> Option<Owner> {
-        self.lock().get(id).cloned()
+        let mut owners = self.lock();
+        let bound = owners.get_mut(id)?;
+        bound.last_used = std::time::Instant::now();
+        Some(bound.owner.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Owner>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Bound>> {
         // The map stays consistent even if a holder panicked: every update is one insert/remove.
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -228,6 +377,25 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
             None => return session_not_found(),
         }
     }
+    let opens = req
+        .extensions()
+        .get::<super::envelope::RpcMessage>()
+        .is_some_and(|m| m.method.as_deref() == Some("initialize"));
+    let opening = if opens {
+        match b.sessions.open(&owner).await {
+            Ok(o) => Some(o),
+            Err(full) => {
+                let id = req
+                    .extensions()
+                    .get::<super::envelope::RpcMessage>()
+                    .map(|m| m.id.clone())
+                    .unwrap_or_default();
+                return session_limit(full, id);
+            }
+        }
+    } else {
+        None
+    };
     let res = next.run(req).await;
     if let Some(id) = res
         .headers()
@@ -235,12 +403,51 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
         .and_then(|v| v.to_str().ok())
     {
         let id: SessionId = id.into();
-        b.sessions.lock().insert(id.clone(), owner);
+        b.sessions.lock().insert(
+            id.clone(),
+            Bound {
+                owner,
+                last_used: std::time::Instant::now(),
+            },
+        );
         // The session may already have ended (a failed handshake); don't keep a stale owner.
         if !b.sessions.inner.has_session(&id).await.unwrap_or(false) {
             b.sessions.lock().remove(&id);
         }
     }
+    drop(opening);
+    res
+}
+
+/// A refused `initialize`: 429 when the agent's cap is taken by sessions still opening, 503 at
+/// the replica's cap (another replica may have room); a JSON-RPC error either way.
+fn session_limit(full: Full, id: serde_json::Value) -> Response {
+    let (status, retry, message, limit) = match full {
+        Full::Agent(n) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "30",
+            format!(
+                "too many open MCP sessions for this agent (limit {n}); end one with DELETE or reuse it"
+            ),
+            n,
+        ),
+        Full::Server(n) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "5",
+            format!("this server holds its maximum of {n} MCP sessions; retry shortly"),
+            n,
+        ),
+    };
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": SESSION_LIMIT, "message": message, "data": { "limit": limit } },
+    });
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static(retry),
+    );
     res
 }
 
@@ -252,12 +459,9 @@ fn strip_session(mut res: Response) -> Response {
 
 /// The MCP spec's answer for an unknown or terminated session, also used for someone else's.
 fn session_not_found() -> Response {
-    (
+    crate::http::limits::refuse(
         StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({
-            "error": "session_not_found",
-            "message": "no such MCP session; start a new one with initialize",
-        })),
+        "session_not_found",
+        "no such MCP session; start a new one with initialize",
     )
-        .into_response()
 }

@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
+/// An entry to commit, or (`None`) a flush marker acknowledged once every entry before it is.
+type Submission = (Option<ActivityEntry>, Ack);
+
 /// The most entries one batch commits.
 const MAX_BATCH: usize = 512;
 
@@ -30,21 +33,26 @@ type Touched = HashMap<String, DateTime<Utc>>;
 /// A handle to the background writer; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<(ActivityEntry, Ack)>,
+    tx: mpsc::Sender<Submission>,
 }
 
 impl AuditWriter {
     /// Starts the writer on the current Tokio runtime. It stops when every handle is dropped.
     pub fn spawn(store: Store) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(ActivityEntry, Ack)>(4096);
+        let (tx, mut rx) = mpsc::channel::<Submission>(4096);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut touched = Touched::new();
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let entries: Vec<ActivityEntry> = batch.iter().map(|(e, _)| e.clone()).collect();
-                let result = write(&store, &entries, &mut touched)
-                    .await
-                    .map_err(|e| e.to_string());
+                let entries: Vec<ActivityEntry> =
+                    batch.iter().filter_map(|(e, _)| e.clone()).collect();
+                let result = if entries.is_empty() {
+                    Ok(())
+                } else {
+                    write(&store, &entries, &mut touched)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
                 if let Err(e) = &result {
                     tracing::error!(error = %e, entries = entries.len(), "audit batch failed");
                 }
@@ -56,11 +64,23 @@ impl AuditWriter {
         Self { tx }
     }
 
+    /// Waits until every entry submitted before it was committed (or failed): at shutdown, so no
+    /// entry still queued is lost with the process.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send((None, ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
     /// Submits an entry and waits until it is committed.
     pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
         let (ack, done) = oneshot::channel();
         let closed = || ServiceError::Store(StoreError::Unavailable("audit writer stopped".into()));
-        self.tx.send((entry, ack)).await.map_err(|_| closed())?;
+        self.tx
+            .send((Some(entry), ack))
+            .await
+            .map_err(|_| closed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!(

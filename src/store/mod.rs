@@ -12,6 +12,7 @@ mod chain;
 mod checkpoints;
 mod convert;
 mod entities;
+mod hygiene;
 mod inbound;
 mod members;
 mod notify;
@@ -191,9 +192,12 @@ impl Store {
                         .busy_timeout(Duration::from_secs(10))
                         .foreign_keys(true)
                         .create_if_missing(create == Create::IfMissing)
-                });
+                })
+                .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
         } else {
-            opts.max_connections(16).min_connections(1);
+            opts.max_connections(16)
+                .min_connections(1)
+                .map_sqlx_postgres_pool_opts(hygiene::guard_postgres);
         }
         let db = Database::connect(opts)
             .await
@@ -287,6 +291,36 @@ impl Store {
             .ping()
             .await
             .map_err(|e| StoreError::Unavailable(preflight::strip_source_line(&e.to_string())))
+    }
+
+    /// Commits a write that touches the database file, for readiness: on SQLite it rewrites the
+    /// header's `user_version` with its own value, on PostgreSQL it assigns a transaction id. Fails
+    /// while the store cannot commit (disk full, read-only file, I/O error, lock timeout).
+    pub async fn probe_write(&self) -> StoreResult<()> {
+        let tx = self.write().await?;
+        let backend = tx.tx.get_database_backend();
+        match backend {
+            DbBackend::Sqlite => {
+                let row = tx
+                    .tx
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        backend,
+                        "PRAGMA user_version",
+                    ))
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("no user_version".into()))?;
+                let version: i64 = row.try_get_by_index(0)?;
+                tx.tx
+                    .execute_unprepared(&format!("PRAGMA user_version = {version}"))
+                    .await?;
+            }
+            _ => {
+                tx.tx
+                    .execute_unprepared("SELECT pg_current_xact_id()")
+                    .await?;
+            }
+        }
+        tx.commit().await
     }
 
     /// Notified after each local commit that wrote events (other replicas' commits are seen by

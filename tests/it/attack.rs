@@ -511,7 +511,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
     assert_eq!(json_body(&res)["error"]["code"], "body_too_large");
 
     // A Content-Length that understates the body: only the declared bytes are the body (here:
-    // not JSON, refused by rmcp with 415); the rest is read as the next request, which is
+    // not JSON, a JSON-RPC parse error with 400); the rest is read as the next request, which is
     // garbage: 400 and the connection is closed.
     let body = format!("{{\"jsonrpc\":\"2.0\",\"pad\":\"{}\"}}", "x".repeat(8000));
     let lying = format!("{}{}", head("content-length: 10\r\n"), body);
@@ -520,7 +520,7 @@ async fn oversized_bodies_are_refused_with_413_however_they_are_sent() {
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| status_of(&res[i..]))
         .collect();
-    assert_eq!(statuses, [415, 400], "{res}");
+    assert_eq!(statuses, [400, 400], "{res}");
 
     // A Content-Length that overstates a small body is refused from the header.
     let res = raw(
@@ -571,25 +571,67 @@ async fn malformed_json_rpc_gets_a_clean_answer_and_the_server_goes_on() {
             .send()
     };
     let nested = "[".repeat(100_000).into_bytes();
+    let nested_object = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{}{}}}"#,
+        r#"{"a":"#.repeat(10_000),
+        "1".to_owned() + &"}".repeat(10_000)
+    )
+    .into_bytes();
     let mut bad_utf8 = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":""#.to_vec();
     bad_utf8.extend_from_slice(&[0xff, 0xfe, 0xc3]);
     bad_utf8.extend_from_slice(br#""}}"#);
-    for (what, body) in [
-        ("deep nesting", nested),
-        ("invalid UTF-8", bad_utf8),
-        ("not JSON", b"hello".to_vec()),
-        ("empty", Vec::new()),
+    let batch =
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#;
+    let huge_number = br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n":1e999}}"#;
+    let fractional_id = br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#;
+    let duplicate = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"agent_update_status","name":"agent_delegate_task","arguments":{"status":"idle"}}}"#;
+    for (what, body, code, message) in [
+        ("deep nesting", nested, -32600, "Invalid Request"),
+        (
+            "deep object nesting",
+            nested_object,
+            -32600,
+            "nested deeper than",
+        ),
+        ("invalid UTF-8", bad_utf8, -32700, "not valid UTF-8"),
+        ("not JSON", b"hello".to_vec(), -32700, "Parse error"),
+        ("empty", Vec::new(), -32700, "Parse error"),
+        (
+            "a batch",
+            batch.to_vec(),
+            -32600,
+            "batch requests are not supported",
+        ),
+        (
+            "a number out of range",
+            huge_number.to_vec(),
+            -32700,
+            "number out of range",
+        ),
+        (
+            "a fractional id",
+            fractional_id.to_vec(),
+            -32600,
+            "`id` must be",
+        ),
+        (
+            "a duplicated key",
+            duplicate.to_vec(),
+            -32600,
+            "duplicate key `name`",
+        ),
     ] {
-        // rmcp answers a body it cannot parse as JSON-RPC with 415 and a one-line reason.
+        // Refused before rmcp reads it: 400 with a JSON-RPC error object.
         let res = send(body).await.unwrap();
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        assert_eq!(status, 415, "{what}: {text}");
-        assert!(
-            text.starts_with("fail to deserialize request body"),
-            "{what}: {text}"
-        );
+        assert_eq!(status, 400, "{what}: {text}");
         assert!(text.len() < 1000, "{what}: a short answer");
+        let err: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {text}"));
+        assert_eq!(err["jsonrpc"], "2.0", "{what}");
+        assert_eq!(err["error"]["code"], code, "{what}: {text}");
+        let m = err["error"]["message"].as_str().unwrap();
+        assert!(m.contains(message), "{what}: {m}");
     }
     // Unknown method on a live session.
     let body = json!({ "jsonrpc": "2.0", "id": 7, "method": "admin/grant", "params": {} });
@@ -893,27 +935,36 @@ async fn idle_connections_and_slow_bodies_are_cut_but_streams_live_on() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_for_a_free_slot() {
+async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     let w = world().await;
     let server = spawn_http_env(&w.db.url, &[("PARALLAX_MAX_CONNECTIONS", "2")]).await;
     let get = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
-    let mut held = Vec::new();
+    // Two connections in the middle of a request (head half sent): busy, never shed.
+    let (head, rest) = get.split_at(20);
+    let mut busy = Vec::new();
     for _ in 0..2 {
         let mut tcp = TcpStream::connect(addr_of(&server.url)).await.unwrap();
-        tcp.write_all(get.as_bytes()).await.unwrap();
-        assert_eq!(
-            status_of(&read_some(&mut tcp, Duration::from_millis(500)).await),
-            200
-        );
-        held.push(tcp);
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        busy.push(tcp);
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = TcpStream::connect(addr_of(&server.url)).await.unwrap();
     third.write_all(get.as_bytes()).await.unwrap();
     let waiting = read_some(&mut third, Duration::from_millis(800)).await;
-    assert_eq!(waiting, "", "not served while two connections are open");
-    drop(held.pop());
+    assert_eq!(waiting, "", "not served while both connections are busy");
+    // One finishes its request and goes idle: it makes room for the third.
+    busy[0].write_all(rest.as_bytes()).await.unwrap();
+    let first = read_some(&mut busy[0], Duration::from_millis(500)).await;
+    assert_eq!(status_of(&first), 200, "{first}");
     let served = read_some(&mut third, Duration::from_secs(3)).await;
     assert_eq!(status_of(&served), 200, "{served}");
+    // The idle one was closed to make room (EOF), the busy one still finishes its request.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), busy[0].read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    busy[1].write_all(rest.as_bytes()).await.unwrap();
+    let second = read_some(&mut busy[1], Duration::from_secs(3)).await;
+    assert_eq!(status_of(&second), 200, "{second}");
 }
 
 // ---- stdio ----

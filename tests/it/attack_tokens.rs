@@ -908,12 +908,13 @@ async fn discovery_points_agents_at_the_token_endpoint() {
 // ---- rate limits ----
 
 #[tokio::test]
-async fn failed_logins_block_their_address_and_no_other() {
+async fn failed_logins_block_the_failing_credential_and_not_the_neighbours() {
     let f = fixture_with(&[
         ("PARALLAX_FAILED_AUTH_PER_MINUTE", "2"),
         ("PARALLAX_FAILED_AUTH_BURST", "5"),
     ])
     .await;
+    let other = approved_agent(&f.w.svc, &f.w.admin, "bot-neighbour", GRANT).await;
     let from = |ip: [u8; 4]| {
         reqwest::Client::builder()
             .local_address(std::net::IpAddr::from(ip))
@@ -925,18 +926,18 @@ async fn failed_logins_block_their_address_and_no_other() {
         from([127, 0, 0, 2]),
         from([127, 0, 0, 3]),
     );
+    // A revoked agent's key, retried in a loop from behind one NAT address.
     let bad = "mcp_agent_0000000000000000000000000000000000000000_000000";
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..1000 {
         let res = f.mcp_as(&one, &f.server.url, bad, initialize()).await;
         *statuses.entry(res.status().as_u16()).or_insert(0) += 1;
     }
-    // The burst of failures is answered, and the one that exceeds it (which blocks the address);
-    // everything after is refused before any key check.
+    // The burst of failures is answered, and the one that exceeds it (which blocks the address
+    // and the key); everything after is refused before any key check.
     assert_eq!(statuses, [(401, 6), (429, 994)].into_iter().collect());
-
-    // Even the right key is refused from .1 for now, with a Retry-After…
-    let res = f.mcp_as(&one, &f.server.url, &f.key, initialize()).await;
+    // The failing key stays refused from any address, with a Retry-After…
+    let res = f.mcp_as(&two, &f.server.url, bad, initialize()).await;
     assert_eq!(res.status(), 429);
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
@@ -946,12 +947,22 @@ async fn failed_logins_block_their_address_and_no_other() {
     assert!((1..=30).contains(&retry), "{retry}");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    // …while another address is served.
-    let res = f.mcp_as(&two, &f.server.url, &f.key, initialize()).await;
-    assert_eq!(res.status(), 200);
+    // …another failing key from the blocked address is refused as well…
+    let guess = "mcp_agent_1111111111111111111111111111111111111111_000000";
+    assert_eq!(
+        f.mcp_as(&one, &f.server.url, guess, initialize())
+            .await
+            .status(),
+        429
+    );
+    // …but the neighbours behind the same address, with valid keys, are served.
+    for key in [&f.key, &other] {
+        let res = f.mcp_as(&one, &f.server.url, key, initialize()).await;
+        assert_eq!(res.status(), 200);
+    }
 
-    // The token endpoint shares the limit: .1 is blocked there too, and bad client secrets from
-    // .3 count until .3 is blocked as well.
+    // The token endpoint shares the limit: the failing key is blocked there too, bad client
+    // secrets from .3 count until .3 and the secret are blocked, and valid secrets still pass.
     let token_req = |client: &reqwest::Client, secret: &str| {
         client
             .post(format!("{}/oauth/token", f.origin()))
@@ -961,15 +972,17 @@ async fn failed_logins_block_their_address_and_no_other() {
             ))
             .send()
     };
-    assert_eq!(token_req(&one, &f.key).await.unwrap().status(), 429);
-    for _ in 0..5 {
-        assert_eq!(token_req(&three, bad).await.unwrap().status(), 401);
+    assert_eq!(token_req(&two, bad).await.unwrap().status(), 429);
+    assert_eq!(token_req(&one, &f.key).await.unwrap().status(), 200);
+    let other_bad = "mcp_agent_2222222222222222222222222222222222222222_000000";
+    for _ in 0..6 {
+        assert_eq!(token_req(&three, other_bad).await.unwrap().status(), 401);
     }
-    assert_eq!(token_req(&three, bad).await.unwrap().status(), 401);
-    let res = token_req(&three, &f.key).await.unwrap();
+    let res = token_req(&three, other_bad).await.unwrap();
     assert_eq!(res.status(), 429);
     assert!(res.headers().contains_key("retry-after"));
-    assert_eq!(token_req(&two, &f.key).await.unwrap().status(), 200);
+    assert_eq!(token_req(&three, &f.key).await.unwrap().status(), 200);
+    assert_eq!(token_req(&two, &other).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -1314,8 +1327,11 @@ async fn behind_a_trusted_proxy_limits_key_on_the_forwarded_client() {
         statuses.push(via("203.0.113.7", bad).await.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
-    assert_eq!(via("203.0.113.7", &f.key).await.unwrap().status(), 429);
-    // …and the proxy's other clients are still served.
+    // …another guess from that client is refused at once, a valid key from it still passes…
+    let guess = "mcp_agent_1111111111111111111111111111111111111111_000000";
+    assert_eq!(via("203.0.113.7", guess).await.unwrap().status(), 429);
+    assert_eq!(via("203.0.113.7", &f.key).await.unwrap().status(), 200);
+    // …and the proxy's other clients are served.
     assert_eq!(via("203.0.113.8", &f.key).await.unwrap().status(), 200);
 }
 

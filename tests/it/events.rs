@@ -902,6 +902,15 @@ mod mcp_notify {
             unknown.to_string().contains("unknown resource"),
             "{unknown}"
         );
+        // -32002 with data.uri (2025-11-25 recommends it, 2026-07-28 requires data.uri).
+        let rmcp::ServiceError::McpError(e) = &unknown else {
+            panic!("a JSON-RPC error: {unknown}")
+        };
+        assert_eq!(e.code.0, -32002, "{unknown}");
+        assert_eq!(
+            e.data.as_ref().unwrap()["uri"],
+            "parallax://them/assignments"
+        );
 
         // Revocation closes the agent's session: the next request fails.
         w.svc.revoke_agent(&w.admin, "bot-s", "done").await.unwrap();

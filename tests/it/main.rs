@@ -6,6 +6,7 @@ mod attack_tokens;
 mod cli;
 mod control_plane;
 mod events;
+mod faults;
 mod mcp;
 mod repo;
 mod service;
