@@ -947,7 +947,9 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
         tcp.write_all(head.as_bytes()).await.unwrap();
         busy.push(tcp);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Long enough for the server to have read the half heads even on a loaded machine; before
+    // that the two would count as never-spoken, and those are shed first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut third = TcpStream::connect(addr_of(&server.url)).await.unwrap();
     third.write_all(get.as_bytes()).await.unwrap();
     let waiting = read_some(&mut third, Duration::from_millis(800)).await;
