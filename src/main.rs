@@ -28,6 +28,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(result) = cli::run_standalone(&cli) {
+        return Ok(result?);
+    }
     let listen = match &cli.command {
         cli::args::Command::Serve { listen } => listen.clone(),
         _ => None,

@@ -8,6 +8,7 @@ mod control_plane;
 mod events;
 mod faults;
 mod mcp;
+mod packaging;
 mod repo;
 mod service;
 mod setup;
