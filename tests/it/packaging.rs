@@ -219,3 +219,169 @@ fn read_pages(dir: &Path) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// `examples/systemd/parallax-mcp.service`, as (key, value) pairs of its `[Service]` section;
+/// with `commented`, also the settings shown commented out (`#Key=value`).
+fn unit_service_settings(commented: bool) -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/parallax-mcp.service");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut section = "";
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        let line = match line.strip_prefix('#') {
+            Some(rest) if commented && !rest.starts_with(' ') => rest,
+            _ if line.starts_with('#') || line.is_empty() => continue,
+            _ => line,
+        };
+        if section == "[Service]"
+            && let Some((k, v)) = line.split_once('=')
+        {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    out
+}
+
+/// The systemd unit runs `serve` unprivileged in a sandbox, sets only variables the server
+/// knows, and serves when started as it says (its state directory moved to a temporary one).
+#[tokio::test]
+async fn the_systemd_unit_is_hardened_and_serves_as_written() {
+    use tokio::io::AsyncBufReadExt;
+    let settings = unit_service_settings(false);
+    let get = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (key, want) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "parallax-mcp"),
+        ("StateDirectoryMode", "0700"),
+        ("User", "parallax-mcp"),
+    ] {
+        assert_eq!(get(key), vec![want], "{key}");
+    }
+    let families = get("RestrictAddressFamilies").join(" ");
+    assert_eq!(families, "AF_INET AF_INET6 AF_UNIX");
+
+    let exec = get("ExecStart");
+    let words: Vec<&str> = exec[0].split_whitespace().collect();
+    assert_eq!(words[0], "/usr/local/bin/parallax-mcp");
+    let parsed = <Cli as clap::Parser>::try_parse_from(&words).unwrap();
+    assert!(parallax_mcp::cli::is_server(&parsed), "{words:?}");
+
+    // Every variable the unit sets or suggests is one the server reads.
+    let all = unit_service_settings(true);
+    let env: Vec<(String, String)> = all
+        .iter()
+        .filter(|(k, _)| k == "Environment")
+        .map(|(_, v)| {
+            let (name, value) = v.split_once('=').unwrap();
+            (name.to_owned(), value.to_owned())
+        })
+        .collect();
+    assert!(env.iter().any(|(n, _)| n == "PARALLAX_CONFIG"));
+    let unknown = parallax_mcp::config::reference::unknown_variables(env.iter().map(|(n, _)| n));
+    assert!(unknown.is_empty(), "{unknown:?}");
+
+    // Started as the unit says, with /var/lib/parallax-mcp in a temporary directory: the
+    // database is created in the state directory and nothing warns.
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(&words[1..])
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (name, value) in unit_service_settings(false)
+        .iter()
+        .filter(|(k, _)| k == "Environment")
+        .map(|(_, v)| v.split_once('=').unwrap())
+    {
+        let value = value.replace("/var/lib/parallax-mcp", state_dir);
+        let value = if name == "PARALLAX_LISTEN" {
+            assert_eq!(
+                value, "127.0.0.1:8720",
+                "loopback until a proxy is in front"
+            );
+            "127.0.0.1:0".to_owned()
+        } else {
+            value
+        };
+        cmd.env(name, value);
+    }
+    cmd.current_dir(state.path());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let listening = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line.contains("listening on http://127.0.0.1:") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("listening in time");
+    assert!(listening, "server exited: {seen:#?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("warning")),
+        "{seen:#?}"
+    );
+    assert!(state.path().join("parallax.db").is_file(), "{seen:#?}");
+    child.kill().await.unwrap();
+
+    // Where systemd is installed, it accepts the unit and rates its exposure 2.0 or lower.
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze not installed: only the checks above ran");
+        return;
+    };
+    assert!(version.status.success());
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/parallax-mcp.service"),
+    )
+    .unwrap()
+    .replace("/usr/local/bin/parallax-mcp", BIN);
+    let unit = state.path().join("parallax-mcp.service");
+    std::fs::write(&unit, text).unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        security.status.success(),
+        "exposure above 2.0: {}",
+        String::from_utf8_lossy(&security.stdout)
+    );
+}
