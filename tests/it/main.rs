@@ -7,6 +7,7 @@ mod cli;
 mod control_plane;
 mod events;
 mod faults;
+mod logs;
 mod mcp;
 mod packaging;
 mod repo;
