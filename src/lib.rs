@@ -36,7 +36,8 @@
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.
-//! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members.
+//! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members, and the shell
+//!   completions and man pages generated from it (`cli::generate`; `docs/man/` is committed).
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags. Every
 //!   key is defined once in `config::schema`; the README table, `parallax.example.toml` and
 //!   `config check` are generated from it (`config::reference`).

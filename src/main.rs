@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use parallax_mcp::cli::{self, Cli, CliError};
-use parallax_mcp::config::{Config, ConfigError, Overrides};
+use parallax_mcp::config::{Config, ConfigError, LogFormat, Overrides};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -12,7 +12,6 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     // Clap prints its own usage errors and exits 2; `--help` and `--version` exit 0.
     let cli = Cli::parse();
-    init_logging(cli::is_server(&cli));
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -28,6 +27,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(result) = cli::run_standalone(&cli) {
+        return Ok(result?);
+    }
     let listen = match &cli.command {
         cli::args::Command::Serve { listen } => listen.clone(),
         _ => None,
@@ -38,12 +40,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         db_path: cli.global.db.clone(),
         listen,
     };
-    // Once per run, before anything else is printed: a misspelt variable is otherwise silent.
+    // Once per run, before anything else is logged: a misspelt variable is otherwise silent.
     let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
-    for warning in parallax_mcp::config::reference::unknown_variables(names) {
-        eprintln!("warning: {warning}");
+    let mut warnings = parallax_mcp::config::reference::unknown_variables(names);
+    // Logging waits for the configuration, which says its format; a misspelt variable may be
+    // why the configuration failed, so say so first.
+    let config = match Config::load(&flags) {
+        Ok(config) => config,
+        Err(e) => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            return Err(e.into());
+        }
+    };
+    warnings.extend(init_logging(cli::is_server(&cli), config.log.format));
+    for warning in warnings {
+        match config.log.format {
+            LogFormat::Text => eprintln!("warning: {warning}"),
+            LogFormat::Json => tracing::warn!("{warning}"),
+        }
     }
-    let config = Config::load(&flags)?;
     cli::run(cli, &config).await?;
     Ok(())
 }
@@ -60,26 +77,34 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Logs go to stderr only: in `stdio` mode stdout carries the MCP protocol, and for the admin
 /// commands stdout is the answer. Servers log at `info` by default, one-shot commands at `warn` so
-/// their output stays clean; `PARALLAX_LOG` (or `RUST_LOG`) overrides either.
-fn init_logging(server: bool) {
+/// their output stays clean; `PARALLAX_LOG` (or `RUST_LOG`) overrides either. In `json` format
+/// every line is one JSON object, so the warning about a bad filter is returned to be logged.
+fn init_logging(server: bool, format: LogFormat) -> Option<String> {
     // rmcp logs every stateless request at `info`; its warnings are what an operator needs.
     let default = if server { "info,rmcp=warn" } else { "warn" };
     let spec = std::env::var("PARALLAX_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .filter(|s| !s.trim().is_empty());
-    let filter = match spec.as_deref().map(EnvFilter::try_new) {
-        Some(Ok(f)) => f,
-        Some(Err(e)) => {
-            eprintln!("warning: ignoring invalid PARALLAX_LOG/RUST_LOG filter: {e}");
-            EnvFilter::new(default)
-        }
-        None => EnvFilter::new(default),
+    let (filter, warning) = match spec.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, None),
+        Some(Err(e)) => (
+            EnvFilter::new(default),
+            Some(format!(
+                "ignoring invalid PARALLAX_LOG/RUST_LOG filter: {e}"
+            )),
+        ),
+        None => (EnvFilter::new(default), None),
     };
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(color).init();
+        }
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+    warning
 }

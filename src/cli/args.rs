@@ -141,6 +141,17 @@ pub enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print a shell completion script, e.g. `parallax-mcp completions bash > /etc/bash_completion.d/parallax-mcp`
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a directory
+    Man {
+        /// Write parallax-mcp.1 and one parallax-mcp-COMMAND.1 per command here (created if missing)
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -71,6 +71,9 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         Command::Config(ConfigCmd::Check) => {
             return Ok(crate::config::reference::check_report(config));
         }
+        // Also run before configuration is loaded (`cli::run_standalone`).
+        Command::Completions { shell } => return Ok(super::generate::completions(shell)),
+        Command::Man { out } => return super::generate::man(out.as_deref()),
         _ => {}
     }
     // Only `workspace create` may start a new database; every other command needs one to exist.
@@ -93,7 +96,9 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         | Command::Stdio
         | Command::Migrate { .. }
         | Command::SigningKey(_)
-        | Command::Config(_) => {
+        | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("handled above")
         }
         Command::Workspace(cmd) => workspace(&ctx, cmd).await,

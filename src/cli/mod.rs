@@ -8,6 +8,7 @@
 
 pub mod args;
 mod commands;
+mod generate;
 mod output;
 
 pub use args::Cli;
@@ -91,6 +92,22 @@ fn store_code(e: &StoreError) -> u8 {
 /// Runs one parsed command against `config`, printing its result on stdout.
 pub async fn run(cli: Cli, config: &Config) -> Result<(), CliError> {
     let text = commands::dispatch(cli, config).await?;
+    print(&text)
+}
+
+/// Runs the commands that describe the CLI itself (`completions`, `man`), which need neither
+/// configuration nor a database, so a broken config file cannot stop them. `None` for the rest.
+pub fn run_standalone(cli: &Cli) -> Option<Result<(), CliError>> {
+    let text = match &cli.command {
+        args::Command::Completions { shell } => Ok(generate::completions(*shell)),
+        args::Command::Man { out } => generate::man(out.as_deref()),
+        _ => return None,
+    };
+    Some(text.and_then(|t| print(&t)))
+}
+
+/// Writes a command's answer on stdout.
+fn print(text: &str) -> Result<(), CliError> {
     if text.is_empty() {
         return Ok(());
     }

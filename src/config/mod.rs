@@ -10,8 +10,8 @@ pub mod reference;
 pub mod schema;
 
 pub use schema::{
-    AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, StdioConfig,
-    WebhooksConfig,
+    AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, LogConfig, LogFormat,
+    StdioConfig, WebhooksConfig,
 };
 
 use crate::store::database_url_for_path;

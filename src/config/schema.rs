@@ -91,6 +91,41 @@ impl<T: Value> Value for Option<T> {
     }
 }
 
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl Value for LogFormat {
+    fn from_env(name: &str, raw: &str) -> Result<Self, ConfigError> {
+        match raw.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ConfigError(format!(
+                "{name} must be text or json, got {raw:?}"
+            ))),
+        }
+    }
+    fn to_toml(&self) -> Option<String> {
+        Some(format!("\"{}\"", self.as_str()))
+    }
+}
+
 /// How `config check` and `Debug` show a value.
 pub mod shown {
     use super::Value;
@@ -408,6 +443,13 @@ config_schema! {
         /// How often a stream re-checks that its member still has access, in milliseconds.
         access_check_ms: Option<u64> = None => "PARALLAX_EVENTS_ACCESS_CHECK_MS", plain,
             unset "30000", eg "30000";
+    }
+
+    /// The `[log]` table: how logs are written (what is logged is `PARALLAX_LOG`).
+    [log] LogConfig / FileLog {
+        /// Log line format on stderr: `text` for people, or `json` for one JSON object per line
+        /// (`level`, `fields.message`, `target`, `timestamp`) for a log collector.
+        format: LogFormat = LogFormat::Text => "PARALLAX_LOG_FORMAT", plain;
     }
 }
 
