@@ -774,7 +774,14 @@ async fn main() -> Result<()> {
         cmd.args(["--database-url", db, "serve", "--listen", "127.0.0.1:0"])
             .env("NO_COLOR", "1")
             // The default log level is part of what is measured.
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // One agent opens every session from one address: lift the per-agent and per-address
+            // caps (which would rightly close or refuse its 64th session) so the load is the
+            // benchmark's, not the limits'.
+            .env("PARALLAX_MAX_SESSIONS_PER_AGENT", "100000")
+            .env("PARALLAX_MAX_CONNECTIONS_PER_ADDRESS", "100000")
+            .env("PARALLAX_MAX_CONNECTIONS", "100000")
+            .env("PARALLAX_MAX_SESSIONS", "100000");
         cmd
     };
     let mut bare_cmd = Command::new(&bare_bin);
