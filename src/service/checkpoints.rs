@@ -243,19 +243,8 @@ impl Service {
         every: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let svc = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if let Err(e) = svc.checkpoint_due().await {
-                    tracing::warn!(error = %e, "signing audit checkpoints failed; retrying");
-                }
-            }
+        self.every(every, stop, "signing audit checkpoints", |svc| async move {
+            svc.checkpoint_due().await.map(drop)
         });
     }
 

@@ -191,19 +191,8 @@ impl Service {
         every: std::time::Duration,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let svc = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if let Err(e) = svc.record_expired_access().await {
-                    tracing::warn!(error = %e, "recording expired grants failed; retrying");
-                }
-            }
+        self.every(every, stop, "recording expired grants", |svc| async move {
+            svc.record_expired_access().await.map(drop)
         });
     }
 }

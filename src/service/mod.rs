@@ -224,3 +224,33 @@ pub(crate) fn bounded_text(field: &str, value: &str, max: usize) -> ServiceResul
     }
     Ok(value.to_owned())
 }
+
+impl Service {
+    /// Runs `job` every `every` until `stop`, on its own task; a failure is logged and the next
+    /// tick tries again. Background duties (expiries, checkpoints) that every replica may run.
+    pub(crate) fn every<F, Fut>(
+        &self,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+        what: &'static str,
+        job: F,
+    ) where
+        F: Fn(Service) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ServiceResult<()>> + Send,
+    {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = job(svc.clone()).await {
+                    tracing::warn!(error = %e, "{what} failed; retrying");
+                }
+            }
+        });
+    }
+}
