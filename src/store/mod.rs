@@ -191,6 +191,10 @@ impl Store {
                         .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                         .foreign_keys(true)
+                        // Each audit commit makes every other connection drop its page cache, so
+                        // a read tool re-reads its pages every call: mapped, that is a memory
+                        // access instead of a pread each.
+                        .pragma("mmap_size", "268435456")
                         .create_if_missing(create == Create::IfMissing)
                 })
                 .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
