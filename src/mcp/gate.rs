@@ -150,14 +150,9 @@ impl Gate {
         args: Option<Map<String, Value>>,
         tasks: bool,
     ) -> Result<CallOutcome, GateError> {
-        let caller = match auth {
-            Ok(c) => c,
-            Err(refusal) => {
-                self.audit_refusal(&refusal, &format!("call to {name}"))
-                    .await;
-                return Err(GateError::Unauthenticated(refusal.error.to_string()));
-            }
-        };
+        let caller = self
+            .authenticated(auth, || format!("call to {name}"))
+            .await?;
         let args = Value::Object(args.unwrap_or_default());
         let entry = |outcome: &str, reason: &str| self.entry(&caller, name, &args, outcome, reason);
 
@@ -212,22 +207,12 @@ impl Gate {
         action: &str,
         uri: &str,
     ) -> Result<Result<AgentCaller, String>, GateError> {
-        let caller = match auth {
-            Ok(c) => c,
-            Err(refusal) => {
-                self.audit_refusal(&refusal, &format!("{action} {uri}"))
-                    .await;
-                return Err(GateError::Unauthenticated(refusal.error.to_string()));
-            }
-        };
+        let caller = self
+            .authenticated(auth, || format!("{action} {uri}"))
+            .await?;
+        let subject = format!("{action} {uri}");
         let entry = |outcome: &str, reason: &str| {
-            Activity::new(caller.workspace_id(), &caller.actor(), "resource.access")
-                .outcome(outcome)
-                .description(&if reason.is_empty() {
-                    format!("{action} {uri}")
-                } else {
-                    format!("{action} {uri}: {reason}")
-                })
+            decision(&caller, "resource.access", &subject, outcome, reason)
                 .metadata(
                     json!({ "action": action, "uri": uri, "credential": caller.credential_id() }),
                 )
@@ -277,22 +262,12 @@ impl Gate {
         task_id: &str,
     ) -> Result<Result<Delegation, String>, GateError> {
         let method = action.method();
-        let caller = match auth {
-            Ok(c) => c,
-            Err(refusal) => {
-                self.audit_refusal(&refusal, &format!("{method} {task_id}"))
-                    .await;
-                return Err(GateError::Unauthenticated(refusal.error.to_string()));
-            }
-        };
+        let caller = self
+            .authenticated(auth, || format!("{method} {task_id}"))
+            .await?;
+        let subject = format!("{method} {task_id}");
         let entry = |outcome: &str, reason: &str| {
-            Activity::new(caller.workspace_id(), &caller.actor(), "mcp.task")
-                .outcome(outcome)
-                .description(&if reason.is_empty() {
-                    format!("{method} {task_id}")
-                } else {
-                    format!("{method} {task_id}: {reason}")
-                })
+            decision(&caller, "mcp.task", &subject, outcome, reason)
                 .metadata(json!({ "method": method, "taskId": task_id, "credential": caller.credential_id() }))
                 .build()
         };
@@ -391,6 +366,22 @@ impl Gate {
         result
     }
 
+    /// The caller, or the refusal audited (`what` names the request) and answered as
+    /// unauthenticated: the first step of every request through the gate.
+    async fn authenticated(
+        &self,
+        auth: Result<AgentCaller, AgentAuthRefusal>,
+        what: impl FnOnce() -> String,
+    ) -> Result<AgentCaller, GateError> {
+        match auth {
+            Ok(caller) => Ok(caller),
+            Err(refusal) => {
+                self.audit_refusal(&refusal, &what()).await;
+                Err(GateError::Unauthenticated(refusal.error.to_string()))
+            }
+        }
+    }
+
     async fn record(&self, entry: ActivityEntry) -> Result<(), GateError> {
         self.audit
             .record(entry)
@@ -415,18 +406,31 @@ impl Gate {
             text.truncate(cut);
             text.push('…');
         }
-        Activity::new(caller.workspace_id(), &caller.actor(), "tool.call")
-            .outcome(outcome)
-            .description(&if reason.is_empty() {
-                tool.to_owned()
-            } else {
-                format!("{tool}: {reason}")
-            })
+        decision(caller, "tool.call", tool, outcome, reason)
             .metadata(
                 json!({ "tool": tool, "arguments": text, "credential": caller.credential_id() }),
             )
             .build()
     }
+}
+
+/// A gate decision about `subject` ("resources/read parallax://…", "tasks/get ID"): its
+/// outcome, and the reason in the description when there is one.
+fn decision(
+    caller: &AgentCaller,
+    activity_type: &str,
+    subject: &str,
+    outcome: &str,
+    reason: &str,
+) -> Activity {
+    let description = if reason.is_empty() {
+        subject.to_owned()
+    } else {
+        format!("{subject}: {reason}")
+    };
+    Activity::new(caller.workspace_id(), &caller.actor(), activity_type)
+        .outcome(outcome)
+        .description(&description)
 }
 
 fn parse<T: DeserializeOwned>(tool: &str, args: &Value) -> Result<T, GateError> {
