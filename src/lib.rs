@@ -38,6 +38,8 @@
 //!   `domain`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members, and the shell
 //!   completions and man pages generated from it (`cli::generate`; `docs/man/` is committed).
+//! - [`telemetry`]: Prometheus metrics (`telemetry::metrics`: every metric's name and labels in
+//!   one place, recorded by each layer, served by `serve` on its own `[metrics] listen`).
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags. Every
 //!   key is defined once in `config::schema`; the README table, `parallax.example.toml` and
 //!   `config check` are generated from it (`config::reference`).
@@ -79,3 +81,4 @@ pub mod http;
 pub mod mcp;
 pub mod service;
 pub mod store;
+pub mod telemetry;

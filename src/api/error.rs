@@ -29,6 +29,7 @@ impl ApiError {
 
     /// 429: too many failed authentications from the caller's address.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
+        crate::telemetry::metrics::rate_limited("failed_auth");
         Self {
             retry_after: Some(retry_after_secs),
             ..Self::new(

@@ -51,6 +51,7 @@ pub async fn stream(
     let last = sse::parse_last_event_id(last).map_err(ApiError::invalid)?;
     let limit = ctx.opts.max_event_streams_per_member;
     let slot = ctx.event_streams.acquire(&m, limit).ok_or_else(|| {
+        crate::telemetry::metrics::rate_limited("event_streams");
         let mut e = ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "too_many_streams",

@@ -151,6 +151,22 @@ pub enum AgentAuthError {
     InvalidToken(String),
 }
 
+impl AgentAuthError {
+    /// A fixed word for the reason, for metrics labels (never the token or key).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AgentAuthError::Malformed => "malformed",
+            AgentAuthError::UnknownKey => "unknown_key",
+            AgentAuthError::KeyRevoked => "key_revoked",
+            AgentAuthError::KeyExpired => "key_expired",
+            AgentAuthError::NotApproved(_) => "not_approved",
+            AgentAuthError::WorkspaceDisabled => "workspace_disabled",
+            AgentAuthError::AccessExpired => "access_expired",
+            AgentAuthError::InvalidToken(_) => "invalid_token",
+        }
+    }
+}
+
 /// The outcome of checking a key: the caller, or a refusal with enough context to audit it.
 #[derive(Debug, Clone)]
 pub struct AgentAuthRefusal {

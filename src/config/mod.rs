@@ -11,7 +11,7 @@ pub mod schema;
 
 pub use schema::{
     AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, LogConfig, LogFormat,
-    StdioConfig, WebhooksConfig,
+    MetricsConfig, StdioConfig, WebhooksConfig,
 };
 
 use crate::store::database_url_for_path;
@@ -261,6 +261,9 @@ impl Config {
             )));
         }
         check_listen(&self.listen)?;
+        if let Some(listen) = &self.metrics.listen {
+            check_listen(listen).map_err(|e| ConfigError(format!("[metrics] {}", e.0)))?;
+        }
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|k| self.database_url.starts_with(k)) {
             return Err(ConfigError(format!(

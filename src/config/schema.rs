@@ -451,6 +451,14 @@ config_schema! {
         /// (`level`, `fields.message`, `target`, `timestamp`) for a log collector.
         format: LogFormat = LogFormat::Text => "PARALLAX_LOG_FORMAT", plain;
     }
+
+    /// The `[metrics]` table: Prometheus metrics of `serve`.
+    [metrics] MetricsConfig / FileMetrics {
+        /// Address of the Prometheus endpoint (`GET /metrics`, text format): a listener of its own,
+        /// never the agents' port. Keep it on a private address.
+        listen: Option<String> = None => "PARALLAX_METRICS_LISTEN", plain,
+            unset "off: no metrics are recorded or served", eg "\"127.0.0.1:9464\"";
+    }
 }
 
 impl AuthConfig {

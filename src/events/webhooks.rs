@@ -194,7 +194,14 @@ async fn deliver(
         attempt.status = DeliveryStatus::Disabled;
     }
     tx.record_delivery_attempt(&d.id, &attempt, t).await?;
-    tx.commit().await
+    tx.commit().await?;
+    crate::telemetry::metrics::webhook_delivery(match attempt.status {
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Pending => "retry",
+        DeliveryStatus::Failed => "failed",
+        DeliveryStatus::Disabled => "disabled",
+    });
+    Ok(())
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, base × 2^attempts)].

@@ -70,6 +70,8 @@ pub struct HttpOptions {
     pub max_sessions_per_agent: usize,
     /// Open event streams per member at most; past it a new stream is refused.
     pub max_event_streams_per_member: usize,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`); `None`: no metrics.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for HttpOptions {
@@ -98,6 +100,7 @@ impl Default for HttpOptions {
             max_sessions: 4096,
             max_sessions_per_agent: 32,
             max_event_streams_per_member: 8,
+            metrics_listen: None,
         }
     }
 }
@@ -202,7 +205,7 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
 
 /// Why `listen` cannot be bound, in one line. A taken port or an address this machine does not
 /// have is a configuration problem (exit 2), not an outage.
-fn listen_error(listen: &str, e: &std::io::Error) -> ServeError {
+pub(crate) fn listen_error(listen: &str, e: &std::io::Error) -> ServeError {
     use std::io::ErrorKind;
     match e.kind() {
         ErrorKind::AddrInUse => ServeError::Config(format!(
@@ -227,6 +230,7 @@ fn http_options(config: &Config) -> HttpOptions {
         ..HttpOptions::default()
     };
     opts.public_url = config.public_url.clone();
+    opts.metrics_listen = config.metrics.listen.clone();
     if let Some(hosts) = &config.http.allowed_hosts {
         opts.allowed_hosts = hosts.clone();
     }
@@ -333,6 +337,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
+    if let Some(listen) = &ctx.opts.metrics_listen {
+        serve_metrics(&ctx, listen).await?;
+    }
     // The webhook worker stops with the server; an attempt cut short keeps its lease and is
     // retried when the lease ends (here or on another replica).
     tokio::spawn(events::webhooks::run(
@@ -392,6 +399,9 @@ pub async fn run_with(
         .layer(axum::middleware::from_fn_with_state(
             ctx.opts.clone(),
             limits::enforce,
+        ))
+        .layer(axum::middleware::from_fn(
+            crate::telemetry::metrics::count_streams,
         ));
     if ctx.opts.allowed_hosts.is_empty() {
         tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
@@ -416,6 +426,23 @@ pub async fn run_with(
     ctx.gate.flush_audit().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the Prometheus endpoint and serves it until the server closes. Gauges of this replica's
+/// state (sessions, pool, outbox) are read at each scrape.
+async fn serve_metrics(ctx: &HttpContext, listen: &str) -> Result<(), ServeError> {
+    use crate::telemetry::metrics::{self, Sampler, Snapshot};
+    let (store, sessions) = (ctx.service.store().clone(), ctx.sessions.clone());
+    let sample: Sampler = Arc::new(move || {
+        let (store, sessions) = (store.clone(), sessions.clone());
+        Box::pin(async move {
+            Snapshot {
+                http_sessions: Some(sessions.len()),
+                ..Snapshot::of_store(&store).await
+            }
+        })
+    });
+    metrics::listen(listen, sample, ctx.closing.clone()).await
 }
 
 /// How long calls cut by the drain limit have to send their JSON-RPC error.

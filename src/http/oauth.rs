@@ -218,6 +218,7 @@ async fn token(State(st): State<OAuthState>, req: Request) -> Response {
         }
     };
     if let Some(wait) = st.ctx.failed_auth.credential_blocked(&secret) {
+        crate::telemetry::metrics::rate_limited("failed_auth");
         return too_many_requests(wait, "too many failed authentications with this credential");
     }
     let caller = match auth::agent(st.ctx.service.store(), &secret).await {
@@ -325,10 +326,12 @@ impl OAuthState {
         description: &str,
     ) -> Response {
         let blocked = self.ctx.failed_auth.failed(peer, secret);
-        if let Some(r) = refusal {
-            self.gate.audit_refusal(r, "token request").await;
+        match refusal {
+            Some(r) => self.gate.audit_refusal(r, "token request").await,
+            None => crate::telemetry::metrics::auth_refused("invalid_client"),
         }
         if let Some(wait) = blocked {
+            crate::telemetry::metrics::rate_limited("failed_auth");
             return too_many_requests(wait, "too many failed authentications");
         }
         error(StatusCode::UNAUTHORIZED, "invalid_client", description)

@@ -112,8 +112,10 @@ impl Gate {
     }
 
     /// Records a refused authentication where the key identified its owner (a revoked or expired
-    /// key, a pending agent); a key that matches nothing has no workspace to record it in.
+    /// key, a pending agent); a key that matches nothing has no workspace to record it in. Every
+    /// refused agent credential passes here, so it is also where refusals are counted.
     pub async fn audit_refusal(&self, refusal: &AgentAuthRefusal, what: &str) {
+        crate::telemetry::metrics::auth_refused(refusal.error.reason());
         match &refusal.owner {
             Some((ws, agent)) => {
                 let entry = Activity::new(ws, &Actor::Agent(agent.clone()), "auth.refused")

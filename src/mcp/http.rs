@@ -105,9 +105,11 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
     }
     let bearer = oauth::bearer(req.headers()).map(str::to_owned);
     let Some(token) = bearer else {
+        crate::telemetry::metrics::auth_refused("missing_credential");
         return unauthorized(&state, "missing bearer credential", None);
     };
     if let Some(wait) = state.ctx.failed_auth.credential_blocked(&token) {
+        crate::telemetry::metrics::rate_limited("failed_auth");
         return oauth::too_many_requests(
             wait,
             "too many failed authentications with this credential",
@@ -128,6 +130,7 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
             let blocked = state.ctx.failed_auth.failed(peer, Some(&token));
             state.gate.audit_refusal(&refusal, "http request").await;
             if let Some(wait) = blocked {
+                crate::telemetry::metrics::rate_limited("failed_auth");
                 return oauth::too_many_requests(wait, "too many failed authentications");
             }
             return unauthorized(&state, &refusal.error.to_string(), Some("invalid_token"));
@@ -142,6 +145,7 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
         }
     };
     if let Err(wait) = state.gate.limiter().check(&caller) {
+        crate::telemetry::metrics::rate_limited("agent");
         return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
     }
     let mut req = if caller.is_narrowed() {

@@ -78,12 +78,22 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         crate::events::EventOptions::from_config(config).poll_interval,
         tokio_util::sync::CancellationToken::new(),
     );
+    if let Some(listen) = &config.metrics.listen {
+        let store = gate.service().store().clone();
+        let sample: crate::telemetry::metrics::Sampler = std::sync::Arc::new(move || {
+            let store = store.clone();
+            Box::pin(async move { crate::telemetry::metrics::Snapshot::of_store(&store).await })
+        });
+        let stop = tokio_util::sync::CancellationToken::new();
+        crate::telemetry::metrics::listen(listen, sample, stop).await?;
+    }
     let server =
         server::ParallaxServer::new(gate, server::Credential::Key(key.into())).with_feed(feed);
     let max_line = config
         .stdio
         .max_line_bytes
         .unwrap_or(stdio::DEFAULT_MAX_LINE_BYTES);
+    let _session = crate::telemetry::metrics::stdio_session_opened();
     let (stdin, stdout) = rmcp::transport::stdio();
     let io = stdio::bounded(stdin, stdout, max_line);
     let running = server

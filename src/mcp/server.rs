@@ -8,6 +8,7 @@ use crate::auth::{self, AgentAuthRefusal, AgentCaller};
 use crate::domain::{Delegation, DelegationStatus, Timestamp};
 use crate::events::Feed;
 use crate::service::ServiceError;
+use crate::telemetry::metrics;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
     CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, JsonObject,
@@ -143,6 +144,7 @@ impl ParallaxServer {
                 if let Ok(caller) = &outcome
                     && let Err(wait) = self.gate.limiter().check(caller)
                 {
+                    metrics::rate_limited("agent");
                     let secs = crate::http::ratelimit::retry_after_secs(wait);
                     return Err(ErrorData::new(
                         RATE_LIMITED,
@@ -425,11 +427,42 @@ impl ServerHandler for ParallaxServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let _in_flight = self.drain.as_ref().map(|d| d.inflight.enter());
+        let started = std::time::Instant::now();
+        // The label is the catalogue's name, never the caller's string.
+        let tool = super::catalogue::find(&request.name).map_or("unknown", |spec| spec.name);
+        let (response, outcome) = self.gated_call(request, &ctx).await;
+        metrics::tool_call(tool, self.transport(), outcome, started.elapsed());
+        response
+    }
+}
+
+impl ParallaxServer {
+    /// The transport this handler serves, as metrics name it.
+    fn transport(&self) -> metrics::Transport {
+        match self.credential {
+            Credential::Key(_) => metrics::Transport::Stdio,
+            Credential::PerRequest => metrics::Transport::Http,
+        }
+    }
+
+    /// `tools/call` through the gate (cut short with an error by shutdown's drain limit), and
+    /// what became of it for metrics.
+    async fn gated_call(
+        &self,
+        request: CallToolRequestParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> (Result<CallToolResponse, ErrorData>, metrics::CallOutcome) {
+        use metrics::CallOutcome::{Allowed, Denied, Error};
         // Per request (2026-07-28) or from `initialize` (sessions); rmcp reads both.
         let tasks = ctx
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());
-        let auth = self.authenticate(&ctx).await?;
+        let auth = match self.authenticate(ctx).await {
+            Ok(auth) => auth,
+            // The store failed, or a rate limit refused the call.
+            Err(e) if e.code == rmcp::model::ErrorCode::INTERNAL_ERROR => return (Err(e), Error),
+            Err(e) => return (Err(e), Denied),
+        };
         let call = self
             .gate
             .call(auth, &request.name, request.arguments, tasks);
@@ -437,20 +470,25 @@ impl ServerHandler for ParallaxServer {
             Some(d) => tokio::select! {
                 outcome = call => outcome,
                 () = d.cut.cancelled() => {
-                    return Err(ErrorData::internal_error(SHUTTING_DOWN, None));
+                    return (Err(ErrorData::internal_error(SHUTTING_DOWN, None)), Error);
                 }
             },
             None => call.await,
         };
         match outcome {
-            Ok(CallOutcome::Ok(value)) => Ok(CallToolResult::structured(value).into()),
-            Ok(CallOutcome::Task(d)) => Ok(CallToolResponse::Task(CreateTaskResult::new(
-                task_of(&d).task,
-            ))),
-            Ok(CallOutcome::Refused(message)) => {
-                Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into())
-            }
-            Err(e) => Err(gate_error(e)),
+            Ok(CallOutcome::Ok(value)) => (Ok(CallToolResult::structured(value).into()), Allowed),
+            Ok(CallOutcome::Task(d)) => (
+                Ok(CallToolResponse::Task(CreateTaskResult::new(
+                    task_of(&d).task,
+                ))),
+                Allowed,
+            ),
+            Ok(CallOutcome::Refused(message)) => (
+                Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into()),
+                Denied,
+            ),
+            Err(e @ GateError::Internal(_)) => (Err(gate_error(e)), Error),
+            Err(e) => (Err(gate_error(e)), Denied),
         }
     }
 }

@@ -422,6 +422,10 @@ pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response
 /// A refused `initialize`: 429 when the agent's cap is taken by sessions still opening, 503 at
 /// the replica's cap (another replica may have room); a JSON-RPC error either way.
 fn session_limit(full: Full, id: serde_json::Value) -> Response {
+    crate::telemetry::metrics::rate_limited(match &full {
+        Full::Agent(_) => "sessions",
+        Full::Server(_) => "server_sessions",
+    });
     let (status, retry, message, limit) = match full {
         Full::Agent(n) => (
             StatusCode::TOO_MANY_REQUESTS,

@@ -49,9 +49,16 @@ impl AuditWriter {
                 let result = if entries.is_empty() {
                     Ok(())
                 } else {
-                    write(&store, &entries, &mut touched)
+                    let started = std::time::Instant::now();
+                    let written = write(&store, &entries, &mut touched)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string());
+                    crate::telemetry::metrics::audit_batch(
+                        entries.len(),
+                        started.elapsed(),
+                        written.is_ok(),
+                    );
+                    written
                 };
                 if let Err(e) = &result {
                     tracing::error!(error = %e, entries = entries.len(), "audit batch failed");

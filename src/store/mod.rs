@@ -289,6 +289,48 @@ impl Store {
         }
     }
 
+    /// The connection pool's size, idle connections and cap, for metrics.
+    pub fn pool_stats(&self) -> Option<(u32, u32, u32)> {
+        let stats = |size: u32, idle: usize, max: u32| (size, idle as u32, max);
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                let p = self.db.get_sqlite_connection_pool();
+                Some(stats(
+                    p.size(),
+                    p.num_idle(),
+                    p.options().get_max_connections(),
+                ))
+            }
+            DbBackend::Postgres => {
+                let p = self.db.get_postgres_connection_pool();
+                Some(stats(
+                    p.size(),
+                    p.num_idle(),
+                    p.options().get_max_connections(),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Webhook deliveries still pending (all workspaces) and when the oldest was created, for
+    /// metrics: two indexed reads outside any transaction.
+    pub async fn outbox_backlog(&self) -> StoreResult<(u64, Option<DateTime<Utc>>)> {
+        let pending = || {
+            webhook_delivery::Entity::find()
+                .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.as_str()))
+        };
+        let count = pending().count(&self.db).await?;
+        let oldest = pending()
+            .select_only()
+            .column_as(webhook_delivery::Column::CreatedAt.min(), "oldest")
+            .into_tuple::<Option<DateTime<Utc>>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        Ok((count, oldest))
+    }
+
     /// Round-trips to the database, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
         self.db

@@ -42,7 +42,7 @@ async fn spawn_with(db_url: &str, env: &[(&str, &str)]) -> Server {
         ("PARALLAX_EVENTS_ACCESS_CHECK_MS", "100"),
     ];
     all.extend_from_slice(env);
-    let HttpServer { child, url } = spawn_http_env(db_url, &all).await;
+    let HttpServer { child, url, .. } = spawn_http_env(db_url, &all).await;
     Server {
         child,
         url: url.trim_end_matches("/mcp").to_owned(),

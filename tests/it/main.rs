@@ -16,5 +16,6 @@ mod setup;
 mod snapshot;
 mod support;
 mod tasks;
+mod telemetry;
 mod trail;
 mod transport;

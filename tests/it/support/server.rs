@@ -108,6 +108,8 @@ pub async fn approved_agent(
 pub struct HttpServer {
     pub child: tokio::process::Child,
     pub url: String,
+    /// `http://ADDR/metrics` when the server was started with `PARALLAX_METRICS_LISTEN`.
+    pub metrics_url: Option<String>,
 }
 
 pub async fn spawn_http(db_url: &str) -> HttpServer {
@@ -126,8 +128,16 @@ pub async fn spawn_http_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
         .spawn()
         .expect("spawn parallax-mcp serve");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut metrics_url = None;
     let url = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(i) = line.find("metrics on http://") {
+                let rest = &line[i + "metrics on ".len()..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .unwrap_or(rest.len());
+                metrics_url = Some(rest[..end].to_owned());
+            }
             if let Some(i) = line.find("listening on http://") {
                 let rest = &line[i + "listening on ".len()..];
                 let end = rest
@@ -142,7 +152,11 @@ pub async fn spawn_http_env(db_url: &str, env: &[(&str, &str)]) -> HttpServer {
     .expect("server did not report its address in time");
     // Keep draining stderr so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    HttpServer { child, url }
+    HttpServer {
+        child,
+        url,
+        metrics_url,
+    }
 }
 
 pub async fn http_client(url: &str, key: &str, version: ProtocolVersion) -> Client {

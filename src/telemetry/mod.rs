@@ -1,0 +1,5 @@
+//! What the server tells the people who run it, beside its logs: Prometheus metrics
+//! ([`metrics`]). Recording is a no-op until `serve` installs a recorder (`[metrics] listen`), so
+//! the layers that record pay nothing when metrics are off.
+
+pub mod metrics;
