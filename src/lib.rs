@@ -16,7 +16,8 @@
 //!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
 //!   (`store::auth_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
 //!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
-//!   replicas. `store::preflight` says in one line why a database cannot be opened (path or host,
+//!   replicas. `store::sealed` encrypts secrets at rest under the master key.
+//!   `store::preflight` says in one line why a database cannot be opened (path or host,
 //!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
@@ -48,9 +49,14 @@
 //!
 //! - Identity comes from the credential, never from a tool argument.
 //! - Default deny: a tool missing from the catalogue cannot be called; every decision is audited.
-//! - Secrets are never logged or `Debug`-printed. API keys are stored only as blake3 hashes;
-//!   token signing keys and webhook secrets are symmetric and stored as they are, and so is the
-//!   Ed25519 key that signs audit checkpoints (`audit_keys`, beside `signing_keys`).
+//! - Secrets are never logged or `Debug`-printed. API keys are stored only as blake3 hashes.
+//!   Token signing keys, webhook secrets and the Ed25519 key that signs audit checkpoints
+//!   (`signing_keys`, `webhook_secrets`, `audit_keys`) are sealed with XChaCha20-Poly1305 under
+//!   the operator's master key, in the store and nowhere else (`store::sealed`: sealed on write,
+//!   opened on read, the key id and the row bound to each value); without a master key they are
+//!   stored as they are and `serve` says so once. A master key that does not open the stored
+//!   secrets is a configuration error at start (`Store::with_master_key`), never a failed check
+//!   later.
 //! - A bearer credential is re-checked against the store on every request (keys and tokens
 //!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
 //!   but serves them only after one statement shows the authorization generation unchanged. The

@@ -138,6 +138,9 @@ pub enum Command {
     /// Manage the keys that sign member and agent tokens
     #[command(subcommand)]
     SigningKey(SigningKeyCmd),
+    /// Encrypt the secrets stored in the database under a master key, or move them to a new one
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -179,6 +182,18 @@ pub enum DeliveryCmd {
 pub enum SigningKeyCmd {
     /// Make a new current signing key; tokens signed by the previous one stay valid until they expire
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Encrypt every secret still stored in clear under the configured master key (PARALLAX_MASTER_KEY or [secrets] master_key_file)
+    Encrypt,
+    /// Re-encrypt every secret under a new master key; the configured key must be the current one. Stop the servers first, then start them with the new key
+    RotateMaster {
+        /// File holding the new master key (64 hex digits or base64, e.g. from `openssl rand -hex 32`)
+        #[arg(long, value_name = "FILE")]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

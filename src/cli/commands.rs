@@ -68,6 +68,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         }
         Command::Migrate { status } => return migrate(config, status, global.json).await,
         Command::SigningKey(SigningKeyCmd::Rotate) => return rotate_signing_key(config).await,
+        Command::Secrets(cmd) => return secrets(config, cmd).await,
         Command::Config(ConfigCmd::Check) => {
             return Ok(crate::config::reference::check_report(config));
         }
@@ -86,7 +87,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         Create::Never
     };
     let ctx = Ctx {
-        svc: Service::new(Store::open_with(&config.database_url, create).await?),
+        svc: Service::new(open_store(config, create).await?),
         json: global.json,
         workspace: global.workspace,
         as_member: global.as_member,
@@ -96,6 +97,7 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         | Command::Stdio
         | Command::Migrate { .. }
         | Command::SigningKey(_)
+        | Command::Secrets(_)
         | Command::Config(_)
         | Command::Completions { .. }
         | Command::Man { .. } => {
@@ -126,13 +128,60 @@ async fn rotate_signing_key(config: &Config) -> Out {
             "a signing key is configured ([auth] signing_key / PARALLAX_SIGNING_KEY): rotate it by changing the configuration".into(),
         ));
     }
-    let store = Store::open_with(&config.database_url, Create::Never).await?;
+    let store = open_store(config, Create::Never).await?;
     let result = auth::Tokens::rotate(&store).await;
     store.close().await;
     let kid = result?;
     Ok(format!(
         "New signing key {kid} is current; tokens signed by the previous key stay valid until they expire.\n"
     ))
+}
+
+/// Opens the database with the configured master key; a key that does not open the stored
+/// secrets stops the command (see `Store::with_master_key`).
+async fn open_store(config: &Config, create: Create) -> Result<Store, CliError> {
+    let key = config
+        .master_key()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let store = Store::open_with(&config.database_url, create).await?;
+    Ok(store.with_master_key(key).await?.0)
+}
+
+// ---- secrets ----
+
+async fn secrets(config: &Config, cmd: SecretsCmd) -> Out {
+    // The new key is read before anything is opened: a bad file changes nothing.
+    let new_key = match &cmd {
+        SecretsCmd::Encrypt => None,
+        SecretsCmd::RotateMaster { new_key_file } => {
+            let path = new_key_file.to_string_lossy();
+            crate::config::read_master_key(None, Some(&path))
+                .map_err(|e| CliError::Usage(e.to_string()))?
+        }
+    };
+    let store = open_store(config, Create::Never).await?;
+    let result = match &new_key {
+        None => store.encrypt_secrets().await,
+        Some(new) => store.rotate_master_key(new).await,
+    };
+    store.close().await;
+    let n = result?;
+    // Key ids only: the keys themselves are never printed.
+    Ok(match new_key {
+        None => format!(
+            "Encrypted {n} secrets stored in clear under master key {}.\n",
+            config
+                .master_key()
+                .ok()
+                .flatten()
+                .map(|k| k.id().to_owned())
+                .unwrap_or_default()
+        ),
+        Some(new) => format!(
+            "Re-encrypted {n} secrets under master key {}. Configure it (PARALLAX_MASTER_KEY or [secrets] master_key_file) and restart every server.\n",
+            new.id()
+        ),
+    })
 }
 
 // ---- migrate ----

@@ -11,7 +11,7 @@ pub mod schema;
 
 pub use schema::{
     AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, LogConfig, LogFormat,
-    MetricsConfig, StdioConfig, WebhooksConfig,
+    MetricsConfig, SecretsConfig, StdioConfig, WebhooksConfig,
 };
 
 use crate::store::database_url_for_path;
@@ -102,6 +102,16 @@ pub fn default_database_path(env: impl Fn(&str) -> Option<String>) -> Result<Pat
 }
 
 impl Config {
+    /// The master key from `[secrets] master_key` or the file `master_key_file` names; `None`
+    /// when neither is set. A key that cannot be read or is not 32 bytes is an error that never
+    /// shows the key.
+    pub fn master_key(&self) -> Result<Option<crate::store::MasterKey>, ConfigError> {
+        read_master_key(
+            self.secrets.master_key.as_deref(),
+            self.secrets.master_key_file.as_deref(),
+        )
+    }
+
     /// Loads the layers, reading the process environment.
     pub fn load(flags: &Overrides) -> Result<Config, ConfigError> {
         Self::load_with(flags, |name| std::env::var(name).ok())
@@ -261,6 +271,11 @@ impl Config {
             )));
         }
         check_listen(&self.listen)?;
+        if self.secrets.master_key.is_some() && self.secrets.master_key_file.is_some() {
+            return Err(ConfigError(
+                "[secrets] master_key and master_key_file are both set: keep one".into(),
+            ));
+        }
         if let Some(listen) = &self.metrics.listen {
             check_listen(listen).map_err(|e| ConfigError(format!("[metrics] {}", e.0)))?;
         }
@@ -295,6 +310,27 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// A master key given as text, or in a file; the messages say where it came from.
+pub fn read_master_key(
+    text: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<crate::store::MasterKey>, ConfigError> {
+    use crate::store::MasterKey;
+    match (text, file) {
+        (Some(text), _) => MasterKey::parse(text)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("PARALLAX_MASTER_KEY: {e}"))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read the master key file {path}: {e}")))?;
+            MasterKey::parse(&text)
+                .map(Some)
+                .map_err(|e| ConfigError(format!("master key file {path}: {e}")))
+        }
+        (None, None) => Ok(None),
     }
 }
 

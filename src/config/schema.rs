@@ -452,6 +452,19 @@ config_schema! {
         format: LogFormat = LogFormat::Text => "PARALLAX_LOG_FORMAT", plain;
     }
 
+    /// The `[secrets]` table: the master key that encrypts secrets at rest.
+    [secrets] SecretsConfig / FileSecrets {
+        /// Master key (32 bytes: 64 hex digits or base64) that encrypts token signing keys,
+        /// webhook secrets and audit keys in the database. Prefer `master_key_file`.
+        master_key: Option<String> = None => "PARALLAX_MASTER_KEY", secret,
+            unset "secrets are stored unencrypted (the server says so once at start)",
+            eg "\"…64 hex digits…\"";
+        /// A file holding the master key (e.g. a systemd credential or a mounted secret), instead
+        /// of `master_key`.
+        master_key_file: Option<String> = None => "PARALLAX_MASTER_KEY_FILE", plain,
+            unset "no file", eg "\"/etc/parallax-mcp/master.key\"";
+    }
+
     /// The `[metrics]` table: Prometheus metrics of `serve`.
     [metrics] MetricsConfig / FileMetrics {
         /// Address of the Prometheus endpoint (`GET /metrics`, text format): a listener of its own,

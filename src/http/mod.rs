@@ -196,7 +196,25 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
     config
         .prepare_default_location()
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    let store = Store::open_with(&config.database_url, Create::IfMissing).await?;
+    let key = config
+        .master_key()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let encrypted = key.is_some();
+    let (store, secrets) = Store::open_with(&config.database_url, Create::IfMissing)
+        .await?
+        .with_master_key(key)
+        .await?;
+    // Once, at start: the operator should know the secrets in the database are readable.
+    if !encrypted {
+        tracing::warn!(
+            "secrets are stored unencrypted in the database: set PARALLAX_MASTER_KEY or [secrets] master_key_file (README: Running in production)"
+        );
+    } else if secrets.plain > 0 {
+        tracing::warn!(
+            plain = secrets.plain,
+            "some secrets are still stored unencrypted: run `parallax-mcp secrets encrypt`"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| listen_error(&config.listen, &e))?;

@@ -56,7 +56,13 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         )));
     }
     // An agent runtime starts us in its own directory: never create a database there.
-    let store = Store::open_with(&config.database_url, Create::Never).await?;
+    let master_key = config
+        .master_key()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let (store, _) = Store::open_with(&config.database_url, Create::Never)
+        .await?
+        .with_master_key(master_key)
+        .await?;
     let location = store.location().to_owned();
     let gate = gate::Gate::new(Service::new(store));
     match crate::auth::agent(gate.service().store(), &key).await? {

@@ -3,7 +3,7 @@
 //! the highest generation, and the private key is text in `secret`.
 
 use super::entities::{audit_checkpoint, audit_key};
-use super::{StoreError, StoreResult, Tx};
+use super::{StoreError, StoreResult, Tx, sealed};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -46,14 +46,17 @@ pub struct CheckpointRow {
     pub signature: String,
 }
 
-fn key_row(m: audit_key::Model) -> AuditKeyRow {
-    AuditKeyRow {
+/// The row with its private key opened (see `sealed`).
+fn key_row(tx: &Tx, m: audit_key::Model) -> StoreResult<AuditKeyRow> {
+    Ok(AuditKeyRow {
+        secret: tx
+            .sealer
+            .open(&sealed::aad("audit_keys", &m.kid), &m.secret)?,
         kid: m.kid,
         generation: m.generation,
-        secret: m.secret,
         public_key: m.public_key,
         created_at: m.created_at,
-    }
+    })
 }
 
 fn checkpoint_row(m: audit_checkpoint::Model) -> CheckpointRow {
@@ -106,22 +109,23 @@ impl Tx {
 
     /// The current audit key (the highest generation), if one was ever made.
     pub async fn latest_audit_key(&self) -> StoreResult<Option<AuditKeyRow>> {
-        Ok(audit_key::Entity::find()
+        audit_key::Entity::find()
             .order_by_desc(audit_key::Column::Generation)
             .one(&self.tx)
             .await?
-            .map(key_row))
+            .map(|m| key_row(self, m))
+            .transpose()
     }
 
     /// Every audit key, current or not (checkpoints name the one that signed them).
     pub async fn audit_keys(&self) -> StoreResult<Vec<AuditKeyRow>> {
-        Ok(audit_key::Entity::find()
+        audit_key::Entity::find()
             .order_by_desc(audit_key::Column::Generation)
             .all(&self.tx)
             .await?
             .into_iter()
-            .map(key_row)
-            .collect())
+            .map(|m| key_row(self, m))
+            .collect()
     }
 
     /// Adds `key` if its generation is still free; a concurrent writer that took it first makes
@@ -130,7 +134,9 @@ impl Tx {
         audit_key::Entity::insert(audit_key::ActiveModel {
             kid: Set(key.kid.clone()),
             generation: Set(key.generation),
-            secret: Set(key.secret.clone()),
+            secret: Set(self
+                .sealer
+                .seal(&sealed::aad("audit_keys", &key.kid), &key.secret)),
             public_key: Set(key.public_key.clone()),
             created_at: Set(key.created_at),
             retired_at: Set(None),

@@ -18,6 +18,7 @@ mod members;
 mod notify;
 mod outbox;
 pub mod preflight;
+mod sealed;
 mod signing_keys;
 mod webhook_secrets;
 
@@ -27,6 +28,7 @@ pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use inbound::InboundReceipt;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use preflight::Create;
+pub use sealed::{MasterKey, SecretsStatus};
 pub use signing_keys::SigningKeyRow;
 
 use crate::domain::*;
@@ -90,6 +92,8 @@ pub struct Store {
     auth: Arc<auth_cache::AuthCache>,
     /// The database for messages: an absolute SQLite path or `postgres://host:port/db`.
     location: Arc<str>,
+    /// Seals secrets on write and opens them on read (see `sealed`).
+    sealer: Arc<sealed::Sealer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -211,6 +215,7 @@ impl Store {
             events_committed: Arc::default(),
             auth: Arc::default(),
             location: preflight::location(url).into(),
+            sealer: Arc::default(),
         })
     }
 
@@ -225,6 +230,37 @@ impl Store {
         let store = Store::connect_with(url, create).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Seals secrets under `key` from now on (none: stored as they are), after checking that
+    /// every stored secret opens with it: a sealed secret under another key, or under a key
+    /// while none is given, is `Misconfigured` (a wrong master key stops the start, not a later
+    /// token check). Says how many secrets are sealed and how many plain.
+    pub async fn with_master_key(
+        mut self,
+        key: Option<MasterKey>,
+    ) -> StoreResult<(Store, SecretsStatus)> {
+        let sealer = sealed::Sealer::new(key);
+        let status = sealed::check(&self.db, &sealer).await?;
+        self.sealer = Arc::new(sealer);
+        Ok((self, status))
+    }
+
+    /// Seals every plain secret under this store's master key (`secrets encrypt`); returns how
+    /// many. Without a master key it is `Misconfigured`.
+    pub async fn encrypt_secrets(&self) -> StoreResult<usize> {
+        let key = self.sealer.key().ok_or_else(|| {
+            StoreError::Misconfigured(
+                "no master key: set PARALLAX_MASTER_KEY or [secrets] master_key_file first".into(),
+            )
+        })?;
+        sealed::reseal(&self.db, &self.sealer, key).await
+    }
+
+    /// Re-seals every secret under `new` (`secrets rotate-master`), opening them with this
+    /// store's key; returns how many values were rewritten.
+    pub async fn rotate_master_key(&self, new: &MasterKey) -> StoreResult<usize> {
+        sealed::reseal(&self.db, &self.sealer, new).await
     }
 
     /// The database in use, for messages: an absolute SQLite path or `postgres://host:port/db`.
@@ -381,6 +417,7 @@ impl Store {
             pending_activity: Mutex::default(),
             pending_events: Mutex::default(),
             events_committed: self.events_committed.clone(),
+            sealer: self.sealer.clone(),
         }
     }
 
@@ -419,6 +456,7 @@ pub struct Tx {
     /// Events written by this transaction, inserted at commit (see `outbox`).
     pending_events: Mutex<Vec<Event>>,
     events_committed: Arc<Notify>,
+    sealer: Arc<sealed::Sealer>,
 }
 
 /// Filters for the activity log.

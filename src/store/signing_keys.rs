@@ -2,7 +2,7 @@
 //! highest generation; older ones carry the time they were retired.
 
 use super::entities::signing_key;
-use super::{StoreError, StoreResult, Tx};
+use super::{StoreError, StoreResult, Tx, sealed};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -34,7 +34,7 @@ impl Tx {
         &self,
         retired_since: DateTime<Utc>,
     ) -> StoreResult<Vec<SigningKeyRow>> {
-        Ok(signing_key::Entity::find()
+        signing_key::Entity::find()
             .filter(
                 signing_key::Column::RetiredAt
                     .is_null()
@@ -44,17 +44,18 @@ impl Tx {
             .all(&self.tx)
             .await?
             .into_iter()
-            .map(row)
-            .collect())
+            .map(|m| row(self, m))
+            .collect()
     }
 
     /// The key with the highest generation (the current one unless all are retired).
     pub async fn latest_signing_key(&self) -> StoreResult<Option<SigningKeyRow>> {
-        Ok(signing_key::Entity::find()
+        signing_key::Entity::find()
             .order_by_desc(signing_key::Column::Generation)
             .one(&self.tx)
             .await?
-            .map(row))
+            .map(|m| row(self, m))
+            .transpose()
     }
 
     /// Adds `key` as the current key if its generation is still free, retiring the keys before
@@ -63,7 +64,10 @@ impl Tx {
         signing_key::Entity::insert(signing_key::ActiveModel {
             kid: sea_orm::Set(key.kid.clone()),
             generation: sea_orm::Set(key.generation),
-            secret: sea_orm::Set(key.secret.clone()),
+            secret: sea_orm::Set(
+                self.sealer
+                    .seal(&sealed::aad("signing_keys", &key.kid), &key.secret),
+            ),
             created_at: sea_orm::Set(key.created_at),
             retired_at: sea_orm::Set(None),
         })
@@ -85,12 +89,15 @@ impl Tx {
     }
 }
 
-fn row(m: signing_key::Model) -> SigningKeyRow {
-    SigningKeyRow {
+/// The row with its secret opened (see `sealed`).
+fn row(tx: &Tx, m: signing_key::Model) -> StoreResult<SigningKeyRow> {
+    Ok(SigningKeyRow {
+        secret: tx
+            .sealer
+            .open(&sealed::aad("signing_keys", &m.kid), &m.secret)?,
         kid: m.kid,
         generation: m.generation,
-        secret: m.secret,
         created_at: m.created_at,
         retired_at: m.retired_at,
-    }
+    })
 }

@@ -1,7 +1,7 @@
 //! Webhook signing secrets per workspace (see the `webhook_secrets` migration).
 
 use super::entities::webhook_secret;
-use super::{StoreError, StoreResult, Tx};
+use super::{StoreError, StoreResult, Tx, sealed};
 use crate::domain::{WebhookSecret, new_id};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -26,7 +26,10 @@ impl Tx {
             .await?
             .into_iter()
             .map(|m| {
-                WebhookSecret::parse(&m.secret)
+                let secret = self
+                    .sealer
+                    .open(&sealed::aad("webhook_secrets", &m.id), &m.secret)?;
+                WebhookSecret::parse(&secret)
                     .map_err(|e| StoreError::Corrupt(format!("webhook secret {}: {e}", m.id)))
             })
             .collect()
@@ -54,10 +57,14 @@ impl Tx {
             )
             .exec(&self.tx)
             .await?;
+        let id = new_id();
+        let stored = self
+            .sealer
+            .seal(&sealed::aad("webhook_secrets", &id), &secret.expose());
         webhook_secret::Entity::insert(webhook_secret::ActiveModel {
-            id: sea_orm::Set(new_id()),
+            id: sea_orm::Set(id),
             workspace_id: sea_orm::Set(workspace_id.to_owned()),
-            secret: sea_orm::Set(secret.expose()),
+            secret: sea_orm::Set(stored),
             created_at: sea_orm::Set(now),
             expires_at: sea_orm::Set(None),
         })

@@ -11,6 +11,7 @@ mod logs;
 mod mcp;
 mod packaging;
 mod repo;
+mod secrets;
 mod service;
 mod setup;
 mod snapshot;
