@@ -40,7 +40,9 @@
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members, and the shell
 //!   completions and man pages generated from it (`cli::generate`; `docs/man/` is committed).
 //! - [`telemetry`]: Prometheus metrics (`telemetry::metrics`: every metric's name and labels in
-//!   one place, recorded by each layer, served by `serve` on its own `[metrics] listen`).
+//!   one place, recorded by each layer, served by `serve` on its own `[metrics] listen`) and
+//!   OpenTelemetry traces (`telemetry::traces`: OTLP export, W3C `traceparent` in and out; spans
+//!   are made only while an endpoint is configured).
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags. Every
 //!   key is defined once in `config::schema`; the README table, `parallax.example.toml` and
 //!   `config check` are generated from it (`config::reference`).

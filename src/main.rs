@@ -4,6 +4,7 @@
 use clap::Parser;
 use parallax_mcp::cli::{self, Cli, CliError};
 use parallax_mcp::config::{Config, ConfigError, LogFormat, Overrides};
+use parallax_mcp::telemetry::traces::Traces;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -54,14 +55,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    warnings.extend(init_logging(cli::is_server(&cli), config.log.format));
+    let (warning, traces) = init_logging(cli::is_server(&cli), &config);
+    warnings.extend(warning);
     for warning in warnings {
         match config.log.format {
             LogFormat::Text => eprintln!("warning: {warning}"),
             LogFormat::Json => tracing::warn!("{warning}"),
         }
     }
-    cli::run(cli, &config).await?;
+    let result = cli::run(cli, &config).await;
+    // Spans still buffered are sent before the process exits.
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    result?;
     Ok(())
 }
 
@@ -79,14 +86,16 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// commands stdout is the answer. Servers log at `info` by default, one-shot commands at `warn` so
 /// their output stays clean; `PARALLAX_LOG` (or `RUST_LOG`) overrides either. In `json` format
 /// every line is one JSON object, so the warning about a bad filter is returned to be logged.
-fn init_logging(server: bool, format: LogFormat) -> Option<String> {
+/// Servers export spans over OTLP when `[otel] endpoint` is set.
+fn init_logging(server: bool, config: &Config) -> (Option<String>, Option<Traces>) {
+    use tracing_subscriber::prelude::*;
     // rmcp logs every stateless request at `info`; its warnings are what an operator needs.
     let default = if server { "info,rmcp=warn" } else { "warn" };
     let spec = std::env::var("PARALLAX_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
         .filter(|s| !s.trim().is_empty());
-    let (filter, warning) = match spec.as_deref().map(EnvFilter::try_new) {
+    let (filter, mut warning) = match spec.as_deref().map(EnvFilter::try_new) {
         Some(Ok(f)) => (f, None),
         Some(Err(e)) => (
             EnvFilter::new(default),
@@ -96,15 +105,28 @@ fn init_logging(server: bool, format: LogFormat) -> Option<String> {
         ),
         None => (EnvFilter::new(default), None),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
+    let (otel, traces) = match config.otel.endpoint.as_deref().filter(|_| server) {
+        Some(endpoint) => match parallax_mcp::telemetry::traces::layer(
+            endpoint,
+            &config.otel.service_name,
+            tokio::runtime::Handle::current(),
+        ) {
+            Ok((layer, traces)) => (Some(layer), Some(traces)),
+            Err(e) => {
+                warning = Some(format!("traces are off: {e}"));
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match config.log.format {
         LogFormat::Text => {
             let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            logs.with_ansi(color).init();
+            registry.with(logs.with_ansi(color)).init();
         }
-        LogFormat::Json => logs.json().with_ansi(false).init(),
+        LogFormat::Json => registry.with(logs.json().with_ansi(false)).init(),
     }
-    warning
+    (warning, traces)
 }

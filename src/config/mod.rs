@@ -11,7 +11,7 @@ pub mod schema;
 
 pub use schema::{
     AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, LogConfig, LogFormat,
-    MetricsConfig, SecretsConfig, StdioConfig, WebhooksConfig,
+    MetricsConfig, OtelConfig, SecretsConfig, StdioConfig, WebhooksConfig,
 };
 
 use crate::store::database_url_for_path;
@@ -275,6 +275,13 @@ impl Config {
             return Err(ConfigError(
                 "[secrets] master_key and master_key_file are both set: keep one".into(),
             ));
+        }
+        if let Some(url) = &self.otel.endpoint
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError(format!(
+                "[otel] endpoint must be an http(s) URL such as http://127.0.0.1:4318, got {url:?}"
+            )));
         }
         if let Some(listen) = &self.metrics.listen {
             check_listen(listen).map_err(|e| ConfigError(format!("[metrics] {}", e.0)))?;

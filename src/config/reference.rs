@@ -235,7 +235,9 @@ mod tests {
     #[test]
     fn every_key_has_a_variable_and_a_doc() {
         for key in KEYS {
-            assert!(key.env.starts_with("PARALLAX_"), "{key:?}");
+            // `[otel]` keys use OpenTelemetry's standard variables, as collectors expect.
+            let standard = key.table == "otel" && key.env.starts_with("OTEL_");
+            assert!(key.env.starts_with("PARALLAX_") || standard, "{key:?}");
             assert!(!doc(key).is_empty(), "{key:?}");
         }
         // Uncommented, every example line is a valid setting of its key.

@@ -465,6 +465,16 @@ config_schema! {
             unset "no file", eg "\"/etc/parallax-mcp/master.key\"";
     }
 
+    /// The `[otel]` table: OpenTelemetry traces (OTLP over HTTP, protobuf), off when no endpoint
+    /// is set. The standard variables set them.
+    [otel] OtelConfig / FileOtel {
+        /// The collector's base URL; spans go to `{endpoint}/v1/traces`.
+        endpoint: Option<String> = None => "OTEL_EXPORTER_OTLP_ENDPOINT", plain,
+            unset "off: no spans are exported", eg "\"http://127.0.0.1:4318\"";
+        /// `service.name` of the exported spans.
+        service_name: String = "parallax-mcp".to_owned() => "OTEL_SERVICE_NAME", plain;
+    }
+
     /// The `[metrics]` table: Prometheus metrics of `serve`.
     [metrics] MetricsConfig / FileMetrics {
         /// Address of the Prometheus endpoint (`GET /metrics`, text format): a listener of its own,

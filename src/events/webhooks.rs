@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How much of a response we read (only for the error message); the rest is dropped.
 const MAX_RESPONSE_BYTES: usize = 4096;
@@ -121,6 +122,34 @@ async fn deliver(
     claim: DeliveryClaim,
 ) -> StoreResult<()> {
     let DeliveryClaim { delivery: d, event } = claim;
+    // One span per attempt; its `traceparent` goes to the control plane with the webhook.
+    let span = crate::telemetry::traces::span(|| {
+        tracing::info_span!(
+            "webhook.deliver",
+            otel.kind = "client",
+            workspace = %d.workspace_id,
+            event.type = event.event_type.as_str(),
+            attempt = d.attempts + 1,
+            result = tracing::field::Empty,
+        )
+    });
+    let result = deliver_in(store, client, opts, d, event, &span)
+        .instrument(span.clone())
+        .await;
+    if let Ok(result) = &result {
+        span.record("result", *result);
+    }
+    result.map(|_| ())
+}
+
+async fn deliver_in(
+    store: &Store,
+    client: &HttpClient,
+    opts: &WebhookOptions,
+    d: WebhookDelivery,
+    event: Event,
+    span: &tracing::Span,
+) -> StoreResult<&'static str> {
     let tx = store.read().await?;
     let url = tx
         .workspace_by_id(&d.workspace_id)
@@ -140,7 +169,10 @@ async fn deliver(
             error: "the workspace has no webhook secret to sign with".into(),
             after: None,
         },
-        Some(url) => attempt(client, opts, &url, &secrets, &d, &event).await,
+        Some(url) => {
+            let traceparent = crate::telemetry::traces::traceparent(span);
+            attempt(client, opts, &url, &secrets, &d, &event, traceparent).await
+        }
     };
 
     let t = now();
@@ -195,13 +227,14 @@ async fn deliver(
     }
     tx.record_delivery_attempt(&d.id, &attempt, t).await?;
     tx.commit().await?;
-    crate::telemetry::metrics::webhook_delivery(match attempt.status {
+    let result = match attempt.status {
         DeliveryStatus::Delivered => "delivered",
         DeliveryStatus::Pending => "retry",
         DeliveryStatus::Failed => "failed",
         DeliveryStatus::Disabled => "disabled",
-    });
-    Ok(())
+    };
+    crate::telemetry::metrics::webhook_delivery(result);
+    Ok(result)
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(max, base × 2^attempts)].
@@ -231,12 +264,17 @@ async fn attempt(
     secrets: &[WebhookSecret],
     d: &WebhookDelivery,
     event: &Event,
+    traceparent: Option<String>,
 ) -> Outcome {
     let payload = body(event);
     // A fresh timestamp (and so signature) per attempt; the webhook-id stays the same.
     let ts = Utc::now().timestamp();
     let signature = signature_header(secrets, &d.webhook_id, ts, &payload);
-    let req = match Request::post(url)
+    let mut req = Request::post(url);
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let req = match req
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "parallax-mcp-webhooks")
         .header("webhook-id", &d.webhook_id)

@@ -9,6 +9,7 @@ use crate::http::ratelimit::AgentLimiter;
 use crate::service::{Activity, AuditWriter, Service, ServiceError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 /// A call the gate let through: the tool's structured result, or a refusal the model can act on
 /// (returned as a tool result with `isError`).
@@ -155,6 +156,10 @@ impl Gate {
         let caller = self
             .authenticated(auth, || format!("call to {name}"))
             .await?;
+        // The caller's workspace and agent on the call's span (ids, never credentials).
+        let span = tracing::Span::current();
+        span.record("workspace", caller.workspace_id());
+        span.record("agent", caller.agent_id());
         let args = Value::Object(args.unwrap_or_default());
         let entry = |outcome: &str, reason: &str| self.entry(&caller, name, &args, outcome, reason);
 
@@ -169,7 +174,13 @@ impl Gate {
         }
 
         let allowed = entry("allowed", "");
-        let result = match self.dispatch(spec, &caller, &args, &allowed).await {
+        let service =
+            crate::telemetry::traces::span(|| tracing::info_span!("service", tool = spec.name));
+        let dispatched = self
+            .dispatch(spec, &caller, &args, &allowed)
+            .instrument(service)
+            .await;
+        let result = match dispatched {
             Ok(result) => result,
             Err(GateError::InvalidParams { tool, message }) => {
                 self.record(entry("denied", &format!("invalid arguments: {message}")))

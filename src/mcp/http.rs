@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// API keys are recognised by their prefix; anything else is taken for an access token.
 const API_KEY_PREFIX: &str = "mcp_agent_";
@@ -81,6 +82,80 @@ pub fn router(ctx: &HttpContext) -> Router {
             super::envelope::check,
         ))
         .layer(middleware::from_fn_with_state(state, authenticate))
+        // Outermost: the request's span, so authentication is inside it.
+        .layer(middleware::from_fn_with_state(
+            opts.max_body_bytes,
+            trace_request,
+        ))
+}
+
+/// The transport span of one `/mcp` request (only while traces are exported). Its parent is the
+/// caller's trace: the MCP request's `_meta.traceparent`, else the `traceparent` header.
+async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) -> Response {
+    use crate::telemetry::traces;
+    use tracing::Instrument;
+    if !traces::enabled() {
+        return next.run(req).await;
+    }
+    // Owned copies: a borrow of the request (its body is not `Sync`) cannot cross an await.
+    let header = |headers: &axum::http::HeaderMap, name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let traceparent = header(req.headers(), "traceparent");
+    let tracestate = header(req.headers(), "tracestate");
+    let span = tracing::info_span!(
+        "mcp.request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        mcp.transport = "http",
+        mcp.method = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    // The JSON-RPC body, read once more only while tracing, for its method and `_meta`.
+    let (req, message) = if req.method() == axum::http::Method::POST {
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, max_body).await {
+            Ok(bytes) => {
+                let message = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+                (
+                    Request::from_parts(parts, axum::body::Body::from(bytes)),
+                    message,
+                )
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    &format!("the request body is larger than {max_body} bytes"),
+                );
+            }
+        }
+    } else {
+        (req, None)
+    };
+    let field = |path: &str| {
+        message
+            .as_ref()
+            .and_then(|m| m.pointer(path))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    if let Some(method) = field("/method") {
+        span.record("mcp.method", method.as_str());
+    }
+    let parent = match field("/params/_meta/traceparent") {
+        Some(tp) => traces::remote_parent(Some(&tp), field("/params/_meta/tracestate").as_deref()),
+        None => traces::remote_parent(traceparent.as_deref(), tracestate.as_deref()),
+    };
+    traces::adopt(&span, parent);
+    let mut req = req;
+    req.extensions_mut()
+        .insert(traces::RequestSpan(span.clone()));
+    next.run(req).instrument(span).await
 }
 
 /// Bearer authentication for `/mcp`: an API key (`mcp_agent_…`) or an access token from
@@ -115,15 +190,35 @@ async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -
             "too many failed authentications with this credential",
         );
     }
-    let outcome = if token.starts_with(API_KEY_PREFIX) {
-        auth::agent(state.gate.service().store(), &token).await
-    } else {
-        state
-            .ctx
-            .tokens
-            .agent(&token, &state.ctx.urls.resource)
-            .await
-    };
+    let is_key = token.starts_with(API_KEY_PREFIX);
+    let span = crate::telemetry::traces::span(|| {
+        tracing::info_span!(
+            "authenticate",
+            credential = if is_key { "api_key" } else { "access_token" },
+            outcome = tracing::field::Empty,
+        )
+    });
+    let outcome = async {
+        if is_key {
+            auth::agent(state.gate.service().store(), &token).await
+        } else {
+            state
+                .ctx
+                .tokens
+                .agent(&token, &state.ctx.urls.resource)
+                .await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.record(
+        "outcome",
+        match &outcome {
+            Ok(Ok(_)) => "allowed",
+            Ok(Err(_)) => "denied",
+            Err(_) => "error",
+        },
+    );
     let caller = match outcome {
         Ok(Ok(caller)) => caller,
         Ok(Err(refusal)) => {

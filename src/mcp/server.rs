@@ -23,6 +23,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Where the caller's credential comes from.
 #[derive(Clone)]
@@ -430,13 +431,56 @@ impl ServerHandler for ParallaxServer {
         let started = std::time::Instant::now();
         // The label is the catalogue's name, never the caller's string.
         let tool = super::catalogue::find(&request.name).map_or("unknown", |spec| spec.name);
-        let (response, outcome) = self.gated_call(request, &ctx).await;
+        let span = self.call_span(&ctx, tool);
+        let (response, outcome) = self
+            .gated_call(request, &ctx)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.as_str());
         metrics::tool_call(tool, self.transport(), outcome, started.elapsed());
         response
     }
 }
 
 impl ParallaxServer {
+    /// The gate's span for a tool call (only while traces are exported): a child of the HTTP
+    /// request's span, or on stdio of a request span whose parent is `_meta.traceparent`.
+    fn call_span(&self, ctx: &RequestContext<RoleServer>, tool: &'static str) -> tracing::Span {
+        use crate::telemetry::traces;
+        traces::span(|| {
+            let http = ctx
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<traces::RequestSpan>())
+                .map(|s| s.0.clone());
+            let parent = http.unwrap_or_else(|| {
+                let meta = |key: &str| ctx.meta.get(key).and_then(|v| v.as_str());
+                let span = tracing::info_span!(
+                    "mcp.request",
+                    otel.kind = "server",
+                    mcp.transport = "stdio",
+                    mcp.method = "tools/call",
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                traces::adopt(
+                    &span,
+                    traces::remote_parent(meta("traceparent"), meta("tracestate")),
+                );
+                span
+            });
+            tracing::info_span!(
+                parent: &parent,
+                "gate",
+                mcp.method = "tools/call",
+                tool,
+                workspace = tracing::field::Empty,
+                agent = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            )
+        })
+    }
+
     /// The transport this handler serves, as metrics name it.
     fn transport(&self) -> metrics::Transport {
         match self.credential {

@@ -45,6 +45,7 @@ use sea_orm::{
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// Failures of the store. Callers see "unavailable" (try again later) or "corrupt" (a bug or a bad
 /// manual edit); the database's own message goes to the log, not to agents.
@@ -423,24 +424,32 @@ impl Store {
 
     /// A transaction for reads.
     pub async fn read(&self) -> StoreResult<Tx> {
-        Ok(self.tx(self.db.begin().await?))
+        let span = crate::telemetry::traces::child_span(|| {
+            tracing::info_span!("store.begin", mode = "read")
+        });
+        Ok(self.tx(self.db.begin().instrument(span).await?))
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
     /// IMMEDIATE`), so two writers queue on the busy timeout instead of deadlocking on upgrade.
     pub async fn write(&self) -> StoreResult<Tx> {
-        let tx = match self.db.get_database_backend() {
-            DbBackend::Sqlite => {
-                self.db
-                    .begin_with_options(TransactionOptions {
-                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                        ..Default::default()
-                    })
-                    .await?
-            }
-            _ => self.db.begin().await?,
+        let span = crate::telemetry::traces::child_span(|| {
+            tracing::info_span!("store.begin", mode = "write")
+        });
+        let begin = async {
+            Ok::<_, DbErr>(match self.db.get_database_backend() {
+                DbBackend::Sqlite => {
+                    self.db
+                        .begin_with_options(TransactionOptions {
+                            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                            ..Default::default()
+                        })
+                        .await?
+                }
+                _ => self.db.begin().await?,
+            })
         };
-        Ok(self.tx(tx))
+        Ok(self.tx(begin.instrument(span).await?))
     }
 
     pub async fn close(self) {
@@ -476,13 +485,18 @@ impl Tx {
     /// chain head's and then the outbox counter's locks are taken here, last and always in that
     /// order, so seq order is commit order without lock-order deadlocks).
     pub async fn commit(self) -> StoreResult<()> {
-        self.flush_activity().await?;
-        let wrote_events = self.flush_events().await?;
-        self.tx.commit().await?;
-        if wrote_events {
-            self.events_committed.notify_waiters();
+        let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
+        async {
+            self.flush_activity().await?;
+            let wrote_events = self.flush_events().await?;
+            self.tx.commit().await?;
+            if wrote_events {
+                self.events_committed.notify_waiters();
+            }
+            Ok(())
         }
-        Ok(())
+        .instrument(span)
+        .await
     }
 
     // ---- workspaces ----

@@ -339,10 +339,16 @@ async fn the_systemd_unit_is_hardened_and_serves_as_written() {
     .await
     .expect("listening in time");
     assert!(listening, "server exited: {seen:#?}");
+    // The only warning: no master key is configured (the unit leaves it commented out).
+    let warnings: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("WARN") || l.contains("warning"))
+        .collect();
     assert!(
-        !seen
-            .iter()
-            .any(|l| l.contains("WARN") || l.contains("warning")),
+        warnings.len() <= 1
+            && warnings
+                .iter()
+                .all(|l| l.contains("secrets are stored unencrypted")),
         "{seen:#?}"
     );
     assert!(state.path().join("parallax.db").is_file(), "{seen:#?}");

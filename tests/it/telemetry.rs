@@ -313,3 +313,401 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
     }
     let _ = client.cancel().await;
 }
+
+// ---- traces ----
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use tokio::sync::mpsc;
+
+/// A real OTLP/HTTP receiver: `POST /v1/traces` with protobuf bodies, decoded and handed on.
+async fn otlp_receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    assert_eq!(headers["content-type"], "application/x-protobuf");
+                    let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    let _ = tx.send(request);
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), rx)
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Any::StringValue(s) => s.clone(),
+            Any::IntValue(i) => i.to_string(),
+            Any::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stateless (2026-07-28) `tools/call`, with `traceparent` in a header or in `_meta`.
+async fn traced_call(url: &str, key: &str, tool: &str, header: Option<&str>, meta: Option<&str>) {
+    let mut meta_obj = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": { "name": "traced", "version": "0" }
+    });
+    if let Some(tp) = meta {
+        meta_obj["traceparent"] = json!(tp);
+    }
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": tool, "arguments": {}, "_meta": meta_obj } });
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {key}"))
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .json(&body);
+    if let Some(tp) = header {
+        req = req.header("traceparent", tp);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(text.contains("\"result\""), "{text}");
+}
+
+#[tokio::test]
+async fn traces_export_the_request_tree_under_the_callers_traceparent() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "traced-agent", &[Permission::ReadTasks]).await;
+    let (endpoint, mut spans_rx) = otlp_receiver().await;
+    let server = spawn_http_env(
+        &w.db.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", "parallax-it"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let (trace_a, parent_a) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let (trace_b, parent_b) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    traced_call(
+        &server.url,
+        &key,
+        "agent_my_assignments",
+        Some(&format!("00-{trace_a}-{parent_a}-01")),
+        None,
+    )
+    .await;
+    traced_call(
+        &server.url,
+        &key,
+        "agent_list_workspace",
+        None,
+        Some(&format!("00-{trace_b}-{parent_b}-01")),
+    )
+    .await;
+
+    // Collect until both calls' gate and store spans arrived.
+    let mut spans: Vec<Span> = Vec::new();
+    let mut service_names = Vec::new();
+    let collected = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let request = spans_rx.recv().await.expect("receiver open");
+            for rs in request.resource_spans {
+                if let Some(resource) = &rs.resource {
+                    for kv in &resource.attributes {
+                        if kv.key == "service.name"
+                            && let Some(Any::StringValue(s)) =
+                                kv.value.as_ref().and_then(|v| v.value.clone())
+                        {
+                            service_names.push(s);
+                        }
+                    }
+                }
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+            // The refused call never reaches the service.
+            let done = [
+                (
+                    trace_a,
+                    &[
+                        "mcp.request",
+                        "authenticate",
+                        "gate",
+                        "service",
+                        "store.commit",
+                    ][..],
+                ),
+                (trace_b, &["mcp.request", "authenticate", "gate"][..]),
+            ]
+            .iter()
+            .all(|(t, names)| {
+                let of: Vec<&Span> = spans.iter().filter(|s| hex(&s.trace_id) == *t).collect();
+                names.iter().all(|n| of.iter().any(|s| s.name == *n))
+            });
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    let seen: Vec<(&str, String)> = spans
+        .iter()
+        .map(|s| (s.name.as_str(), hex(&s.trace_id)))
+        .collect();
+    assert!(collected.is_ok(), "spans received: {seen:#?}");
+    // Store work outside a request (workers polling) makes no spans of its own.
+    let roots: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(roots.iter().all(|n| !n.starts_with("store.")), "{roots:?}");
+    assert!(service_names.iter().all(|s| s == "parallax-it") && !service_names.is_empty());
+
+    let by_id = |id: &[u8]| spans.iter().find(|s| s.span_id == id);
+    for (trace, parent, tool, outcome) in [
+        (trace_a, parent_a, "agent_my_assignments", "allowed"),
+        (trace_b, parent_b, "agent_list_workspace", "denied"),
+    ] {
+        let of: Vec<&Span> = spans.iter().filter(|s| hex(&s.trace_id) == trace).collect();
+        let one = |name: &str| {
+            let found: Vec<&&Span> = of.iter().filter(|s| s.name == name).collect();
+            assert_eq!(found.len(), 1, "one {name} span in trace {trace}");
+            *found[0]
+        };
+        // transport → authenticate, transport → gate → service → store.
+        let request = one("mcp.request");
+        assert_eq!(
+            hex(&request.parent_span_id),
+            parent,
+            "the caller's span is the parent"
+        );
+        assert_eq!(attr(request, "mcp.method").as_deref(), Some("tools/call"));
+        assert_eq!(request.kind, 2, "a server span");
+        let authenticate = one("authenticate");
+        assert_eq!(authenticate.parent_span_id, request.span_id);
+        assert_eq!(attr(authenticate, "outcome").as_deref(), Some("allowed"));
+        let gate = one("gate");
+        assert_eq!(gate.parent_span_id, request.span_id);
+        assert_eq!(attr(gate, "tool").as_deref(), Some(tool));
+        assert_eq!(attr(gate, "outcome").as_deref(), Some(outcome));
+        assert_eq!(attr(gate, "agent").as_deref(), Some("traced-agent"));
+        assert_eq!(
+            attr(gate, "workspace").as_deref(),
+            Some(w.admin.workspace().id.as_str())
+        );
+        assert_eq!(attr(gate, "mcp.method").as_deref(), Some("tools/call"));
+        if outcome == "allowed" {
+            let service = one("service");
+            assert_eq!(service.parent_span_id, gate.span_id);
+            // The read tool's store work hangs under the service span.
+            let under_service = of.iter().filter(|s| s.name.starts_with("store.")).any(|s| {
+                let mut at = Some(*s);
+                while let Some(span) = at {
+                    if span.parent_span_id == service.span_id {
+                        return true;
+                    }
+                    at = by_id(&span.parent_span_id);
+                }
+                false
+            });
+            assert!(under_service, "a store span under the service span");
+        } else {
+            assert!(
+                of.iter().all(|s| s.name != "service"),
+                "refused before the service"
+            );
+        }
+        // No credential in any attribute.
+        for span in &of {
+            for kv in &span.attributes {
+                let value = format!("{:?}", kv.value);
+                assert!(!value.contains(&key[..20]), "{} carries the key", span.name);
+            }
+        }
+    }
+}
+
+/// Spans from the receiver until `done` holds for them (or 20 s pass).
+async fn spans_until(
+    rx: &mut mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    done: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let mut spans = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while !done(&spans) {
+            let request = rx.recv().await.expect("receiver open");
+            for rs in request.resource_spans {
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+        }
+    })
+    .await;
+    spans
+}
+
+#[tokio::test]
+async fn webhooks_carry_the_traceparent_of_their_delivery_span() {
+    let w = world().await;
+    // A control plane that records the `traceparent` of each webhook.
+    let (hooks_tx, mut hooks_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let tx = hooks_tx.clone();
+            async move {
+                let tp = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = tx.send(tp);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hooks = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    crate::support::set(&w.svc, &w.admin, &[("control_plane_url", hooks.as_str())]).await;
+    w.svc.rotate_webhook_secret(&w.admin, 0).await.unwrap();
+
+    let (endpoint, mut spans_rx) = otlp_receiver().await;
+    let _server = spawn_http_env(
+        &w.db.url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("PARALLAX_WEBHOOK_POLL_MS", "50"),
+        ],
+    )
+    .await;
+    // An event to deliver.
+    approved_agent(&w.svc, &w.admin, "hooked", &[Permission::ReadTasks]).await;
+    let traceparent = tokio::time::timeout(std::time::Duration::from_secs(20), hooks_rx.recv())
+        .await
+        .expect("a webhook in time")
+        .unwrap()
+        .expect("the webhook carries a traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[0], "00");
+    let (trace, span_id) = (parts[1].to_owned(), parts[2].to_owned());
+    let spans = spans_until(&mut spans_rx, |spans| {
+        spans.iter().any(|s| hex(&s.span_id) == span_id)
+    })
+    .await;
+    let deliver = spans
+        .iter()
+        .find(|s| hex(&s.span_id) == span_id)
+        .expect("the delivery span was exported");
+    assert_eq!(deliver.name, "webhook.deliver");
+    assert_eq!(hex(&deliver.trace_id), trace);
+    assert_eq!(deliver.kind, 3, "a client span");
+    assert_eq!(attr(deliver, "result").as_deref(), Some("delivered"));
+}
+
+/// The next line containing `needle`, within 20 s.
+async fn next_line(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> Result<String, tokio::time::error::Elapsed> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let line = lines.recv().await.expect("server still logging");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_trace_and_span_ids_of_the_request() {
+    use tokio::io::AsyncBufReadExt;
+    let w = world().await;
+    let (endpoint, _spans_rx) = otlp_receiver().await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--database-url",
+            &w.db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("PARALLAX_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let listening = next_line(&mut lines, "listening on")
+        .await
+        .expect("listening");
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let message = v["fields"]["message"].as_str().unwrap();
+    let url = message.rsplit(' ').next().unwrap().to_owned();
+    // A refused credential is logged inside the request's span.
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let status = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", "Bearer mcp_agent_garbage")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    let line = next_line(&mut lines, "refused an unknown credential")
+        .await
+        .expect("the refusal is logged");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let request = v["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|s| s["name"] == "mcp.request"))
+        .unwrap_or_else(|| panic!("no request span in {line}"));
+    assert_eq!(request["trace_id"], trace, "{line}");
+    let span_id = request["span_id"].as_str().unwrap_or_default();
+    assert_eq!(span_id.len(), 16, "{line}");
+    assert_ne!(
+        span_id, "00f067aa0ba902b7",
+        "our own span, not the caller's"
+    );
+    let _ = child.kill().await;
+}
