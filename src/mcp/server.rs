@@ -138,9 +138,22 @@ impl ParallaxServer {
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         match &self.credential {
             Credential::Key(key) => {
+                // On stdio the key is checked per request, inside the call's span.
+                let span = crate::telemetry::traces::child_span(|| {
+                    tracing::info_span!(
+                        "authenticate",
+                        credential = "api_key",
+                        outcome = tracing::field::Empty
+                    )
+                });
                 let outcome = auth::agent(self.gate.service().store(), key)
+                    .instrument(span.clone())
                     .await
                     .map_err(store_error)?;
+                span.record(
+                    "outcome",
+                    if outcome.is_ok() { "allowed" } else { "denied" },
+                );
                 // Over HTTP the middleware counts requests; on stdio it is done here.
                 if let Ok(caller) = &outcome
                     && let Err(wait) = self.gate.limiter().check(caller)

@@ -711,3 +711,87 @@ async fn json_logs_carry_the_trace_and_span_ids_of_the_request() {
     );
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "stdio-agent", &[Permission::ReadTasks]).await;
+    let (endpoint, mut spans_rx) = otlp_receiver().await;
+    // A free port for the metrics listener.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics = format!("127.0.0.1:{port}");
+    let mut cmd = stdio_command(&w.db.url, Some(&key));
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("PARALLAX_METRICS_LISTEN", &metrics);
+    let transport = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+        .0;
+    let client = rmcp::ServiceExt::serve(rmcp::model::ClientConfig::default(), transport)
+        .await
+        .expect("stdio handshake");
+    let (trace, parent) = ("6bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
+    let meta: rmcp::model::RequestMetaObject = serde_json::from_value(json!({
+        "traceparent": format!("00-{trace}-{parent}-01")
+    }))
+    .unwrap();
+    let mut params = rmcp::model::CallToolRequestParams::new("agent_my_assignments")
+        .with_arguments(serde_json::Map::new());
+    params.meta = Some(meta);
+    let result = client.call_tool(params).await.unwrap();
+    assert_ne!(result.is_error, Some(true));
+
+    // Metrics: this process's session and call, as stdio.
+    let scraped = scrape(&format!("http://{metrics}/metrics")).await;
+    assert_eq!(
+        scraped.get("parallax_mcp_sessions_open", &[("transport", "stdio")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.get(
+            "parallax_tool_calls_total",
+            &[("tool", "agent_my_assignments"), ("outcome", "allowed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        scraped.get(
+            "parallax_tool_call_duration_seconds_count",
+            &[("tool", "agent_my_assignments"), ("transport", "stdio")]
+        ),
+        1.0
+    );
+
+    // Traces: the `_meta` parent, then the gate and the key check inside it.
+    let spans = spans_until(&mut spans_rx, |spans| {
+        ["mcp.request", "gate", "authenticate", "service"]
+            .iter()
+            .all(|n| {
+                spans
+                    .iter()
+                    .any(|s| s.name == *n && hex(&s.trace_id) == trace)
+            })
+    })
+    .await;
+    let one = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name && hex(&s.trace_id) == trace)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let request = one("mcp.request");
+    assert_eq!(hex(&request.parent_span_id), parent);
+    assert_eq!(attr(request, "mcp.transport").as_deref(), Some("stdio"));
+    let gate = one("gate");
+    assert_eq!(gate.parent_span_id, request.span_id);
+    assert_eq!(attr(gate, "outcome").as_deref(), Some("allowed"));
+    assert_eq!(attr(gate, "agent").as_deref(), Some("stdio-agent"));
+    assert_eq!(one("authenticate").parent_span_id, gate.span_id);
+    assert_eq!(one("service").parent_span_id, gate.span_id);
+    let _ = client.cancel().await;
+}
