@@ -572,7 +572,7 @@ async fn spans_until(
 }
 
 #[tokio::test]
-async fn webhooks_carry_the_traceparent_of_their_delivery_span() {
+async fn webhooks_carry_the_traceparent_of_their_delivery_span_and_are_counted() {
     let w = world().await;
     // A control plane that records the `traceparent` of each webhook.
     let (hooks_tx, mut hooks_rx) = mpsc::unbounded_channel::<Option<String>>();
@@ -597,15 +597,59 @@ async fn webhooks_carry_the_traceparent_of_their_delivery_span() {
     w.svc.rotate_webhook_secret(&w.admin, 0).await.unwrap();
 
     let (endpoint, mut spans_rx) = otlp_receiver().await;
-    let _server = spawn_http_env(
+    let server = spawn_http_env(
         &w.db.url,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("PARALLAX_WEBHOOK_POLL_MS", "50"),
+            ("PARALLAX_METRICS_LISTEN", "127.0.0.1:0"),
+            ("PARALLAX_SIGNING_KEY", SIGNING_KEY),
         ],
     )
     .await;
+    let metrics = server.metrics_url.clone().unwrap();
+    // A member's event stream counts as open while it is.
+    let config = parallax_mcp::config::AuthConfig {
+        signing_key: Some(SIGNING_KEY.into()),
+        ..Default::default()
+    };
+    let tokens = parallax_mcp::auth::Tokens::load(w.svc.store().clone(), &config)
+        .await
+        .unwrap();
+    let member = tokens
+        .mint_member(&w.admin, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let origin = server.url.trim_end_matches("/mcp");
+    let stream = reqwest::Client::new()
+        .get(format!("{origin}/api/v1/workspaces/acme/events"))
+        .header("authorization", format!("Bearer {member}"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let open = scrape(&metrics).await;
+    assert_eq!(
+        open.get("parallax_sse_streams_open", &[("stream", "events")]),
+        1.0
+    );
+    drop(stream);
+    let mut closed = 1.0;
+    for _ in 0..100 {
+        closed = scrape(&metrics)
+            .await
+            .get("parallax_sse_streams_open", &[("stream", "events")]);
+        if closed == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        closed, 0.0,
+        "the stream no longer counts once the client left"
+    );
     // An event to deliver.
     approved_agent(&w.svc, &w.admin, "hooked", &[Permission::ReadTasks]).await;
     let traceparent = tokio::time::timeout(std::time::Duration::from_secs(20), hooks_rx.recv())
@@ -629,7 +673,29 @@ async fn webhooks_carry_the_traceparent_of_their_delivery_span() {
     assert_eq!(hex(&deliver.trace_id), trace);
     assert_eq!(deliver.kind, 3, "a client span");
     assert_eq!(attr(deliver, "result").as_deref(), Some("delivered"));
+
+    // Counted, and the backlog drains (the agent's approval made a few events).
+    let mut after = scrape(&metrics).await;
+    for _ in 0..100 {
+        if after.get("parallax_outbox_backlog_events", &[]) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = scrape(&metrics).await;
+    }
+    assert_eq!(after.get("parallax_outbox_backlog_events", &[]), 0.0);
+    assert_eq!(
+        after.get("parallax_outbox_oldest_undelivered_age_seconds", &[]),
+        0.0
+    );
+    let delivered = after.get(
+        "parallax_webhook_deliveries_total",
+        &[("result", "delivered")],
+    );
+    assert!(delivered >= 1.0, "{delivered}");
 }
+
+const SIGNING_KEY: &str = "telemetry-test-signing-key-0123456789abcdef";
 
 /// The next line containing `needle`, within 20 s.
 async fn next_line(
