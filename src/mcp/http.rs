@@ -115,8 +115,10 @@ async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) 
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    // The JSON-RPC body, read once more only while tracing, for its method and `_meta`.
-    let (req, message) = if req.method() == axum::http::Method::POST {
+    // The JSON-RPC body, read once more only while tracing, for its method and `_meta`; not for
+    // a request without a credential, which is refused before anything reads its body.
+    let has_credential = req.headers().contains_key(header::AUTHORIZATION);
+    let (req, message) = if req.method() == axum::http::Method::POST && has_credential {
         let (parts, body) = req.into_parts();
         match axum::body::to_bytes(body, max_body).await {
             Ok(bytes) => {
