@@ -403,6 +403,7 @@ pub async fn run_with(
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
         .merge(crate::api::router(&ctx))
+        .merge(crate::console::router(&ctx))
         .merge(discovery_router(&ctx))
         .merge(oauth::router(&ctx))
         .route("/healthz", get(|| async { "ok" }))

@@ -9,6 +9,7 @@ mod activity;
 mod agent_tools;
 mod audit;
 mod checkpoints;
+pub mod console;
 mod delegations;
 mod error;
 mod expiry;
