@@ -216,6 +216,7 @@ async fn console_end_to_end() {
         assert!(admin.find(&checked("read:tasks")).await.is_selected().await.unwrap());
         assert!(!admin.find(&checked("read:agents")).await.is_selected().await.unwrap());
         assert!(!admin.find(&checked("write:tasks")).await.is_selected().await.unwrap());
+        screenshot(&admin, "console-inbox.png").await;
 
         // The watcher keeps the activity page open.
         watcher.goto(&c.url("/activity")).await;
@@ -255,6 +256,7 @@ async fn console_end_to_end() {
         assert!(after.len() < before.len(), "tools/list shrank: {before:?} -> {after:?}");
         assert!(after.iter().all(|t| before.contains(t)));
         watcher.wait_source("the grant change in the live activity", |s| s.contains("agent.permissions_changed")).await;
+        screenshot(&admin, "console-agent.png").await;
 
         // Revoke, through the confirmation step: the agent's next call is refused.
         admin.click("a.button.danger").await;
@@ -304,6 +306,16 @@ async fn console_end_to_end() {
     .await;
     admin.close().await;
     watcher.close().await;
+}
+
+/// With `PARALLAX_CONSOLE_SCREENSHOTS=DIR` (e.g. `docs/img`), saves the page as `DIR/NAME`: how
+/// the README's screenshots are made.
+async fn screenshot(b: &Browser, name: &str) {
+    if let Ok(dir) = std::env::var("PARALLAX_CONSOLE_SCREENSHOTS") {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        b.screenshot_to(&dir.join(name)).await;
+    }
 }
 
 fn no_redirects() -> reqwest::Client {
