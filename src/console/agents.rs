@@ -17,7 +17,12 @@ use maud::{Markup, html};
 pub struct Filter {
     status: Option<String>,
     capability: Option<String>,
+    /// Zero-based page of [`PAGE`] agents.
+    page: Option<usize>,
 }
+
+/// Agents per page of the list.
+const PAGE: usize = 100;
 
 pub async fn list(
     State(ctx): State<HttpContext>,
@@ -36,6 +41,16 @@ pub async fn list(
     if !cap.is_empty() {
         agents.retain(|a| a.capabilities.iter().any(|c| c == &cap));
     }
+    let total = agents.len();
+    let page = f.page.unwrap_or(0).min(total.saturating_sub(1) / PAGE);
+    let agents: Vec<Agent> = agents.into_iter().skip(page * PAGE).take(PAGE).collect();
+    let link = |p: usize| {
+        format!(
+            "/agents?status={}&capability={}&page={p}",
+            status.map_or("", |s| s.as_str()),
+            urlencode(&cap)
+        )
+    };
     let body = html! {
         form.filters method="get" action="/agents" {
             label for="f-status" { "Status" }
@@ -69,7 +84,13 @@ pub async fn list(
                     }
                 }
             }
-            p.muted { (agents.len()) " agents" }
+            nav.pager aria-label="Pages" {
+                span.muted {
+                    "Agents " (page * PAGE + 1) "–" (page * PAGE + agents.len()) " of " (total)
+                }
+                @if page > 0 { a href=(link(page - 1)) { "← Previous" } }
+                @if (page + 1) * PAGE < total { a href=(link(page + 1)) { "Next →" } }
+            }
         }
     };
     Ok(views::page(&ctx, &who, Nav::Agents, "Agents", None, body).await)

@@ -10,6 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+/// Request cards on the inbox at most.
+const INBOX_PAGE: usize = 50;
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Done {
     ok: Option<String>,
@@ -109,6 +112,10 @@ async fn requests_markup(ctx: &HttpContext, who: &Signed) -> Result<Markup, Cons
         .list_agents(&who.caller, Some(AgentStatus::Pending))
         .await?;
     pending.sort_by_key(|a| a.requested_at);
+    // The oldest first, a page at a time: a flood of requests keeps the page fast and the
+    // decisions in order.
+    let waiting = pending.len();
+    pending.truncate(INBOX_PAGE);
     let defaults = &who.workspace().settings.default_permissions;
     let admin = views::can(who, Role::Admin);
     Ok(html! {
@@ -117,6 +124,9 @@ async fn requests_markup(ctx: &HttpContext, who: &Signed) -> Result<Markup, Cons
                 (views::empty("No pending requests. You are all caught up.", html! {
                     p.muted { "Agents ask through MCP (" code { "request_access" } "), the control plane or " code { "parallax-mcp agent request" } "; their requests land here." }
                 }))
+            }
+            @if waiting > pending.len() {
+                p.muted #more-requests { "Showing the " (pending.len()) " oldest of " (waiting) " waiting requests; more appear as these are decided." }
             }
             @for a in &pending {
                 article.card #(format!("request-{}", a.id)) data-agent=(a.id) {

@@ -214,6 +214,17 @@ impl Service {
         Ok(())
     }
 
+    /// How many access requests wait for a decision (the console's badge): a count, not a list.
+    pub async fn count_pending_requests(&self, caller: &MemberCaller) -> ServiceResult<u64> {
+        self.require(caller, Role::Read, "listing agents").await?;
+        Ok(self
+            .store
+            .read()
+            .await?
+            .count_agents(&caller.workspace().id, &[AgentStatus::Pending])
+            .await?)
+    }
+
     /// Audits a console request refused before any service ran (a forged or cross-site form):
     /// `member.denied`, like a refused role check.
     pub async fn refuse_console_request(

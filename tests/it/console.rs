@@ -517,6 +517,20 @@ async fn console_work_delegations_settings_and_activity() {
             .await;
         assert!(admin.text("table.delegations").await.contains("fine by me"));
 
+        // The task moved to writer-b; end that assignment from the work page.
+        admin.goto(&c.url("/work")).await;
+        let end = "button[aria-label='End assignment of writer-b']";
+        assert!(
+            !admin
+                .exists("button[aria-label='End assignment of writer-a']")
+                .await
+        );
+        admin.submit(end).await;
+        admin
+            .wait_source("the assignment ended", |s| s.contains("Assignment ended."))
+            .await;
+        assert!(!admin.exists(end).await, "ended assignments leave the page");
+
         // Members: add, change role, remove.
         admin.goto(&c.url("/settings")).await;
         admin.fill("#m-email", "new@acme.test").await;
