@@ -55,7 +55,12 @@ async fn sign_in(cli: &Cli, mcp_url: &str, http: &reqwest::Client) -> Result<Str
         .into());
     }
     let link = String::from_utf8(out.stdout)?;
-    let token = link.trim().rsplit('#').next().unwrap_or_default().to_owned();
+    let token = link
+        .trim()
+        .rsplit('#')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let base = mcp_url.trim_end_matches("/mcp");
     let res = http
         .post(format!("{base}/login/link"))
@@ -132,10 +137,19 @@ pub(crate) async fn measure(
         ("activity, newest", "/activity".into()),
         ("activity, older page", format!("/activity?before={before}")),
         ("activity, one agent", "/activity?agent=bench-agent".into()),
-        ("activity, a member", "/activity?member=admin%40bench.test".into()),
-        ("activity, a rare type", "/activity?type=member.signed_in".into()),
+        (
+            "activity, a member",
+            "/activity?member=admin%40bench.test".into(),
+        ),
+        (
+            "activity, a rare type",
+            "/activity?type=member.signed_in".into(),
+        ),
         ("activity, denied only", "/activity?outcome=denied".into()),
-        ("activity, time range", "/activity?since=2000-01-01T00%3A00&until=2100-01-01T00%3A00".into()),
+        (
+            "activity, time range",
+            "/activity?since=2000-01-01T00%3A00&until=2100-01-01T00%3A00".into(),
+        ),
         ("settings", "/settings".into()),
     ];
     println!(
@@ -165,7 +179,10 @@ pub(crate) async fn measure(
         );
     }
     if !over.is_empty() {
-        eprintln!("console pages over {TARGET_MS} ms at p99: {}", over.join(", "));
+        eprintln!(
+            "console pages over {TARGET_MS} ms at p99: {}",
+            over.join(", ")
+        );
     }
     Ok(())
 }

@@ -1134,7 +1134,10 @@ async fn main() -> Result<()> {
         }
     }
     // The console's pages, on the same server and data (timings only).
-    if o.only.as_deref().is_none_or(|t| "console pages".contains(t)) {
+    if o.only
+        .as_deref()
+        .is_none_or(|t| "console pages".contains(t))
+    {
         let (rows, reps) = if o.smoke { (200, 5) } else { (100_000, 50) };
         if let Err(e) = console::measure(&cli, &parallax.url, &key, rows, reps).await {
             failures.push(format!("console pages: {e}"));

@@ -8,7 +8,7 @@ use super::session::{ConsoleError, Signed, message_of, status_of};
 use super::views::{self, Nav, Notice};
 use crate::domain::*;
 use crate::http::HttpContext;
-use crate::store::ActivityQuery;
+use crate::store::{ActivityQuery, AgentOrder};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
@@ -37,13 +37,28 @@ pub async fn list(
         .transpose()
         .map_err(|e| ConsoleError::Invalid(e.0))?;
     let cap = f.capability.as_deref().unwrap_or("").trim().to_owned();
-    let mut agents = ctx.service.list_agents(&who.caller, status).await?;
-    if !cap.is_empty() {
+    // Without a capability filter the store pages; with one, the filter runs here.
+    let (agents, total, page) = if cap.is_empty() {
+        let want = f.page.unwrap_or(0);
+        let (agents, total) = ctx
+            .service
+            .agents_page(
+                &who.caller,
+                status,
+                AgentOrder::Id,
+                (want * PAGE) as u64,
+                PAGE as u64,
+            )
+            .await?;
+        (agents, total as usize, want)
+    } else {
+        let mut agents = ctx.service.list_agents(&who.caller, status).await?;
         agents.retain(|a| a.capabilities.iter().any(|c| c == &cap));
-    }
-    let total = agents.len();
-    let page = f.page.unwrap_or(0).min(total.saturating_sub(1) / PAGE);
-    let agents: Vec<Agent> = agents.into_iter().skip(page * PAGE).take(PAGE).collect();
+        let total = agents.len();
+        let page = f.page.unwrap_or(0).min(total.saturating_sub(1) / PAGE);
+        let agents: Vec<Agent> = agents.into_iter().skip(page * PAGE).take(PAGE).collect();
+        (agents, total, page)
+    };
     let link = |p: usize| {
         format!(
             "/agents?status={}&capability={}&page={p}",

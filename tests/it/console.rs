@@ -283,6 +283,16 @@ async fn console_end_to_end() {
         // Deny another request with a reason, from the inbox.
         signed_request(&c, &secret, "spam-bot", &["read:tasks"]).await;
         admin.goto(&c.url("/")).await;
+        // While a card is being edited, a new request does not replace the list under the
+        // person (the badge still counts it).
+        let edited = "#request-spam-bot input[value='read:tasks']";
+        check(&admin, edited, false).await;
+        signed_request(&c, &secret, "late-bot", &["read:tasks"]).await;
+        admin
+            .wait_source("the badge counts both", |s| s.contains("aria-label=\"2 pending\""))
+            .await;
+        assert!(!admin.exists("#request-late-bot").await, "the edited list stays");
+        assert!(!admin.find(edited).await.is_selected().await.unwrap(), "the edit stays");
         admin.fill("#reason-spam-bot", "not ours").await;
         admin.submit("#request-spam-bot form.deny button[type=submit]").await;
         admin.wait_source("the denial", |s| s.contains("Denied spam-bot")).await;
@@ -691,6 +701,46 @@ async fn console_work_delegations_settings_and_activity() {
             entries
                 .windows(2)
                 .all(|w| w[0]["id"].as_str() > w[1]["id"].as_str())
+        );
+
+        // Auto-approved requests are shown as such.
+        c.admin_cli(&[
+            "workspace",
+            "settings",
+            "--set",
+            "auto_approve_capabilities=summaries",
+            "--set",
+            "auto_approve_permissions=read:tasks",
+            "--set",
+            "max_agents_per_project=10",
+        ])
+        .await;
+        let auto = c
+            .admin_cli(&[
+                "agent",
+                "request",
+                "auto-bot",
+                "--name",
+                "Auto",
+                "--capability",
+                "summaries",
+                "--permission",
+                "read:tasks",
+            ])
+            .await;
+        assert_eq!(auto["agent"]["status"], "approved", "{auto}");
+        admin.goto(&c.url("/")).await;
+        let recent = admin.text("main").await;
+        assert!(
+            recent.contains("Recently auto-approved") && recent.contains("auto-bot"),
+            "{recent}"
+        );
+        admin.goto(&c.url("/agents/auto-bot")).await;
+        assert!(
+            admin
+                .text("section.summary")
+                .await
+                .contains("auto-approved")
         );
     })
     .await;
