@@ -14,7 +14,7 @@
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
 //!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
-//!   (`store::auth_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
+//!   (`store::auth_cache`), each agent's current work (`store::work_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
 //!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
 //!   replicas. `store::sealed` encrypts secrets at rest under the master key.
 //!   `store::preflight` says in one line why a database cannot be opened (path or host,
@@ -72,6 +72,10 @@
 //!   store's own write methods for agents, keys, workspace settings and members bump it in the
 //!   change's transaction, so a revocation applies to the next call on every replica and from
 //!   every process. Key expiry is checked against the clock on each request.
+//! - An agent's work (assignments, their tasks and projects) is served from memory only as of
+//!   the work generation the request read with its credential: the store's writes of projects,
+//!   tasks and assignments bump it in their transaction, so a read never misses a committed
+//!   change from any process or replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their

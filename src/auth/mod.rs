@@ -9,7 +9,7 @@ pub use tokens::{AgentToken, TokenRefusal, Tokens};
 
 use crate::domain::*;
 use crate::service::{ServiceError, ServiceResult};
-use crate::store::{CredentialView, Store};
+use crate::store::{CredentialView, Seen, Store};
 
 /// A human member of a workspace, identified by the operator's CLI (`--as`) or a member token.
 #[derive(Debug, Clone)]
@@ -68,6 +68,8 @@ pub struct AgentCaller {
     scope: Option<PermissionSet>,
     /// The workspace's rate limit for this agent, read with the credential.
     rate: RateLimit,
+    /// The store generations this request authenticated at; the work snapshot is served as of them.
+    seen: Seen,
 }
 
 /// Requests per minute and burst, from the workspace settings.
@@ -126,6 +128,11 @@ impl AgentCaller {
 
     pub fn actor(&self) -> Actor {
         Actor::Agent(self.agent.id.clone())
+    }
+
+    /// The store generations read when this caller was authenticated.
+    pub fn seen(&self) -> Seen {
+        self.seen
     }
 }
 
@@ -189,13 +196,13 @@ pub async fn agent(
     let Ok(key) = ApiKey::parse(raw_key) else {
         return refuse(AgentAuthError::Malformed, None);
     };
-    let Some(view) = store.credential_view(&key.hash()).await? else {
+    let (Some(view), seen) = store.credential_view(&key.hash()).await? else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
     if !view.key_hash.matches(&key) {
         return refuse(AgentAuthError::UnknownKey, None);
     }
-    Ok(check_credential(&view, None))
+    Ok(check_credential(&view, seen, None))
 }
 
 /// The checks every request repeats after the credential is identified: not revoked or expired
@@ -203,6 +210,7 @@ pub async fn agent(
 /// (access tokens).
 pub(crate) fn check_credential(
     view: &CredentialView,
+    seen: Seen,
     scope: Option<PermissionSet>,
 ) -> Result<AgentCaller, AgentAuthRefusal> {
     let refuse = |error, owner| Err(AgentAuthRefusal { error, owner });
@@ -243,6 +251,7 @@ pub(crate) fn check_credential(
         agent,
         credential_id: cred.id.clone(),
         scope,
+        seen,
         rate: RateLimit {
             per_minute: ws.settings.rate_limit_per_minute,
             burst: ws.settings.rate_limit_burst,

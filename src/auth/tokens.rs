@@ -424,7 +424,7 @@ impl Tokens {
         else {
             return refuse("access token with an unknown scope".into());
         };
-        let view = self.inner.store.credential_view_by_id(&cid).await?;
+        let (view, seen) = self.inner.store.credential_view_by_id(&cid).await?;
         let Some(view) = view.filter(|v| {
             v.credential.workspace_id == claims.ws && v.credential.agent_id == claims.sub
         }) else {
@@ -433,7 +433,7 @@ impl Tokens {
                 owner: None,
             }));
         };
-        Ok(check_credential(&view, Some(scope)))
+        Ok(check_credential(&view, seen, Some(scope)))
     }
 
     /// Signature, algorithm, type, key and claims. Never panics on any input.

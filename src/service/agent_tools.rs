@@ -50,30 +50,28 @@ impl Service {
         status: Option<TaskStatus>,
     ) -> ServiceResult<MyAssignments> {
         need(caller, Permission::ReadTasks)?;
-        let ws = caller.workspace_id();
-        let tx = self.store.read().await?;
-        let assignments = tx.agent_assignments(ws, caller.agent_id(), false).await?;
-        let task_ids: Vec<String> = assignments
-            .iter()
-            .filter_map(|a| a.task_id.clone())
-            .collect();
-        let tasks = tx.tasks_by_ids(ws, &task_ids).await?;
+        // Served from the store's work snapshot as of the request's own authentication, so a
+        // repeated read costs no query (see `store::work_cache`).
+        let work = self
+            .store
+            .agent_work(caller.seen(), caller.workspace_id(), caller.agent_id())
+            .await?;
         let mut out = MyAssignments {
             projects: Vec::new(),
             tasks: Vec::new(),
         };
-        for a in assignments {
+        for a in &work.assignments {
             match &a.task_id {
                 Some(tid) => {
-                    if let Some(t) = tasks.iter().find(|t| &t.id == tid)
+                    if let Some(t) = work.tasks.iter().find(|t| &t.id == tid)
                         && status.is_none_or(|s| s == t.status)
                     {
                         out.tasks.push((a.clone(), t.clone()));
                     }
                 }
                 None => {
-                    if let Some(p) = tx.project(ws, &a.project_id).await? {
-                        out.projects.push((a, p));
+                    if let Some(p) = work.projects.iter().find(|p| p.id == a.project_id) {
+                        out.projects.push((a.clone(), p.clone()));
                     }
                 }
             }

@@ -18,8 +18,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// More entries than this in one map and it is emptied rather than grown.
 const MAX_ENTRIES: usize = 10_000;
 
-const READ_GENERATION: &str = "SELECT value FROM auth_generation WHERE id = 1";
+const READ_GENERATIONS: &str = "SELECT value, work FROM auth_generation WHERE id = 1";
 const BUMP_GENERATION: &str = "UPDATE auth_generation SET value = value + 1 WHERE id = 1";
+const BUMP_WORK_GENERATION: &str = "UPDATE auth_generation SET work = work + 1 WHERE id = 1";
+
+/// Both generations as one statement read them at the start of a request: `auth` tags the
+/// credential snapshot, `work` the agents' work snapshot (`store::work_cache`). Everything a
+/// request serves from memory is as current as a read transaction begun at that instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub auth: i64,
+    pub work: i64,
+}
 
 /// A stored API key with everything a request needs to decide on it.
 #[derive(Debug, Clone)]
@@ -104,51 +114,54 @@ fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
 }
 
 impl Store {
-    /// The authorization generation, read by one prepared statement outside any transaction.
-    pub async fn auth_generation(&self) -> StoreResult<i64> {
-        use sea_orm::sqlx::query_scalar;
-        match self.db.get_database_backend() {
+    /// Both generations, read by one prepared statement outside any transaction.
+    pub async fn generations(&self) -> StoreResult<Seen> {
+        use sea_orm::sqlx::query_as;
+        let (auth, work) = match self.db.get_database_backend() {
             DbBackend::Sqlite => {
-                query_scalar::<_, i64>(READ_GENERATION)
+                query_as::<_, (i64, i64)>(READ_GENERATIONS)
                     .fetch_one(self.db.get_sqlite_connection_pool())
                     .await
             }
             _ => {
-                query_scalar::<_, i64>(READ_GENERATION)
+                query_as::<_, (i64, i64)>(READ_GENERATIONS)
                     .fetch_one(self.db.get_postgres_connection_pool())
                     .await
             }
         }
-        .map_err(sqlx_error)
+        .map_err(sqlx_error)?;
+        Ok(Seen { auth, work })
     }
 
-    /// Reads the generation and returns the cached entry `pick` finds, if still valid.
+    /// Reads the generations and returns the cached entry `pick` finds, if still valid.
     async fn cached<V>(
         &self,
         pick: impl FnOnce(&mut State) -> Option<Arc<V>>,
-    ) -> StoreResult<Option<Arc<V>>> {
-        let generation = self.auth_generation().await?;
+    ) -> StoreResult<(Option<Arc<V>>, Seen)> {
+        let seen = self.generations().await?;
         let mut state = self.auth.lock();
-        state.sync(generation);
-        Ok(pick(&mut state))
+        state.sync(seen.auth);
+        Ok((pick(&mut state), seen))
     }
 
-    /// The API key whose hash is `hash`, with its agent and workspace; current as of this call.
+    /// The API key whose hash is `hash`, with its agent and workspace, current as of this call;
+    /// and the generations that call saw (for the work snapshot).
     pub async fn credential_view(
         &self,
         hash: &KeyHash,
-    ) -> StoreResult<Option<Arc<CredentialView>>> {
-        if let Some(v) = self
+    ) -> StoreResult<(Option<Arc<CredentialView>>, Seen)> {
+        if let (Some(v), seen) = self
             .cached(|s| s.by_hash.get(hash.as_str()).cloned())
             .await?
         {
-            return Ok(Some(v));
+            return Ok((Some(v), seen));
         }
         let tx = self.read().await?;
-        let generation = tx.read_auth_generation().await?;
+        let seen = tx.read_generations().await?;
+        let generation = seen.auth;
         let Some((credential, key_hash)) = tx.credential_by_hash(hash).await? else {
             tx.commit().await?;
-            return Ok(None);
+            return Ok((None, seen));
         };
         let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
         tx.commit().await?;
@@ -165,22 +178,24 @@ impl Store {
             view.credential.id.clone(),
             view.clone(),
         );
-        Ok(Some(view))
+        Ok((Some(view), seen))
     }
 
-    /// The API key with id `id` (an access token's credential); current as of this call.
+    /// The API key with id `id` (an access token's credential), current as of this call; and
+    /// the generations that call saw.
     pub async fn credential_view_by_id(
         &self,
         id: &str,
-    ) -> StoreResult<Option<Arc<CredentialView>>> {
-        if let Some(v) = self.cached(|s| s.by_id.get(id).cloned()).await? {
-            return Ok(Some(v));
+    ) -> StoreResult<(Option<Arc<CredentialView>>, Seen)> {
+        if let (Some(v), seen) = self.cached(|s| s.by_id.get(id).cloned()).await? {
+            return Ok((Some(v), seen));
         }
         let tx = self.read().await?;
-        let generation = tx.read_auth_generation().await?;
+        let seen = tx.read_generations().await?;
+        let generation = seen.auth;
         let Some((credential, key_hash)) = tx.credential_by_id(id).await? else {
             tx.commit().await?;
-            return Ok(None);
+            return Ok((None, seen));
         };
         let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
         tx.commit().await?;
@@ -192,7 +207,7 @@ impl Store {
             view.key_hash.as_str().to_owned(),
             view.clone(),
         );
-        Ok(Some(view))
+        Ok((Some(view), seen))
     }
 
     /// Workspace `workspace_id` and its member `email`; current as of this call.
@@ -202,11 +217,11 @@ impl Store {
         email: &str,
     ) -> StoreResult<Arc<MemberView>> {
         let key = (workspace_id.to_owned(), email.to_owned());
-        if let Some(v) = self.cached(|s| s.members.get(&key).cloned()).await? {
+        if let (Some(v), _) = self.cached(|s| s.members.get(&key).cloned()).await? {
             return Ok(v);
         }
         let tx = self.read().await?;
-        let generation = tx.read_auth_generation().await?;
+        let generation = tx.read_generations().await?.auth;
         let workspace = tx.workspace_by_id(workspace_id).await?;
         let member = match &workspace {
             Some(ws) => tx.member_by_email(&ws.id, email).await?,
@@ -222,15 +237,28 @@ impl Store {
 }
 
 impl Tx {
-    /// The generation as this transaction sees it.
-    async fn read_auth_generation(&self) -> StoreResult<i64> {
+    /// The generations as this transaction sees them.
+    pub(super) async fn read_generations(&self) -> StoreResult<Seen> {
         let backend = self.tx.get_database_backend();
         let row = self
             .tx
-            .query_one_raw(Statement::from_string(backend, READ_GENERATION))
+            .query_one_raw(Statement::from_string(backend, READ_GENERATIONS))
             .await?
             .ok_or_else(|| StoreError::Corrupt("auth_generation has no row".into()))?;
-        Ok(row.try_get::<i64>("", "value")?)
+        Ok(Seen {
+            auth: row.try_get::<i64>("", "value")?,
+            work: row.try_get::<i64>("", "work")?,
+        })
+    }
+
+    /// Marks a change to projects, tasks or assignments; commits (or rolls back) with it. Every
+    /// store method that writes those calls this.
+    pub(super) async fn bump_work_generation(&self) -> StoreResult<()> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, BUMP_WORK_GENERATION))
+            .await?;
+        Ok(())
     }
 
     /// Marks a change that can affect authorization; commits (or rolls back) with it. Every

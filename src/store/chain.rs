@@ -143,9 +143,12 @@ impl Tx {
             )
             .exec_without_returning(&self.tx)
             .await?;
+            // `.all()`, not `.one()`: a bound LIMIT makes SQLite re-prepare on every batch.
             let head = activity_chain::Entity::find_by_id(ws.clone())
-                .one(&self.tx)
+                .all(&self.tx)
                 .await?
+                .into_iter()
+                .next()
                 .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
             let mut prev = head.last_hash;
             let mut models = Vec::with_capacity(entries.len());

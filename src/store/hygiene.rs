@@ -14,8 +14,11 @@ use sqlx::pool::{PoolConnectionMetadata, PoolOptions};
 use sqlx::{Connection, Database};
 
 /// The release and acquire checks for SQLite, whose rollback on drop is queued to the
-/// connection's worker thread: a ping (a round trip to that thread, no SQL) lets it run first, so
-/// the depth read next is the one the rollback left.
+/// connection's worker thread: when the depth is not zero at release, a ping (a round trip to that
+/// thread, no SQL) lets a queued rollback run first, so the depth read next is the one the
+/// rollback left. A depth of zero needs no ping: a rollback is only queued by a transaction that
+/// was open, and the worker runs a still-queued `BEGIN`'s own cleanup before the next user's
+/// commands, so the common release (after a commit, or no transaction) costs no round trip.
 pub fn guard_sqlite(opts: PoolOptions<sqlx::Sqlite>) -> PoolOptions<sqlx::Sqlite> {
     guard(opts, true)
 }
@@ -30,7 +33,7 @@ fn guard<DB: Database>(opts: PoolOptions<DB>, settle: bool) -> PoolOptions<DB> {
     opts.after_release(
         move |conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
             Box::pin(async move {
-                if settle {
+                if settle && conn.is_in_transaction() {
                     conn.ping().await?;
                 }
                 Ok(clean(&*conn, "released"))

@@ -22,8 +22,9 @@ pub mod preflight;
 mod sealed;
 mod signing_keys;
 mod webhook_secrets;
+mod work_cache;
 
-pub use auth_cache::{CredentialView, MemberView};
+pub use auth_cache::{CredentialView, MemberView, Seen};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use console::{AgentOrder, ConsoleSessionRow, LoginLinkRow};
@@ -32,6 +33,7 @@ pub use outbox::{DeliveryAttempt, DeliveryClaim};
 pub use preflight::Create;
 pub use sealed::{MasterKey, SecretsStatus};
 pub use signing_keys::SigningKeyRow;
+pub use work_cache::AgentWork;
 
 use crate::domain::*;
 use chrono::{DateTime, Utc};
@@ -93,6 +95,8 @@ pub struct Store {
     events_committed: Arc<Notify>,
     /// Credentials and members as last read, valid while the authorization generation holds.
     auth: Arc<auth_cache::AuthCache>,
+    /// Agents' current work as last read, valid while the work generation holds.
+    work: Arc<work_cache::WorkCache>,
     /// The database for messages: an absolute SQLite path or `postgres://host:port/db`.
     location: Arc<str>,
     /// Seals secrets on write and opens them on read (see `sealed`).
@@ -217,6 +221,7 @@ impl Store {
             db,
             events_committed: Arc::default(),
             auth: Arc::default(),
+            work: Arc::default(),
             location: preflight::location(url).into(),
             sealer: Arc::default(),
         })
@@ -639,6 +644,7 @@ impl Tx {
     // ---- projects, tasks, pages ----
 
     pub async fn insert_project(&self, p: &Project) -> StoreResult<()> {
+        self.bump_work_generation().await?;
         project::Entity::insert(convert::project_model(p).into_active_model())
             .exec(&self.tx)
             .await?;
@@ -688,6 +694,7 @@ impl Tx {
     }
 
     pub async fn insert_task(&self, t: &Task) -> StoreResult<()> {
+        self.bump_work_generation().await?;
         task::Entity::insert(convert::task_model(t).into_active_model())
             .exec(&self.tx)
             .await?;
@@ -695,6 +702,7 @@ impl Tx {
     }
 
     pub async fn update_task(&self, t: &Task) -> StoreResult<()> {
+        self.bump_work_generation().await?;
         convert::task_model(t)
             .into_active_model()
             .reset_all()
@@ -1011,6 +1019,7 @@ impl Tx {
     // ---- assignments ----
 
     pub async fn insert_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        self.bump_work_generation().await?;
         assignment::Entity::insert(convert::assignment_model(a).into_active_model())
             .exec(&self.tx)
             .await?;
@@ -1024,6 +1033,7 @@ impl Tx {
         by: &str,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
+        self.bump_work_generation().await?;
         assignment::Entity::update_many()
             .col_expr(assignment::Column::UnassignedAt, Expr::value(at))
             .col_expr(assignment::Column::UnassignedBy, Expr::value(by))

@@ -1,7 +1,8 @@
-//! The server keeps credentials and members in memory (the store's authentication snapshot). These
-//! tests prove it never serves a decision that a committed change has overturned: each change is
-//! made by another process — the real CLI on the same database, or a second server (a replica) —
-//! and the very next request to the first server must be refused, with no wait in between.
+//! The server keeps credentials and members in memory (the store's authentication snapshot), and
+//! each agent's current work (the work snapshot). These tests prove it never serves a decision or
+//! a read that a committed change has overturned: each change is made by another process — the
+//! real CLI on the same database, or a second server (a replica) — and the very next request to
+//! the first server must see it, with no wait in between.
 
 use crate::support::server::*;
 use parallax_mcp::domain::Permission;
@@ -67,6 +68,11 @@ impl Changer {
 
     /// Sends an admin API request to the replica; it must succeed.
     async fn api(&self, method: &str, path: &str, body: Value) {
+        self.api_json(method, path, body).await;
+    }
+
+    /// Like `api`, returning the response body.
+    async fn api_json(&self, method: &str, path: &str, body: Value) -> Value {
         let replica = self.replica.as_ref().expect("a replica");
         let origin = replica.url.trim_end_matches("/mcp");
         let res = self
@@ -78,11 +84,57 @@ impl Changer {
             .await
             .unwrap();
         let status = res.status();
+        let text = res.text().await.unwrap_or_default();
         assert!(
             status.is_success(),
-            "{method} {path} on the replica: {status} {}",
-            res.text().await.unwrap_or_default()
+            "{method} {path} on the replica: {status} {text}"
         );
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Assigns `agent` to `task`; returns the assignment id.
+    async fn assign(&self, agent: &str, task: &str) -> String {
+        let out: Value = match self.via {
+            Via::Cli => {
+                let out = cli(&self.db_url, &["--json", "assign", agent, "--task", task]).await;
+                serde_json::from_str(&out).expect("assign --json prints JSON")
+            }
+            Via::Replica => {
+                self.api_json(
+                    "POST",
+                    "/api/v1/workspaces/acme/assignments",
+                    json!({ "agentId": agent, "taskId": task }),
+                )
+                .await
+            }
+        };
+        let id = out["assignment"]["id"].as_str().or(out["id"].as_str());
+        id.unwrap_or_else(|| panic!("no assignment id in {out}"))
+            .to_owned()
+    }
+
+    async fn unassign(&self, assignment: &str) {
+        match self.via {
+            Via::Cli => {
+                cli(&self.db_url, &["unassign", assignment]).await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/assignments/{assignment}");
+                self.api("DELETE", &path, Value::Null).await
+            }
+        }
+    }
+
+    async fn set_task_status(&self, task: &str, status: &str) {
+        match self.via {
+            Via::Cli => {
+                cli(&self.db_url, &["task", "update", task, "--status", status]).await;
+            }
+            Via::Replica => {
+                let path = format!("/api/v1/workspaces/acme/tasks/{task}");
+                self.api("PATCH", &path, json!({ "status": status })).await
+            }
+        }
     }
 
     async fn revoke(&self, agent: &str) {
@@ -268,4 +320,68 @@ async fn changes_made_by_the_cli_apply_to_the_very_next_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_on_another_replica_apply_to_the_very_next_call() {
     no_stale_decision(Via::Replica).await;
+}
+
+/// The agent's assigned tasks as `(id, status)`, read twice so the second is served warm; both
+/// reads must agree.
+async fn my_tasks(client: &Client) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mine = ok(client, "agent_my_assignments", json!({})).await;
+        let tasks: Vec<(String, String)> = mine["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| {
+                let task = &t["task"];
+                (
+                    task["id"].as_str().unwrap().to_owned(),
+                    task["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        seen.push(tasks);
+    }
+    assert_eq!(seen[0], seen[1], "a warm read differs from the cold one");
+    seen.pop().unwrap()
+}
+
+async fn no_stale_work(via: Via) {
+    let w = world().await;
+    let read = [Permission::ReadTasks, Permission::ReadProjects];
+    let worker = approved_agent(&w.svc, &w.admin, "worker", &read).await;
+    let server = spawn_http(&w.db.url).await;
+    let changer = Changer::new(via, &w.db.url).await;
+    let client = http_client(&server.url, &worker, ProtocolVersion::V_2025_11_25).await;
+    let task = w.task.id.clone();
+
+    assert_eq!(my_tasks(&client).await, vec![], "not assigned yet");
+    let assignment = changer.assign("worker", &task).await;
+    assert_eq!(
+        my_tasks(&client).await,
+        vec![(task.clone(), "todo".to_owned())],
+        "assignment: the next read missed it"
+    );
+    changer.set_task_status(&task, "in_progress").await;
+    assert_eq!(
+        my_tasks(&client).await,
+        vec![(task.clone(), "in_progress".to_owned())],
+        "task status: the next read served the old status"
+    );
+    changer.unassign(&assignment).await;
+    assert_eq!(
+        my_tasks(&client).await,
+        vec![],
+        "unassignment: the next read still listed the task"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_changed_by_the_cli_shows_in_the_very_next_read() {
+    no_stale_work(Via::Cli).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_changed_on_another_replica_shows_in_the_very_next_read() {
+    no_stale_work(Via::Replica).await;
 }
