@@ -34,8 +34,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_190000_activity_chain::Migration),
             Box::new(m20261202_190100_grant_expiry::Migration),
             Box::new(m20261202_200000_audit_checkpoints::Migration),
-            Box::new(m20261203_300000_work_generation::Migration),
             Box::new(m20261203_100000_console_sessions::Migration),
+            Box::new(m20261203_300000_work_generation::Migration),
         ]
     }
 }
