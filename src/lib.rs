@@ -21,7 +21,10 @@
 //!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
-//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]).
+//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]). Console
+//!   sign-in with OpenID Connect ([`auth::oidc`]: code flow with PKCE and nonce, over our hyper
+//!   client) turns a provider's ID token into a workspace member; pending sign-ins are kept in
+//!   the store (`store::oidc_logins`), so any replica finishes what another began.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
@@ -34,6 +37,7 @@
 //!   connection caps that shed idle connections; a draining shutdown), one
 //!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
+//!   `http::oidc` serves `/login/oidc` and its callback when `[oidc]` is configured.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.

@@ -14,6 +14,7 @@ mod error;
 mod expiry;
 mod inbound;
 mod outbox;
+mod sign_ins;
 mod trail;
 mod work;
 mod workspaces;

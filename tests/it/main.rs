@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod logs;
 mod mcp;
+mod oidc;
 mod packaging;
 mod repo;
 mod secrets;

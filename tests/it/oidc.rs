@@ -1,0 +1,367 @@
+//! Console sign-in with OpenID Connect, against a real provider: panva's `oidc-provider` under
+//! Node 22, installed by `.ci/oidc/setup.sh` (which `.ci/test` runs). The browser is a reqwest
+//! client with a cookie jar that fills in the provider's login form.
+
+use crate::support::server::{HttpServer, spawn_http_env};
+use crate::support::{TestDb, activity_of, seed_workspace};
+use parallax_mcp::service::Service;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const CLIENT_ID: &str = "parallax-console";
+const CLIENT_SECRET: &str = "test-client-secret-0123456789";
+
+/// Where `.ci/oidc/setup.sh` installed node and oidc-provider: `$PARALLAX_OIDC_TOOLS`, else
+/// `.ci/tools/oidc` in the repository. Missing tools fail the test: it is never skipped.
+fn tools() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("PARALLAX_OIDC_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/tools/oidc"));
+    let node = dir.join("node_modules/.bin/node");
+    let provider = dir.join("node_modules/oidc-provider/package.json");
+    assert!(
+        node.exists() && provider.exists(),
+        "the OIDC tests need Node 22 and oidc-provider in {}: run .ci/test (or .ci/oidc/setup.sh .ci/tools) first",
+        dir.display()
+    );
+    (node, dir)
+}
+
+/// A running provider: its issuer URL, and its stdin (closing it stops the provider).
+struct Provider {
+    _child: tokio::process::Child,
+    issuer: String,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Provider {
+    async fn start() -> Provider {
+        let (node, dir) = tools();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/oidc/provider.mjs");
+        let mut child = tokio::process::Command::new(node)
+            .arg(script)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the OpenID provider");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let issuer = next_line(&mut lines).await;
+        let issuer = issuer
+            .strip_prefix("issuer ")
+            .unwrap_or_else(|| panic!("provider said {issuer:?}"))
+            .to_owned();
+        Provider {
+            _child: child,
+            issuer,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Registers the client (redirect URI of `server`) and the accounts, and waits until ready.
+    async fn configure(&mut self, redirect_uri: &str, accounts: serde_json::Value, conform: bool) {
+        let setup = json!({
+            "clientId": CLIENT_ID,
+            "clientSecret": CLIENT_SECRET,
+            "redirectUri": redirect_uri,
+            "accounts": accounts,
+            "conformIdTokenClaims": conform,
+        });
+        self.stdin
+            .write_all(format!("{setup}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+        assert_eq!(next_line(&mut self.lines).await, "ready");
+    }
+}
+
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the OpenID provider did not answer in time")
+        .unwrap()
+        .expect("the OpenID provider exited")
+}
+
+/// The people the provider knows: one member of `acme`, and several who must be refused.
+fn accounts() -> serde_json::Value {
+    json!({
+        "writer": { "email": "Writer@acme.test", "email_verified": true },
+        "stranger": { "email": "stranger@acme.test", "email_verified": true },
+        "outsider": { "email": "admin@elsewhere.test", "email_verified": true },
+        "unverified": { "email": "reader@acme.test", "email_verified": false },
+        "nomail": {},
+    })
+}
+
+/// A workspace `acme` (admin, writer, reader), a provider, and the server configured for it.
+struct Setup {
+    db: TestDb,
+    svc: Service,
+    ws: String,
+    provider: Provider,
+    server: HttpServer,
+    origin: String,
+    _secret: tempfile::TempDir,
+}
+
+async fn setup(conform_id_token_claims: bool) -> Setup {
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let ws = seed_workspace(&svc, "acme").await.workspace.id;
+    let mut provider = Provider::start().await;
+    // The secret comes from a file, as the README recommends.
+    let secret = tempfile::tempdir().unwrap();
+    let secret_file = secret.path().join("client-secret");
+    std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
+    let server = spawn_http_env(
+        &db.url,
+        &[
+            ("PARALLAX_OIDC_ISSUER", provider.issuer.as_str()),
+            ("PARALLAX_OIDC_CLIENT_ID", CLIENT_ID),
+            (
+                "PARALLAX_OIDC_CLIENT_SECRET_FILE",
+                secret_file.to_str().unwrap(),
+            ),
+            ("PARALLAX_OIDC_ALLOWED_DOMAINS", "acme.test"),
+        ],
+    )
+    .await;
+    let origin = server.url.trim_end_matches("/mcp").to_owned();
+    provider
+        .configure(
+            &format!("{origin}/login/oidc/callback"),
+            accounts(),
+            conform_id_token_claims,
+        )
+        .await;
+    Setup {
+        db,
+        svc,
+        ws,
+        provider,
+        server,
+        origin,
+        _secret: secret,
+    }
+}
+
+/// A fresh browser: its own cookie jar, redirects followed by hand.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Starts a sign-in to `workspace` and signs in at the provider as `login`; returns the URL the
+/// provider sends the browser back to (the callback with `code` and `state`), not yet opened.
+async fn through_provider(http: &reqwest::Client, origin: &str, login: &str) -> String {
+    let mut res = http
+        .get(format!("{origin}/login/oidc?workspace=acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 302, "sign-in start: {:?}", res.text().await);
+    for _ in 0..10 {
+        if res.status().is_redirection() {
+            let location = res.headers()["location"].to_str().unwrap();
+            let next = res.url().join(location).unwrap().to_string();
+            if next.starts_with(&format!("{origin}/login/oidc/callback")) {
+                return next;
+            }
+            res = http.get(&next).send().await.unwrap();
+            continue;
+        }
+        // A page of the provider's: its login form (or a consent form), filled in and sent.
+        let url = res.url().clone();
+        let html = res.text().await.unwrap();
+        let action = attribute(&html, "action=\"").unwrap_or_else(|| panic!("no form in {html}"));
+        let prompt = attribute(&html, "name=\"prompt\" value=\"").expect("no prompt field");
+        let form = [
+            ("prompt", prompt.as_str()),
+            ("login", login),
+            ("password", "any"),
+        ];
+        res = http
+            .post(url.join(&action).unwrap())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    panic!("the provider never sent the browser back");
+}
+
+fn attribute(html: &str, prefix: &str) -> Option<String> {
+    let start = html.find(prefix)? + prefix.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].replace("&amp;", "&"))
+}
+
+/// Opens the callback: the status and the page.
+async fn open(http: &reqwest::Client, url: &str) -> (u16, String) {
+    let res = http.get(url).send().await.unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_member_signs_in_with_the_provider_and_a_used_state_is_refused() {
+    let s = setup(false).await;
+    let http = browser();
+    let callback = through_provider(&http, &s.origin, "writer").await;
+    assert!(
+        callback.contains("code=") && callback.contains("state="),
+        "{callback}"
+    );
+    let (status, page) = open(&http, &callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("writer@acme.test"), "{page}");
+    let signed_in = activity_of(&s.svc, &s.ws, "member.signed_in").await;
+    assert_eq!(signed_in.len(), 1, "{signed_in:?}");
+    assert_eq!(signed_in[0].actor_id, "writer@acme.test");
+    assert_eq!(signed_in[0].metadata["method"], "oidc");
+
+    // The same callback again (a replay from history or a leaked URL): the state is used up.
+    let (status, page) = open(&http, &callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not valid or was already used"), "{page}");
+    // A state that was never issued, and none at all.
+    for url in [
+        format!(
+            "{}/login/oidc/callback?code=abc&state=forged-state",
+            s.origin
+        ),
+        format!("{}/login/oidc/callback?code=abc", s.origin),
+    ] {
+        let (status, page) = open(&browser(), &url).await;
+        assert_eq!(status, 403, "{url}: {page}");
+        assert!(page.contains("not valid or was already used"), "{page}");
+    }
+    assert_eq!(
+        activity_of(&s.svc, &s.ws, "member.signed_in").await.len(),
+        1,
+        "a refused callback signed someone in"
+    );
+
+    // A genuine callback opened in another browser (a link sent to someone): refused, so nobody
+    // is signed in as the person who started it.
+    let callback = through_provider(&browser(), &s.origin, "writer").await;
+    let (status, page) = open(&browser(), &callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("started in another browser"), "{page}");
+    let failed = activity_of(&s.svc, &s.ws, "member.sign_in_failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].metadata["reason"], "other_browser");
+
+    // A genuine state with a code the provider never issued: the provider refuses the exchange,
+    // and the refusal is audited in the workspace the state was for.
+    let http = browser();
+    let callback = through_provider(&http, &s.origin, "writer").await;
+    let forged = callback
+        .split('&')
+        .map(|p| {
+            if p.contains("code=") {
+                let (k, _) = p.split_once("code=").unwrap();
+                format!("{k}code=not-a-real-code")
+            } else {
+                p.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let (status, page) = open(&http, &forged).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("invalid_grant"), "{page}");
+    let failed = activity_of(&s.svc, &s.ws, "member.sign_in_failed").await;
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(
+        failed[0].metadata["reason"], "denied_by_provider",
+        "newest first"
+    );
+    drop(s.server);
+    drop(s.db);
+}
+
+#[tokio::test]
+async fn people_who_are_not_members_or_not_vouched_for_are_refused_and_audited() {
+    let s = setup(false).await;
+    for (login, says, reason) in [
+        (
+            "stranger",
+            "stranger@acme.test is not a member of workspace acme",
+            "not_member",
+        ),
+        (
+            "outsider",
+            "admin@elsewhere.test is not in a domain allowed to sign in here",
+            "domain_not_allowed",
+        ),
+        (
+            "unverified",
+            "says reader@acme.test is not verified",
+            "email_not_verified",
+        ),
+        ("nomail", "did not give an email address", "no_email"),
+    ] {
+        let http = browser();
+        let callback = through_provider(&http, &s.origin, login).await;
+        let (status, page) = open(&http, &callback).await;
+        assert_eq!(status, 403, "{login}: {page}");
+        assert!(page.contains(says), "{login}: {page}");
+        let failed = activity_of(&s.svc, &s.ws, "member.sign_in_failed").await;
+        let entry = failed
+            .iter()
+            .find(|e| e.metadata["reason"] == reason)
+            .unwrap_or_else(|| panic!("{login}: no audit entry with reason {reason}: {failed:?}"));
+        assert_eq!(entry.outcome.as_deref(), Some("denied"));
+        assert_eq!(entry.metadata["method"], "oidc");
+    }
+    assert!(
+        activity_of(&s.svc, &s.ws, "member.signed_in")
+            .await
+            .is_empty()
+    );
+    // An unknown workspace never reaches the provider.
+    let res = browser()
+        .get(format!("{}/login/oidc?workspace=nope", s.origin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("There is no workspace &quot;nope&quot;"),
+        "{page}"
+    );
+    drop(s.provider);
+}
+
+#[tokio::test]
+async fn the_email_is_read_from_userinfo_when_the_id_token_lacks_it() {
+    // A provider that follows the spec's default for the code flow: profile claims only from
+    // userinfo.
+    let s = setup(true).await;
+    let http = browser();
+    let callback = through_provider(&http, &s.origin, "writer").await;
+    let (status, page) = open(&http, &callback).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("writer@acme.test"), "{page}");
+    let http = browser();
+    let callback = through_provider(&http, &s.origin, "stranger").await;
+    let (status, page) = open(&http, &callback).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("not a member"), "{page}");
+}
