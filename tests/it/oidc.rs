@@ -238,6 +238,18 @@ async fn a_member_signs_in_with_the_provider_and_a_used_state_is_refused() {
     let (status, page) = open(&http, &callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("not valid or was already used"), "{page}");
+    // Two callbacks racing with one state (a double click, or a replay timed with the real
+    // one): exactly one signs in.
+    let callback = through_provider(&http, &s.origin, "writer").await;
+    let (a, b) = tokio::join!(open(&http, &callback), open(&http, &callback));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 403], "{a:?} {b:?}");
+    assert_eq!(
+        activity_of(&s.svc, &s.ws, "member.signed_in").await.len(),
+        2
+    );
+
     // A state that was never issued, and none at all.
     for url in [
         format!(
@@ -252,7 +264,7 @@ async fn a_member_signs_in_with_the_provider_and_a_used_state_is_refused() {
     }
     assert_eq!(
         activity_of(&s.svc, &s.ws, "member.signed_in").await.len(),
-        1,
+        2,
         "a refused callback signed someone in"
     );
 
@@ -364,4 +376,41 @@ async fn the_email_is_read_from_userinfo_when_the_id_token_lacks_it() {
     let (status, page) = open(&http, &callback).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("not a member"), "{page}");
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_gets_a_clear_page_and_the_server_still_serves() {
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    seed_workspace(&svc, "acme").await;
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = spawn_http_env(
+        &db.url,
+        &[
+            ("PARALLAX_OIDC_ISSUER", issuer.as_str()),
+            ("PARALLAX_OIDC_CLIENT_ID", CLIENT_ID),
+        ],
+    )
+    .await;
+    let origin = server.url.trim_end_matches("/mcp");
+    let res = browser()
+        .get(format!("{origin}/login/oidc?workspace=acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("The identity provider could not be used: discovery at"),
+        "{page}"
+    );
+    let health = browser()
+        .get(format!("{origin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }
