@@ -1,12 +1,13 @@
 //! Console sign-in with OpenID Connect: `GET /login/oidc?workspace=SLUG` sends the browser to
 //! the provider, `GET /login/oidc/callback` finishes the sign-in ([`crate::auth::oidc`]). Both
-//! routes exist only while `[oidc]` is configured.
+//! routes exist only while `[oidc]` is configured. A refused sign-in counts as a failed
+//! authentication of the client's address (`[limits]`); a blocked address gets 429 on both.
 
 use super::HttpContext;
 use crate::auth::oidc::{OidcError, OidcRefusal, OidcSignIn};
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -68,10 +69,18 @@ struct BeginQuery {
     workspace: Option<String>,
 }
 
-async fn begin(State(ctx): State<HttpContext>, Query(q): Query<BeginQuery>) -> Response {
+async fn begin(
+    State(ctx): State<HttpContext>,
+    extensions: Extensions,
+    Query(q): Query<BeginQuery>,
+) -> Response {
     let Some(oidc) = ctx.oidc.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let ip = super::oauth::peer(&extensions);
+    if let Some(res) = blocked(&ctx, ip) {
+        return res;
+    }
     let Some(slug) = q.workspace.filter(|s| !s.trim().is_empty()) else {
         return page(
             StatusCode::BAD_REQUEST,
@@ -89,6 +98,7 @@ async fn begin(State(ctx): State<HttpContext>, Query(q): Query<BeginQuery>) -> R
         }
         Err(e) => {
             tracing::warn!(reason = e.reason(), error = %e, "OIDC sign-in could not start");
+            count_failure(&ctx, ip, &e);
             refusal_page(&e)
         }
     }
@@ -105,11 +115,16 @@ struct CallbackQuery {
 async fn callback(
     State(ctx): State<HttpContext>,
     headers: HeaderMap,
+    extensions: Extensions,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
     let Some(oidc) = ctx.oidc.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let ip = super::oauth::peer(&extensions);
+    if let Some(res) = blocked(&ctx, ip) {
+        return res;
+    }
     let browser_key = cookie(&headers, cookie_name(&ctx));
     let store = ctx.service.store();
     let state = q.state.unwrap_or_default();
@@ -136,7 +151,10 @@ async fn callback(
     };
     let mut res = match result {
         Ok(signed_in) => signed_in_response(&ctx, signed_in).await,
-        Err(refusal) => refused(&ctx, refusal).await,
+        Err(refusal) => {
+            count_failure(&ctx, ip, &refusal.error);
+            refused(&ctx, refusal).await
+        }
     };
     // The key has done its job, whatever the outcome.
     if browser_key.is_some()
@@ -187,6 +205,29 @@ async fn refused(ctx: &HttpContext, r: OidcRefusal) -> Response {
         tracing::error!(error = %e, "could not record a refused sign-in");
     }
     refusal_page(&r.error)
+}
+
+/// 429 for an address with too many refused sign-ins (or other failed authentications).
+fn blocked(ctx: &HttpContext, ip: Option<std::net::IpAddr>) -> Option<Response> {
+    let wait = ctx.failed_auth.blocked(ip?)?;
+    crate::telemetry::metrics::rate_limited("failed_auth");
+    let secs = super::ratelimit::retry_after_secs(wait);
+    let mut res = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        &format!("Too many refused sign-ins from your address: try again in {secs} seconds."),
+    );
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Some(res)
+}
+
+/// A refusal the person (or someone guessing) caused counts against the address; the
+/// provider or the database failing does not.
+fn count_failure(ctx: &HttpContext, ip: Option<std::net::IpAddr>, e: &OidcError) {
+    if !matches!(e, OidcError::Provider(_) | OidcError::Store(_)) {
+        ctx.failed_auth.failed(ip, None);
+    }
 }
 
 fn refusal_page(e: &OidcError) -> Response {

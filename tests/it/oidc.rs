@@ -414,3 +414,37 @@ async fn a_provider_that_is_down_gets_a_clear_page_and_the_server_still_serves()
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn an_address_with_too_many_refused_sign_ins_is_slowed_down() {
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    seed_workspace(&svc, "acme").await;
+    // No provider is needed: a state that was never issued is refused before any is asked.
+    let server = spawn_http_env(
+        &db.url,
+        &[
+            ("PARALLAX_OIDC_ISSUER", "http://127.0.0.1:9"),
+            ("PARALLAX_OIDC_CLIENT_ID", CLIENT_ID),
+            ("PARALLAX_FAILED_AUTH_PER_MINUTE", "1"),
+            ("PARALLAX_FAILED_AUTH_BURST", "2"),
+        ],
+    )
+    .await;
+    let origin = server.url.trim_end_matches("/mcp");
+    let http = browser();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let url = format!("{origin}/login/oidc/callback?code=c&state=guess-{i}");
+        statuses.push(open(&http, &url).await.0);
+    }
+    // The burst and the refusal that crosses it are refusals; then 429, also to start one.
+    assert_eq!(statuses, [403, 403, 403, 429]);
+    let res = http
+        .get(format!("{origin}/login/oidc?workspace=acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+}
