@@ -315,50 +315,39 @@ impl Oidc {
                 .await?
                 .ok_or(OidcError::BadState)?
         };
-        let mut refusal = OidcRefusal {
-            error: OidcError::BadState,
-            workspace: Some(workspace),
-            email: None,
+        let refuse = |error, workspace, email| {
+            Err(OidcRefusal {
+                error,
+                workspace: Some(workspace),
+                email,
+            })
         };
         // A callback URL opened elsewhere (sent to someone, say) must not sign that person in
         // as whoever started the sign-in.
         if browser_key.is_none_or(|k| !constant_time_eq(&state_hash(k), &pending.browser_hash)) {
-            refusal.error = OidcError::OtherBrowser;
-            return Err(refusal);
+            return refuse(OidcError::OtherBrowser, workspace, None);
         }
         if pending.expires_at < crate::service::now() {
-            refusal.error = OidcError::Expired;
-            return Err(refusal);
+            return refuse(OidcError::Expired, workspace, None);
         }
         let email = match self.verified_email(&pending, code).await {
             Ok(email) => email,
-            Err((error, email)) => {
-                refusal.error = error;
-                refusal.email = email;
-                return Err(refusal);
-            }
+            Err((error, email)) => return refuse(error, workspace, email),
         };
-        refusal.email = Some(email.clone());
-        let workspace = refusal.workspace.take().expect("set above");
         let member = match store.read().await {
             Ok(tx) => tx.member_by_email(&workspace.id, &email).await,
             Err(e) => Err(e),
         };
         match member {
             Ok(Some(member)) => Ok(OidcSignIn { workspace, member }),
-            Ok(None) => Err(OidcRefusal {
-                error: OidcError::NotMember {
+            Ok(None) => {
+                let error = OidcError::NotMember {
                     email: email.clone(),
                     workspace: workspace.slug.clone(),
-                },
-                workspace: Some(workspace),
-                email: Some(email),
-            }),
-            Err(e) => Err(OidcRefusal {
-                error: e.into(),
-                workspace: Some(workspace),
-                email: Some(email),
-            }),
+                };
+                refuse(error, workspace, Some(email))
+            }
+            Err(e) => refuse(e.into(), workspace, Some(email)),
         }
     }
 
