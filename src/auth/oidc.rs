@@ -315,24 +315,22 @@ impl Oidc {
                 .await?
                 .ok_or(OidcError::BadState)?
         };
-        let refuse = |error, workspace, email| {
-            Err(OidcRefusal {
-                error,
-                workspace: Some(workspace),
-                email,
-            })
+        let refuse = |error, workspace, email| OidcRefusal {
+            error,
+            workspace: Some(workspace),
+            email,
         };
         // A callback URL opened elsewhere (sent to someone, say) must not sign that person in
         // as whoever started the sign-in.
         if browser_key.is_none_or(|k| !constant_time_eq(&state_hash(k), &pending.browser_hash)) {
-            return refuse(OidcError::OtherBrowser, workspace, None);
+            return Err(refuse(OidcError::OtherBrowser, workspace, None));
         }
         if pending.expires_at < crate::service::now() {
-            return refuse(OidcError::Expired, workspace, None);
+            return Err(refuse(OidcError::Expired, workspace, None));
         }
         let email = match self.verified_email(&pending, code).await {
             Ok(email) => email,
-            Err((error, email)) => return refuse(error, workspace, email),
+            Err((error, email)) => return Err(refuse(error, workspace, email)),
         };
         let member = match store.read().await {
             Ok(tx) => tx.member_by_email(&workspace.id, &email).await,
@@ -345,9 +343,9 @@ impl Oidc {
                     email: email.clone(),
                     workspace: workspace.slug.clone(),
                 };
-                refuse(error, workspace, Some(email))
+                Err(refuse(error, workspace, Some(email)))
             }
-            Err(e) => refuse(e.into(), workspace, Some(email)),
+            Err(e) => Err(refuse(e.into(), workspace, Some(email))),
         }
     }
 
