@@ -448,3 +448,52 @@ async fn an_address_with_too_many_refused_sign_ins_is_slowed_down() {
     assert_eq!(res.status(), 429);
     assert!(res.headers().contains_key("retry-after"));
 }
+
+#[test]
+fn config_check_names_oidc_mistakes_and_hides_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/x.db?mode=rwc", dir.path().display());
+    let check = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(crate::support::server::BIN)
+            .args(["--database-url", &db, "config", "check"])
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check(&[
+        ("PARALLAX_OIDC_ISSUER", "https://id.example.com"),
+        ("PARALLAX_OIDC_CLIENT_ID", CLIENT_ID),
+        ("PARALLAX_OIDC_CLIENT_SECRET", CLIENT_SECRET),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("[oidc]") && out.contains("client_secret"),
+        "{out}"
+    );
+    assert!(!out.contains(CLIENT_SECRET) && !err.contains(CLIENT_SECRET));
+
+    let missing = dir.path().join("no-such-secret");
+    let (code, _, err) = check(&[
+        ("PARALLAX_OIDC_ISSUER", "https://id.example.com"),
+        ("PARALLAX_OIDC_CLIENT_ID", CLIENT_ID),
+        (
+            "PARALLAX_OIDC_CLIENT_SECRET_FILE",
+            missing.to_str().unwrap(),
+        ),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot read the client secret file"), "{err}");
+
+    let (code, _, err) = check(&[("PARALLAX_OIDC_ISSUER", "https://id.example.com")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[oidc] client_id (PARALLAX_OIDC_CLIENT_ID) is required"),
+        "{err}"
+    );
+}
