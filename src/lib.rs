@@ -35,12 +35,17 @@
 //!   the signed webhook worker, and the server-sent event stream the API serves to members.
 //! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;
 //!   connection caps that shed idle connections; a draining shutdown), one
-//!   router for `/mcp`, `/api/v1`, `/oauth/token`, discovery and health, with the transport
+//!   router for `/mcp`, `/api/v1`, the console, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
-//!   `http::oidc` serves `/login/oidc` and its callback when `[oidc]` is configured.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.
+//! - [`console`]: the humans' web console at `/` — sign-in by one-time login link or OpenID
+//!   Connect (`console::oidc`: `/login/oidc` and its callback, when `[oidc]` is set), server-side
+//!   sessions in the store (cookie, CSRF token derived from the session, strict CSP), and pages
+//!   for the requests inbox, agents, work, delegations, activity and settings, rendered with
+//!   `maud`; the vendored htmx and our own script and styles are embedded. A client of
+//!   `service` and `auth` like `api`; never `sea_orm` or `rmcp`.
 //! - [`cli`]: the `parallax-mcp` command line (clap) for operators and members, and the shell
 //!   completions and man pages generated from it (`cli::generate`; `docs/man/` is committed).
 //! - [`telemetry`]: Prometheus metrics (`telemetry::metrics`: every metric's name and labels in
@@ -87,6 +92,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod events;
 pub mod http;

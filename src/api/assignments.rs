@@ -187,6 +187,7 @@ pub async fn activity(
                 activity_type: q.activity_type,
                 before: q.before,
                 limit,
+                ..Default::default()
             },
         )
         .await?;

@@ -3,6 +3,7 @@
 
 pub mod jwt_crypto;
 pub mod oidc;
+pub mod session;
 pub mod tokens;
 
 pub use tokens::{AgentToken, TokenRefusal, Tokens};

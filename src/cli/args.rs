@@ -263,6 +263,12 @@ pub enum MemberCmd {
         #[arg(long, value_name = "N")]
         ttl_secs: Option<u64>,
     },
+    /// Print a one-time link that signs the member given by --as in to the web console
+    LoginLink {
+        /// How long the link works, in seconds (at most a day)
+        #[arg(long, value_name = "N", default_value_t = crate::service::console::LOGIN_LINK_TTL_SECS)]
+        ttl_secs: u64,
+    },
     /// Change a member's role (needs role admin; the last admin cannot be demoted)
     Role {
         /// The member's email

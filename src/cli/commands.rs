@@ -339,6 +339,24 @@ fn settings_table(s: &WorkspaceSettings) -> String {
     t.render("")
 }
 
+/// Where the console is: the origin of `public_url`, else the listen address (a wildcard
+/// address read as loopback).
+fn console_origin(config: &Config) -> String {
+    match &config.public_url {
+        Some(url) => {
+            let url = url.trim_end_matches('/');
+            url.strip_suffix("/mcp").unwrap_or(url).to_owned()
+        }
+        None => {
+            let listen = config
+                .listen
+                .replace("0.0.0.0:", "127.0.0.1:")
+                .replace("[::]:", "[::1]:");
+            format!("http://{listen}")
+        }
+    }
+}
+
 async fn member(ctx: &Ctx, cmd: MemberCmd, config: &Config) -> Out {
     let caller = ctx.caller().await?;
     match cmd {
@@ -348,6 +366,14 @@ async fn member(ctx: &Ctx, cmd: MemberCmd, config: &Config) -> Out {
             let token = tokens.mint_member(&caller, ttl).await?;
             // The token only, so `$(parallax-mcp member token …)` works.
             Ok(format!("{token}\n"))
+        }
+        MemberCmd::LoginLink { ttl_secs } => {
+            let link = ctx.svc.create_login_link(&caller, ttl_secs).await?;
+            // The token goes in the fragment: browsers send it to no server and in no Referer.
+            let url = format!("{}/login#{}", console_origin(config), link.token);
+            ctx.render(&json!({ "url": url, "expiresAt": link.expires_at }), || {
+                format!("{url}\n")
+            })
         }
         MemberCmd::Add { email, role, name } => {
             let m = ctx.svc.add_member(&caller, &email, &name, role).await?;
@@ -1024,6 +1050,7 @@ async fn activity(ctx: &Ctx, a: ActivityArgs) -> Out {
         activity_type: f.activity_type,
         before: f.before,
         limit,
+        ..Default::default()
     };
     let entries = ctx.svc.list_activity(&caller, q).await?;
     let titles = if ctx.json {

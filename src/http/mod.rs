@@ -6,7 +6,6 @@
 mod conn;
 pub mod limits;
 pub mod oauth;
-pub mod oidc;
 pub mod ratelimit;
 
 use crate::auth::Tokens;
@@ -313,7 +312,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let tokens = Tokens::load(store.clone(), &opts.auth).await?;
     let mut ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
-    let callback = format!("{}{}", ctx.urls.origin, oidc::CALLBACK_PATH);
+    let callback = format!("{}{}", ctx.urls.origin, crate::console::oidc::CALLBACK_PATH);
     ctx.oidc = crate::auth::oidc::Oidc::from_config(&ctx.opts.oidc, &callback)
         .map_err(|e| ServeError::Config(e.to_string()))?
         .map(Arc::new);
@@ -415,9 +414,9 @@ pub async fn run_with(
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
         .merge(crate::api::router(&ctx))
+        .merge(crate::console::router(&ctx))
         .merge(discovery_router(&ctx))
         .merge(oauth::router(&ctx))
-        .merge(oidc::router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready).with_state(ctx.clone()));
 

@@ -10,6 +10,7 @@
 mod auth_cache;
 mod chain;
 mod checkpoints;
+mod console;
 mod convert;
 mod entities;
 mod hygiene;
@@ -26,6 +27,7 @@ mod webhook_secrets;
 pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
+pub use console::{ConsoleSessionRow, LoginLinkRow};
 pub use inbound::InboundReceipt;
 pub use oidc_logins::PendingOidcLogin;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
@@ -477,6 +479,14 @@ pub struct ActivityQuery {
     pub project_id: Option<String>,
     pub task_id: Option<String>,
     pub activity_type: Option<String>,
+    /// Only entries by this actor (a member's email, an agent's id, `system`, `control-plane`).
+    pub actor_id: Option<String>,
+    /// Only entries with this outcome (`allowed`, `denied`).
+    pub outcome: Option<String>,
+    /// Only entries written at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries written before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only entries older than this id (the previous page's last id).
     pub before: Option<String>,
     pub limit: u64,
@@ -1163,6 +1173,18 @@ impl Tx {
         }
         if let Some(t) = &q.activity_type {
             s = s.filter(activity::Column::ActivityType.eq(t.as_str()));
+        }
+        if let Some(a) = &q.actor_id {
+            s = s.filter(activity::Column::ActorId.eq(a.as_str()));
+        }
+        if let Some(o) = &q.outcome {
+            s = s.filter(activity::Column::Outcome.eq(o.as_str()));
+        }
+        if let Some(t) = q.since {
+            s = s.filter(activity::Column::CreatedAt.gte(t));
+        }
+        if let Some(t) = q.until {
+            s = s.filter(activity::Column::CreatedAt.lt(t));
         }
         if let Some(b) = &q.before {
             s = s.filter(activity::Column::Id.lt(b.as_str()));

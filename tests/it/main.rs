@@ -4,6 +4,7 @@ mod api;
 mod attack;
 mod attack_tokens;
 mod cli;
+mod console;
 mod control_plane;
 mod events;
 mod faults;

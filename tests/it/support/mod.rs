@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod server;
 
 use parallax_mcp::auth::{self, AgentCaller, MemberCaller};

@@ -1,26 +1,48 @@
 //! Console sign-in with OpenID Connect: `GET /login/oidc?workspace=SLUG` sends the browser to
-//! the provider, `GET /login/oidc/callback` finishes the sign-in ([`crate::auth::oidc`]). Both
-//! routes exist only while `[oidc]` is configured. A refused sign-in counts as a failed
-//! authentication of the client's address (`[limits]`); a blocked address gets 429 on both.
+//! the provider, `GET /login/oidc/callback` finishes the sign-in ([`crate::auth::oidc`]) and
+//! opens the console session ([`super::session::sign_in`]). Both answer 404 unless `[oidc]` is
+//! configured. A refused sign-in is audited and shown on the sign-in page
+//! ([`super::session::sign_in_refused`]), and counts as a failed authentication of the client's
+//! address (`[limits]`): a blocked address gets 429 on both routes.
 
-use super::HttpContext;
-use crate::auth::oidc::{OidcError, OidcRefusal, OidcSignIn};
-use axum::Router;
+use super::session::{sign_in, sign_in_refused};
+use super::views;
+use crate::auth::oidc::{OidcError, OidcRefusal};
+use crate::http::HttpContext;
 use axum::extract::{Query, State};
 use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use maud::{Markup, html};
 
 /// The callback's path; its public URL is the redirect URI registered with the provider.
 pub const CALLBACK_PATH: &str = "/login/oidc/callback";
+
+/// The sign-in page's "Sign in with …" form, when `[oidc]` is configured.
+pub(super) fn button(ctx: &HttpContext) -> Markup {
+    let Some(oidc) = ctx.oidc.as_deref() else {
+        return html! {};
+    };
+    html! {
+        section.sso aria-labelledby="sso-title" {
+            h2 #sso-title { "Or use your organisation's account" }
+            form #oidc method="get" action="/login/oidc" {
+                input type="hidden" name="via" value="form";
+                label for="oidc-workspace" { "Workspace" }
+                input #oidc-workspace type="text" name="workspace" required
+                    autocomplete="organization" placeholder="acme";
+                button type="submit" { "Sign in with " (oidc.display_name()) }
+            }
+        }
+    }
+}
 
 /// The cookie that ties a sign-in to the browser that started it (`__Host-` when served over
 /// https, which needs `Secure`).
 fn cookie_name(ctx: &HttpContext) -> &'static str {
     if secure(ctx) {
-        "__Host-parallax-oidc"
+        "__Host-parallax_oidc"
     } else {
-        "parallax-oidc"
+        "parallax_oidc"
     }
 }
 
@@ -29,7 +51,7 @@ fn secure(ctx: &HttpContext) -> bool {
 }
 
 /// `Set-Cookie` for the browser key; `None` clears it. `SameSite=Lax` so it comes back on the
-/// provider's redirect (a top-level GET), and only then.
+/// provider's redirect (a top-level GET).
 fn set_cookie(ctx: &HttpContext, value: Option<&str>) -> Option<HeaderValue> {
     let secure = if secure(ctx) { "; Secure" } else { "" };
     let (value, age) = match value {
@@ -54,22 +76,15 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v)
 }
 
-pub fn router(ctx: &HttpContext) -> Router {
-    if ctx.oidc.is_none() {
-        return Router::new();
-    }
-    Router::new()
-        .route("/login/oidc", get(begin))
-        .route(CALLBACK_PATH, get(callback))
-        .with_state(ctx.clone())
-}
-
 #[derive(serde::Deserialize)]
-struct BeginQuery {
+pub struct BeginQuery {
     workspace: Option<String>,
+    /// `form` from the sign-in page's form (see [`onward`]).
+    via: Option<String>,
 }
 
-async fn begin(
+/// `GET /login/oidc?workspace=SLUG`: records the sign-in and sends the browser to the provider.
+pub async fn begin(
     State(ctx): State<HttpContext>,
     extensions: Extensions,
     Query(q): Query<BeginQuery>,
@@ -77,20 +92,22 @@ async fn begin(
     let Some(oidc) = ctx.oidc.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let ip = super::oauth::peer(&extensions);
+    let ip = crate::http::oauth::peer(&extensions);
     if let Some(res) = blocked(&ctx, ip) {
         return res;
     }
     let Some(slug) = q.workspace.filter(|s| !s.trim().is_empty()) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "Sign-in failed",
-            "Say which workspace to sign in to: /login/oidc?workspace=SLUG.",
-        );
+        let mut res = sign_in_refused(&ctx, None, "say which workspace to sign in to").await;
+        *res.status_mut() = StatusCode::BAD_REQUEST;
+        return res;
     };
     match oidc.begin(ctx.service.store(), slug.trim()).await {
         Ok(start) => {
-            let mut res = redirect(&start.url);
+            let mut res = if q.via.as_deref() == Some("form") {
+                onward(oidc.display_name(), &start.url)
+            } else {
+                redirect(&start.url)
+            };
             if let Some(c) = set_cookie(&ctx, Some(&start.browser_key)) {
                 res.headers_mut().insert(header::SET_COOKIE, c);
             }
@@ -99,20 +116,21 @@ async fn begin(
         Err(e) => {
             tracing::warn!(reason = e.reason(), error = %e, "OIDC sign-in could not start");
             count_failure(&ctx, ip, &e);
-            refusal_page(&e)
+            refusal_page(&ctx, OidcRefusal::from(e)).await
         }
     }
 }
 
 #[derive(serde::Deserialize)]
-struct CallbackQuery {
+pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
 }
 
-async fn callback(
+/// `GET /login/oidc/callback`: the provider's answer; signs the member in, or says why not.
+pub async fn callback(
     State(ctx): State<HttpContext>,
     headers: HeaderMap,
     extensions: Extensions,
@@ -121,7 +139,7 @@ async fn callback(
     let Some(oidc) = ctx.oidc.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let ip = super::oauth::peer(&extensions);
+    let ip = crate::http::oauth::peer(&extensions);
     if let Some(res) = blocked(&ctx, ip) {
         return res;
     }
@@ -150,10 +168,16 @@ async fn callback(
         (None, None) => Err(OidcError::BadState.into()),
     };
     let mut res = match result {
-        Ok(signed_in) => signed_in_response(&ctx, signed_in).await,
+        Ok(s) => {
+            tracing::info!(workspace = %s.workspace.slug, member = %s.member.email, "signed in with OIDC");
+            sign_in(&ctx, &s.workspace, &s.member, "oidc")
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
         Err(refusal) => {
+            tracing::warn!(reason = refusal.error.reason(), error = %refusal.error, "OIDC sign-in refused");
             count_failure(&ctx, ip, &refusal.error);
-            refused(&ctx, refusal).await
+            refusal_page(&ctx, refusal).await
         }
     };
     // The key has done its job, whatever the outcome.
@@ -165,58 +189,16 @@ async fn callback(
     res
 }
 
-/// The member is known: record the sign-in. (The console's session is created here.)
-async fn signed_in_response(ctx: &HttpContext, s: OidcSignIn) -> Response {
-    if let Err(e) = ctx
-        .service
-        .record_sign_in(&s.workspace, &s.member, "oidc")
-        .await
-    {
-        tracing::error!(error = %e, "could not record a sign-in");
-        return page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Sign-in failed",
-            "The server could not record the sign-in. Try again.",
-        );
-    }
-    tracing::info!(workspace = %s.workspace.slug, member = %s.member.email, "signed in with OIDC");
-    page(
-        StatusCode::OK,
-        "Signed in",
-        &format!("Signed in to {} as {}.", s.workspace.name, s.member.email),
-    )
-}
-
-/// Audits the refusal in the workspace it was for (when the state named one) and says why.
-async fn refused(ctx: &HttpContext, r: OidcRefusal) -> Response {
-    tracing::warn!(reason = r.error.reason(), error = %r.error, "OIDC sign-in refused");
-    if let Some(ws) = &r.workspace
-        && let Err(e) = ctx
-            .service
-            .record_sign_in_failure(
-                ws,
-                r.email.as_deref(),
-                "oidc",
-                r.error.reason(),
-                &r.error.to_string(),
-            )
-            .await
-    {
-        tracing::error!(error = %e, "could not record a refused sign-in");
-    }
-    refusal_page(&r.error)
-}
-
 /// 429 for an address with too many refused sign-ins (or other failed authentications).
 fn blocked(ctx: &HttpContext, ip: Option<std::net::IpAddr>) -> Option<Response> {
     let wait = ctx.failed_auth.blocked(ip?)?;
     crate::telemetry::metrics::rate_limited("failed_auth");
-    let secs = super::ratelimit::retry_after_secs(wait);
-    let mut res = page(
-        StatusCode::TOO_MANY_REQUESTS,
+    let secs = crate::http::ratelimit::retry_after_secs(wait);
+    let page = views::bare_page(
         "Too many attempts",
         &format!("Too many refused sign-ins from your address: try again in {secs} seconds."),
     );
+    let mut res = (StatusCode::TOO_MANY_REQUESTS, page).into_response();
     res.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     Some(res)
@@ -230,25 +212,12 @@ fn count_failure(ctx: &HttpContext, ip: Option<std::net::IpAddr>, e: &OidcError)
     }
 }
 
-fn refusal_page(e: &OidcError) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
-    page(
-        status,
-        "Sign-in refused",
-        &format!("{}.", capitalise(&e.to_string())),
-    )
-}
-
-/// A sentence's first letter in upper case, unless it starts with an email address.
-fn capitalise(s: &str) -> String {
-    if s.split_whitespace().next().is_some_and(|w| w.contains('@')) {
-        return s.to_owned();
-    }
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
+/// The sign-in page saying why, audited in the workspace the sign-in was for (when known).
+async fn refusal_page(ctx: &HttpContext, r: OidcRefusal) -> Response {
+    let status = StatusCode::from_u16(r.error.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut res = sign_in_refused(ctx, r.workspace.as_ref(), &r.error.to_string()).await;
+    *res.status_mut() = status;
+    res
 }
 
 fn redirect(url: &str) -> Response {
@@ -262,31 +231,19 @@ fn redirect(url: &str) -> Response {
     res
 }
 
-/// A plain page until the console renders these.
-fn page(status: StatusCode, title: &str, message: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · parallax</title></head>\
-         <body><main><h1>{t}</h1><p>{m}</p></main></body></html>",
-        t = escape(title),
-        m = escape(message)
+/// For the sign-in page's form: a page that moves on to the provider, instead of a redirect.
+/// Chrome applies the console's `form-action 'self'` to a form submission's redirects, so a
+/// redirect to the provider would be blocked; a refresh is a navigation of its own.
+fn onward(provider: &str, url: &str) -> Response {
+    let page = views::bare(
+        "Signing in",
+        html! {
+            meta http-equiv="refresh" content={ "0; url=" (url) };
+            main.narrow {
+                h1 { "Signing in" }
+                p { "Taking you to " (provider) "… " a #oidc-continue href=(url) { "Continue" } }
+            }
+        },
     );
-    let mut res = (status, html).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
-    res
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    page.into_response()
 }
