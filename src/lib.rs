@@ -19,12 +19,14 @@
 //!   replicas. `store::sealed` encrypts secrets at rest under the master key.
 //!   `store::preflight` says in one line why a database cannot be opened (path or host,
 //!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
+//!   `store::console` keeps the console's login links and sessions (hashes of their secrets only).
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
-//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]). Console
-//!   sign-in with OpenID Connect ([`auth::oidc`]: code flow with PKCE and nonce, over our hyper
-//!   client) turns a provider's ID token into a workspace member; pending sign-ins are kept in
-//!   the store (`store::oidc_logins`), so any replica finishes what another began.
+//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]). A console
+//!   session's cookie is a credential too ([`auth::session`]): its member is re-read per request.
+//!   Console sign-in with OpenID Connect ([`auth::oidc`]: code flow with PKCE and nonce, over
+//!   our hyper client) turns a provider's ID token into a workspace member; pending sign-ins are
+//!   kept in the store (`store::oidc_logins`), so any replica finishes what another began.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also

@@ -9,11 +9,14 @@
 //! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
 //! measures the bare baselines and then every parallax row, so the machine's noise hits both.
 //! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
-//! Timings are reported, never asserted.
+//! Timings are reported, never asserted. Then the console's pages are timed on the same data,
+//! with the audit trail topped up to 100,000 entries (`console.rs`).
 //!
 //! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
 //! `--postgres URL` (also measure on a fresh database of that server), `--only TEXT` (rows whose
 //! label contains it), `--smoke`.
+
+mod console;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -1128,6 +1131,16 @@ async fn main() -> Result<()> {
                 ])
                 .status()
                 .await;
+        }
+    }
+    // The console's pages, on the same server and data (timings only).
+    if o.only
+        .as_deref()
+        .is_none_or(|t| "console pages".contains(t))
+    {
+        let (rows, reps) = if o.smoke { (200, 5) } else { (100_000, 50) };
+        if let Err(e) = console::measure(&cli, &parallax.url, &key, rows, reps).await {
+            failures.push(format!("console pages: {e}"));
         }
     }
     let _ = target.name;

@@ -71,13 +71,23 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        // The activity page filters by actor and outcome, newest first.
+        // The activity page filters by actor, outcome and type, newest first.
         m.create_index(
             Index::create()
                 .name("ix_activity_actor")
                 .table(Activity::Table)
                 .col(Activity::WorkspaceId)
                 .col(Activity::ActorId)
+                .col(Activity::Id)
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("ix_activity_outcome")
+                .table(Activity::Table)
+                .col(Activity::WorkspaceId)
+                .col(Activity::Outcome)
                 .col(Activity::Id)
                 .to_owned(),
         )
@@ -155,5 +165,6 @@ enum Activity {
     WorkspaceId,
     ActorId,
     ActivityType,
+    Outcome,
     Id,
 }

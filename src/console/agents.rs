@@ -8,7 +8,7 @@ use super::session::{ConsoleError, Signed, message_of, status_of};
 use super::views::{self, Nav, Notice};
 use crate::domain::*;
 use crate::http::HttpContext;
-use crate::store::ActivityQuery;
+use crate::store::{ActivityQuery, AgentOrder};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
@@ -17,7 +17,12 @@ use maud::{Markup, html};
 pub struct Filter {
     status: Option<String>,
     capability: Option<String>,
+    /// Zero-based page of [`PAGE`] agents.
+    page: Option<usize>,
 }
+
+/// Agents per page of the list.
+const PAGE: usize = 100;
 
 pub async fn list(
     State(ctx): State<HttpContext>,
@@ -32,10 +37,35 @@ pub async fn list(
         .transpose()
         .map_err(|e| ConsoleError::Invalid(e.0))?;
     let cap = f.capability.as_deref().unwrap_or("").trim().to_owned();
-    let mut agents = ctx.service.list_agents(&who.caller, status).await?;
-    if !cap.is_empty() {
+    // Without a capability filter the store pages; with one, the filter runs here.
+    let (agents, total, page) = if cap.is_empty() {
+        let want = f.page.unwrap_or(0);
+        let (agents, total) = ctx
+            .service
+            .agents_page(
+                &who.caller,
+                status,
+                AgentOrder::Id,
+                (want * PAGE) as u64,
+                PAGE as u64,
+            )
+            .await?;
+        (agents, total as usize, want)
+    } else {
+        let mut agents = ctx.service.list_agents(&who.caller, status).await?;
         agents.retain(|a| a.capabilities.iter().any(|c| c == &cap));
-    }
+        let total = agents.len();
+        let page = f.page.unwrap_or(0).min(total.saturating_sub(1) / PAGE);
+        let agents: Vec<Agent> = agents.into_iter().skip(page * PAGE).take(PAGE).collect();
+        (agents, total, page)
+    };
+    let link = |p: usize| {
+        format!(
+            "/agents?status={}&capability={}&page={p}",
+            status.map_or("", |s| s.as_str()),
+            urlencode(&cap)
+        )
+    };
     let body = html! {
         form.filters method="get" action="/agents" {
             label for="f-status" { "Status" }
@@ -69,7 +99,13 @@ pub async fn list(
                     }
                 }
             }
-            p.muted { (agents.len()) " agents" }
+            nav.pager aria-label="Pages" {
+                span.muted {
+                    "Agents " (page * PAGE + 1) "–" (page * PAGE + agents.len()) " of " (total)
+                }
+                @if page > 0 { a href=(link(page - 1)) { "← Previous" } }
+                @if (page + 1) * PAGE < total { a href=(link(page + 1)) { "Next →" } }
+            }
         }
     };
     Ok(views::page(&ctx, &who, Nav::Agents, "Agents", None, body).await)

@@ -6,9 +6,13 @@ use super::session::{ConsoleError, Signed, message_of, status_of};
 use super::views::{self, Nav, Notice};
 use crate::domain::*;
 use crate::http::HttpContext;
+use crate::store::AgentOrder;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
+
+/// Request cards on the inbox at most.
+const INBOX_PAGE: u64 = 50;
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Done {
@@ -49,18 +53,7 @@ async fn inbox(
     notice: Option<Notice>,
 ) -> Result<Markup, ConsoleError> {
     let list = requests_markup(ctx, who).await?;
-    let auto: Vec<Agent> = {
-        let mut a: Vec<Agent> = ctx
-            .service
-            .list_agents(&who.caller, Some(AgentStatus::Approved))
-            .await?
-            .into_iter()
-            .filter(|a| a.auto_approved)
-            .collect();
-        a.sort_by_key(|x| std::cmp::Reverse(x.resolved_at));
-        a.truncate(10);
-        a
-    };
+    let auto = ctx.service.recent_auto_approved(&who.caller, 10).await?;
     let body = html! {
         p.lead { "Agents asking for access to " (who.workspace().name) ". New requests appear here as they arrive." }
         (list)
@@ -104,19 +97,29 @@ fn perms(set: &PermissionSet) -> Markup {
 }
 
 async fn requests_markup(ctx: &HttpContext, who: &Signed) -> Result<Markup, ConsoleError> {
-    let mut pending = ctx
+    // The oldest first, a page at a time: a flood of requests keeps the page fast and the
+    // decisions in order.
+    let (pending, waiting) = ctx
         .service
-        .list_agents(&who.caller, Some(AgentStatus::Pending))
+        .agents_page(
+            &who.caller,
+            Some(AgentStatus::Pending),
+            AgentOrder::Requested,
+            0,
+            INBOX_PAGE,
+        )
         .await?;
-    pending.sort_by_key(|a| a.requested_at);
     let defaults = &who.workspace().settings.default_permissions;
     let admin = views::can(who, Role::Admin);
     Ok(html! {
-        section #requests hx-get="/inbox/requests" hx-trigger="console:event from:body" hx-swap="outerHTML" aria-live="polite" {
+        section #requests hx-get="/inbox/requests" hx-trigger="console:refresh from:body" hx-swap="outerHTML" aria-live="polite" data-keep-edits {
             @if pending.is_empty() {
                 (views::empty("No pending requests. You are all caught up.", html! {
                     p.muted { "Agents ask through MCP (" code { "request_access" } "), the control plane or " code { "parallax-mcp agent request" } "; their requests land here." }
                 }))
+            }
+            @if waiting > pending.len() as u64 {
+                p.muted #more-requests { "Showing the " (pending.len()) " oldest of " (waiting) " waiting requests; more appear as these are decided." }
             }
             @for a in &pending {
                 article.card #(format!("request-{}", a.id)) data-agent=(a.id) {

@@ -3,7 +3,7 @@
 
 use super::assets;
 use super::session::Signed;
-use crate::domain::{AgentStatus, EventType, Role};
+use crate::domain::{EventType, Role};
 use crate::http::HttpContext;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
@@ -69,14 +69,14 @@ pub fn bare_page(title: &str, message: &str) -> Markup {
 }
 
 /// The number of pending access requests, for the badge.
-pub async fn pending_count(ctx: &HttpContext, who: &Signed) -> usize {
+pub async fn pending_count(ctx: &HttpContext, who: &Signed) -> u64 {
     ctx.service
-        .list_agents(&who.caller, Some(AgentStatus::Pending))
+        .count_pending_requests(&who.caller)
         .await
-        .map_or(0, |a| a.len())
+        .unwrap_or(0)
 }
 
-pub fn badge(count: usize) -> Markup {
+pub fn badge(count: u64) -> Markup {
     html! {
         span #inbox-count .badge .(if count == 0 { "zero" } else { "" })
             hx-get="/inbox/count" hx-trigger="console:event from:body" hx-swap="outerHTML"

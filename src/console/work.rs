@@ -12,26 +12,49 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Selected {
+    project: Option<String>,
+}
+
+/// Tasks shown for one project at most.
+const TASKS: usize = 200;
+
 pub async fn page(
     State(ctx): State<HttpContext>,
     who: Signed,
     Query(done): Query<Done>,
+    Query(sel): Query<Selected>,
 ) -> Result<Markup, ConsoleError> {
-    work_page(&ctx, &who, done_notice(&done), None).await
+    work_page(&ctx, &who, sel.project.as_deref(), done_notice(&done), None).await
 }
 
+/// One project at a time (the first unless `selected`): its tasks and assignees, so the page
+/// stays small however much work the workspace holds.
 async fn work_page(
     ctx: &HttpContext,
     who: &Signed,
+    selected: Option<&str>,
     notice: Option<Notice>,
     assign_error: Option<String>,
 ) -> Result<Markup, ConsoleError> {
     let projects = ctx.service.list_projects(&who.caller).await?;
-    let tasks = ctx.service.list_tasks(&who.caller, None, None).await?;
-    let assignments = ctx
-        .service
-        .list_assignments(&who.caller, None, None, false)
-        .await?;
+    let project = selected
+        .and_then(|id| projects.iter().find(|p| p.id == id))
+        .or(projects.first());
+    let (tasks, assignments) = match project {
+        Some(p) => (
+            ctx.service
+                .list_tasks(&who.caller, Some(&p.id), None)
+                .await?,
+            ctx.service
+                .list_assignments(&who.caller, None, Some(&p.id), false)
+                .await?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let more_tasks = tasks.len().saturating_sub(TASKS);
+    let tasks: Vec<Task> = tasks.into_iter().take(TASKS).collect();
     let approved = ctx
         .service
         .list_agents(&who.caller, Some(AgentStatus::Approved))
@@ -53,6 +76,7 @@ async fn work_page(
                     @if write {
                         form.inline method="post" action=(format!("/work/assignments/{}/end", s.id)) {
                             (views::csrf(who))
+                            input type="hidden" name="project" value=(s.project_id);
                             button.link type="submit" aria-label=(format!("End assignment of {}", s.agent_id)) { "end" }
                         }
                     }
@@ -62,63 +86,67 @@ async fn work_page(
         }
     };
     let body = html! {
-        @if write {
-            section.assign {
-                h2 { "Assign an agent" }
-                @if approved.is_empty() {
-                    p.muted { "No approved agents yet: approve one in the " a href="/" { "inbox" } " first." }
-                } @else if projects.is_empty() {
-                    p.muted { "No projects yet: create one with " code { "parallax-mcp project create" } "." }
-                } @else {
-                    form method="post" action="/work/assign" {
-                        (views::csrf(who))
-                        div.field {
-                            label for="w-agent" { "Agent (approved only)" }
-                            select #w-agent name="agent" required {
-                                @for a in &approved { option value=(a.id) { (a.name) " (" (a.id) ")" } }
+        @if projects.is_empty() {
+            (views::empty("No projects yet.", html! { p.muted { "Create one with " code { "parallax-mcp project create NAME" } "." } }))
+        }
+        @if projects.len() > 1 {
+            nav.tabs aria-label="Projects" {
+                @for p in &projects {
+                    a href=(format!("/work?project={}", urlencode(&p.id)))
+                        aria-current=[(project.map(|x| &x.id) == Some(&p.id)).then_some("page")] { (p.name) }
+                }
+            }
+        }
+        @if let Some(p) = project {
+            @if write {
+                section.assign {
+                    h2 { "Assign an agent" }
+                    @if approved.is_empty() {
+                        p.muted { "No approved agents yet: approve one in the " a href="/" { "inbox" } " first." }
+                    } @else {
+                        form method="post" action="/work/assign" {
+                            (views::csrf(who))
+                            input type="hidden" name="project" value=(p.id);
+                            div.field {
+                                label for="w-agent" { "Agent (approved only)" }
+                                select #w-agent name="agent" required {
+                                    @for a in &approved { option value=(a.id) { (a.name) " (" (a.id) ")" } }
+                                }
                             }
-                        }
-                        div.field {
-                            label for="w-target" { "Project or task" }
-                            select #w-target name="target" required {
-                                @for p in &projects {
+                            div.field {
+                                label for="w-target" { "Project or task" }
+                                select #w-target name="target" required {
                                     option value=(format!("project:{}", p.id)) { "Project: " (p.name) }
-                                    @for t in tasks.iter().filter(|t| t.project_id == p.id) {
-                                        option value=(format!("task:{}", t.id)) { "  Task: " (t.title) }
+                                    @for t in &tasks {
+                                        option value=(format!("task:{}", t.id)) { "Task: " (t.title) }
                                     }
                                 }
                             }
-                        }
-                        div.field {
-                            label for="w-role" { "Role" }
-                            select #w-role name="role" {
-                                @for r in AssignmentRole::ALL { option value=(r) { (r) } }
+                            div.field {
+                                label for="w-role" { "Role" }
+                                select #w-role name="role" {
+                                    @for r in AssignmentRole::ALL { option value=(r) { (r) } }
+                                }
                             }
-                        }
-                        div.field { button.primary type="submit" { "Assign" } }
-                        @if let Some(e) = &assign_error {
-                            p.field-error #assign-error role="alert" { (e) }
+                            div.field { button.primary type="submit" { "Assign" } }
+                            @if let Some(e) = &assign_error {
+                                p.field-error #assign-error role="alert" { (e) }
+                            }
                         }
                     }
                 }
             }
-        }
-        @if projects.is_empty() {
-            (views::empty("No projects yet.", html! { p.muted { "Create one with " code { "parallax-mcp project create NAME" } "." } }))
-        }
-        @for p in &projects {
             section.project {
-                h2 { (p.name) " " span.muted { (views::status(p.status)) } }
+                h2 { (p.name) " " (views::status(p.status)) }
                 @if !p.description.is_empty() { p { (p.description) } }
                 p { "Project assignees: " (people(assignees(&p.id, None))) }
-                @let ts: Vec<&Task> = tasks.iter().filter(|t| t.project_id == p.id).collect();
-                @if ts.is_empty() {
-                    p.muted { "No tasks." }
+                @if tasks.is_empty() {
+                    p.muted { "No tasks. Create one with " code { "parallax-mcp task create --project " (p.id) " TITLE" } "." }
                 } @else {
                     table {
                         thead { tr { th { "Task" } th { "Status" } th { "Assignees" } } }
                         tbody {
-                            @for t in ts {
+                            @for t in &tasks {
                                 tr {
                                     td { (t.title) br; code.muted { (t.id) } }
                                     td { (views::status(t.status)) }
@@ -126,6 +154,9 @@ async fn work_page(
                                 }
                             }
                         }
+                    }
+                    @if more_tasks > 0 {
+                        p.muted { "… and " (more_tasks) " more tasks (the CLI lists them all: " code { "parallax-mcp task list" } ")." }
                     }
                 }
             }
@@ -150,10 +181,21 @@ pub async fn assign(State(ctx): State<HttpContext>, p: Posted) -> Result<Respons
         .assign(&p.who.caller, f.get("agent"), target, role)
         .await
     {
-        Ok(_) => Ok(Redirect::to("/work?ok=assigned").into_response()),
+        Ok(_) => Ok(Redirect::to(&format!(
+            "/work?ok=assigned&project={}",
+            urlencode(f.get("project"))
+        ))
+        .into_response()),
         Err(e) => Ok((
             status_of(&e),
-            work_page(&ctx, &p.who, None, Some(message_of(&e))).await?,
+            work_page(
+                &ctx,
+                &p.who,
+                Some(f.get("project")),
+                None,
+                Some(message_of(&e)),
+            )
+            .await?,
         )
             .into_response()),
     }
@@ -165,12 +207,17 @@ pub async fn unassign(
     p: Posted,
 ) -> Result<Response, ConsoleError> {
     match ctx.service.unassign(&p.who.caller, &id).await {
-        Ok(_) => Ok(Redirect::to("/work?ok=unassigned").into_response()),
+        Ok(a) => Ok(Redirect::to(&format!(
+            "/work?ok=unassigned&project={}",
+            urlencode(&a.project_id)
+        ))
+        .into_response()),
         Err(e) => Ok((
             status_of(&e),
             work_page(
                 &ctx,
                 &p.who,
+                None,
                 Some(Notice::Error(format!(
                     "Could not end the assignment: {}",
                     message_of(&e)

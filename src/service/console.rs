@@ -3,7 +3,7 @@
 //! stored only as blake3 hashes; the transport (cookie, URL fragment) is `console`'s business.
 
 use super::*;
-use crate::store::{ConsoleSessionRow, LoginLinkRow};
+use crate::store::{AgentOrder, ConsoleSessionRow, LoginLinkRow};
 use rand::Rng;
 
 /// A session ends after this long without a request.
@@ -212,6 +212,53 @@ impl Service {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// How many access requests wait for a decision (the console's badge): a count, not a list.
+    pub async fn count_pending_requests(&self, caller: &MemberCaller) -> ServiceResult<u64> {
+        self.require(caller, Role::Read, "listing agents").await?;
+        Ok(self
+            .store
+            .read()
+            .await?
+            .count_agents(&caller.workspace().id, &[AgentStatus::Pending])
+            .await?)
+    }
+
+    /// One page of agents (with `status`, in `order`) and how many there are in all.
+    pub async fn agents_page(
+        &self,
+        caller: &MemberCaller,
+        status: Option<AgentStatus>,
+        order: AgentOrder,
+        offset: u64,
+        limit: u64,
+    ) -> ServiceResult<(Vec<Agent>, u64)> {
+        self.require(caller, Role::Read, "listing agents").await?;
+        let ws = &caller.workspace().id;
+        let tx = self.store.read().await?;
+        let statuses = match status {
+            Some(s) => vec![s],
+            None => AgentStatus::ALL.to_vec(),
+        };
+        let total = tx.count_agents(ws, &statuses).await?;
+        let page = tx.agents_page(ws, status, order, offset, limit).await?;
+        Ok((page, total))
+    }
+
+    /// The most recently auto-approved agents (the inbox shows them as such).
+    pub async fn recent_auto_approved(
+        &self,
+        caller: &MemberCaller,
+        limit: u64,
+    ) -> ServiceResult<Vec<Agent>> {
+        self.require(caller, Role::Read, "listing agents").await?;
+        Ok(self
+            .store
+            .read()
+            .await?
+            .recent_auto_approved(&caller.workspace().id, limit)
+            .await?)
     }
 
     /// Audits a console request refused before any service ran (a forged or cross-site form):

@@ -2,12 +2,21 @@
 //! hashes of their secrets are stored. A link is spent by one conditional update, so two
 //! replicas redeeming it at once cannot both succeed.
 
-use super::entities::member;
+use super::entities::{agent, member};
 use super::{StoreResult, Tx, convert};
-use crate::domain::Member;
+use crate::domain::{Agent, AgentStatus, Member};
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+/// The order of a page of agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentOrder {
+    /// By id (the agents list).
+    Id,
+    /// Oldest request first (the inbox).
+    Requested,
+}
 
 pub(super) mod login_link {
     use sea_orm::entity::prelude::*;
@@ -46,6 +55,16 @@ pub(super) mod session {
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {}
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The smallest UUIDv7 string of the millisecond `t` (ids sort as text in time order).
+pub(super) fn time_id(t: DateTime<Utc>) -> String {
+    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xFFFF
+    )
 }
 
 /// A one-time console sign-in link (its hash and whom it signs in).
@@ -193,6 +212,54 @@ impl Tx {
             .exec(&self.tx)
             .await?
             .rows_affected)
+    }
+
+    /// One page of a workspace's agents, read with its limit (the console's lists, which must
+    /// stay fast with thousands of agents).
+    pub async fn agents_page(
+        &self,
+        workspace_id: &str,
+        status: Option<AgentStatus>,
+        order: AgentOrder,
+        offset: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<Agent>> {
+        let mut q = agent::Entity::find().filter(agent::Column::WorkspaceId.eq(workspace_id));
+        if let Some(s) = status {
+            q = q.filter(agent::Column::Status.eq(s.as_str()));
+        }
+        q = match order {
+            AgentOrder::Id => q.order_by_asc(agent::Column::Id),
+            AgentOrder::Requested => q
+                .order_by_asc(agent::Column::RequestedAt)
+                .order_by_asc(agent::Column::Id),
+        };
+        q.offset(offset)
+            .limit(limit)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::agent)
+            .collect()
+    }
+
+    /// The approved agents that were auto-approved, most recent first.
+    pub async fn recent_auto_approved(
+        &self,
+        workspace_id: &str,
+        limit: u64,
+    ) -> StoreResult<Vec<Agent>> {
+        agent::Entity::find()
+            .filter(agent::Column::WorkspaceId.eq(workspace_id))
+            .filter(agent::Column::Status.eq(AgentStatus::Approved.as_str()))
+            .filter(agent::Column::AutoApproved.eq(true))
+            .order_by_desc(agent::Column::ResolvedAt)
+            .limit(limit)
+            .all(&self.tx)
+            .await?
+            .into_iter()
+            .map(convert::agent)
+            .collect()
     }
 
     /// A member by id, as it is now (a session names its member by id).

@@ -27,7 +27,7 @@ mod webhook_secrets;
 pub use auth_cache::{CredentialView, MemberView};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
-pub use console::{ConsoleSessionRow, LoginLinkRow};
+pub use console::{AgentOrder, ConsoleSessionRow, LoginLinkRow};
 pub use inbound::InboundReceipt;
 pub use oidc_logins::PendingOidcLogin;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
@@ -1180,11 +1180,19 @@ impl Tx {
         if let Some(o) = &q.outcome {
             s = s.filter(activity::Column::Outcome.eq(o.as_str()));
         }
+        // Ids are UUIDv7, in time order: bounds on the id (a minute wider than asked) let the
+        // (workspace, id) index serve a time range in id order; `created_at` decides exactly.
         if let Some(t) = q.since {
-            s = s.filter(activity::Column::CreatedAt.gte(t));
+            s = s
+                .filter(
+                    activity::Column::Id.gte(console::time_id(t - chrono::Duration::minutes(1))),
+                )
+                .filter(activity::Column::CreatedAt.gte(t));
         }
         if let Some(t) = q.until {
-            s = s.filter(activity::Column::CreatedAt.lt(t));
+            s = s
+                .filter(activity::Column::Id.lt(console::time_id(t + chrono::Duration::minutes(1))))
+                .filter(activity::Column::CreatedAt.lt(t));
         }
         if let Some(b) = &q.before {
             s = s.filter(activity::Column::Id.lt(b.as_str()));

@@ -224,7 +224,7 @@ async fn console_end_to_end() {
 
         // Approve a subset: read:tasks and read:agents, not write:tasks.
         check(&admin, &checked("read:agents"), true).await;
-        admin.click("#request-docs-bot form.approve button[type=submit]").await;
+        admin.submit("#request-docs-bot form.approve button[type=submit]").await;
         let key = admin.text("#secret-value").await;
         assert!(key.starts_with("mcp_agent_"), "the key is shown: {key}");
         assert!(admin.source().await.contains("shown <strong>once</strong>"));
@@ -250,7 +250,7 @@ async fn console_end_to_end() {
 
         // Narrow the grant: the agent's next tools/list shrinks.
         check(&admin, "form.grant input[value='read:agents']", false).await;
-        admin.click("form.grant button[type=submit]").await;
+        admin.submit("form.grant button[type=submit]").await;
         admin.wait_source("the grant saved", |s| s.contains("Updated the grant")).await;
         let after = tool_names(&client).await;
         assert!(after.len() < before.len(), "tools/list shrank: {before:?} -> {after:?}");
@@ -259,10 +259,10 @@ async fn console_end_to_end() {
         screenshot(&admin, "console-agent.png").await;
 
         // Revoke, through the confirmation step: the agent's next call is refused.
-        admin.click("a.button.danger").await;
+        admin.submit("a.button.danger").await;
         assert_eq!(admin.path().await, "/agents/docs-bot/revoke");
         admin.fill("#revoke-reason", "leaked key").await;
-        admin.click("form.revoke button[type=submit]").await;
+        admin.submit("form.revoke button[type=submit]").await;
         admin.wait_source("the revocation", |s| s.contains("Revoked docs-bot")).await;
         let refused = match call(&client, "agent_my_assignments", json!({})).await {
             Err(_) => true,
@@ -283,8 +283,18 @@ async fn console_end_to_end() {
         // Deny another request with a reason, from the inbox.
         signed_request(&c, &secret, "spam-bot", &["read:tasks"]).await;
         admin.goto(&c.url("/")).await;
+        // While a card is being edited, a new request does not replace the list under the
+        // person (the badge still counts it).
+        let edited = "#request-spam-bot input[value='read:tasks']";
+        check(&admin, edited, false).await;
+        signed_request(&c, &secret, "late-bot", &["read:tasks"]).await;
+        admin
+            .wait_source("the badge counts both", |s| s.contains("aria-label=\"2 pending\""))
+            .await;
+        assert!(!admin.exists("#request-late-bot").await, "the edited list stays");
+        assert!(!admin.find(edited).await.is_selected().await.unwrap(), "the edit stays");
         admin.fill("#reason-spam-bot", "not ours").await;
-        admin.click("#request-spam-bot form.deny button[type=submit]").await;
+        admin.submit("#request-spam-bot form.deny button[type=submit]").await;
         admin.wait_source("the denial", |s| s.contains("Denied spam-bot")).await;
         assert!(!admin.exists("#request-spam-bot").await);
 
@@ -294,7 +304,7 @@ async fn console_end_to_end() {
         // Sign out: back to the sign-in page, and the old cookie opens nothing.
         let cookie = admin.c.get_named_cookie("parallax_session").await.unwrap();
         let cookie = format!("parallax_session={}", cookie.value());
-        admin.click("header .who button[type=submit]").await;
+        admin.submit("header .who button[type=submit]").await;
         admin.wait_source("the signed-out page", |s| s.contains("You are signed out")).await;
         admin.goto(&c.url("/agents")).await;
         assert_eq!(admin.path().await, "/login", "signed out, pages send you to sign in");
@@ -365,6 +375,42 @@ async fn console_work_delegations_settings_and_activity() {
         .await;
     let admin = c.signed_in(ADMIN).await;
     with_failure_capture("work_settings_activity", &[&admin], async {
+        // Agents: filters by status and capability.
+        admin.goto(&c.url("/agents?status=pending")).await;
+        let list = admin.text("main").await;
+        assert!(
+            list.contains("pending-c") && !list.contains("writer-a"),
+            "{list}"
+        );
+        admin.goto(&c.url("/agents")).await;
+        admin
+            .find("#f-status")
+            .await
+            .select_by_value("approved")
+            .await
+            .unwrap();
+        admin.fill("#f-cap", "docs").await;
+        admin.submit("form.filters button[type=submit]").await;
+        let list = admin.text("main table").await;
+        assert!(
+            list.contains("writer-a") && list.contains("writer-b") && !list.contains("pending-c"),
+            "{list}"
+        );
+        admin.fill("#f-cap", "painting").await;
+        admin.submit("form.filters button[type=submit]").await;
+        assert!(admin.text("main").await.contains("No agents match"));
+
+        // Key rotation: the new key is shown once, with a copy button, and works; the old one not.
+        admin.goto(&c.url("/agents/writer-b")).await;
+        admin.submit("form[action$='/rotate-key'] button").await;
+        let new_key = admin.text("#secret-value").await;
+        assert!(new_key.starts_with("mcp_agent_"), "{new_key}");
+        assert!(admin.exists("button[data-copy=secret-value]").await);
+        let fresh = http_client(&c.url("/mcp"), &new_key, ProtocolVersion::V_2025_11_25).await;
+        assert!(!tool_names(&fresh).await.is_empty());
+        admin.goto(&c.url("/agents/writer-b")).await;
+        assert!(!admin.source().await.contains(&new_key), "shown once");
+
         // Work: the picker offers approved agents only.
         admin.goto(&c.url("/work")).await;
         let offered = admin.find("#w-agent").await.html(true).await.unwrap();
@@ -388,7 +434,7 @@ async fn console_work_delegations_settings_and_activity() {
             .select_by_value(&format!("task:{task_id}"))
             .await
             .unwrap();
-        admin.click("section.assign button[type=submit]").await;
+        admin.submit("section.assign button[type=submit]").await;
         admin
             .wait_source("the assignment", |s| s.contains("Assigned."))
             .await;
@@ -398,7 +444,7 @@ async fn console_work_delegations_settings_and_activity() {
         admin.goto(&c.url("/settings")).await;
         admin.fill("#set-max_agents_per_project", "lots").await;
         admin.fill("#set-delegation_ttl_hours", "48").await;
-        admin.click("form.settings button[type=submit]").await;
+        admin.submit("form.settings button[type=submit]").await;
         let error = admin.text("#set-max_agents_per_project-help").await;
         assert!(
             !error.is_empty() && admin.exists(".field.invalid").await,
@@ -421,7 +467,7 @@ async fn console_work_delegations_settings_and_activity() {
         );
         // A valid quota of one agent per project, saved.
         admin.fill("#set-max_agents_per_project", "1").await;
-        admin.click("form.settings button[type=submit]").await;
+        admin.submit("form.settings button[type=submit]").await;
         admin
             .wait_source("the settings saved", |s| s.contains("Settings saved."))
             .await;
@@ -443,7 +489,7 @@ async fn console_work_delegations_settings_and_activity() {
             .select_by_value(&format!("project:{project_id}"))
             .await
             .unwrap();
-        admin.click("section.assign button[type=submit]").await;
+        admin.submit("section.assign button[type=submit]").await;
         let err = admin.text("#assign-error").await;
         assert!(
             err.contains("quota") || err.contains("max_agents_per_project"),
@@ -473,7 +519,7 @@ async fn console_work_delegations_settings_and_activity() {
                 "fine by me",
             )
             .await;
-        admin.click("table.delegations button.primary").await;
+        admin.submit("table.delegations button.primary").await;
         admin
             .wait_source("the delegation approved", |s| {
                 s.contains("Delegation approved.")
@@ -481,11 +527,25 @@ async fn console_work_delegations_settings_and_activity() {
             .await;
         assert!(admin.text("table.delegations").await.contains("fine by me"));
 
+        // The task moved to writer-b; end that assignment from the work page.
+        admin.goto(&c.url("/work")).await;
+        let end = "button[aria-label='End assignment of writer-b']";
+        assert!(
+            !admin
+                .exists("button[aria-label='End assignment of writer-a']")
+                .await
+        );
+        admin.submit(end).await;
+        admin
+            .wait_source("the assignment ended", |s| s.contains("Assignment ended."))
+            .await;
+        assert!(!admin.exists(end).await, "ended assignments leave the page");
+
         // Members: add, change role, remove.
         admin.goto(&c.url("/settings")).await;
         admin.fill("#m-email", "new@acme.test").await;
         admin.fill("#m-name", "Newt").await;
-        admin.click("form.add-member button[type=submit]").await;
+        admin.submit("form.add-member button[type=submit]").await;
         admin
             .wait_source("the member added", |s| s.contains("new@acme.test"))
             .await;
@@ -498,16 +558,14 @@ async fn console_work_delegations_settings_and_activity() {
             .await
             .unwrap();
         select.select_by_value("write").await.unwrap();
-        admin
+        let button = admin
             .c
             .find(fantoccini::Locator::XPath(&format!(
                 "{row}//button[text()='Set role']"
             )))
             .await
-            .unwrap()
-            .click()
-            .await
             .unwrap();
+        admin.submit_el(button).await;
         admin
             .wait_source("the role changed", |s| s.contains("Members updated."))
             .await;
@@ -517,16 +575,14 @@ async fn console_work_delegations_settings_and_activity() {
                 .to_string()
                 .contains("\"write\"")
         );
-        admin
+        let button = admin
             .c
             .find(fantoccini::Locator::XPath(&format!(
                 "{row}//button[text()='Remove']"
             )))
             .await
-            .unwrap()
-            .click()
-            .await
             .unwrap();
+        admin.submit_el(button).await;
         admin
             .wait_source("the member removed", |s| {
                 s.contains("Members updated.") && !s.contains("new@acme.test")
@@ -535,7 +591,7 @@ async fn console_work_delegations_settings_and_activity() {
 
         // The webhook secret: rotated and shown once.
         admin
-            .click("form[action='/settings/webhook-secret'] button")
+            .submit("form[action='/settings/webhook-secret'] button")
             .await;
         let secret = admin.text("#secret-value").await;
         assert!(secret.starts_with("whsec_"), "{secret}");
@@ -546,7 +602,7 @@ async fn console_work_delegations_settings_and_activity() {
         admin
             .fill("#set-control_plane_url", "http://127.0.0.1:9/hooks")
             .await;
-        admin.click("form.settings button[type=submit]").await;
+        admin.submit("form.settings button[type=submit]").await;
         admin
             .wait_source("the settings saved", |s| s.contains("Settings saved."))
             .await;
@@ -556,7 +612,7 @@ async fn console_work_delegations_settings_and_activity() {
         admin
             .wait_source("a delivery listed", |s| s.contains("Redeliver"))
             .await;
-        admin.click("form[action*='/redeliver'] button").await;
+        admin.submit("form[action*='/redeliver'] button").await;
         admin
             .wait_source("the redelivery", |s| s.contains("Delivery queued again."))
             .await;
@@ -573,7 +629,7 @@ async fn console_work_delegations_settings_and_activity() {
         );
         admin.goto(&c.url("/activity")).await;
         admin.fill("#a-type", "member.signed_in").await;
-        admin.click("form.filters button[type=submit]").await;
+        admin.submit("form.filters button[type=submit]").await;
         let rows = admin
             .c
             .find_all(fantoccini::Locator::Css("#activity-rows tbody tr"))
@@ -645,6 +701,46 @@ async fn console_work_delegations_settings_and_activity() {
             entries
                 .windows(2)
                 .all(|w| w[0]["id"].as_str() > w[1]["id"].as_str())
+        );
+
+        // Auto-approved requests are shown as such.
+        c.admin_cli(&[
+            "workspace",
+            "settings",
+            "--set",
+            "auto_approve_capabilities=summaries",
+            "--set",
+            "auto_approve_permissions=read:tasks",
+            "--set",
+            "max_agents_per_project=10",
+        ])
+        .await;
+        let auto = c
+            .admin_cli(&[
+                "agent",
+                "request",
+                "auto-bot",
+                "--name",
+                "Auto",
+                "--capability",
+                "summaries",
+                "--permission",
+                "read:tasks",
+            ])
+            .await;
+        assert_eq!(auto["agent"]["status"], "approved", "{auto}");
+        admin.goto(&c.url("/")).await;
+        let recent = admin.text("main").await;
+        assert!(
+            recent.contains("Recently auto-approved") && recent.contains("auto-bot"),
+            "{recent}"
+        );
+        admin.goto(&c.url("/agents/auto-bot")).await;
+        assert!(
+            admin
+                .text("section.summary")
+                .await
+                .contains("auto-approved")
         );
     })
     .await;
@@ -769,4 +865,96 @@ async fn console_refuses_forgeries_and_stale_links() {
     reader.close().await;
     admin.close().await;
     other.close().await;
+}
+
+/// Moves a column of every console session (SQL, as time passing would).
+async fn set_sessions(db: &TestDb, column: &str, at: chrono::DateTime<chrono::Utc>) {
+    use sea_orm::sea_query::{Alias, Query};
+    use sea_orm::{ConnectionTrait, Database};
+    let conn = Database::connect(&db.url).await.unwrap();
+    let q = Query::update()
+        .table(Alias::new("console_sessions"))
+        .value(Alias::new(column), at)
+        .to_owned();
+    conn.execute_raw(conn.get_database_backend().build(&q))
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn console_sessions_end_when_idle_or_too_old_and_follow_the_member() {
+    use parallax_mcp::auth::session::console_session;
+    use parallax_mcp::service::console::{SESSION_ABSOLUTE, SESSION_IDLE};
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let s = crate::support::seed_workspace(&svc, "acme").await;
+    let open = |secret: String| {
+        let store = svc.store().clone();
+        async move { console_session(&store, &secret).await.unwrap() }
+    };
+    let secret = svc
+        .start_console_session(&s.workspace, s.writer.member(), "link")
+        .await
+        .unwrap()
+        .0;
+    let seen = open(secret.clone()).await.expect("a fresh session is open");
+    assert_eq!(seen.caller.member().role, Role::Write);
+    // A role change applies to the very next request.
+    svc.set_member_role(&s.admin, "writer@acme.test", Role::Read)
+        .await
+        .unwrap();
+    assert_eq!(
+        open(secret.clone()).await.unwrap().caller.member().role,
+        Role::Read
+    );
+    // Idle for longer than the idle limit: over.
+    let now = chrono::Utc::now();
+    set_sessions(
+        &db,
+        "last_seen_at",
+        now - SESSION_IDLE - chrono::Duration::seconds(5),
+    )
+    .await;
+    assert!(open(secret.clone()).await.is_none(), "idle sessions end");
+    // Busy, but past the absolute end: over.
+    set_sessions(&db, "last_seen_at", now).await;
+    assert!(open(secret.clone()).await.is_some());
+    set_sessions(&db, "expires_at", now - chrono::Duration::seconds(1)).await;
+    assert!(
+        open(secret.clone()).await.is_none(),
+        "sessions end {SESSION_ABSOLUTE} after sign-in"
+    );
+    // Unknown secrets and agent keys are not sessions.
+    assert!(open("nope".into()).await.is_none());
+    let key =
+        crate::support::server::approved_agent(&svc, &s.admin, "k-bot", &[Permission::ReadTasks])
+            .await;
+    assert!(open(key).await.is_none());
+    // A removed member's session ends with their membership.
+    let secret = svc
+        .start_console_session(&s.workspace, s.reader.member(), "link")
+        .await
+        .unwrap()
+        .0;
+    assert!(open(secret.clone()).await.is_some());
+    svc.remove_member(&s.admin, "reader@acme.test")
+        .await
+        .unwrap();
+    assert!(open(secret).await.is_none());
+    // Login links: once, and never after expiry.
+    let link = svc.create_login_link(&s.admin, 60).await.unwrap();
+    assert!(svc.redeem_login_link(&link.token).await.unwrap().is_ok());
+    let again = svc
+        .redeem_login_link(&link.token)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(again.reason.contains("already used") && again.workspace.is_some());
+    assert!(svc.create_login_link(&s.admin, 0).await.is_err());
+    assert!(
+        svc.create_login_link(&s.admin, 24 * 3600 + 1)
+            .await
+            .is_err()
+    );
 }

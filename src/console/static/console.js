@@ -3,7 +3,8 @@
 //   in a URL, and removed from the address bar first;
 // - htmx requests carry the CSRF token in X-CSRF-Token;
 // - live pages listen to /events and fire `console:event` on <body>, which live regions use as
-//   their htmx trigger; the stream is closed when the page is left;
+//   their htmx trigger (`console:refresh` too, unless the person started editing a region marked
+//   `data-keep-edits`); the stream is closed when the page is left;
 // - copy buttons copy a secret shown once.
 (function () {
   "use strict";
@@ -27,12 +28,21 @@
   });
 
   var source = null;
+  var edited = false;
+  var markEdited = function (e) {
+    if (e.target.closest && e.target.closest("[data-keep-edits]")) edited = true;
+  };
+  document.addEventListener("input", markEdited);
+  document.addEventListener("change", markEdited);
   function live() {
     var body = document.body;
     if (!body || !body.dataset.live || !window.EventSource) return;
     source = new EventSource("/events");
     var fire = function (ev) {
-      body.dispatchEvent(new CustomEvent("console:event", { detail: { type: ev.type } }));
+      var detail = { detail: { type: ev.type } };
+      body.dispatchEvent(new CustomEvent("console:event", detail));
+      // Regions a person is editing (a half-filled approval) are not replaced under them.
+      if (!edited) body.dispatchEvent(new CustomEvent("console:refresh", detail));
     };
     (body.dataset.eventTypes || "").split(",").forEach(function (t) {
       if (t) source.addEventListener(t, fire);

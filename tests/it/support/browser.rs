@@ -121,6 +121,36 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks something that loads a new page (a submit button, a link) and waits until the new
+    /// page has loaded, so what follows never reads the old one.
+    pub async fn submit(&self, css: &str) {
+        let el = self.find(css).await;
+        self.submit_el(el).await;
+    }
+
+    pub async fn submit_el(&self, el: fantoccini::elements::Element) {
+        self.js("window.__leaving = true; return null;").await;
+        el.click().await.unwrap_or_else(|e| panic!("click: {e}"));
+        let start = Instant::now();
+        loop {
+            let loaded = self
+                .c
+                .execute(
+                    "return window.__leaving === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            if matches!(loaded, Ok(serde_json::Value::Bool(true))) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the page did not change after the click"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn fill(&self, css: &str, text: &str) {
         let el = self.find(css).await;
         el.clear().await.unwrap();
