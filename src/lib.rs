@@ -24,6 +24,9 @@
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]). A console
 //!   session's cookie is a credential too ([`auth::session`]): its member is re-read per request.
+//!   Console sign-in with OpenID Connect ([`auth::oidc`]: code flow with PKCE and nonce, over
+//!   our hyper client) turns a provider's ID token into a workspace member; pending sign-ins are
+//!   kept in the store (`store::oidc_logins`), so any replica finishes what another began.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
@@ -39,7 +42,8 @@
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.
-//! - [`console`]: the humans' web console at `/` — sign-in by one-time login link, server-side
+//! - [`console`]: the humans' web console at `/` — sign-in by one-time login link or OpenID
+//!   Connect (`console::oidc`: `/login/oidc` and its callback, when `[oidc]` is set), server-side
 //!   sessions in the store (cookie, CSRF token derived from the session, strict CSP), and pages
 //!   for the requests inbox, agents, work, delegations, activity and settings, rendered with
 //!   `maud`; the vendored htmx and our own script and styles are embedded. A client of

@@ -17,6 +17,7 @@ mod m20261202_190000_activity_chain;
 mod m20261202_190100_grant_expiry;
 mod m20261202_200000_audit_checkpoints;
 mod m20261203_100000_console_sessions;
+mod m20261203_200000_oidc_logins;
 mod m20261203_300000_work_generation;
 
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_190100_grant_expiry::Migration),
             Box::new(m20261202_200000_audit_checkpoints::Migration),
             Box::new(m20261203_100000_console_sessions::Migration),
+            Box::new(m20261203_200000_oidc_logins::Migration),
             Box::new(m20261203_300000_work_generation::Migration),
         ]
     }

@@ -2,6 +2,7 @@
 //! proved who it is: services take them as arguments, so no service runs for an unknown caller.
 
 pub mod jwt_crypto;
+pub mod oidc;
 pub mod session;
 pub mod tokens;
 

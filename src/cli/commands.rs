@@ -70,6 +70,11 @@ pub(super) async fn dispatch(cli: Cli, config: &Config) -> Out {
         Command::SigningKey(SigningKeyCmd::Rotate) => return rotate_signing_key(config).await,
         Command::Secrets(cmd) => return secrets(config, cmd).await,
         Command::Config(ConfigCmd::Check) => {
+            // A secret file `serve` could not read is a configuration error here too.
+            config
+                .oidc
+                .client_secret()
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             return Ok(crate::config::reference::check_report(config));
         }
         // Also run before configuration is loaded (`cli::run_standalone`).

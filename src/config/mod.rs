@@ -11,7 +11,7 @@ pub mod schema;
 
 pub use schema::{
     AuthConfig, Config, EventsConfig, HttpConfig, KEYS, Key, LimitsConfig, LogConfig, LogFormat,
-    MetricsConfig, OtelConfig, SecretsConfig, StdioConfig, WebhooksConfig,
+    MetricsConfig, OidcConfig, OtelConfig, SecretsConfig, StdioConfig, WebhooksConfig,
 };
 
 use crate::store::database_url_for_path;
@@ -84,6 +84,12 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
 
 /// The per-user default database: `$XDG_DATA_HOME/parallax-mcp/parallax.db`, else
 /// `$HOME/.local/share/parallax-mcp/parallax.db` (XDG base directories; a relative
@@ -286,6 +292,7 @@ impl Config {
         if let Some(listen) = &self.metrics.listen {
             check_listen(listen).map_err(|e| ConfigError(format!("[metrics] {}", e.0)))?;
         }
+        self.oidc.check()?;
         let known = ["sqlite:", "postgres://", "postgresql://"];
         if !known.iter().any(|k| self.database_url.starts_with(k)) {
             return Err(ConfigError(format!(
@@ -318,6 +325,122 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl OidcConfig {
+    /// Whether console sign-in with OpenID Connect is on (`issuer` set).
+    pub fn enabled(&self) -> bool {
+        self.issuer.is_some()
+    }
+
+    /// The client secret from `client_secret` (or `PARALLAX_OIDC_CLIENT_SECRET`) or the file
+    /// `client_secret_file` names; `None` for a public client. Errors never show the secret.
+    pub fn client_secret(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.client_secret, &self.client_secret_file) {
+            (Some(s), _) => Ok(Some(s.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "[oidc] cannot read the client secret file {path}: {e}"
+                    ))
+                })?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(ConfigError(format!(
+                        "[oidc] the client secret file {path} is empty"
+                    )));
+                }
+                Ok(Some(secret.to_owned()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The allowed domains, lower-cased, without a leading `@`.
+    pub fn domains(&self) -> Vec<String> {
+        self.allowed_domains
+            .iter()
+            .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+            .collect()
+    }
+
+    /// The table is all or nothing: an issuer needs a client id, and client settings without an
+    /// issuer are a mistake rather than something to ignore.
+    fn check(&self) -> Result<(), ConfigError> {
+        let Some(issuer) = &self.issuer else {
+            let stray = [
+                ("client_id", self.client_id.is_some()),
+                ("client_secret", self.client_secret.is_some()),
+                ("client_secret_file", self.client_secret_file.is_some()),
+            ];
+            if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(ConfigError(format!(
+                    "[oidc] {name} is set but issuer is not: set issuer (PARALLAX_OIDC_ISSUER) to the provider's URL, or remove [oidc]"
+                )));
+            }
+            return Ok(());
+        };
+        check_issuer(issuer)?;
+        if self
+            .client_id
+            .as_deref()
+            .is_none_or(|c| c.trim().is_empty())
+        {
+            return Err(ConfigError(
+                "[oidc] client_id (PARALLAX_OIDC_CLIENT_ID) is required with issuer: the client id registered with the provider".into(),
+            ));
+        }
+        if self.client_secret.is_some() && self.client_secret_file.is_some() {
+            return Err(ConfigError(
+                "[oidc] client_secret and client_secret_file are both set: keep one".into(),
+            ));
+        }
+        if self.email_claim.trim().is_empty() {
+            return Err(ConfigError(
+                "[oidc] email_claim must name a claim, e.g. \"email\"".into(),
+            ));
+        }
+        for domain in self.domains() {
+            if domain.is_empty() || domain.contains(['@', '/', ' ']) || !domain.contains('.') {
+                return Err(ConfigError(format!(
+                    "[oidc] allowed_domains: {domain:?} is not a domain such as \"example.com\""
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An issuer must be https; plain http only on this machine (a provider run for testing).
+fn check_issuer(issuer: &str) -> Result<(), ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "[oidc] issuer must be an https URL such as https://accounts.example.com (http only on localhost), got {issuer:?}"
+        ))
+    };
+    let (https, rest) = if let Some(rest) = issuer.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = issuer.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        return Err(bad());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || issuer.contains(['?', '#']) {
+        return Err(bad());
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !https && !loopback {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// A master key given as text, or in a file; the messages say where it came from.
@@ -691,6 +814,108 @@ mod tests {
         ] {
             let err = load(&Overrides::default(), &[bad]).unwrap_err().to_string();
             assert!(!err.contains("short\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn oidc_settings_are_checked_and_the_secret_never_shown() {
+        let c = load(&Overrides::default(), &[]).unwrap();
+        assert!(!c.oidc.enabled());
+        assert_eq!(c.oidc.email_claim, "email");
+        let ok = [
+            ("PARALLAX_OIDC_ISSUER", "https://id.example.com/realms/x"),
+            ("PARALLAX_OIDC_CLIENT_ID", "console"),
+            ("PARALLAX_OIDC_CLIENT_SECRET", "hunter2-hunter2"),
+            ("PARALLAX_OIDC_ALLOWED_DOMAINS", "Example.com, @acme.test"),
+        ];
+        let c = load(&Overrides::default(), &ok).unwrap();
+        assert!(c.oidc.enabled());
+        assert_eq!(c.oidc.domains(), ["example.com", "acme.test"]);
+        assert_eq!(
+            c.oidc.client_secret().unwrap().as_deref(),
+            Some("hunter2-hunter2")
+        );
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug shows the secret"
+        );
+        assert!(
+            !crate::config::reference::check_report(&c).contains("hunter2"),
+            "config check shows the secret"
+        );
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://localhost/x",
+            "http://[::1]:8/",
+        ] {
+            let env = [
+                ("PARALLAX_OIDC_ISSUER", local),
+                ("PARALLAX_OIDC_CLIENT_ID", "c"),
+            ];
+            assert!(load(&Overrides::default(), &env).is_ok(), "{local}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-a-file\n").unwrap();
+        let env = [
+            ("PARALLAX_OIDC_ISSUER", "https://id.example.com"),
+            ("PARALLAX_OIDC_CLIENT_ID", "c"),
+            ("PARALLAX_OIDC_CLIENT_SECRET_FILE", secret.to_str().unwrap()),
+        ];
+        let c = load(&Overrides::default(), &env).unwrap();
+        assert_eq!(
+            c.oidc.client_secret().unwrap().as_deref(),
+            Some("from-a-file")
+        );
+        std::fs::remove_file(&secret).unwrap();
+        let err = c.oidc.client_secret().unwrap_err().to_string();
+        assert!(err.contains("cannot read the client secret file"), "{err}");
+
+        for (env, says) in [
+            (
+                vec![("PARALLAX_OIDC_CLIENT_ID", "c")],
+                "client_id is set but issuer is not",
+            ),
+            (
+                vec![("PARALLAX_OIDC_ISSUER", "https://id.example.com")],
+                "client_id (PARALLAX_OIDC_CLIENT_ID) is required",
+            ),
+            (
+                vec![
+                    ("PARALLAX_OIDC_ISSUER", "http://id.example.com"),
+                    ("PARALLAX_OIDC_CLIENT_ID", "c"),
+                ],
+                "issuer must be an https URL",
+            ),
+            (
+                vec![
+                    ("PARALLAX_OIDC_ISSUER", "id.example.com"),
+                    ("PARALLAX_OIDC_CLIENT_ID", "c"),
+                ],
+                "issuer must be an https URL",
+            ),
+            (
+                vec![
+                    ("PARALLAX_OIDC_ISSUER", "https://id.example.com"),
+                    ("PARALLAX_OIDC_CLIENT_ID", "c"),
+                    ("PARALLAX_OIDC_CLIENT_SECRET", "s3cret-value"),
+                    ("PARALLAX_OIDC_CLIENT_SECRET_FILE", "/x"),
+                ],
+                "client_secret and client_secret_file are both set",
+            ),
+            (
+                vec![
+                    ("PARALLAX_OIDC_ISSUER", "https://id.example.com"),
+                    ("PARALLAX_OIDC_CLIENT_ID", "c"),
+                    ("PARALLAX_OIDC_ALLOWED_DOMAINS", "ada@example.com"),
+                ],
+                "allowed_domains: \"ada@example.com\" is not a domain",
+            ),
+        ] {
+            let err = load(&Overrides::default(), &env).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains("s3cret-value"), "{err}");
         }
     }
 

@@ -475,6 +475,33 @@ config_schema! {
         service_name: String = "parallax-mcp".to_owned() => "OTEL_SERVICE_NAME", plain;
     }
 
+    /// The `[oidc]` table: console sign-in with an OpenID Connect provider (authorization code
+    /// flow with PKCE and nonce). Off unless `issuer` is set.
+    [oidc] OidcConfig / FileOidc {
+        /// The provider's issuer URL; its `/.well-known/openid-configuration` is read on first use.
+        issuer: Option<String> = None => "PARALLAX_OIDC_ISSUER", plain,
+            unset "off: the console offers no single sign-on", eg "\"https://accounts.example.com\"";
+        /// The client id registered with the provider; its redirect URI is
+        /// `{public origin}/login/oidc/callback`.
+        client_id: Option<String> = None => "PARALLAX_OIDC_CLIENT_ID", plain,
+            unset "required with `issuer`", eg "\"parallax-console\"";
+        /// The client secret. Prefer `client_secret_file`.
+        client_secret: Option<String> = None => "PARALLAX_OIDC_CLIENT_SECRET", secret,
+            unset "a public client (PKCE only)", eg "\"…\"";
+        /// A file holding the client secret, instead of `client_secret`.
+        client_secret_file: Option<String> = None => "PARALLAX_OIDC_CLIENT_SECRET_FILE", plain,
+            unset "no file", eg "\"/etc/parallax-mcp/oidc-client-secret\"";
+        /// The ID token claim that carries the member's email (read from userinfo when the ID
+        /// token lacks it).
+        email_claim: String = "email".to_owned() => "PARALLAX_OIDC_EMAIL_CLAIM", plain;
+        /// Email domains allowed to sign in, e.g. `["example.com"]`; empty allows any.
+        allowed_domains: Vec<String> = Vec::new() => "PARALLAX_OIDC_ALLOWED_DOMAINS", plain;
+        /// Scopes asked for besides `openid`.
+        scopes: Vec<String> = vec!["email".to_owned()] => "PARALLAX_OIDC_SCOPES", plain;
+        /// The provider's name on the sign-in button ("Sign in with …").
+        display_name: String = "single sign-on".to_owned() => "PARALLAX_OIDC_DISPLAY_NAME", plain;
+    }
+
     /// The `[metrics]` table: Prometheus metrics of `serve`.
     [metrics] MetricsConfig / FileMetrics {
         /// Address of the Prometheus endpoint (`GET /metrics`, text format): a listener of its own,

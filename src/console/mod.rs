@@ -15,6 +15,7 @@ mod assets;
 mod delegations;
 mod form;
 mod inbox;
+pub(crate) mod oidc;
 pub(crate) mod session;
 mod settings;
 mod views;
@@ -36,6 +37,8 @@ pub fn router(ctx: &HttpContext) -> Router {
         .route("/inbox/count", get(inbox::count))
         .route("/login", get(session::login_page))
         .route("/login/link", post(session::redeem_link))
+        .route("/login/oidc", get(oidc::begin))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/logout", post(session::logout))
         .route("/events", get(session::events))
         .route("/agents", get(agents::list))

@@ -207,15 +207,15 @@ pub(crate) async fn sign_in(
     Ok(res)
 }
 
-/// A refused sign-in to `workspace`: audited as `member.sign_in_failed`, answered with a page
-/// that says why (`email_or_reason`, e.g. "bob@x.test is not a member of this workspace").
-#[allow(dead_code)] // The OpenID Connect sign-in's (in progress) entry point.
+/// A refused OpenID Connect sign-in: audited as `member.sign_in_failed` in `workspace` (when the
+/// sign-in named one), answered with the sign-in page saying why (`email_or_reason`, e.g.
+/// "bob@x.test is not a member of workspace acme").
 pub(crate) async fn sign_in_refused(
     ctx: &HttpContext,
-    workspace: &Workspace,
+    workspace: Option<&Workspace>,
     email_or_reason: &str,
 ) -> Response {
-    refused(ctx, Some(workspace), None, email_or_reason).await
+    refused(ctx, workspace, Some("oidc"), email_or_reason).await
 }
 
 async fn refused(
@@ -232,10 +232,10 @@ async fn refused(
     (StatusCode::FORBIDDEN, login_markup(ctx, Some(reason), None)).into_response()
 }
 
-/// Buttons of sign-in methods other than the login link; OpenID Connect adds its own here
-/// (shown only when `[oidc]` is configured).
-fn other_sign_in_methods(_ctx: &HttpContext) -> Markup {
-    html! {}
+/// Buttons of sign-in methods other than the login link: OpenID Connect's, when `[oidc]` is
+/// configured.
+fn other_sign_in_methods(ctx: &HttpContext) -> Markup {
+    super::oidc::button(ctx)
 }
 
 fn login_markup(ctx: &HttpContext, error: Option<&str>, notice: Option<&str>) -> Markup {

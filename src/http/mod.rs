@@ -9,7 +9,7 @@ pub mod oauth;
 pub mod ratelimit;
 
 use crate::auth::Tokens;
-use crate::config::{AuthConfig, Config, LimitsConfig};
+use crate::config::{AuthConfig, Config, LimitsConfig, OidcConfig};
 use crate::events::{self, EventOptions, Feed};
 use crate::mcp::sessions::{SessionLimits, SessionRegistry};
 use crate::mcp::{self, ServeError};
@@ -72,6 +72,8 @@ pub struct HttpOptions {
     pub max_event_streams_per_member: usize,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); `None`: no metrics.
     pub metrics_listen: Option<String>,
+    /// Console sign-in with OpenID Connect (`[oidc]`); off unless its issuer is set.
+    pub oidc: OidcConfig,
 }
 
 impl Default for HttpOptions {
@@ -101,6 +103,7 @@ impl Default for HttpOptions {
             max_sessions_per_agent: 32,
             max_event_streams_per_member: 8,
             metrics_listen: None,
+            oidc: OidcConfig::default(),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct HttpContext {
     pub feed: Feed,
     /// Failed authentications per client address (`/mcp` and `/oauth/token`).
     pub failed_auth: ratelimit::FailedAuthLimiter,
+    /// The OpenID Connect relying party for console sign-in, when `[oidc]` is configured.
+    pub oidc: Option<Arc<crate::auth::oidc::Oidc>>,
 }
 
 /// The server's public addresses.
@@ -249,6 +254,7 @@ fn http_options(config: &Config) -> HttpOptions {
     };
     opts.public_url = config.public_url.clone();
     opts.metrics_listen = config.metrics.listen.clone();
+    opts.oidc = config.oidc.clone();
     if let Some(hosts) = &config.http.allowed_hosts {
         opts.allowed_hosts = hosts.clone();
     }
@@ -305,7 +311,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tokens = Tokens::load(store.clone(), &opts.auth).await?;
-    let ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
+    let mut ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
+    let callback = format!("{}{}", ctx.urls.origin, crate::console::oidc::CALLBACK_PATH);
+    ctx.oidc = crate::auth::oidc::Oidc::from_config(&ctx.opts.oidc, &callback)
+        .map_err(|e| ServeError::Config(e.to_string()))?
+        .map(Arc::new);
     run_with(ctx, listener, shutdown).await
 }
 
@@ -344,6 +354,7 @@ impl HttpContext {
             closing,
             opts: Arc::new(opts),
             sessions,
+            oidc: None,
         }
     }
 }

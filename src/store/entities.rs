@@ -370,3 +370,21 @@ pub mod audit_checkpoint {
     }
     no_relations!();
 }
+
+pub mod oidc_login {
+    use sea_orm::entity::prelude::*;
+    // Holds a PKCE verifier and nonce: the store's own type hides them from `Debug`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oidc_logins")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub state_hash: String,
+        pub workspace_id: String,
+        pub browser_hash: String,
+        pub nonce: String,
+        pub pkce_verifier: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+    }
+    no_relations!();
+}

@@ -10,6 +10,7 @@ mod events;
 mod faults;
 mod logs;
 mod mcp;
+mod oidc;
 mod packaging;
 mod repo;
 mod secrets;
