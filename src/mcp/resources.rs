@@ -3,15 +3,17 @@
 //! permission as `agent_my_assignments`.
 //!
 //! Subscriptions (`resources/subscribe` on 2025-11-25, `subscriptions/listen` on 2026-07-28) are
-//! fed by the process's event [`Feed`]: the agent hears `notifications/resources/updated` when it
-//! is assigned or unassigned and when its delegation is resolved. An `agent.access_revoked` for
-//! the agent ends its subscriptions (the feed sees other replicas' revocations too).
+//! fed by the process's event [`Feed`](crate::events::Feed): the agent hears
+//! `notifications/resources/updated` when it is assigned or unassigned and when its delegation is
+//! resolved. An `agent.access_revoked` for the agent ends its subscriptions (the feed sees other
+//! replicas' revocations too).
 
 use super::catalogue;
 use crate::domain::{Event, EventType};
-use crate::events::Feed;
 use rmcp::model::Resource;
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -62,9 +64,11 @@ pub fn effect(e: &Event, workspace_id: &str, agent_id: &str) -> Effect {
 }
 
 /// Calls `notify` for each event that changes the agent's assignments, until `notify` fails,
-/// `stop` is cancelled, the agent is revoked or the feed closes.
+/// `stop` is cancelled, the agent is revoked or the feed closes. `events` is the feed's receiver,
+/// taken before the subscription was acknowledged, so no event committed after the
+/// acknowledgement can be missed.
 pub async fn watch<F, Fut>(
-    feed: &Feed,
+    mut events: broadcast::Receiver<Arc<Event>>,
     workspace_id: &str,
     agent_id: &str,
     stop: &CancellationToken,
@@ -73,7 +77,6 @@ pub async fn watch<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let mut events = feed.subscribe();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,

@@ -314,6 +314,9 @@ impl ServerHandler for ParallaxServer {
                 None,
             ));
         };
+        // Subscribed before anything else, so an event committed once the client has its answer
+        // is never missed.
+        let events = feed.subscribe();
         let caller = self
             .resource_caller(&ctx, "resources/subscribe", &request.uri)
             .await?;
@@ -327,7 +330,7 @@ impl ServerHandler for ParallaxServer {
         let uri = request.uri;
         tokio::spawn(async move {
             let (ws, agent) = (caller.workspace_id(), caller.agent_id());
-            resources::watch(&feed, ws, agent, &stop, || {
+            resources::watch(events, ws, agent, &stop, || {
                 let (peer, uri) = (peer.clone(), uri.clone());
                 async move {
                     peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
@@ -373,6 +376,9 @@ impl ServerHandler for ParallaxServer {
         let Some(feed) = self.feed.clone() else {
             return Ok(());
         };
+        // rmcp has already acknowledged the subscription: take the feed's receiver before the
+        // caller is authenticated (a store round trip), so an event committed meanwhile is kept.
+        let events = feed.subscribe();
         let uris = subscription
             .accepted()
             .resource_subscriptions
@@ -387,7 +393,7 @@ impl ServerHandler for ParallaxServer {
             .await?;
         let stop = CancellationToken::new();
         let watching = resources::watch(
-            &feed,
+            events,
             caller.workspace_id(),
             caller.agent_id(),
             &stop,
