@@ -8,6 +8,7 @@ use super::session::{ConsoleError, Signed, message_of, status_of};
 use super::views::{self, Nav, Notice};
 use crate::domain::*;
 use crate::http::HttpContext;
+use crate::service::ServiceError;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -283,19 +284,20 @@ pub async fn save(State(ctx): State<HttpContext>, p: Posted) -> Result<Response,
     }
     match ctx.service.update_settings(&p.who.caller, &changes).await {
         Ok(_) => Ok(Redirect::to("/settings?ok=settings").into_response()),
-        Err(e) => Ok((
-            status_of(&e),
-            settings_page(
-                &ctx,
-                &p.who,
-                form,
-                Some(Notice::Error(message_of(&e))),
-                None,
-            )
-            .await?,
-        )
-            .into_response()),
+        Err(e) => refused(&ctx, &p.who, form, &e).await,
     }
+}
+
+/// The settings page again with the service's refusal above `form`, under the refusal's status.
+async fn refused(
+    ctx: &HttpContext,
+    who: &Signed,
+    form: Form,
+    e: &ServiceError,
+) -> Result<Response, ConsoleError> {
+    let notice = Some(Notice::Error(message_of(e)));
+    let page = settings_page(ctx, who, form, notice, None).await?;
+    Ok((status_of(e), page).into_response())
 }
 
 async fn fresh_form(ctx: &HttpContext, who: &Signed) -> Result<Form, ConsoleError> {
@@ -327,21 +329,7 @@ pub async fn rotate_secret(
                 .await?
                 .into_response())
         }
-        Err(e) => {
-            let form = fresh_form(&ctx, &p.who).await?;
-            Ok((
-                status_of(&e),
-                settings_page(
-                    &ctx,
-                    &p.who,
-                    form,
-                    Some(Notice::Error(message_of(&e))),
-                    None,
-                )
-                .await?,
-            )
-                .into_response())
-        }
+        Err(e) => refused(&ctx, &p.who, fresh_form(&ctx, &p.who).await?, &e).await,
     }
 }
 
@@ -352,21 +340,7 @@ pub async fn redeliver(
 ) -> Result<Response, ConsoleError> {
     match ctx.service.redeliver(&p.who.caller, &id).await {
         Ok(_) => Ok(Redirect::to("/settings?ok=redelivered").into_response()),
-        Err(e) => {
-            let form = fresh_form(&ctx, &p.who).await?;
-            Ok((
-                status_of(&e),
-                settings_page(
-                    &ctx,
-                    &p.who,
-                    form,
-                    Some(Notice::Error(message_of(&e))),
-                    None,
-                )
-                .await?,
-            )
-                .into_response())
-        }
+        Err(e) => refused(&ctx, &p.who, fresh_form(&ctx, &p.who).await?, &e).await,
     }
 }
 
@@ -402,20 +376,6 @@ pub async fn member(State(ctx): State<HttpContext>, p: Posted) -> Result<Respons
     };
     match result {
         Ok(()) => Ok(Redirect::to("/settings?ok=member").into_response()),
-        Err(e) => {
-            let form = fresh_form(&ctx, &p.who).await?;
-            Ok((
-                status_of(&e),
-                settings_page(
-                    &ctx,
-                    &p.who,
-                    form,
-                    Some(Notice::Error(message_of(&e))),
-                    None,
-                )
-                .await?,
-            )
-                .into_response())
-        }
+        Err(e) => refused(&ctx, &p.who, fresh_form(&ctx, &p.who).await?, &e).await,
     }
 }

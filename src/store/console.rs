@@ -136,8 +136,10 @@ impl Tx {
 
     pub async fn login_link(&self, token_hash: &str) -> StoreResult<Option<LoginLinkRow>> {
         Ok(login_link::Entity::find_by_id(token_hash.to_owned())
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(link_row))
     }
 
@@ -180,8 +182,10 @@ impl Tx {
 
     pub async fn console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSessionRow>> {
         Ok(session::Entity::find_by_id(id_hash.to_owned())
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(session_row))
     }
 
@@ -267,8 +271,10 @@ impl Tx {
         member::Entity::find()
             .filter(member::Column::WorkspaceId.eq(workspace_id))
             .filter(member::Column::Id.eq(id))
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
             .map(convert::member)
             .transpose()
     }

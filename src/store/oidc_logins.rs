@@ -52,8 +52,10 @@ impl Tx {
     /// `expires_at`.
     pub async fn take_oidc_login(&self, state_hash: &str) -> StoreResult<Option<PendingOidcLogin>> {
         let Some(m) = oidc_login::Entity::find_by_id(state_hash.to_owned())
-            .one(&self.tx)
+            .all(&self.tx)
             .await?
+            .into_iter()
+            .next()
         else {
             return Ok(None);
         };
