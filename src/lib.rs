@@ -12,9 +12,10 @@
 //! - [`domain`]: the vocabulary — ids, permissions, statuses, API keys, settings, records. Pure:
 //!   no IO, and no rmcp, axum or sea_orm types. Values are parsed once here and trusted after.
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
-//!   migrations runner. **The only module that imports `sea_orm`.** Every query is scoped to one
-//!   workspace; a `Tx` dropped without commit rolls back. Also owns the authentication snapshot
-//!   (`store::auth_cache`), each agent's current work (`store::work_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
+//!   migrations runner. **The only module that imports `sea_orm`** (and `rusqlite`, which
+//!   `store::direct` uses to read the generations from a SQLite file on the calling thread).
+//!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. Also owns
+//!   the authentication snapshot (`store::auth_cache`), each agent's current work (`store::work_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
 //!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
 //!   replicas. `store::sealed` encrypts secrets at rest under the master key.
 //!   `store::preflight` says in one line why a database cannot be opened (path or host,

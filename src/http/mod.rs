@@ -453,7 +453,14 @@ pub async fn run_with(
         shutdown_grace: ctx.opts.drain_timeout + CUT_GRACE + CLOSE_GRACE,
     };
     conn::serve(listener, app, limits, ctx.draining.clone(), drain).await;
-    ctx.gate.flush_audit().await;
+    // Every answered call's entry is committed already; what is left belongs to calls that were
+    // cut or refused. A store that stays locked must not hold the exit past the drain limit.
+    if tokio::time::timeout(ctx.opts.drain_timeout, ctx.gate.flush_audit())
+        .await
+        .is_err()
+    {
+        tracing::error!("the audit writer could not reach the store in time; stopping without it");
+    }
     tracing::info!("stopped");
     Ok(())
 }

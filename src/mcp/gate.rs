@@ -65,7 +65,7 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(service: Service) -> Self {
-        let audit = AuditWriter::spawn(service.store().clone());
+        let audit = service.writer().clone();
         Self {
             service,
             audit,

@@ -25,6 +25,17 @@ pub struct AgentLogEntry {
     pub metadata: Option<Value>,
 }
 
+/// An [`AgentLogEntry`] whose fields were checked, ready to write.
+#[derive(Debug)]
+struct CheckedLogEntry {
+    kind: AgentActivityKind,
+    description: String,
+    metadata: Value,
+    project_id: Option<RecordId>,
+    task_id: Option<RecordId>,
+    page_id: Option<RecordId>,
+}
+
 /// The outcome of logging: the entry, and the task's new status if logging moved it.
 #[derive(Debug, Clone)]
 pub struct LoggedActivity {
@@ -88,14 +99,35 @@ impl Service {
         current_task: Option<&str>,
         message: Option<&str>,
     ) -> ServiceResult<Agent> {
-        let ws = caller.workspace_id();
         let message = message
             .map(|m| bounded_text("message", m.trim(), 2000))
             .transpose()?;
         let current_task = current_task
             .map(|t| RecordId::parse("task", t))
             .transpose()?;
-        let tx = self.store.write().await?;
+        // Group-committed with other calls' changes and audit entries (see `audit`).
+        let (svc, caller, audit) = (self.clone(), caller.clone(), audit.clone());
+        self.writer()
+            .run(move |tx| {
+                Box::pin(async move {
+                    svc.set_working_status(tx, &caller, &audit, status, current_task, message)
+                        .await
+                })
+            })
+            .await
+    }
+
+    /// [`Service::update_working_status`]'s change, in the batch's transaction `tx`.
+    async fn set_working_status(
+        &self,
+        tx: &Tx,
+        caller: &AgentCaller,
+        audit: &ActivityEntry,
+        status: WorkingStatus,
+        current_task: Option<RecordId>,
+        message: Option<String>,
+    ) -> ServiceResult<Agent> {
+        let ws = caller.workspace_id();
         // Only the working columns are written (`update_agent_work`), so a concurrent revocation
         // or permission change cannot be overwritten with the state read here.
         let mut agent = tx
@@ -103,7 +135,7 @@ impl Service {
             .await?
             .ok_or_else(|| ServiceError::not_found("agent", caller.agent_id()))?;
         if let Some(t) = &current_task {
-            assigned_task(&tx, caller, t.as_str()).await?;
+            assigned_task(tx, caller, t.as_str()).await?;
         }
         let old = agent.working_status;
         let at = now();
@@ -129,14 +161,13 @@ impl Service {
         )
         .await?;
         emit(
-            &tx,
+            tx,
             ws,
             EventType::StatusChanged,
             Some(&agent.id),
             json!({ "agentId": agent.id, "previous": old, "status": status, "currentTask": agent.current_task_id, "message": agent.status_message }),
         )
         .await?;
-        tx.commit().await?;
         Ok(agent)
     }
 
@@ -149,7 +180,6 @@ impl Service {
         audit: &ActivityEntry,
         entry: AgentLogEntry,
     ) -> ServiceResult<LoggedActivity> {
-        let ws = caller.workspace_id();
         let description = required_text("description", &entry.description, 4000)?;
         let metadata = entry.metadata.unwrap_or_else(|| json!({}));
         if !metadata.is_object() {
@@ -177,7 +207,38 @@ impl Service {
             .as_deref()
             .map(|p| RecordId::parse("page", p))
             .transpose()?;
-        let tx = self.store.write().await?;
+        // Group-committed with other calls' changes and audit entries (see `audit`).
+        let checked = CheckedLogEntry {
+            kind: entry.kind,
+            description,
+            metadata,
+            project_id,
+            task_id,
+            page_id,
+        };
+        let (svc, caller, audit) = (self.clone(), caller.clone(), audit.clone());
+        self.writer()
+            .run(move |tx| Box::pin(async move { svc.log_in(tx, &caller, &audit, checked).await }))
+            .await
+    }
+
+    /// [`Service::log_agent_activity`]'s change, in the batch's transaction `tx`.
+    async fn log_in(
+        &self,
+        tx: &Tx,
+        caller: &AgentCaller,
+        audit: &ActivityEntry,
+        entry: CheckedLogEntry,
+    ) -> ServiceResult<LoggedActivity> {
+        let ws = caller.workspace_id();
+        let CheckedLogEntry {
+            description,
+            metadata,
+            project_id,
+            task_id,
+            page_id,
+            ..
+        } = entry;
         let mut project = match &project_id {
             Some(p) => Some(
                 tx.project(ws, p.as_str())
@@ -188,7 +249,7 @@ impl Service {
             None => None,
         };
         let mut task = match &task_id {
-            Some(t) => Some(assigned_task(&tx, caller, t.as_str()).await?),
+            Some(t) => Some(assigned_task(tx, caller, t.as_str()).await?),
             None => None,
         };
         if let Some(p) = &page_id {
@@ -235,7 +296,7 @@ impl Service {
         tx.insert_activity(&logged).await?;
         if let Some(event) = entry.kind.event() {
             emit(
-                &tx,
+                tx,
                 ws,
                 event,
                 Some(caller.agent_id()),
@@ -252,7 +313,6 @@ impl Service {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(LoggedActivity {
             entry: logged,
             task_status,

@@ -1,9 +1,14 @@
-//! The audit writer: group commit for the gate's decision entries.
+//! The audit writer: group commit for the gate's decision entries and for writing tools.
 //!
 //! Each call's entry must be durable before its response is sent. Writing one transaction per
 //! call would serialise every call on SQLite's single writer, so entries submitted while a write
 //! is in flight are collected and committed together in the next transaction, and each submitter
 //! is released when its own batch has committed.
+//!
+//! A writing tool's change goes the same way ([`AuditWriter::run`]): its job runs inside the
+//! batch's transaction under a savepoint, so a job that fails is undone alone, and its result is
+//! handed back only once the batch (the change with its audit entry) has committed. If the
+//! commit fails, every job in the batch gets the error: nothing is acknowledged that was lost.
 //!
 //! The batch also records when agents were last seen and keys last used, but at most once per
 //! [`TOUCH_EVERY`] for each: those timestamps are bookkeeping, not audit, and rewriting the rows on
@@ -11,17 +16,32 @@
 
 use super::{ServiceError, ServiceResult};
 use crate::domain::ActivityEntry;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tx};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
-/// An entry to commit, or (`None`) a flush marker acknowledged once every entry before it is.
-type Submission = (Option<ActivityEntry>, Ack);
+/// A writing tool's work in a batch's transaction; `true` keeps it, `false` undoes it.
+type Job =
+    Box<dyn for<'t> FnOnce(&'t Tx) -> Pin<Box<dyn Future<Output = bool> + Send + 't>> + Send>;
 
-/// The most entries one batch commits.
+/// What a submitter asks of the writer.
+enum Work {
+    /// An audit entry to commit.
+    Entry(ActivityEntry),
+    /// A change to run in the batch's transaction (taken when run).
+    Job(Option<Job>),
+    /// Acknowledged once everything submitted before it is.
+    Flush,
+}
+
+type Submission = (Work, Ack);
+
+/// The most submissions one batch commits.
 const MAX_BATCH: usize = 512;
 
 /// An agent's `last_seen_at` and a key's `last_used_at` are rewritten at most this often.
@@ -44,24 +64,26 @@ impl AuditWriter {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut touched = Touched::new();
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let entries: Vec<ActivityEntry> =
-                    batch.iter().filter_map(|(e, _)| e.clone()).collect();
-                let result = if entries.is_empty() {
+                let writes = batch
+                    .iter()
+                    .filter(|(w, _)| !matches!(w, Work::Flush))
+                    .count();
+                let result = if writes == 0 {
                     Ok(())
                 } else {
                     let started = std::time::Instant::now();
-                    let written = write(&store, &entries, &mut touched)
+                    let written = write(&store, &mut batch, &mut touched)
                         .await
                         .map_err(|e| e.to_string());
                     crate::telemetry::metrics::audit_batch(
-                        entries.len(),
+                        writes,
                         started.elapsed(),
                         written.is_ok(),
                     );
                     written
                 };
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, entries = entries.len(), "audit batch failed");
+                    tracing::error!(error = %e, entries = writes, "audit batch failed");
                 }
                 for (_, ack) in batch.drain(..) {
                     let _ = ack.send(result.clone());
@@ -71,23 +93,10 @@ impl AuditWriter {
         Self { tx }
     }
 
-    /// Waits until every entry submitted before it was committed (or failed): at shutdown, so no
-    /// entry still queued is lost with the process.
-    pub async fn flush(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.tx.send((None, ack)).await.is_ok() {
-            let _ = done.await;
-        }
-    }
-
-    /// Submits an entry and waits until it is committed.
-    pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
+    async fn submit(&self, work: Work) -> Result<(), ServiceError> {
         let (ack, done) = oneshot::channel();
         let closed = || ServiceError::Store(StoreError::Unavailable("audit writer stopped".into()));
-        self.tx
-            .send((Some(entry), ack))
-            .await
-            .map_err(|_| closed())?;
+        self.tx.send((work, ack)).await.map_err(|_| closed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!(
@@ -96,42 +105,82 @@ impl AuditWriter {
             Err(_) => Err(closed()),
         }
     }
+
+    /// Waits until every entry submitted before it was committed (or failed): at shutdown, so no
+    /// entry still queued is lost with the process.
+    pub async fn flush(&self) {
+        let _ = self.submit(Work::Flush).await;
+    }
+
+    /// Submits an entry and waits until it is committed.
+    pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
+        self.submit(Work::Entry(entry)).await
+    }
+
+    /// Runs `job` in the next batch's transaction and returns its result once that batch has
+    /// committed. A job that fails is rolled back alone; a batch that fails to commit fails every
+    /// job in it. The job must queue its own audit entry (it commits with the change).
+    pub async fn run<T, F>(&self, job: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t Tx) -> Pin<Box<dyn Future<Output = ServiceResult<T>> + Send + 't>>
+            + Send
+            + 'static,
+    {
+        let (give, take) = oneshot::channel();
+        let wrapped: Job = Box::new(move |tx| {
+            Box::pin(async move {
+                // A caller that stopped waiting (its call cut at shutdown, its client gone) was
+                // not told of a change, so none is made.
+                if give.is_closed() {
+                    return false;
+                }
+                let result = job(tx).await;
+                let keep = result.is_ok();
+                let _ = give.send(result);
+                keep
+            })
+        });
+        let committed = self.submit(Work::Job(Some(wrapped))).await;
+        // The job's own refusal stands whatever the batch did; its success only if committed.
+        let result = take.await.map_err(|_| {
+            ServiceError::Store(StoreError::Unavailable("the write was not run".into()))
+        })?;
+        let value = result?;
+        committed.map(|()| value)
+    }
 }
 
-/// Commits a batch, and marks the agents and keys it shows in use as seen, unless this writer
-/// did so less than [`TOUCH_EVERY`] ago.
+/// Commits a batch in submission order (entries queued, jobs run under savepoints), and marks
+/// the agents and keys it shows in use as seen, unless this writer did so less than
+/// [`TOUCH_EVERY`] ago.
 async fn write(
     store: &Store,
-    entries: &[ActivityEntry],
+    batch: &mut [Submission],
     touched: &mut Touched,
 ) -> Result<(), StoreError> {
-    let mut agents: Vec<(&str, &str, DateTime<Utc>)> = Vec::new();
-    let mut keys: Vec<(&str, DateTime<Utc>)> = Vec::new();
-    let due = |touched: &Touched, k: &str, at: DateTime<Utc>| {
-        touched.get(k).is_none_or(|last| at - *last >= TOUCH_EVERY)
-    };
-    for e in entries.iter().filter(|e| e.activity_type == "tool.call") {
-        if let Some(agent) = e.agent_id.as_deref()
-            && !agents
-                .iter()
-                .any(|(w, a, _)| *w == e.workspace_id && *a == agent)
-            && due(
-                touched,
-                &format!("{}/{agent}", e.workspace_id),
-                e.created_at,
-            )
-        {
-            agents.push((&e.workspace_id, agent, e.created_at));
-        }
-        if let Some(key) = e.metadata.get("credential").and_then(|v| v.as_str())
-            && !keys.iter().any(|(k, _)| *k == key)
-            && due(touched, key, e.created_at)
-        {
-            keys.push((key, e.created_at));
+    let tx = store.write().await?;
+    let mut entries: Vec<ActivityEntry> = Vec::new();
+    for (work, _) in batch.iter_mut() {
+        match work {
+            Work::Entry(e) => entries.push(e.clone()),
+            Work::Job(job) => {
+                // Entries submitted before the job are chained before its own.
+                tx.insert_activities(&std::mem::take(&mut entries)).await?;
+                if let Some(job) = job.take() {
+                    let mark = tx.savepoint().await?;
+                    if job(&tx).await {
+                        tx.release(mark).await?;
+                    } else {
+                        tx.rollback_to(mark).await?;
+                    }
+                }
+            }
+            Work::Flush => {}
         }
     }
-    let tx = store.write().await?;
-    tx.insert_activities(entries).await?;
+    tx.insert_activities(&entries).await?;
+    let (agents, keys) = tx.queued_activity(|queued| due_touches(queued, touched));
     for (ws, agent, at) in &agents {
         tx.touch_agent(ws, agent, *at).await?;
     }
@@ -146,7 +195,40 @@ async fn write(
         touched.insert(format!("{ws}/{agent}"), at);
     }
     for (key, at) in keys {
-        touched.insert(key.to_owned(), at);
+        touched.insert(key, at);
     }
     Ok(())
+}
+
+/// The agents (workspace, agent, when) and keys (id, when) the gate's entries show in use and
+/// this writer has not marked for [`TOUCH_EVERY`].
+#[allow(clippy::type_complexity)]
+fn due_touches(
+    entries: &[ActivityEntry],
+    touched: &Touched,
+) -> (
+    Vec<(String, String, DateTime<Utc>)>,
+    Vec<(String, DateTime<Utc>)>,
+) {
+    let mut agents: Vec<(String, String, DateTime<Utc>)> = Vec::new();
+    let mut keys: Vec<(String, DateTime<Utc>)> = Vec::new();
+    let due =
+        |k: &str, at: DateTime<Utc>| touched.get(k).is_none_or(|last| at - *last >= TOUCH_EVERY);
+    for e in entries.iter().filter(|e| e.activity_type == "tool.call") {
+        if let Some(agent) = e.agent_id.as_deref()
+            && !agents
+                .iter()
+                .any(|(w, a, _)| *w == e.workspace_id && a == agent)
+            && due(&format!("{}/{agent}", e.workspace_id), e.created_at)
+        {
+            agents.push((e.workspace_id.clone(), agent.to_owned(), e.created_at));
+        }
+        if let Some(key) = e.metadata.get("credential").and_then(|v| v.as_str())
+            && !keys.iter().any(|(k, _)| k == key)
+            && due(key, e.created_at)
+        {
+            keys.push((key.to_owned(), e.created_at));
+        }
+    }
+    (agents, keys)
 }

@@ -35,11 +35,14 @@ use crate::store::{Store, Tx};
 use chrono::{DateTime, SubsecRound, Utc};
 use expiry::{check_future, until_text};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// The entry point for every domain operation; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Service {
     store: Store,
+    /// The group committer, started on first use (on the runtime that first writes).
+    writer: Arc<std::sync::OnceLock<AuditWriter>>,
 }
 
 /// The current time at the precision both backends store (microseconds).
@@ -49,7 +52,16 @@ pub fn now() -> DateTime<Utc> {
 
 impl Service {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            writer: Arc::default(),
+        }
+    }
+
+    /// The writer that group-commits audit entries and writing tools' changes (see `audit`).
+    pub fn writer(&self) -> &AuditWriter {
+        self.writer
+            .get_or_init(|| AuditWriter::spawn(self.store.clone()))
     }
 
     pub fn store(&self) -> &Store {

@@ -10,15 +10,16 @@
 
 use super::{Store, StoreError, StoreResult, Tx};
 use crate::domain::{Agent, Credential, KeyHash, Member, Workspace};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
 
 /// More entries than this in one map and it is emptied rather than grown.
 const MAX_ENTRIES: usize = 10_000;
 
-const READ_GENERATIONS: &str = "SELECT value, work FROM auth_generation WHERE id = 1";
+pub(super) const READ_GENERATIONS: &str = "SELECT value, work FROM auth_generation WHERE id = 1";
 const BUMP_GENERATION: &str = "UPDATE auth_generation SET value = value + 1 WHERE id = 1";
 const BUMP_WORK_GENERATION: &str = "UPDATE auth_generation SET work = work + 1 WHERE id = 1";
 
@@ -113,24 +114,76 @@ fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
     }
 }
 
-impl Store {
-    /// Both generations, read by one prepared statement outside any transaction.
-    pub async fn generations(&self) -> StoreResult<Seen> {
-        use sea_orm::sqlx::query_as;
-        let (auth, work) = match self.db.get_database_backend() {
-            DbBackend::Sqlite => {
-                query_as::<_, (i64, i64)>(READ_GENERATIONS)
-                    .fetch_one(self.db.get_sqlite_connection_pool())
-                    .await
-            }
-            _ => {
-                query_as::<_, (i64, i64)>(READ_GENERATIONS)
-                    .fetch_one(self.db.get_postgres_connection_pool())
-                    .await
+/// Both generations, read by one prepared statement outside any transaction.
+async fn read_generations(db: &DatabaseConnection) -> StoreResult<Seen> {
+    use sea_orm::sqlx::query_as;
+    let (auth, work) = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            query_as::<_, (i64, i64)>(READ_GENERATIONS)
+                .fetch_one(db.get_sqlite_connection_pool())
+                .await
+        }
+        _ => {
+            query_as::<_, (i64, i64)>(READ_GENERATIONS)
+                .fetch_one(db.get_postgres_connection_pool())
+                .await
+        }
+    }
+    .map_err(sqlx_error)?;
+    Ok(Seen { auth, work })
+}
+
+type Waiter = oneshot::Sender<StoreResult<Seen>>;
+
+/// Reads of the generations shared by the requests waiting for one (PostgreSQL, where each is a
+/// round trip): a task reads them for every request that arrived before its read began, so each
+/// answer is as fresh as a read of the request's own, and a burst of requests costs one read.
+#[derive(Default)]
+pub(super) struct SharedReads {
+    waiting: Mutex<Option<mpsc::UnboundedSender<Waiter>>>,
+}
+
+impl SharedReads {
+    async fn read(&self, db: &DatabaseConnection) -> StoreResult<Seen> {
+        let (waiter, answer) = oneshot::channel();
+        let sent = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = waiting.get_or_insert_with(|| spawn_reader(db.clone()));
+            queue.send(waiter).is_ok()
+        };
+        if sent && let Ok(seen) = answer.await {
+            return seen;
+        }
+        // The reader task is gone (its runtime stopped): start another next time, read here now.
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        read_generations(db).await
+    }
+}
+
+/// The task behind [`SharedReads`]; it ends when the store drops its queue.
+fn spawn_reader(db: DatabaseConnection) -> mpsc::UnboundedSender<Waiter> {
+    let (queue, mut waiters) = mpsc::unbounded_channel::<Waiter>();
+    tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while waiters.recv_many(&mut batch, 4096).await > 0 {
+            // Everyone in `batch` arrived before this read begins.
+            let seen = read_generations(&db).await;
+            for waiter in batch.drain(..) {
+                let _ = waiter.send(seen.clone());
             }
         }
-        .map_err(sqlx_error)?;
-        Ok(Seen { auth, work })
+    });
+    queue
+}
+
+impl Store {
+    /// Both generations as of a read begun after this call: on SQLite straight from the file on
+    /// this thread when it can (`direct`), else one read shared with concurrent requests.
+    pub async fn generations(&self) -> StoreResult<Seen> {
+        if let Some(seen) = self.direct.get().and_then(|d| d.generations()) {
+            return Ok(seen);
+        }
+        self.shared_reads.read(&self.db).await
     }
 
     /// Reads the generations and returns the cached entry `pick` finds, if still valid.

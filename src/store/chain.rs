@@ -103,6 +103,14 @@ impl Tx {
         Ok(())
     }
 
+    /// Shows `look` the entries queued so far (not yet chained or inserted).
+    pub fn queued_activity<R>(&self, look: impl FnOnce(&[ActivityEntry]) -> R) -> R {
+        match self.pending_activity.lock() {
+            Ok(queued) => look(&queued),
+            Err(_) => look(&[]),
+        }
+    }
+
     /// Chains and inserts the queued entries, one statement per workspace.
     pub(super) async fn flush_activity(&self) -> StoreResult<()> {
         let pending = std::mem::take(

@@ -12,6 +12,7 @@ mod chain;
 mod checkpoints;
 mod console;
 mod convert;
+mod direct;
 mod entities;
 mod hygiene;
 mod inbound;
@@ -45,7 +46,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, TransactionOptions,
+    QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions,
     TransactionTrait,
 };
 use std::sync::{Arc, Mutex};
@@ -55,7 +56,7 @@ use tracing::Instrument;
 
 /// Failures of the store. Callers see "unavailable" (try again later) or "corrupt" (a bug or a bad
 /// manual edit); the database's own message goes to the log, not to agents.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -103,6 +104,13 @@ pub struct Store {
     location: Arc<str>,
     /// Seals secrets on write and opens them on read (see `sealed`).
     sealer: Arc<sealed::Sealer>,
+    /// SQLite only: reads of the generations on the calling thread, once the file has them.
+    direct: Arc<std::sync::OnceLock<direct::DirectReader>>,
+    /// Reads of the generations shared by concurrent requests (where `direct` cannot serve).
+    shared_reads: Arc<auth_cache::SharedReads>,
+    /// SQLite only: this process's writers queue here, first come first served. SQLite has one
+    /// writer; left to its busy handler, waiting writers poll with sleeps of up to 100 ms.
+    writers: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -219,14 +227,38 @@ impl Store {
         let db = Database::connect(opts)
             .await
             .map_err(|e| preflight::diagnose_connect(url, &e))?;
-        Ok(Store {
+        let store = Store {
             db,
             events_committed: Arc::default(),
             auth: Arc::default(),
             work: Arc::default(),
             location: preflight::location(url).into(),
             sealer: Arc::default(),
-        })
+            direct: Arc::default(),
+            writers: Arc::default(),
+            shared_reads: Arc::default(),
+        };
+        store.set_up_direct_reads().await;
+        Ok(store)
+    }
+
+    /// Sets up direct reads of a SQLite file (see `direct`) if it has the generations yet.
+    async fn set_up_direct_reads(&self) {
+        if self.direct.get().is_some() || self.db.get_database_backend() != DbBackend::Sqlite {
+            return;
+        }
+        // The file the pool really opened (empty for an in-memory database).
+        let file = sea_orm::sqlx::query_scalar::<_, String>(
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        )
+        .fetch_one(self.db.get_sqlite_connection_pool())
+        .await;
+        if let Ok(file) = file
+            && !file.is_empty()
+            && let Some(reader) = direct::DirectReader::open(file.into())
+        {
+            let _ = self.direct.set(reader);
+        }
     }
 
     /// Connects (creating a missing SQLite file) and applies pending migrations.
@@ -280,7 +312,12 @@ impl Store {
 
     /// Applies pending migrations; returns the names of those applied (empty when up to date).
     pub async fn migrate(&self) -> StoreResult<Vec<String>> {
-        self.migrate_exclusively(None).await
+        let applied = self.migrate_exclusively(None).await?;
+        if !applied.is_empty() {
+            // The generations table may be new.
+            self.set_up_direct_reads().await;
+        }
+        Ok(applied)
     }
 
     /// Applies at most `steps` pending migrations, oldest first; returns the names applied. Lets
@@ -424,6 +461,7 @@ impl Store {
     fn tx(&self, tx: DatabaseTransaction) -> Tx {
         Tx {
             tx,
+            _writing: None,
             pending_activity: Mutex::default(),
             pending_events: Mutex::default(),
             events_committed: self.events_committed.clone(),
@@ -440,7 +478,8 @@ impl Store {
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
-    /// IMMEDIATE`), so two writers queue on the busy timeout instead of deadlocking on upgrade.
+    /// IMMEDIATE`), so two writers queue instead of deadlocking on upgrade: in this process on
+    /// `writers`, in order, and behind other processes on the busy timeout.
     pub async fn write(&self) -> StoreResult<Tx> {
         let span = crate::telemetry::traces::child_span(|| {
             tracing::info_span!("store.begin", mode = "write")
@@ -448,17 +487,23 @@ impl Store {
         let begin = async {
             Ok::<_, DbErr>(match self.db.get_database_backend() {
                 DbBackend::Sqlite => {
-                    self.db
+                    let turn = self.writers.clone().lock_owned().await;
+                    let tx = self
+                        .db
                         .begin_with_options(TransactionOptions {
                             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                             ..Default::default()
                         })
-                        .await?
+                        .await?;
+                    (tx, Some(turn))
                 }
-                _ => self.db.begin().await?,
+                _ => (self.db.begin().await?, None),
             })
         };
-        Ok(self.tx(begin.instrument(span).await?))
+        let (tx, turn) = begin.instrument(span).await?;
+        let mut tx = self.tx(tx);
+        tx._writing = turn;
+        Ok(tx)
     }
 
     pub async fn close(self) {
@@ -469,12 +514,22 @@ impl Store {
 /// An open transaction. Commit to keep its writes; drop to roll back.
 pub struct Tx {
     tx: DatabaseTransaction,
+    /// A SQLite writer's turn (see `Store::writers`); declared after `tx`, so it is released
+    /// only once the transaction has committed or been dropped.
+    _writing: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// Activity written by this transaction, chained and inserted at commit (see `chain`).
     pending_activity: Mutex<Vec<ActivityEntry>>,
     /// Events written by this transaction, inserted at commit (see `outbox`).
     pending_events: Mutex<Vec<Event>>,
     events_committed: Arc<Notify>,
     sealer: Arc<sealed::Sealer>,
+}
+
+/// A point in a transaction to roll back to: how much activity and how many events were queued.
+#[derive(Debug)]
+pub struct Savepoint {
+    activity: usize,
+    events: usize,
 }
 
 /// Filters for the activity log.
@@ -514,6 +569,49 @@ impl Tx {
         }
         .instrument(span)
         .await
+    }
+
+    /// Marks where a piece of a shared transaction starts (group commit runs each job under
+    /// one), so [`Tx::rollback_to`] can undo that piece alone: its statements, and the activity
+    /// and events it queued.
+    pub async fn savepoint(&self) -> StoreResult<Savepoint> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, "SAVEPOINT job"))
+            .await?;
+        Ok(Savepoint {
+            activity: self.pending_activity.lock().map_or(0, |p| p.len()),
+            events: self.pending_events.lock().map_or(0, |p| p.len()),
+        })
+    }
+
+    /// Keeps what was done since `_mark`.
+    pub async fn release(&self, _mark: Savepoint) -> StoreResult<()> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, "RELEASE SAVEPOINT job"))
+            .await?;
+        Ok(())
+    }
+
+    /// Undoes what was done since `mark`; the rest of the transaction stands. Fails (and the
+    /// whole transaction must go) when the database already rolled everything back, as SQLite
+    /// does on a full disk or an I/O error.
+    pub async fn rollback_to(&self, mark: Savepoint) -> StoreResult<()> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, "ROLLBACK TO SAVEPOINT job"))
+            .await?;
+        self.tx
+            .execute_raw(Statement::from_string(backend, "RELEASE SAVEPOINT job"))
+            .await?;
+        if let Ok(mut p) = self.pending_activity.lock() {
+            p.truncate(mark.activity);
+        }
+        if let Ok(mut p) = self.pending_events.lock() {
+            p.truncate(mark.events);
+        }
+        Ok(())
     }
 
     // ---- workspaces ----
