@@ -30,6 +30,8 @@ type Job =
     Box<dyn for<'t> FnOnce(&'t Tx) -> Pin<Box<dyn Future<Output = bool> + Send + 't>> + Send>;
 
 /// What a submitter asks of the writer.
+// Entries are nearly every submission: boxing them would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     /// An audit entry to commit.
     Entry(ActivityEntry),
