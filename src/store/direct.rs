@@ -46,8 +46,6 @@ impl DirectReader {
         )?;
         conn.busy_timeout(std::time::Duration::ZERO)?;
         conn.pragma_update(None, "query_only", true)?;
-        // As the pool's connections do: pages re-read after another commit come from the map.
-        conn.pragma_update(None, "mmap_size", 268_435_456)?;
         Ok(conn)
     }
 
