@@ -642,8 +642,19 @@ fn sigterm(child: &tokio::process::Child) {
 
 /// A stateless (2026-07-28) `agent_log_activity` call; the JSON-RPC answer.
 async fn log_call(http: &reqwest::Client, url: &str, key: &str, n: usize) -> Value {
+    let args = json!({ "type": "note", "description": format!("drain {n}") });
+    log_call_with(http, url, key, n, args).await
+}
+
+async fn log_call_with(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    n: usize,
+    args: Value,
+) -> Value {
     let body = json!({ "jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {
-        "name": "agent_log_activity", "arguments": { "type": "note", "description": format!("drain {n}") },
+        "name": "agent_log_activity", "arguments": args,
         "_meta": { "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                    "io.modelcontextprotocol/clientCapabilities": {},
                    "io.modelcontextprotocol/clientInfo": { "name": "drain", "version": "0" } } } });
@@ -668,6 +679,81 @@ async fn log_call(http: &reqwest::Client, url: &str, key: &str, n: usize) -> Val
         .find(|m| m["id"] == n)
         .cloned()
         .unwrap_or_else(|| panic!("no answer to {n}: {msgs:?}"))
+}
+
+/// Writing calls are committed together (group commit), each under its own savepoint: calls
+/// queued behind a lock land in shared batches, where a refused call is undone alone and every
+/// acknowledged one is stored, with its audit entry, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_committed_together_stand_or_fail_alone() {
+    let db = TestDb::new().await;
+    let (svc, ws, key) = seeded(db.store().await).await;
+    let server = spawn_http(&db.url).await;
+    let http = reqwest::Client::new();
+    // Hold the store's writes so the calls pile up and share batches once it is released.
+    let (_conn, blocker) = block_writes(&db.url).await;
+    let mut calls = Vec::new();
+    for n in 0..40 {
+        let (http, url, key) = (http.clone(), server.url.clone(), key.clone());
+        // Odd calls name a task that does not exist: refused inside the batch.
+        let args = if n % 2 == 0 {
+            json!({ "type": "note", "description": format!("group {n}") })
+        } else {
+            json!({ "type": "note", "description": format!("group {n}"),
+                    "taskId": "0190e5c0-0000-7000-8000-000000000000" })
+        };
+        calls.push(tokio::spawn(async move {
+            (n, log_call_with(&http, &url, &key, n, args).await)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.rollback().await.unwrap();
+    let mut acked = HashSet::new();
+    for c in calls {
+        let (n, answer) = c.await.unwrap();
+        let result = &answer["result"];
+        if n % 2 == 0 {
+            let id = result["structuredContent"]["activityId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("call {n} acknowledged: {answer}"));
+            acked.insert(id.to_owned());
+        } else {
+            assert_eq!(result["isError"], true, "call {n} refused: {answer}");
+            let text = result["content"][0]["text"].as_str().unwrap_or_default();
+            assert!(text.contains("not found"), "call {n}: {text}");
+        }
+    }
+    let stored = all_activity(&svc, &ws).await;
+    let notes: Vec<_> = stored
+        .iter()
+        .filter(|e| e.activity_type == "agent.note")
+        .collect();
+    assert_eq!(
+        notes.len(),
+        20,
+        "one note per acknowledged call, none for the refused"
+    );
+    for e in &notes {
+        assert!(acked.contains(&e.id), "{} was acknowledged", e.id);
+        let n: usize = e.description.trim_start_matches("group ").parse().unwrap();
+        assert_eq!(n % 2, 0, "a refused call left {}", e.description);
+    }
+    let decisions = |outcome: &str| {
+        stored
+            .iter()
+            .filter(|e| e.activity_type == "tool.call" && e.outcome.as_deref() == Some(outcome))
+            .count()
+    };
+    assert_eq!(
+        decisions("allowed"),
+        20,
+        "each stored call's decision commits with it"
+    );
+    assert_eq!(
+        decisions("denied"),
+        20,
+        "each refused call's decision is audited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -938,3 +938,62 @@ async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_i
     assert!(!r.extends);
     assert!(r.problem.unwrap().contains("pruned"));
 }
+
+/// Group commit undoes a failed job with `Tx::rollback_to`: its statements and the activity it
+/// queued go, what came before and after stays, and the chain over what stays verifies.
+#[tokio::test]
+async fn a_savepoint_rolled_back_drops_its_piece_alone_and_the_chain_verifies() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 1).await;
+    let note = |d: &str| ActivityEntry {
+        id: new_id(),
+        workspace_id: s.ws().to_owned(),
+        actor_kind: ActorKind::System,
+        actor_id: "system".into(),
+        agent_id: None,
+        activity_type: "test.note".into(),
+        outcome: None,
+        description: d.into(),
+        metadata: json!({}),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        created_at: parallax_mcp::service::now(),
+    };
+    let store = Store::open(&db.url).await.unwrap();
+    let tx = store.write().await.unwrap();
+    tx.insert_activity(&note("before")).await.unwrap();
+    let mark = tx.savepoint().await.unwrap();
+    tx.insert_activity(&note("undone")).await.unwrap();
+    let mut project = s.project.clone();
+    project.id = new_id();
+    project.name = "made by the undone job".into();
+    tx.insert_project(&project).await.unwrap();
+    tx.rollback_to(mark).await.unwrap();
+    let mark = tx.savepoint().await.unwrap();
+    tx.insert_activity(&note("after")).await.unwrap();
+    tx.release(mark).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let notes: Vec<String> = svc
+        .list_activity(
+            &s.admin,
+            ActivityQuery {
+                activity_type: Some("test.note".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.description)
+        .collect();
+    assert_eq!(notes, ["after", "before"]);
+    let tx = store.read().await.unwrap();
+    let undone = tx.project(s.ws(), &project.id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(undone.is_none(), "the undone job's project is gone");
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+}
