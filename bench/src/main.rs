@@ -365,6 +365,28 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+fn dbg_mem(at: &str, pid: u32) {
+    if std::env::var_os("BENCH_MEM_DEBUG").is_none() {
+        return;
+    }
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let pick: Vec<&str> = s
+        .lines()
+        .filter(|l| {
+            ["VmRSS", "RssAnon", "RssFile", "Threads"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    eprintln!(
+        "mem {pid} {at}: {}",
+        pick.join(" | ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
 // ---- MCP over HTTP, by hand ----
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -709,9 +731,12 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
     Ok(s)
 }
 
-/// Memory each open 2025-11-25 session holds: RSS growth over `n` idle sessions.
-async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<f64> {
+/// Memory each open 2025-11-25 session holds: RSS growth over `n` sessions, 200 ms after the
+/// last was opened (just opened), and once they have been idle a few seconds (settled: parallax
+/// puts a session with nothing under way to sleep after a second).
+async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<(f64, f64)> {
     let before = rss_kb(pid);
+    dbg_mem("before", pid);
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = HttpClient::new(url, bearer)?;
@@ -719,9 +744,39 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
         held.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_kb(pid);
+    let opened = rss_kb(pid);
+    dbg_mem("opened", pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = rss_kb(pid);
+    dbg_mem("settled", pid);
+    if std::env::var_os("BENCH_MEM_DEBUG").is_some() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        dbg_mem("settled+5s", pid);
+        let mut more = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = HttpClient::new(url, bearer)?;
+            c.open_session().await?;
+            more.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dbg_mem("second batch opened", pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        dbg_mem("second batch settled", pid);
+        for c in &mut held {
+            c.call(&Call::list(), Era::Session).await?;
+        }
+        dbg_mem("first batch woken", pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        dbg_mem("first batch asleep again", pid);
+        held.extend(more);
+    }
+    // Every session still answers after its idle spell.
+    for c in &mut held {
+        c.call(&Call::list(), Era::Session).await?;
+    }
     drop(held);
-    Ok(after.saturating_sub(before) as f64 / n as f64)
+    let per = |rss: u64| rss.saturating_sub(before) as f64 / n as f64;
+    Ok((per(opened), per(settled)))
 }
 
 // ---- the run ----
@@ -1115,8 +1170,13 @@ async fn main() -> Result<()> {
         );
     }
     println!(
-        "\nper open 2025-11-25 session: {our_session:.1} kB (bare rmcp: {bare_session:.1} kB); \
-         idle RSS after start: {:.1} MB",
+        "\nper open 2025-11-25 session: {:.1} kB (bare rmcp: {:.1} kB); idle {} s: {:.1} kB (bare \
+         rmcp: {:.1} kB); idle RSS after start: {:.1} MB",
+        our_session.0,
+        bare_session.0,
+        3,
+        our_session.1,
+        bare_session.1,
         idle_rss as f64 / 1024.0
     );
     if let Some((_, _, url)) = &pg {
