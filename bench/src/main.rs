@@ -792,9 +792,16 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
         dbg_mem("first batch idle again", pid);
         held.extend(more);
     }
-    // Every session still answers after its idle spell.
-    for c in &mut held {
-        c.call(&Call::list(), Era::Session).await?;
+    // Every session still answers after its idle spell (parallax wakes each), and again at once.
+    for round in ["after idling", "right after"] {
+        let t0 = std::time::Instant::now();
+        for c in &mut held {
+            c.call(&Call::list(), Era::Session).await?;
+        }
+        if std::env::var_os("BENCH_MEM_DEBUG").is_some() {
+            let us = t0.elapsed().as_micros() as f64 / held.len() as f64;
+            eprintln!("mem {pid}: tools/list {round}: {us:.0} µs per call, one at a time");
+        }
     }
     drop(held);
     let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / n as f64;
