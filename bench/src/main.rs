@@ -791,6 +791,17 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
         tokio::time::sleep(Duration::from_secs(3)).await;
         dbg_mem("first batch idle again", pid);
         held.extend(more);
+        // Sessions without a connection: each client goes once its session is open.
+        let anon0 = anon_kb(pid);
+        for _ in 0..n {
+            let mut c = HttpClient::new(url, bearer)?;
+            c.open_session().await?;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let grown = anon_kb(pid).saturating_sub(anon0) as f64 / n as f64;
+        eprintln!(
+            "mem {pid}: {n} more sessions, clients gone, idle 3 s: {grown:.1} kB anonymous each"
+        );
     }
     // Every session still answers after its idle spell (parallax wakes each), and again at once.
     for round in ["after idling", "right after"] {
