@@ -32,8 +32,9 @@
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
-//!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions capped
-//!   (`mcp::sessions`). **The only module that imports `rmcp`.**
+//!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their
+//!   agent, capped, and put to sleep when idle (`mcp::sessions`). **The only module that imports
+//!   `rmcp`.**
 //! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
 //!   the signed webhook worker, and the server-sent event stream the API serves to members.
 //! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;

@@ -9,12 +9,15 @@
 //! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
 //! measures the bare baselines and then every parallax row, so the machine's noise hits both.
 //! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
+//! Before the load, the memory an open session holds: RSS growth over 200 sessions just opened and
+//! after 3 idle seconds (`BENCH_MEM_DEBUG=1` prints each step, `=full` adds a second batch and a
+//! wake-up of the first).
 //! Timings are reported, never asserted. Then the console's pages are timed on the same data,
 //! with the audit trail topped up to 100,000 entries (`console.rs`).
 //!
 //! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
 //! `--postgres URL` (also measure on a fresh database of that server), `--only TEXT` (rows whose
-//! label contains it), `--smoke`.
+//! label contains it; `--only sessions` matches no row: session memory alone), `--smoke`.
 
 mod console;
 
@@ -354,15 +357,47 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+fn anon_kb(pid: u32) -> u64 {
+    status_kb(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// BENCH_MEM_DEBUG: the server's memory at each step of the session measurement, on stderr.
+fn dbg_mem(at: &str, pid: u32) {
+    if std::env::var_os("BENCH_MEM_DEBUG").is_none() {
+        return;
+    }
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let pick: Vec<&str> = s
+        .lines()
+        .filter(|l| {
+            ["VmRSS", "RssAnon", "RssFile", "Threads"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    eprintln!(
+        "mem {pid} {at}: {}",
+        pick.join(" | ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }
 
 // ---- MCP over HTTP, by hand ----
@@ -709,9 +744,22 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
     Ok(s)
 }
 
-/// Memory each open 2025-11-25 session holds: RSS growth over `n` idle sessions.
-async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<f64> {
-    let before = rss_kb(pid);
+/// Memory each open 2025-11-25 session holds: RSS growth over `n` sessions, each with its
+/// client's idle keep-alive connection, 200 ms after the last was opened (`opened`), and once they
+/// have been idle 3 s (`idle`: parallax puts a session with nothing under way to sleep after a
+/// second). Also the anonymous part of each (`RssAnon`): file-backed pages (the mapped database,
+/// code run for the first time) are the process's, not the sessions'.
+#[derive(Clone, Copy)]
+struct SessionMemory {
+    opened: f64,
+    opened_anon: f64,
+    idle: f64,
+    idle_anon: f64,
+}
+
+async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<SessionMemory> {
+    let (before, before_anon) = (rss_kb(pid), anon_kb(pid));
+    dbg_mem("before", pid);
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = HttpClient::new(url, bearer)?;
@@ -719,9 +767,61 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
         held.push(c);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_kb(pid);
+    let (opened, opened_anon) = (rss_kb(pid), anon_kb(pid));
+    dbg_mem("opened", pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle, idle_anon) = (rss_kb(pid), anon_kb(pid));
+    dbg_mem("idle", pid);
+    // BENCH_MEM_DEBUG=full: a second batch on top, then the first woken and idle again.
+    if std::env::var("BENCH_MEM_DEBUG").is_ok_and(|v| v == "full") {
+        let mut more = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut c = HttpClient::new(url, bearer)?;
+            c.open_session().await?;
+            more.push(c);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dbg_mem("second batch opened", pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        dbg_mem("second batch idle", pid);
+        for c in &mut held {
+            c.call(&Call::list(), Era::Session).await?;
+        }
+        dbg_mem("first batch woken", pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        dbg_mem("first batch idle again", pid);
+        held.extend(more);
+        // Sessions without a connection: each client goes once its session is open.
+        let anon0 = anon_kb(pid);
+        for _ in 0..n {
+            let mut c = HttpClient::new(url, bearer)?;
+            c.open_session().await?;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let grown = anon_kb(pid).saturating_sub(anon0) as f64 / n as f64;
+        eprintln!(
+            "mem {pid}: {n} more sessions, clients gone, idle 3 s: {grown:.1} kB anonymous each"
+        );
+    }
+    // Every session still answers after its idle spell (parallax wakes each), and again at once.
+    for round in ["after idling", "right after"] {
+        let t0 = std::time::Instant::now();
+        for c in &mut held {
+            c.call(&Call::list(), Era::Session).await?;
+        }
+        if std::env::var_os("BENCH_MEM_DEBUG").is_some() {
+            let us = t0.elapsed().as_micros() as f64 / held.len() as f64;
+            eprintln!("mem {pid}: tools/list {round}: {us:.0} µs per call, one at a time");
+        }
+    }
     drop(held);
-    Ok(after.saturating_sub(before) as f64 / n as f64)
+    let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / n as f64;
+    Ok(SessionMemory {
+        opened: per(opened, before),
+        opened_anon: per(opened_anon, before_anon),
+        idle: per(idle, before),
+        idle_anon: per(idle_anon, before_anon),
+    })
 }
 
 // ---- the run ----
@@ -1114,9 +1214,19 @@ async fn main() -> Result<()> {
             ratio(&Sample::cpu_per_call_us),
         );
     }
+    let (ours, bare) = (our_session, bare_session);
     println!(
-        "\nper open 2025-11-25 session: {our_session:.1} kB (bare rmcp: {bare_session:.1} kB); \
-         idle RSS after start: {:.1} MB",
+        "\nper open 2025-11-25 session (RSS growth over {n}, anonymous in brackets): just opened \
+         {:.1} kB [{:.1}] (bare rmcp: {:.1} kB [{:.1}]); idle 3 s: {:.1} kB [{:.1}] (bare rmcp: \
+         {:.1} kB [{:.1}]); idle RSS after start: {:.1} MB",
+        ours.opened,
+        ours.opened_anon,
+        bare.opened,
+        bare.opened_anon,
+        ours.idle,
+        ours.idle_anon,
+        bare.idle,
+        bare.idle_anon,
         idle_rss as f64 / 1024.0
     );
     if let Some((_, _, url)) = &pg {

@@ -336,6 +336,7 @@ impl HttpContext {
         let sessions = Arc::new(SessionRegistry::new(SessionLimits {
             per_agent: opts.max_sessions_per_agent,
             global: opts.max_sessions,
+            ..SessionLimits::default()
         }));
         Self {
             feed,

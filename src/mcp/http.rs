@@ -45,6 +45,8 @@ pub fn router(ctx: &HttpContext) -> Router {
         .with_allowed_origins(opts.allowed_origins.clone())
         .with_max_request_body_bytes(opts.max_body_bytes)
         .with_cancellation_token(ctx.closing.clone());
+    // The registry keeps sleeping sessions; rmcp wakes one through its restore path.
+    mcp_config.session_store = Some(ctx.sessions.clone());
     if opts.allowed_origins.is_empty() {
         // Agents are not browsers: with no origin configured, any request carrying one is refused.
         mcp_config = mcp_config.enforce_origin_validation();

@@ -920,6 +920,31 @@ mod mcp_notify {
         .await;
     }
 
+    /// An idle session sleeps (its GET stream stays open, waiting); a subscription wakes it and
+    /// the notification arrives on that same stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(deprecated)] // resources/subscribe is the 2025-11-25 way
+    async fn a_session_woken_by_its_subscription_is_notified() {
+        let w = world().await;
+        let key = approved_agent(&w.svc, &w.admin, "bot-z", &[Permission::ReadTasks]).await;
+        let server = spawn(&w.db.url).await;
+        let (client, mut updates) = connect(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
+        // Idle past the one second after which a session with nothing under way sleeps.
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        client
+            .subscribe(SubscribeRequestParams::new(URI))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assign(&w, "bot-z").await;
+        let uri = tokio::time::timeout(Duration::from_secs(5), updates.recv())
+            .await
+            .expect("notified of the assignment")
+            .unwrap();
+        assert_eq!(uri, URI);
+        assert!(client.list_all_resources().await.is_ok());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[allow(deprecated)]
     async fn a_stdio_agent_can_subscribe_too() {

@@ -197,3 +197,110 @@ async fn close_agent_ends_that_agents_sessions_only() {
     assert!(res.status().is_success(), "{}", res.status());
     assert!(server.ctx.sessions.is_empty());
 }
+
+/// Waits until `check` holds (polling), or fails naming `what`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_sessions_sleep_and_wake_on_their_next_request() {
+    let w = world().await;
+    let bot = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let other = approved_agent(&w.svc, &w.admin, "other", &[Permission::ReadTasks]).await;
+    let server = in_process(&w.db.url).await;
+    let sessions = server.ctx.sessions.clone();
+    let http = reqwest::Client::new();
+    let s1 = open_session(&http, &server.url, &bot).await;
+    let s2 = open_session(&http, &server.url, &bot).await;
+    let s3 = open_session(&http, &server.url, &bot).await;
+
+    // An open GET stream does not keep an idle session awake: it stays open while it sleeps.
+    let mut stream = http
+        .get(&server.url)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {bot}"))
+        .header("mcp-session-id", &s3)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    eventually("three sessions asleep", || sessions.asleep() == 3).await;
+    assert_eq!(sessions.len(), 3, "sleeping sessions are still open");
+    let open = tokio::time::timeout(Duration::from_millis(300), stream.chunk()).await;
+    assert!(
+        !matches!(open, Ok(Ok(None))),
+        "the GET stream of a sleeping session stays open: {open:?}"
+    );
+
+    // A subscription wakes its session and keeps it awake (its watcher lives in the handler).
+    let subscribe = json!({ "jsonrpc": "2.0", "id": 7, "method": "resources/subscribe",
+        "params": { "uri": "parallax://me/assignments" } });
+    let res = post(&http, &server.url, &bot, Some(&s3), &subscribe)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let msgs = messages(res).await;
+    assert!(msgs.iter().any(|m| m["result"].is_object()), "{msgs:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sessions.asleep(), 2, "the subscribed session stays awake");
+
+    // Another agent is refused a sleeping session as an unknown one, and does not wake it.
+    assert_eq!(list_on(&http, &server.url, &other, &s1).await.0, 404);
+    assert_eq!(sessions.asleep(), 2);
+
+    // Its owner's next request wakes it, on the same session id, and gets its answer.
+    let (status, tools) = list_on(&http, &server.url, &bot, &s1).await;
+    assert_eq!(status, 200);
+    assert!(
+        tools.contains(&"agent_my_assignments".to_owned()),
+        "{tools:?}"
+    );
+    assert_eq!(sessions.asleep(), 1, "woken");
+    // A call on the woken session goes through the gate as before.
+    let call = json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": "agent_my_assignments", "arguments": {} } });
+    let res = post(&http, &server.url, &bot, Some(&s1), &call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let msgs = messages(res).await;
+    assert!(
+        msgs.iter()
+            .any(|m| m["result"]["structuredContent"].is_object()),
+        "{msgs:?}"
+    );
+    // And it goes back to sleep once quiet again.
+    eventually("the woken session asleep again", || sessions.asleep() == 2).await;
+    assert_eq!(list_on(&http, &server.url, &bot, &s1).await.0, 200);
+
+    // DELETE ends a sleeping session for good.
+    eventually("s2 still asleep", || sessions.asleep() >= 1).await;
+    let res = http
+        .delete(&server.url)
+        .header("authorization", format!("Bearer {bot}"))
+        .header("mcp-session-id", &s2)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(list_on(&http, &server.url, &bot, &s2).await.0, 404);
+    assert_eq!(sessions.len(), 2);
+
+    // Revocation-style close counts sleeping sessions too and ends the stream of the awake one.
+    eventually("s1 asleep", || sessions.asleep() == 1).await;
+    let ws = w.admin.workspace().id.clone();
+    assert_eq!(sessions.close_agent(&ws, "bot").await, 2);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.text()).await;
+    assert!(ended.is_ok(), "the GET stream ends with its session");
+    assert_eq!(list_on(&http, &server.url, &bot, &s1).await.0, 404);
+    assert!(sessions.is_empty());
+}
