@@ -386,10 +386,17 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
     // Setting the URL again re-enables it; the parked deliveries go out, in order.
     r.set(Mode::Ok);
     set(&w.svc, &w.admin, &[("control_plane_url", r.url.as_str())]).await;
+    // The receiver sees a delivery before the worker records its answer: wait for both.
     eventually(
         "parked deliveries sent",
         Duration::from_secs(10),
-        || async { r.processed().len() == 4 },
+        || async {
+            r.processed().len() == 4
+                && deliveries(&w.svc, &w)
+                    .await
+                    .iter()
+                    .all(|d| d.status == DeliveryStatus::Delivered)
+        },
     )
     .await;
     assert_all_delivered_in_order(&w, &r).await;
