@@ -30,6 +30,9 @@
 //!   kept in the store (`store::oidc_logins`), so any replica finishes what another began.
 //! - [`service`]: every domain rule (lifecycle, quotas, assignments, delegation, activity), each
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
+//!   `service::audit` is the group committer: the gate's decision entries and the writing tools'
+//!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
+//!   batch, and nobody is answered before their batch has committed.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their
