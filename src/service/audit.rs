@@ -35,8 +35,8 @@ type Job =
 enum Work {
     /// An audit entry to commit.
     Entry(ActivityEntry),
-    /// A change to run in the batch's transaction (taken when run).
-    Job(Option<Job>),
+    /// A change to run in the batch's transaction.
+    Job(Job),
     /// Acknowledged once everything submitted before it is.
     Flush,
 }
@@ -143,13 +143,18 @@ impl AuditWriter {
                 keep
             })
         });
-        let committed = self.submit(Work::Job(Some(wrapped))).await;
-        // The job's own refusal stands whatever the batch did; its success only if committed.
-        let result = take.await.map_err(|_| {
-            ServiceError::Store(StoreError::Unavailable("the write was not run".into()))
-        })?;
-        let value = result?;
-        committed.map(|()| value)
+        let committed = self.submit(Work::Job(wrapped)).await;
+        match take.await {
+            // The job's own refusal stands whatever the batch did; its success only if committed.
+            Ok(result) => {
+                let value = result?;
+                committed.map(|()| value)
+            }
+            // The job never ran: the batch failed before it, and says why.
+            Err(_) => Err(committed.err().unwrap_or_else(|| {
+                ServiceError::Store(StoreError::Unavailable("the write was not run".into()))
+            })),
+        }
     }
 }
 
@@ -164,24 +169,23 @@ async fn write(
     let tx = store.write().await?;
     let mut entries: Vec<ActivityEntry> = Vec::new();
     for (work, _) in batch.iter_mut() {
-        match work {
-            Work::Entry(e) => entries.push(e.clone()),
+        // Taken out: only the acknowledgements are needed after this.
+        match std::mem::replace(work, Work::Flush) {
+            Work::Entry(e) => entries.push(e),
             Work::Job(job) => {
                 // Entries submitted before the job are chained before its own.
-                tx.insert_activities(&std::mem::take(&mut entries)).await?;
-                if let Some(job) = job.take() {
-                    let mark = tx.savepoint().await?;
-                    if job(&tx).await {
-                        tx.release(mark).await?;
-                    } else {
-                        tx.rollback_to(mark).await?;
-                    }
+                tx.insert_activities(std::mem::take(&mut entries)).await?;
+                let mark = tx.savepoint().await?;
+                if job(&tx).await {
+                    tx.release(mark).await?;
+                } else {
+                    tx.rollback_to(mark).await?;
                 }
             }
             Work::Flush => {}
         }
     }
-    tx.insert_activities(&entries).await?;
+    tx.insert_activities(entries).await?;
     let (agents, keys) = tx.queued_activity(|queued| due_touches(queued, touched));
     for (ws, agent, at) in &agents {
         tx.touch_agent(ws, agent, *at).await?;

@@ -307,21 +307,13 @@ impl Tx {
     /// Marks a change to projects, tasks or assignments; commits (or rolls back) with it. Every
     /// store method that writes those calls this.
     pub(super) async fn bump_work_generation(&self) -> StoreResult<()> {
-        let backend = self.tx.get_database_backend();
-        self.tx
-            .execute_raw(Statement::from_string(backend, BUMP_WORK_GENERATION))
-            .await?;
-        Ok(())
+        self.execute_sql(BUMP_WORK_GENERATION).await
     }
 
     /// Marks a change that can affect authorization; commits (or rolls back) with it. Every
     /// store method that writes agents, keys, workspace settings or members calls this.
     pub(super) async fn bump_auth_generation(&self) -> StoreResult<()> {
-        let backend = self.tx.get_database_backend();
-        self.tx
-            .execute_raw(Statement::from_string(backend, BUMP_GENERATION))
-            .await?;
-        Ok(())
+        self.execute_sql(BUMP_GENERATION).await
     }
 
     async fn credential_view_of(

@@ -91,16 +91,20 @@ fn head(m: activity_chain::Model) -> ChainHead {
 impl Tx {
     /// Queues an entry for this transaction; [`Tx::commit`] chains and inserts it.
     pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
-        self.insert_activities(std::slice::from_ref(e)).await
+        self.queue()?.push(e.clone());
+        Ok(())
     }
 
     /// Queues many entries (the gate's batched audit writes); chained in this order at commit.
-    pub async fn insert_activities(&self, entries: &[ActivityEntry]) -> StoreResult<()> {
+    pub async fn insert_activities(&self, entries: Vec<ActivityEntry>) -> StoreResult<()> {
+        self.queue()?.extend(entries);
+        Ok(())
+    }
+
+    fn queue(&self) -> StoreResult<std::sync::MutexGuard<'_, Vec<ActivityEntry>>> {
         self.pending_activity
             .lock()
-            .map_err(|_| StoreError::Query("activity queue lock poisoned".into()))?
-            .extend_from_slice(entries);
-        Ok(())
+            .map_err(|_| StoreError::Query("activity queue lock poisoned".into()))
     }
 
     /// Shows `look` the entries queued so far (not yet chained or inserted).
@@ -113,12 +117,7 @@ impl Tx {
 
     /// Chains and inserts the queued entries, one statement per workspace.
     pub(super) async fn flush_activity(&self) -> StoreResult<()> {
-        let pending = std::mem::take(
-            &mut *self
-                .pending_activity
-                .lock()
-                .map_err(|_| StoreError::Query("activity queue lock poisoned".into()))?,
-        );
+        let pending = std::mem::take(&mut *self.queue()?);
         if pending.is_empty() {
             return Ok(());
         }

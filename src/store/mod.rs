@@ -588,10 +588,7 @@ impl Tx {
     /// one), so [`Tx::rollback_to`] can undo that piece alone: its statements, and the activity
     /// and events it queued.
     pub async fn savepoint(&self) -> StoreResult<Savepoint> {
-        let backend = self.tx.get_database_backend();
-        self.tx
-            .execute_raw(Statement::from_string(backend, "SAVEPOINT job"))
-            .await?;
+        self.execute_sql("SAVEPOINT job").await?;
         Ok(Savepoint {
             activity: self.pending_activity.lock().map_or(0, |p| p.len()),
             events: self.pending_events.lock().map_or(0, |p| p.len()),
@@ -600,30 +597,30 @@ impl Tx {
 
     /// Keeps what was done since `_mark`.
     pub async fn release(&self, _mark: Savepoint) -> StoreResult<()> {
-        let backend = self.tx.get_database_backend();
-        self.tx
-            .execute_raw(Statement::from_string(backend, "RELEASE SAVEPOINT job"))
-            .await?;
-        Ok(())
+        self.execute_sql("RELEASE SAVEPOINT job").await
     }
 
     /// Undoes what was done since `mark`; the rest of the transaction stands. Fails (and the
     /// whole transaction must go) when the database already rolled everything back, as SQLite
     /// does on a full disk or an I/O error.
     pub async fn rollback_to(&self, mark: Savepoint) -> StoreResult<()> {
-        let backend = self.tx.get_database_backend();
-        self.tx
-            .execute_raw(Statement::from_string(backend, "ROLLBACK TO SAVEPOINT job"))
-            .await?;
-        self.tx
-            .execute_raw(Statement::from_string(backend, "RELEASE SAVEPOINT job"))
-            .await?;
+        self.execute_sql("ROLLBACK TO SAVEPOINT job").await?;
+        self.execute_sql("RELEASE SAVEPOINT job").await?;
         if let Ok(mut p) = self.pending_activity.lock() {
             p.truncate(mark.activity);
         }
         if let Ok(mut p) = self.pending_events.lock() {
             p.truncate(mark.events);
         }
+        Ok(())
+    }
+
+    /// Runs one fixed statement (no parameters, no rows) in this transaction.
+    async fn execute_sql(&self, sql: &str) -> StoreResult<()> {
+        let backend = self.tx.get_database_backend();
+        self.tx
+            .execute_raw(Statement::from_string(backend, sql))
+            .await?;
         Ok(())
     }
 
