@@ -14,7 +14,9 @@
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`** (and `rusqlite`, which
 //!   `store::direct` uses to read the generations from a SQLite file on the calling thread).
-//!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. Also owns
+//!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
+//!   SQLite file, writers take turns in order on one dedicated connection, so its page cache
+//!   stays warm between the audit writer's commits. Also owns
 //!   the authentication snapshot (`store::auth_cache`), each agent's current work (`store::work_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
 //!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
 //!   replicas. `store::sealed` encrypts secrets at rest under the master key.

@@ -19,6 +19,7 @@ mod m20261202_200000_audit_checkpoints;
 mod m20261203_100000_console_sessions;
 mod m20261203_200000_oidc_logins;
 mod m20261203_300000_work_generation;
+mod m20261203_400000_activity_indexes;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_100000_console_sessions::Migration),
             Box::new(m20261203_200000_oidc_logins::Migration),
             Box::new(m20261203_300000_work_generation::Migration),
+            Box::new(m20261203_400000_activity_indexes::Migration),
         ]
     }
 }

@@ -29,10 +29,11 @@ struct McpState {
 /// `/mcp`: rmcp's streamable HTTP service behind bearer authentication.
 pub fn router(ctx: &HttpContext) -> Router {
     let opts = &ctx.opts;
-    let state = McpState {
+    // Shared, not cloned per request: the context holds cancellation tokens, whose clones lock.
+    let state = Arc::new(McpState {
         gate: ctx.gate.clone(),
         ctx: ctx.clone(),
-    };
+    });
     // The server-wide limits layer checks Host and Origin first; rmcp checks again. `*` (any
     // Host) is spelled as an empty list for rmcp.
     let hosts = if opts.allowed_hosts.iter().any(|h| h.trim() == "*") {
@@ -57,7 +58,7 @@ pub fn router(ctx: &HttpContext) -> Router {
         inflight: ctx.inflight.clone(),
         cut: ctx.cut.clone(),
     };
-    let mcp = StreamableHttpService::new(
+    let mcp = Arc::new(StreamableHttpService::new(
         move || {
             Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)
                 .with_feed(feed.clone())
@@ -65,13 +66,14 @@ pub fn router(ctx: &HttpContext) -> Router {
         },
         ctx.sessions.clone(),
         mcp_config,
-    );
-    let binder = sessions::Binder {
+    ));
+    let binder = Arc::new(sessions::Binder {
         sessions: ctx.sessions.clone(),
         gate: state.gate.clone(),
-    };
+    });
     Router::new()
-        .nest_service("/mcp", mcp)
+        // rmcp's service behind one `Arc` (see `Shared`).
+        .nest_service("/mcp", Shared(mcp))
         // Layers run bottom-up: authenticate first, then the envelope, then check the session belongs
         // to the caller.
         .layer(middleware::from_fn_with_state(binder, sessions::bind))
@@ -89,6 +91,34 @@ pub fn router(ctx: &HttpContext) -> Router {
             opts.max_body_bytes,
             trace_request,
         ))
+}
+
+type McpService = StreamableHttpService<ParallaxServer, sessions::SessionRegistry>;
+
+/// rmcp's service shared behind one `Arc`. Routing clones the service for every request and
+/// rmcp's own `call` clones it again; its configuration holds the allowed hosts and origins and a
+/// cancellation token, so each of those clones allocated and locked. `handle` needs only `&self`.
+#[derive(Clone)]
+struct Shared(Arc<McpService>);
+
+impl tower_service::Service<Request> for Shared {
+    type Response = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, Self::Error>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
+    }
 }
 
 /// The transport span of one `/mcp` request (only while traces are exported). Its parent is the
@@ -166,7 +196,7 @@ async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) 
 /// `/oauth/token`. The outcome rides in the request's extensions to the gate; a missing or refused
 /// credential is a 401 with the RFC 9728 metadata pointer. Addresses that fail too often and
 /// agents over their rate get 429 with `Retry-After`.
-async fn authenticate(State(state): State<McpState>, req: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Next) -> Response {
     let _guard = state.ctx.inflight.enter();
     let peer = oauth::peer(req.extensions());
     // RFC 6750 §2.3 is not supported: a token in a URL ends up in logs.

@@ -808,7 +808,7 @@ pub struct Binder {
 
 /// Runs inside bearer authentication on `/mcp`: a request naming a session must come from the
 /// agent that opened it; a response that opens a session binds it to the caller.
-pub async fn bind(State(b): State<Binder>, req: Request, next: Next) -> Response {
+pub async fn bind(State(b): State<Arc<Binder>>, req: Request, next: Next) -> Response {
     let caller = req
         .extensions()
         .get::<HttpAuth>()

@@ -90,9 +90,21 @@ impl From<DbErr> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A pooled connection to SQLite or PostgreSQL.
+/// A pooled connection to SQLite or PostgreSQL. Cheap to clone: every request clones it (in
+/// its router's state), so it is one shared allocation.
 #[derive(Clone)]
-pub struct Store {
+pub struct Store(Arc<Shared>);
+
+impl std::ops::Deref for Store {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What a [`Store`] shares between its clones.
+#[derive(Clone)]
+pub struct Shared {
     db: DatabaseConnection,
     /// Woken after every local commit that wrote events, so feeds need not wait for their poll.
     events_committed: Arc<Notify>,
@@ -111,6 +123,10 @@ pub struct Store {
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
     /// writer; left to its busy handler, waiting writers poll with sleeps of up to 100 ms.
     writers: Arc<tokio::sync::Mutex<()>>,
+    /// A SQLite file's one connection for writes. With writes spread over the pool, each began on
+    /// a connection whose page cache another connection's commit had invalidated, and read back
+    /// the pages it was about to change (a tenth of the audit writer's time). `None`: `db`.
+    writer: Option<DatabaseConnection>,
 }
 
 impl std::fmt::Debug for Store {
@@ -190,6 +206,42 @@ where
     Ok(applying)
 }
 
+/// How the store connects to `url`: SQLite's pragmas and pool sizes, PostgreSQL's pool.
+/// `connections` overrides the pool's size (SQLite's writer connection is a pool of one).
+fn connect_options(url: &str, create: Create, connections: Option<u32>) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10));
+    if url.starts_with("sqlite:") {
+        // WAL lets readers run beside the single writer; the busy timeout makes writers queue
+        // instead of failing; foreign keys are off by default in SQLite.
+        let size = if url.contains(":memory:") { 1 } else { 8 };
+        opts.max_connections(connections.unwrap_or(size))
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(move |o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(WRITER_WAIT)
+                    .foreign_keys(true)
+                    // A batch's multi-row insert keeps a statement journal; in memory it is
+                    // not a temporary file created and closed at every commit.
+                    .pragma("temp_store", "memory")
+                    // No mmap: a connection that begins a read after another's commit unmaps
+                    // the whole file (SQLite's pagerBeginReadTransaction), and with an audit
+                    // commit every few milliseconds that munmap and its page faults cost more
+                    // than the preads they save (measured: 9% of the server's CPU).
+                    .create_if_missing(create == Create::IfMissing)
+            })
+            .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
+    } else {
+        opts.max_connections(connections.unwrap_or(16))
+            .min_connections(1)
+            .map_sqlx_postgres_pool_opts(hygiene::guard_postgres);
+    }
+    opts
+}
+
 impl Store {
     /// Connects without touching the schema, creating a missing SQLite file. `url` is
     /// `sqlite://path?mode=rwc`, `sqlite::memory:` or `postgres://…`.
@@ -202,39 +254,20 @@ impl Store {
     /// refused PostgreSQL port) are diagnosed first, in one line (see [`preflight`]).
     pub async fn connect_with(url: &str, create: Create) -> StoreResult<Store> {
         preflight::check(url, create).await?;
-        let mut opts = ConnectOptions::new(url.to_owned());
-        opts.sqlx_logging(false)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(10));
-        if url.starts_with("sqlite:") {
-            // WAL lets readers run beside the single writer; the busy timeout makes writers queue
-            // instead of failing; foreign keys are off by default in SQLite.
-            opts.max_connections(if url.contains(":memory:") { 1 } else { 8 })
-                .min_connections(1)
-                .map_sqlx_sqlite_opts(move |o| {
-                    o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                        .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                        .busy_timeout(WRITER_WAIT)
-                        .foreign_keys(true)
-                        // A batch's multi-row insert keeps a statement journal; in memory it is
-                        // not a temporary file created and closed at every commit.
-                        .pragma("temp_store", "memory")
-                        // No mmap: a connection that begins a read after another's commit unmaps
-                        // the whole file (SQLite's pagerBeginReadTransaction), and with an audit
-                        // commit every few milliseconds that munmap and its page faults cost more
-                        // than the preads they save (measured: 9% of the server's CPU).
-                        .create_if_missing(create == Create::IfMissing)
-                })
-                .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
-        } else {
-            opts.max_connections(16)
-                .min_connections(1)
-                .map_sqlx_postgres_pool_opts(hygiene::guard_postgres);
-        }
-        let db = Database::connect(opts)
+        let db = Database::connect(connect_options(url, create, None))
             .await
             .map_err(|e| preflight::diagnose_connect(url, &e))?;
-        let store = Store {
+        // An in-memory database is one connection already; PostgreSQL has no single writer.
+        let writer = if url.starts_with("sqlite:") && !url.contains(":memory:") {
+            Some(
+                Database::connect(connect_options(url, create, Some(1)))
+                    .await
+                    .map_err(|e| preflight::diagnose_connect(url, &e))?,
+            )
+        } else {
+            None
+        };
+        let store = Store(Arc::new(Shared {
             db,
             events_committed: Arc::default(),
             auth: Arc::default(),
@@ -244,7 +277,8 @@ impl Store {
             direct: Arc::default(),
             writers: Arc::default(),
             shared_reads: Arc::default(),
-        };
+            writer,
+        }));
         store.set_up_direct_reads().await;
         Ok(store)
     }
@@ -291,7 +325,9 @@ impl Store {
     ) -> StoreResult<(Store, SecretsStatus)> {
         let sealer = sealed::Sealer::new(key);
         let status = sealed::check(&self.db, &sealer).await?;
-        self.sealer = Arc::new(sealer);
+        let mut shared = Shared::clone(&self.0);
+        shared.sealer = Arc::new(sealer);
+        self = Store(Arc::new(shared));
         Ok((self, status))
     }
 
@@ -502,7 +538,9 @@ impl Store {
                             DbErr::Custom("database is locked: waited too long to write".into())
                         })?;
                     let tx = self
-                        .db
+                        .writer
+                        .as_ref()
+                        .unwrap_or(&self.db)
                         .begin_with_options(TransactionOptions {
                             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                             ..Default::default()
@@ -520,7 +558,10 @@ impl Store {
     }
 
     pub async fn close(self) {
-        let _ = self.db.close().await;
+        if let Some(writer) = self.writer.clone() {
+            let _ = writer.close().await;
+        }
+        let _ = self.db.clone().close().await;
     }
 }
 
@@ -1353,18 +1394,25 @@ impl Tx {
             .collect()
     }
 
-    /// Lists every table and column, for the schema-equivalence test of fresh vs upgraded databases.
+    /// Lists every table and column, then every index with its definition, for the
+    /// schema-equivalence test of fresh vs upgraded databases.
     pub async fn describe_schema(&self) -> StoreResult<Vec<String>> {
         let backend = self.tx.get_database_backend();
         let sql = match backend {
             DbBackend::Sqlite => {
-                "SELECT m.name || '.' || p.name || ':' || p.type || ':' || p.\"notnull\" AS d \
+                "SELECT d FROM (\
+                 SELECT 0 AS k, m.name || '.' || p.name || ':' || p.type || ':' || p.\"notnull\" AS d \
                  FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1"
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+                 UNION ALL SELECT 1, 'index ' || name || ': ' || sql FROM sqlite_master \
+                 WHERE type = 'index' AND sql IS NOT NULL) ORDER BY k, d"
             }
             _ => {
-                "SELECT table_name || '.' || column_name || ':' || data_type || ':' || is_nullable AS d \
-                 FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1"
+                "SELECT d FROM (\
+                 SELECT 0 AS k, table_name || '.' || column_name || ':' || data_type || ':' || is_nullable AS d \
+                 FROM information_schema.columns WHERE table_schema = current_schema() \
+                 UNION ALL SELECT 1, 'index ' || indexname || ': ' || indexdef FROM pg_indexes \
+                 WHERE schemaname = current_schema()) x ORDER BY k, d"
             }
         };
         let rows = self

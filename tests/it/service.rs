@@ -3332,6 +3332,18 @@ async fn a_database_migrated_step_by_step_has_the_fresh_schema() {
         a.iter().any(|c| c.starts_with("agents.access_version:")),
         "{a:?}"
     );
+    // Indexes are compared too: the activity table's slimmer set (partial project and task
+    // indexes, no created_at index), the same whichever way the database got there.
+    let index = |name: &str| a.iter().find(|d| d.starts_with(&format!("index {name}:")));
+    for partial in ["ix_activity_project", "ix_activity_task"] {
+        let def = index(partial).unwrap_or_else(|| panic!("{partial} missing: {a:?}"));
+        assert!(
+            def.to_uppercase().contains("WHERE") && def.to_uppercase().contains("IS NOT NULL"),
+            "{def}"
+        );
+    }
+    assert!(index("ix_activity_created").is_none(), "{a:?}");
+    assert!(index("ux_activity_workspace_seq").is_some(), "{a:?}");
     assert_eq!(a, b);
     fresh.close().await;
     stepped.close().await;
