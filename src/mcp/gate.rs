@@ -59,16 +59,13 @@ const MAX_AUDITED_ARGS: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct Gate {
     service: Service,
-    audit: AuditWriter,
     limiter: AgentLimiter,
 }
 
 impl Gate {
     pub fn new(service: Service) -> Self {
-        let audit = service.writer().clone();
         Self {
             service,
-            audit,
             limiter: AgentLimiter::new(),
         }
     }
@@ -77,9 +74,14 @@ impl Gate {
         &self.service
     }
 
+    /// The service's group committer, which every decision entry goes through.
+    fn audit(&self) -> &AuditWriter {
+        self.service.writer()
+    }
+
     /// Waits until every audit entry submitted so far is committed (at shutdown).
     pub async fn flush_audit(&self) {
-        self.audit.flush().await;
+        self.audit().flush().await;
     }
 
     /// Per-agent request limits, shared by every session this gate serves.
@@ -97,7 +99,7 @@ impl Gate {
             "denied",
             &format!("token scope lacks {needed}"),
         );
-        if let Err(e) = self.audit.record(entry).await {
+        if let Err(e) = self.audit().record(entry).await {
             tracing::error!(error = %e, "could not audit an insufficient-scope refusal");
         }
     }
@@ -123,7 +125,7 @@ impl Gate {
                     .outcome("denied")
                     .description(&format!("{what}: {}", refusal.error))
                     .build();
-                if let Err(e) = self.audit.record(entry).await {
+                if let Err(e) = self.audit().record(entry).await {
                     tracing::error!(error = %e, "could not audit a refused authentication");
                 }
             }
@@ -139,7 +141,7 @@ impl Gate {
             .description(reason)
             .metadata(json!({ "credential": caller.credential_id() }))
             .build();
-        if let Err(e) = self.audit.record(entry).await {
+        if let Err(e) = self.audit().record(entry).await {
             tracing::error!(error = %e, "could not audit a refused request");
         }
     }
@@ -196,7 +198,10 @@ impl Gate {
             Ok(value) => Ok(CallOutcome::Ok(value)),
             Err(ServiceError::Store(e)) => {
                 tracing::error!(tool = name, error = %e, "tool failed on the store");
-                let _ = self.audit.record(entry("error", "store unavailable")).await;
+                let _ = self
+                    .audit()
+                    .record(entry("error", "store unavailable"))
+                    .await;
                 Err(GateError::Internal(
                     "the workspace store is unavailable; try again shortly".into(),
                 ))
@@ -313,7 +318,10 @@ impl Gate {
             Ok(d) => Ok(Ok(d)),
             Err(ServiceError::Store(e)) => {
                 tracing::error!(method, error = %e, "task request failed on the store");
-                let _ = self.audit.record(entry("error", "store unavailable")).await;
+                let _ = self
+                    .audit()
+                    .record(entry("error", "store unavailable"))
+                    .await;
                 Err(GateError::Internal(
                     "the workspace store is unavailable; try again shortly".into(),
                 ))
@@ -374,7 +382,7 @@ impl Gate {
         allowed: ActivityEntry,
         body: impl Future<Output = Result<Value, ServiceError>>,
     ) -> Result<Value, ServiceError> {
-        let (audited, result) = tokio::join!(self.audit.record(allowed), body);
+        let (audited, result) = tokio::join!(self.audit().record(allowed), body);
         audited?;
         result
     }
@@ -396,7 +404,7 @@ impl Gate {
     }
 
     async fn record(&self, entry: ActivityEntry) -> Result<(), GateError> {
-        self.audit
+        self.audit()
             .record(entry)
             .await
             .map_err(|e| GateError::Internal(format!("audit log unavailable: {e}")))

@@ -2,7 +2,6 @@
 //! behind bearer authentication.
 
 use super::catalogue::{self, Requirement};
-use super::gate::Gate;
 use super::server::{Credential, HttpAuth, ParallaxServer};
 use super::sessions;
 use crate::auth;
@@ -20,20 +19,11 @@ use tracing::Instrument;
 /// API keys are recognised by their prefix; anything else is taken for an access token.
 const API_KEY_PREFIX: &str = "mcp_agent_";
 
-#[derive(Clone)]
-struct McpState {
-    gate: Gate,
-    ctx: HttpContext,
-}
-
 /// `/mcp`: rmcp's streamable HTTP service behind bearer authentication.
 pub fn router(ctx: &HttpContext) -> Router {
     let opts = &ctx.opts;
     // Shared, not cloned per request: the context holds cancellation tokens, whose clones lock.
-    let state = Arc::new(McpState {
-        gate: ctx.gate.clone(),
-        ctx: ctx.clone(),
-    });
+    let state = Arc::new(ctx.clone());
     // The server-wide limits layer checks Host and Origin first; rmcp checks again. `*` (any
     // Host) is spelled as an empty list for rmcp.
     let hosts = if opts.allowed_hosts.iter().any(|h| h.trim() == "*") {
@@ -196,8 +186,8 @@ async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) 
 /// `/oauth/token`. The outcome rides in the request's extensions to the gate; a missing or refused
 /// credential is a 401 with the RFC 9728 metadata pointer. Addresses that fail too often and
 /// agents over their rate get 429 with `Retry-After`.
-async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Next) -> Response {
-    let _guard = state.ctx.inflight.enter();
+async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next: Next) -> Response {
+    let _guard = state.inflight.enter();
     let peer = oauth::peer(req.extensions());
     // RFC 6750 §2.3 is not supported: a token in a URL ends up in logs.
     let in_query = req.uri().query().is_some_and(|q| {
@@ -217,7 +207,7 @@ async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Ne
         crate::telemetry::metrics::auth_refused("missing_credential");
         return unauthorized(&state, "missing bearer credential", None);
     };
-    if let Some(wait) = state.ctx.failed_auth.credential_blocked(&token) {
+    if let Some(wait) = state.failed_auth.credential_blocked(&token) {
         crate::telemetry::metrics::rate_limited("failed_auth");
         return oauth::too_many_requests(
             wait,
@@ -236,11 +226,7 @@ async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Ne
         if is_key {
             auth::agent(state.gate.service().store(), &token).await
         } else {
-            state
-                .ctx
-                .tokens
-                .agent(&token, &state.ctx.urls.resource)
-                .await
+            state.tokens.agent(&token, &state.urls.resource).await
         }
     }
     .instrument(span.clone())
@@ -256,7 +242,7 @@ async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Ne
     let caller = match outcome {
         Ok(Ok(caller)) => caller,
         Ok(Err(refusal)) => {
-            let blocked = state.ctx.failed_auth.failed(peer, Some(&token));
+            let blocked = state.failed_auth.failed(peer, Some(&token));
             state.gate.audit_refusal(&refusal, "http request").await;
             if let Some(wait) = blocked {
                 crate::telemetry::metrics::rate_limited("failed_auth");
@@ -294,7 +280,7 @@ async fn authenticate(State(state): State<Arc<McpState>>, req: Request, next: Ne
 /// the client can fetch a token with the scope it needs. The tool name comes from `Mcp-Name`, else
 /// from the body, which is then handed on unchanged.
 async fn scope_check(
-    state: &McpState,
+    state: &HttpContext,
     caller: &auth::AgentCaller,
     req: Request,
 ) -> Result<Request, Response> {
@@ -307,7 +293,7 @@ async fn scope_check(
         Some(name) => (Some(name), req),
         None if req.method() == axum::http::Method::POST => {
             let (parts, body) = req.into_parts();
-            let bytes = axum::body::to_bytes(body, state.ctx.opts.max_body_bytes)
+            let bytes = axum::body::to_bytes(body, state.opts.max_body_bytes)
                 .await
                 .map_err(|_| {
                     refuse(
@@ -315,7 +301,7 @@ async fn scope_check(
                         "body_too_large",
                         &format!(
                             "the request body is larger than {} bytes",
-                            state.ctx.opts.max_body_bytes
+                            state.opts.max_body_bytes
                         ),
                     )
                 })?;
@@ -355,7 +341,7 @@ async fn scope_check(
     );
     let value = format!(
         "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\", error_description=\"the token's scope lacks {needed}\"",
-        state.ctx.urls.resource_metadata
+        state.urls.resource_metadata
     );
     if let Ok(v) = HeaderValue::from_str(&value) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
@@ -363,15 +349,20 @@ async fn scope_check(
     Err(res)
 }
 
-fn unauthorized(state: &McpState, message: &str, error: Option<&str>) -> Response {
+fn unauthorized(state: &HttpContext, message: &str, error: Option<&str>) -> Response {
     challenge(state, StatusCode::UNAUTHORIZED, message, error)
 }
 
 /// A refusal carrying `WWW-Authenticate: Bearer resource_metadata=…` (and `error=` if given).
-fn challenge(state: &McpState, status: StatusCode, message: &str, error: Option<&str>) -> Response {
+fn challenge(
+    state: &HttpContext,
+    status: StatusCode,
+    message: &str,
+    error: Option<&str>,
+) -> Response {
     let mut challenge = format!(
         "Bearer resource_metadata=\"{}\"",
-        state.ctx.urls.resource_metadata
+        state.urls.resource_metadata
     );
     if let Some(code) = error {
         challenge.push_str(&format!(
