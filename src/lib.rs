@@ -13,7 +13,9 @@
 //!   no IO, and no rmcp, axum or sea_orm types. Values are parsed once here and trusted after.
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`** (and `rusqlite`, which
-//!   `store::direct` uses to read the generations from a SQLite file on the calling thread).
+//!   `store::direct` uses to read the generations from a SQLite file on the calling thread, and
+//!   to commit the audit writer's batches of decision entries in one hand-off to a blocking
+//!   thread, rows identical to the pool's).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
 //!   SQLite file, writers take turns in order on one dedicated connection, so its page cache
 //!   stays warm between the audit writer's commits. Also owns

@@ -2,7 +2,7 @@
 //! catalogue, audit the decision, and only then run the tool body.
 
 use super::catalogue::{self, ToolSpec};
-use super::tools;
+use super::tools::{self, ToolOutput};
 use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::domain::{ActivityEntry, Actor, Delegation, DelegationStatus};
 use crate::http::ratelimit::AgentLimiter;
@@ -15,7 +15,7 @@ use tracing::Instrument;
 /// (returned as a tool result with `isError`).
 #[derive(Debug)]
 pub enum CallOutcome {
-    Ok(Value),
+    Ok(ToolOutput),
     Refused(String),
     /// The call waits for a human: answered as an MCP task (only for a client that declared the
     /// tasks extension). The delegation row is the task.
@@ -253,11 +253,16 @@ impl Gate {
 
     /// A delegation that waits for a human becomes a task; one already decided (approval not
     /// required) is answered as today.
-    async fn as_task(&self, caller: &AgentCaller, value: Value) -> Result<CallOutcome, GateError> {
-        let Some(id) = value
+    async fn as_task(
+        &self,
+        caller: &AgentCaller,
+        value: ToolOutput,
+    ) -> Result<CallOutcome, GateError> {
+        let structured = &value.structured;
+        let Some(id) = structured
             .get("delegationId")
             .and_then(Value::as_str)
-            .filter(|_| value.get("awaitingApproval") == Some(&Value::Bool(true)))
+            .filter(|_| structured.get("awaitingApproval") == Some(&Value::Bool(true)))
         else {
             return Ok(CallOutcome::Ok(value));
         };
@@ -341,7 +346,7 @@ impl Gate {
         caller: &AgentCaller,
         args: &Value,
         allowed: &ActivityEntry,
-    ) -> Result<Result<Value, ServiceError>, GateError> {
+    ) -> Result<Result<ToolOutput, ServiceError>, GateError> {
         let svc = &self.service;
         let name = spec.name;
         Ok(match name {
@@ -380,8 +385,8 @@ impl Gate {
     async fn read(
         &self,
         allowed: ActivityEntry,
-        body: impl Future<Output = Result<Value, ServiceError>>,
-    ) -> Result<Value, ServiceError> {
+        body: impl Future<Output = Result<ToolOutput, ServiceError>>,
+    ) -> Result<ToolOutput, ServiceError> {
         let (audited, result) = tokio::join!(self.audit().record(allowed), body);
         audited?;
         result

@@ -289,15 +289,14 @@ impl ServerHandler for ParallaxServer {
         let caller = self
             .resource_caller(&ctx, "resources/read", &request.uri)
             .await?;
-        let value = super::tools::my_assignments(self.gate.service(), &caller, Default::default())
+        let output = super::tools::my_assignments(self.gate.service(), &caller, Default::default())
             .await
             .map_err(|e| match e {
                 ServiceError::Store(_) => store_error(e),
                 other => ErrorData::invalid_request(other.to_string(), None),
             })?;
         Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(value.to_string(), request.uri)
-                .with_mime_type("application/json"),
+            ResourceContents::text(output.text, request.uri).with_mime_type("application/json"),
         ])
         .into())
     }
@@ -451,10 +450,10 @@ impl ServerHandler for ParallaxServer {
         // The label is the catalogue's name, never the caller's string.
         let tool = super::catalogue::find(&request.name).map_or("unknown", |spec| spec.name);
         let span = self.call_span(&ctx, tool);
-        let (response, outcome) = self
-            .gated_call(request, &ctx)
-            .instrument(span.clone())
-            .await;
+        // Boxed: rmcp spawns a task per request around this future, and the gate's future is
+        // large; spawning it inline copied it (twice) into an over-aligned allocation.
+        let (response, outcome) =
+            Box::pin(self.gated_call(request, &ctx).instrument(span.clone())).await;
         span.record("outcome", outcome.as_str());
         metrics::tool_call(tool, self.transport(), outcome, started.elapsed());
         response
@@ -539,7 +538,7 @@ impl ParallaxServer {
             None => call.await,
         };
         match outcome {
-            Ok(CallOutcome::Ok(value)) => (Ok(CallToolResult::structured(value).into()), Allowed),
+            Ok(CallOutcome::Ok(output)) => (Ok(tool_result(output).into()), Allowed),
             Ok(CallOutcome::Task(d)) => (
                 Ok(CallToolResponse::Task(CreateTaskResult::new(
                     task_of(&d).task,
@@ -598,11 +597,9 @@ fn task_of(d: &Delegation) -> DetailedTask {
             ),
         ),
         DelegationStatus::Approved | DelegationStatus::Denied => {
-            let result = serde_json::to_value(CallToolResult::structured(
-                super::tools::delegation_output(d),
-            ))
-            .map(object)
-            .unwrap_or_default();
+            let result = serde_json::to_value(tool_result(super::tools::delegation_output(d)))
+                .map(object)
+                .unwrap_or_default();
             let note = d
                 .resolution_note
                 .as_deref()
@@ -637,6 +634,13 @@ fn task_of(d: &Delegation) -> DetailedTask {
         task = task.with_poll_interval_ms(POLL_INTERVAL_MS);
     }
     DetailedTask::new(task, payload)
+}
+
+/// A tool's answer as MCP sends it: the structured content with its text copy.
+fn tool_result(output: super::tools::ToolOutput) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(output.text)]);
+    result.structured_content = Some(output.structured);
+    result
 }
 
 fn object(v: serde_json::Value) -> JsonObject {

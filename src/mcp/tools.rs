@@ -170,8 +170,20 @@ fn ts(t: &Timestamp) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn to_value<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).expect("tool outputs serialise")
+/// A tool's answer: its structured content and the text copy MCP asks for beside it.
+#[derive(Debug)]
+pub struct ToolOutput {
+    pub structured: Value,
+    pub text: String,
+}
+
+/// Renders both from the output itself: writing the text from a `Value` instead walks its maps
+/// again through `fmt::Write`, which cost more than building the value.
+fn render<T: Serialize>(v: &T) -> ToolOutput {
+    ToolOutput {
+        structured: serde_json::to_value(v).expect("tool outputs serialise"),
+        text: serde_json::to_string(v).expect("tool outputs serialise"),
+    }
 }
 
 // ---- bodies ----
@@ -180,9 +192,9 @@ pub async fn my_assignments(
     svc: &Service,
     caller: &AgentCaller,
     input: MyAssignmentsInput,
-) -> ServiceResult<Value> {
+) -> ServiceResult<ToolOutput> {
     let mine = svc.my_assignments(caller, input.status).await?;
-    Ok(to_value(&MyAssignmentsOutput {
+    Ok(render(&MyAssignmentsOutput {
         projects: mine
             .projects
             .into_iter()
@@ -223,7 +235,7 @@ pub async fn update_status(
     caller: &AgentCaller,
     audit: &ActivityEntry,
     input: UpdateStatusInput,
-) -> ServiceResult<Value> {
+) -> ServiceResult<ToolOutput> {
     let agent = svc
         .update_working_status(
             caller,
@@ -233,7 +245,7 @@ pub async fn update_status(
             input.message.as_deref(),
         )
         .await?;
-    Ok(to_value(&UpdateStatusOutput {
+    Ok(render(&UpdateStatusOutput {
         agent_id: agent.id,
         status: agent.working_status,
         current_task: agent.current_task_id,
@@ -247,7 +259,7 @@ pub async fn log_activity(
     caller: &AgentCaller,
     audit: &ActivityEntry,
     input: LogActivityInput,
-) -> ServiceResult<Value> {
+) -> ServiceResult<ToolOutput> {
     let kind = input.kind;
     let logged = svc
         .log_agent_activity(
@@ -263,7 +275,7 @@ pub async fn log_activity(
             },
         )
         .await?;
-    Ok(to_value(&LogActivityOutput {
+    Ok(render(&LogActivityOutput {
         activity_id: logged.entry.id,
         kind,
         created_at: ts(&logged.entry.created_at),
@@ -275,7 +287,7 @@ pub async fn list_workspace(
     svc: &Service,
     caller: &AgentCaller,
     input: ListWorkspaceInput,
-) -> ServiceResult<Value> {
+) -> ServiceResult<ToolOutput> {
     let agents = svc
         .list_workspace_agents(
             caller,
@@ -283,7 +295,7 @@ pub async fn list_workspace(
             input.capabilities.as_deref().unwrap_or(&[]),
         )
         .await?;
-    Ok(to_value(&ListWorkspaceOutput {
+    Ok(render(&ListWorkspaceOutput {
         agents: agents
             .into_iter()
             .map(|a| AgentOut {
@@ -305,7 +317,7 @@ pub async fn delegate_task(
     caller: &AgentCaller,
     audit: &ActivityEntry,
     input: DelegateTaskInput,
-) -> ServiceResult<Value> {
+) -> ServiceResult<ToolOutput> {
     let d = svc
         .request_delegation_audited(
             caller,
@@ -319,8 +331,8 @@ pub async fn delegate_task(
 }
 
 /// `agent_delegate_task`'s answer for a delegation: now, or as a task's final result.
-pub fn delegation_output(d: &Delegation) -> Value {
-    to_value(&DelegateTaskOutput {
+pub fn delegation_output(d: &Delegation) -> ToolOutput {
+    render(&DelegateTaskOutput {
         awaiting_approval: d.status == DelegationStatus::Pending,
         delegation_id: d.id.clone(),
         status: d.status,

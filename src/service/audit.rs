@@ -166,6 +166,20 @@ async fn write(
     batch: &mut [Submission],
     touched: &mut Touched,
 ) -> Result<(), StoreError> {
+    if !batch.iter().any(|(w, _)| matches!(w, Work::Job(_))) {
+        // Decision entries alone: the store commits them in one go.
+        let entries: Vec<ActivityEntry> = batch
+            .iter_mut()
+            .filter_map(|(work, _)| match std::mem::replace(work, Work::Flush) {
+                Work::Entry(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let (agents, keys) = due_touches(&entries, touched);
+        store.append_activity(entries, (&agents, &keys)).await?;
+        remember(touched, agents, keys);
+        return Ok(());
+    }
     let tx = store.write().await?;
     let mut entries: Vec<ActivityEntry> = Vec::new();
     for (work, _) in batch.iter_mut() {
@@ -194,6 +208,16 @@ async fn write(
         tx.touch_credential(key, *at).await?;
     }
     tx.commit().await?;
+    remember(touched, agents, keys);
+    Ok(())
+}
+
+/// Notes the agents and keys a committed batch marked as seen.
+fn remember(
+    touched: &mut Touched,
+    agents: Vec<(String, String, DateTime<Utc>)>,
+    keys: Vec<(String, DateTime<Utc>)>,
+) {
     if touched.len() > 100_000 {
         touched.clear();
     }
@@ -203,7 +227,6 @@ async fn write(
     for (key, at) in keys {
         touched.insert(key, at);
     }
-    Ok(())
 }
 
 /// The agents (workspace, agent, when) and keys (id, when) the gate's entries show in use and

@@ -9,9 +9,9 @@ use super::{StoreError, StoreResult, Tx, convert};
 use crate::domain::*;
 use chrono::{DateTime, SubsecRound, Utc};
 use migrations::chain;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect,
 };
 use std::collections::BTreeMap;
@@ -88,6 +88,45 @@ fn head(m: activity_chain::Model) -> ChainHead {
     }
 }
 
+/// Entries grouped by workspace, in a fixed order of workspaces, so a transaction touching two
+/// cannot deadlock another.
+pub(super) fn by_workspace(entries: Vec<ActivityEntry>) -> BTreeMap<String, Vec<ActivityEntry>> {
+    let mut grouped: BTreeMap<String, Vec<ActivityEntry>> = BTreeMap::new();
+    for e in entries {
+        grouped.entry(e.workspace_id.clone()).or_default().push(e);
+    }
+    grouped
+}
+
+/// One workspace's `entries` as rows chained after its head, whose `last_seq` is already
+/// advanced past them and whose hash is `prev`; and the hash of the last, the new head's.
+pub(super) fn chain_rows(
+    last_seq: i64,
+    mut prev: String,
+    entries: Vec<ActivityEntry>,
+) -> StoreResult<(Vec<activity::Model>, String)> {
+    let n = entries.len() as i64;
+    let mut models = Vec::with_capacity(entries.len());
+    for (i, mut e) in entries.into_iter().enumerate() {
+        // Both databases keep microseconds; hash what will be read back.
+        e.created_at = e.created_at.trunc_subsecs(6);
+        let seq = last_seq - n + 1 + i as i64;
+        let mut m = convert::activity_model(&e)?;
+        let hash = ChainedEntry {
+            stored_metadata: m.metadata.clone(),
+            entry: e,
+            seq: None,
+            hash: None,
+        }
+        .hash_after(&prev, seq);
+        m.seq = Some(seq);
+        m.hash = Some(hash.clone());
+        prev = hash;
+        models.push(m);
+    }
+    Ok((models, prev))
+}
+
 impl Tx {
     /// Queues an entry for this transaction; [`Tx::commit`] chains and inserts it.
     pub async fn insert_activity(&self, e: &ActivityEntry) -> StoreResult<()> {
@@ -121,61 +160,47 @@ impl Tx {
         if pending.is_empty() {
             return Ok(());
         }
-        // Workspaces in a fixed order, so a transaction touching two cannot deadlock another.
-        let mut by_workspace: BTreeMap<String, Vec<ActivityEntry>> = BTreeMap::new();
-        for e in pending {
-            by_workspace
-                .entry(e.workspace_id.clone())
-                .or_default()
-                .push(e);
-        }
-        for (ws, entries) in by_workspace {
+        for (ws, entries) in by_workspace(pending) {
             let n = entries.len() as i64;
             // Creating or advancing the head row locks it until commit (PostgreSQL; SQLite has
-            // one writer), so the read below sees the hash no other writer can move meanwhile.
-            activity_chain::Entity::insert(activity_chain::ActiveModel {
-                workspace_id: Set(ws.clone()),
-                last_seq: Set(n),
-                last_hash: Set(chain::genesis(&ws)),
-                pruned_seq: Set(0),
-                pruned_hash: Set(None),
-            })
-            .on_conflict(
-                OnConflict::column(activity_chain::Column::WorkspaceId)
-                    .value(
-                        activity_chain::Column::LastSeq,
-                        Expr::col((activity_chain::Entity, activity_chain::Column::LastSeq)).add(n),
-                    )
-                    .to_owned(),
-            )
-            .exec_without_returning(&self.tx)
-            .await?;
-            // `.all()`, not `.one()`: a bound LIMIT makes SQLite re-prepare on every batch.
-            let head = activity_chain::Entity::find_by_id(ws.clone())
-                .all(&self.tx)
+            // one writer), so the hash it returns is one no other writer can move meanwhile.
+            let upsert = Query::insert()
+                .into_table(activity_chain::Entity)
+                .columns([
+                    activity_chain::Column::WorkspaceId,
+                    activity_chain::Column::LastSeq,
+                    activity_chain::Column::LastHash,
+                    activity_chain::Column::PrunedSeq,
+                ])
+                .values_panic([
+                    ws.clone().into(),
+                    n.into(),
+                    chain::genesis(&ws).into(),
+                    0i64.into(),
+                ])
+                .on_conflict(
+                    OnConflict::column(activity_chain::Column::WorkspaceId)
+                        .value(
+                            activity_chain::Column::LastSeq,
+                            Expr::col((activity_chain::Entity, activity_chain::Column::LastSeq))
+                                .add(n),
+                        )
+                        .to_owned(),
+                )
+                .returning(Query::returning().columns([
+                    activity_chain::Column::LastSeq,
+                    activity_chain::Column::LastHash,
+                ]))
+                .to_owned();
+            let head = self
+                .tx
+                .query_one(&upsert)
                 .await?
-                .into_iter()
-                .next()
                 .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
-            let mut prev = head.last_hash;
-            let mut models = Vec::with_capacity(entries.len());
-            for (i, mut e) in entries.into_iter().enumerate() {
-                // Both databases keep microseconds; hash what will be read back.
-                e.created_at = e.created_at.trunc_subsecs(6);
-                let seq = head.last_seq - n + 1 + i as i64;
-                let mut m = convert::activity_model(&e)?;
-                let hash = ChainedEntry {
-                    stored_metadata: m.metadata.clone(),
-                    entry: e,
-                    seq: None,
-                    hash: None,
-                }
-                .hash_after(&prev, seq);
-                m.seq = Some(seq);
-                m.hash = Some(hash.clone());
-                prev = hash;
-                models.push(m.into_active_model());
-            }
+            let last_seq: i64 = head.try_get("", "last_seq")?;
+            let last_hash: String = head.try_get("", "last_hash")?;
+            let (models, prev) = chain_rows(last_seq, last_hash, entries)?;
+            let models = models.into_iter().map(IntoActiveModel::into_active_model);
             activity::Entity::insert_many(models)
                 .exec_without_returning(&self.tx)
                 .await?;

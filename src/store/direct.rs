@@ -1,4 +1,5 @@
-//! Reads of the SQLite file on the calling thread, for the one statement every request runs.
+//! Reads of the SQLite file on the calling thread, for the one statement every request runs,
+//! and the audit writer's appends in one hand-off ([`DirectWriter`]).
 //!
 //! sqlx gives each SQLite connection a thread of its own, so a statement costs hand-offs between
 //! threads (channels, futex wake-ups) that take far longer than reading the two generations.
@@ -8,7 +9,10 @@
 //! pool, which reports the fault the usual way.
 
 use super::auth_cache::{READ_GENERATIONS, Seen};
-use rusqlite::{Connection, OpenFlags};
+use super::{StoreError, StoreResult, chain};
+use crate::domain::ActivityEntry;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -83,4 +87,159 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
             work: row.get(1)?,
         })
     })
+}
+
+/// The audit writer's commits of decision entries alone, in one hand-off to a blocking thread.
+///
+/// Through the pool, such a commit was six statements, each a round trip to the writer
+/// connection's thread (BEGIN, the chain head's upsert and read, the insert, the head's new
+/// hash, COMMIT), and on a busy machine every round trip waited to be scheduled: the audit
+/// writer, which every call waits for, spent most of its time waiting. This connection runs the
+/// whole transaction on the thread that holds it, with statements prepared once. It writes the
+/// same rows the pool would (the chain's rows from `chain::chain_rows`, timestamps as sqlx
+/// encodes them), takes its turn in the store's writer queue like any writer, and waits for
+/// other processes as long as the pool's busy timeout. A connection that fails is closed; the
+/// next batch opens another.
+pub(super) struct DirectWriter {
+    path: PathBuf,
+    conn: Mutex<Option<Connection>>,
+}
+
+/// Agents (workspace, agent, when) and keys (id, when) to mark as seen in an append.
+pub type Touches<'a> = (
+    &'a [(String, String, DateTime<Utc>)],
+    &'a [(String, DateTime<Utc>)],
+);
+
+impl DirectWriter {
+    pub(super) fn new(path: PathBuf) -> DirectWriter {
+        DirectWriter {
+            path,
+            conn: Mutex::default(),
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // As the pool's connections are set up (`store::connect_options`).
+        conn.busy_timeout(super::WRITER_WAIT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(conn)
+    }
+
+    /// Chains and inserts `entries` and marks `touches` in one transaction, on this thread.
+    pub(super) fn append(
+        &self,
+        entries: Vec<ActivityEntry>,
+        touches: Touches<'_>,
+    ) -> StoreResult<()> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => self.connect().map_err(store_error)?,
+        };
+        let mut conn = conn;
+        let written = append(&mut conn, entries, touches);
+        // Kept only after a clean commit: after a failure its state is unknown.
+        if written.is_ok() {
+            *slot = Some(conn);
+        }
+        written
+    }
+}
+
+fn append(
+    conn: &mut Connection,
+    entries: Vec<ActivityEntry>,
+    (agents, keys): Touches<'_>,
+) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    for (ws, entries) in chain::by_workspace(entries) {
+        let n = entries.len() as i64;
+        let (last_seq, last_hash) = tx
+            .prepare_cached(
+                "INSERT INTO activity_chains (workspace_id, last_seq, last_hash, pruned_seq) \
+                 VALUES (?1, ?2, ?3, 0) ON CONFLICT (workspace_id) \
+                 DO UPDATE SET last_seq = activity_chains.last_seq + ?2 \
+                 RETURNING last_seq, last_hash",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![ws, n, migrations::chain::genesis(&ws)], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+            })
+            .map_err(store_error)?;
+        let (rows, head) = chain::chain_rows(last_seq, last_hash, entries)?;
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
+                 activity_type, outcome, description, metadata, project_id, task_id, page_id, \
+                 created_at, seq, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
+            .map_err(store_error)?;
+        for m in &rows {
+            insert
+                .execute(params![
+                    m.id,
+                    m.workspace_id,
+                    m.actor_kind,
+                    m.actor_id,
+                    m.agent_id,
+                    m.activity_type,
+                    m.outcome,
+                    m.description,
+                    m.metadata,
+                    m.project_id,
+                    m.task_id,
+                    m.page_id,
+                    timestamp(&m.created_at),
+                    m.seq,
+                    m.hash,
+                ])
+                .map_err(store_error)?;
+        }
+        drop(insert);
+        tx.prepare_cached("UPDATE activity_chains SET last_hash = ?1 WHERE workspace_id = ?2")
+            .and_then(|mut s| s.execute(params![head, ws]))
+            .map_err(store_error)?;
+    }
+    for (ws, agent, at) in agents {
+        tx.prepare_cached(
+            "UPDATE agents SET last_seen_at = ?1 WHERE workspace_id = ?2 AND id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![timestamp(at), ws, agent]))
+        .map_err(store_error)?;
+    }
+    for (key, at) in keys {
+        tx.prepare_cached("UPDATE credentials SET last_used_at = ?1 WHERE id = ?2")
+            .and_then(|mut s| s.execute(params![timestamp(at), key]))
+            .map_err(store_error)?;
+    }
+    tx.commit().map_err(store_error)
+}
+
+/// A timestamp as sqlx stores a `DateTime<Utc>` in SQLite, so both writers' rows read and
+/// compare alike.
+fn timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// Classified as the pool's errors are (`StoreError: From<DbErr>`): a locked database or full
+/// disk is the database being unavailable, not a bad query.
+fn store_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    let text = e.to_string();
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable(text),
+        Some(ConstraintViolation) if text.contains("UNIQUE") => StoreError::Conflict(text),
+        _ => StoreError::Query(text),
+    }
 }

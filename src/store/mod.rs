@@ -118,6 +118,8 @@ pub struct Shared {
     sealer: Arc<sealed::Sealer>,
     /// SQLite only: reads of the generations on the calling thread, once the file has them.
     direct: Arc<std::sync::OnceLock<direct::DirectReader>>,
+    /// SQLite file only: the audit writer's appends in one hand-off (see `direct`).
+    direct_writer: Arc<std::sync::OnceLock<direct::DirectWriter>>,
     /// Reads of the generations shared by concurrent requests (where `direct` cannot serve).
     shared_reads: Arc<auth_cache::SharedReads>,
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
@@ -275,6 +277,7 @@ impl Store {
             location: preflight::location(url).into(),
             sealer: Arc::default(),
             direct: Arc::default(),
+            direct_writer: Arc::default(),
             writers: Arc::default(),
             shared_reads: Arc::default(),
             writer,
@@ -296,9 +299,12 @@ impl Store {
         .await;
         if let Ok(file) = file
             && !file.is_empty()
-            && let Some(reader) = direct::DirectReader::open(file.into())
+            && let Some(reader) = direct::DirectReader::open(file.clone().into())
         {
             let _ = self.direct.set(reader);
+            let _ = self
+                .direct_writer
+                .set(direct::DirectWriter::new(file.into()));
         }
     }
 
@@ -555,6 +561,46 @@ impl Store {
         let mut tx = self.tx(tx);
         tx._writing = turn;
         Ok(tx)
+    }
+
+    /// Commits audit entries alone (the audit writer's batches without a writing tool's
+    /// change), chained as [`Tx::commit`] chains them, marking the agents and keys in `touches`
+    /// as seen. On a SQLite file the whole transaction is one hand-off to a blocking thread
+    /// (`direct::DirectWriter`); elsewhere it is a transaction like any other.
+    pub async fn append_activity(
+        &self,
+        entries: Vec<ActivityEntry>,
+        touches: direct::Touches<'_>,
+    ) -> StoreResult<()> {
+        let Some(_) = self.direct_writer.get() else {
+            let tx = self.write().await?;
+            tx.insert_activities(entries).await?;
+            for (ws, agent, at) in touches.0 {
+                tx.touch_agent(ws, agent, *at).await?;
+            }
+            for (key, at) in touches.1 {
+                tx.touch_credential(key, *at).await?;
+            }
+            return tx.commit().await;
+        };
+        let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
+        let turn = tokio::time::timeout(WRITER_WAIT, self.writers.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("database is locked: waited too long to write".into())
+            })?;
+        let writer = self.direct_writer.clone();
+        let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
+        let written = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            match writer.get() {
+                Some(w) => w.append(entries, (&agents, &keys)),
+                None => Err(StoreError::Query("no direct writer".into())),
+            }
+        })
+        .instrument(span)
+        .await;
+        written.map_err(|e| StoreError::Unavailable(format!("audit append stopped: {e}")))?
     }
 
     pub async fn close(self) {

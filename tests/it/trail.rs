@@ -334,6 +334,70 @@ async fn two_server_processes_append_to_one_chain() {
     );
 }
 
+/// A server on a SQLite file commits the gate's decision entries around the pool
+/// (`store::direct`); they must be stored as the pool stores entries: one chain with the
+/// service's own changes, timestamps in the pool's text format, agents and keys marked as seen.
+#[tokio::test]
+async fn decision_entries_and_service_changes_share_one_chain_and_one_format() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let s = spawn_http(&w.db.url).await;
+    let c = http_client(&s.url, &key, ProtocolVersion::V_2025_11_25).await;
+    // Decision entries (the server's) between changes written through the pool (the service's).
+    for i in 0..3 {
+        server::ok(&c, "agent_my_assignments", json!({})).await;
+        w.svc
+            .create_task(&w.admin, &w.project.id, &format!("between {i}"), "")
+            .await
+            .unwrap();
+    }
+    let r = w.svc.verify_activity(&w.admin, None).await.unwrap();
+    assert!(r.intact, "{r:?}");
+    let calls = server::audit(&w.svc, &w.admin, "bot").await;
+    let decisions: Vec<_> = calls
+        .iter()
+        .filter(|e| e.activity_type == "tool.call")
+        .collect();
+    assert_eq!(decisions.len(), 3, "{calls:?}");
+    let shown = w.svc.agent_details(&w.admin, "bot").await.unwrap();
+    // Entries keep microseconds; the marks keep what the clock gave.
+    use chrono::SubsecRound;
+    let seen = shown
+        .agent
+        .last_seen_at
+        .expect("the calls mark the agent as seen");
+    let first = decisions.iter().map(|e| e.created_at).min().unwrap();
+    assert_eq!(
+        seen.trunc_subsecs(6),
+        first,
+        "seen as of the first call (then at most every 30 s)"
+    );
+    let used = shown.credentials.iter().filter_map(|c| c.last_used_at);
+    assert!(used.map(|t| t.trunc_subsecs(6)).any(|t| t == first));
+
+    if w.db.url.starts_with("sqlite") {
+        // As text: SQLite compares timestamps as strings, so both writers must agree.
+        let conn = raw(&w.db).await;
+        let rows = conn
+            .query_all_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT created_at AS t FROM activity UNION ALL \
+                 SELECT last_seen_at FROM agents WHERE last_seen_at IS NOT NULL UNION ALL \
+                 SELECT last_used_at FROM credentials WHERE last_used_at IS NOT NULL"
+                    .to_owned(),
+            ))
+            .await
+            .unwrap();
+        let texts: Vec<String> = rows.iter().map(|r| r.try_get("", "t").unwrap()).collect();
+        assert!(texts.len() >= 10, "{texts:?}");
+        for t in &texts {
+            let shape = t.len() >= 25 && t.as_bytes()[10] == b'T' && t.ends_with("+00:00");
+            assert!(shape, "{t} is not in the pool's format ({texts:?})");
+            chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+    }
+}
+
 #[tokio::test]
 async fn pruning_keeps_the_rest_verifiable_and_export_streams_hashes() {
     let db = TestDb::new().await;
