@@ -3,10 +3,10 @@
 //!
 //! sqlx gives each SQLite connection a thread of its own, so a statement costs hand-offs between
 //! threads (channels, futex wake-ups) that take far longer than reading the two generations.
-//! These connections open the same file, so a commit by any connection, process or CLI is seen
-//! by the next read; they only read (`query_only`), never wait for a lock (busy timeout zero),
-//! and a connection that fails once is closed, never reused: the caller then reads through the
-//! pool, which reports the fault the usual way.
+//! The readers open the same file, so a commit by any connection, process or CLI is seen by the
+//! next read; they only read (`query_only`), never wait for a lock (busy timeout zero), and a
+//! connection that fails once is closed, never reused: the caller then reads through the pool,
+//! which reports the fault the usual way.
 
 use super::auth_cache::{READ_GENERATIONS, Seen};
 use super::{StoreError, StoreResult, chain};
@@ -91,10 +91,11 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
 
 /// The audit writer's commits of decision entries alone, in one hand-off to a blocking thread.
 ///
-/// Through the pool, such a commit was six statements, each a round trip to the writer
-/// connection's thread (BEGIN, the chain head's upsert and read, the insert, the head's new
-/// hash, COMMIT), and on a busy machine every round trip waited to be scheduled: the audit
-/// writer, which every call waits for, spent most of its time waiting. This connection runs the
+/// Through the pool, such a commit is five statements, each a round trip to the writer
+/// connection's thread (BEGIN, the chain head's upsert, the insert, the head's new hash,
+/// COMMIT), and on a busy machine each round trip waits to be scheduled while every call in the
+/// batch waits for the commit (measured at c = 16: 1.5 ms for about four entries that way,
+/// 0.95 ms this way). This connection runs the
 /// whole transaction on the thread that holds it, with statements prepared once. It writes the
 /// same rows the pool would (the chain's rows from `chain::chain_rows`, timestamps as sqlx
 /// encodes them), takes its turn in the store's writer queue like any writer, and waits for
@@ -139,11 +140,10 @@ impl DirectWriter {
         touches: Touches<'_>,
     ) -> StoreResult<()> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = match slot.take() {
+        let mut conn = match slot.take() {
             Some(conn) => conn,
             None => self.connect().map_err(store_error)?,
         };
-        let mut conn = conn;
         let written = append(&mut conn, entries, touches);
         // Kept only after a clean commit: after a failure its state is unknown.
         if written.is_ok() {

@@ -119,7 +119,7 @@ pub struct Shared {
     /// SQLite only: reads of the generations on the calling thread, once the file has them.
     direct: Arc<std::sync::OnceLock<direct::DirectReader>>,
     /// SQLite file only: the audit writer's appends in one hand-off (see `direct`).
-    direct_writer: Arc<std::sync::OnceLock<direct::DirectWriter>>,
+    direct_writer: Arc<std::sync::OnceLock<Arc<direct::DirectWriter>>>,
     /// Reads of the generations shared by concurrent requests (where `direct` cannot serve).
     shared_reads: Arc<auth_cache::SharedReads>,
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
@@ -282,12 +282,13 @@ impl Store {
             shared_reads: Arc::default(),
             writer,
         }));
-        store.set_up_direct_reads().await;
+        store.set_up_direct().await;
         Ok(store)
     }
 
-    /// Sets up direct reads of a SQLite file (see `direct`) if it has the generations yet.
-    async fn set_up_direct_reads(&self) {
+    /// Sets up direct reads and appends of a SQLite file (see `direct`) if it has the
+    /// generations yet.
+    async fn set_up_direct(&self) {
         if self.direct.get().is_some() || self.db.get_database_backend() != DbBackend::Sqlite {
             return;
         }
@@ -304,7 +305,7 @@ impl Store {
             let _ = self.direct.set(reader);
             let _ = self
                 .direct_writer
-                .set(direct::DirectWriter::new(file.into()));
+                .set(Arc::new(direct::DirectWriter::new(file.into())));
         }
     }
 
@@ -364,7 +365,7 @@ impl Store {
         let applied = self.migrate_exclusively(None).await?;
         if !applied.is_empty() {
             // The generations table may be new.
-            self.set_up_direct_reads().await;
+            self.set_up_direct().await;
         }
         Ok(applied)
     }
@@ -572,7 +573,7 @@ impl Store {
         entries: Vec<ActivityEntry>,
         touches: direct::Touches<'_>,
     ) -> StoreResult<()> {
-        let Some(_) = self.direct_writer.get() else {
+        let Some(writer) = self.direct_writer.get().cloned() else {
             let tx = self.write().await?;
             tx.insert_activities(entries).await?;
             for (ws, agent, at) in touches.0 {
@@ -589,14 +590,10 @@ impl Store {
             .map_err(|_| {
                 StoreError::Unavailable("database is locked: waited too long to write".into())
             })?;
-        let writer = self.direct_writer.clone();
         let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
         let written = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            match writer.get() {
-                Some(w) => w.append(entries, (&agents, &keys)),
-                None => Err(StoreError::Query("no direct writer".into())),
-            }
+            writer.append(entries, (&agents, &keys))
         })
         .instrument(span)
         .await;
