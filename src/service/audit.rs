@@ -201,12 +201,7 @@ async fn write(
     }
     tx.insert_activities(entries).await?;
     let (agents, keys) = tx.queued_activity(|queued| due_touches(queued, touched));
-    for (ws, agent, at) in &agents {
-        tx.touch_agent(ws, agent, *at).await?;
-    }
-    for (key, at) in &keys {
-        tx.touch_credential(key, *at).await?;
-    }
+    tx.mark_seen((&agents, &keys)).await?;
     tx.commit().await?;
     remember(touched, agents, keys);
     Ok(())

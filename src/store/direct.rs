@@ -9,7 +9,7 @@
 //! which reports the fault the usual way.
 
 use super::auth_cache::{READ_GENERATIONS, Seen};
-use super::{StoreError, StoreResult, chain};
+use super::{StoreError, StoreResult, Touches, chain};
 use crate::domain::ActivityEntry;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -106,12 +106,6 @@ pub(super) struct DirectWriter {
     conn: Mutex<Option<Connection>>,
 }
 
-/// Agents (workspace, agent, when) and keys (id, when) to mark as seen in an append.
-pub type Touches<'a> = (
-    &'a [(String, String, DateTime<Utc>)],
-    &'a [(String, DateTime<Utc>)],
-);
-
 impl DirectWriter {
     pub(super) fn new(path: PathBuf) -> DirectWriter {
         DirectWriter {
@@ -171,7 +165,7 @@ fn append(
                  RETURNING last_seq, last_hash",
             )
             .and_then(|mut s| {
-                s.query_row(params![ws, n, migrations::chain::genesis(&ws)], |row| {
+                s.query_row(params![ws, n, chain::genesis_hash(&ws)], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
                 })
             })
@@ -232,8 +226,8 @@ fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
-/// Classified as the pool's errors are (`StoreError: From<DbErr>`): a locked database or full
-/// disk is the database being unavailable, not a bad query.
+/// Classified as the pool's errors are (`StoreError: From<DbErr>`): a busy or locked database
+/// is unavailable, a duplicate is a conflict, anything else (a full disk too) a failed query.
 fn store_error(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
     let text = e.to_string();

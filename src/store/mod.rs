@@ -102,6 +102,12 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// Agents (workspace, agent, when) and keys (id, when) to mark as seen ([`Tx::mark_seen`]).
+pub type Touches<'a> = (
+    &'a [(String, String, DateTime<Utc>)],
+    &'a [(String, DateTime<Utc>)],
+);
+
 /// What a [`Store`] shares between its clones.
 #[derive(Clone)]
 pub struct Shared {
@@ -535,15 +541,9 @@ impl Store {
             tracing::info_span!("store.begin", mode = "write")
         });
         let begin = async {
-            Ok::<_, DbErr>(match self.db.get_database_backend() {
+            Ok::<_, StoreError>(match self.db.get_database_backend() {
                 DbBackend::Sqlite => {
-                    // As long as SQLite's own busy timeout: a writer that never lets go fails
-                    // the others as "database is locked" would, instead of hanging them.
-                    let turn = tokio::time::timeout(WRITER_WAIT, self.writers.clone().lock_owned())
-                        .await
-                        .map_err(|_| {
-                            DbErr::Custom("database is locked: waited too long to write".into())
-                        })?;
+                    let turn = self.writer_turn().await?;
                     let tx = self
                         .writer
                         .as_ref()
@@ -564,6 +564,17 @@ impl Store {
         Ok(tx)
     }
 
+    /// This process's turn to write to SQLite (see `writers`). Waits as long as SQLite's own busy
+    /// timeout: a writer that never lets go fails the others as "database is locked" would,
+    /// instead of hanging them.
+    async fn writer_turn(&self) -> StoreResult<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(WRITER_WAIT, self.writers.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("database is locked: waited too long to write".into())
+            })
+    }
+
     /// Commits audit entries alone (the audit writer's batches without a writing tool's
     /// change), chained as [`Tx::commit`] chains them, marking the agents and keys in `touches`
     /// as seen. On a SQLite file the whole transaction is one hand-off to a blocking thread
@@ -571,25 +582,16 @@ impl Store {
     pub async fn append_activity(
         &self,
         entries: Vec<ActivityEntry>,
-        touches: direct::Touches<'_>,
+        touches: Touches<'_>,
     ) -> StoreResult<()> {
         let Some(writer) = self.direct_writer.get().cloned() else {
             let tx = self.write().await?;
             tx.insert_activities(entries).await?;
-            for (ws, agent, at) in touches.0 {
-                tx.touch_agent(ws, agent, *at).await?;
-            }
-            for (key, at) in touches.1 {
-                tx.touch_credential(key, *at).await?;
-            }
+            tx.mark_seen(touches).await?;
             return tx.commit().await;
         };
         let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
-        let turn = tokio::time::timeout(WRITER_WAIT, self.writers.clone().lock_owned())
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable("database is locked: waited too long to write".into())
-            })?;
+        let turn = self.writer_turn().await?;
         let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
         let written = tokio::task::spawn_blocking(move || {
             let _turn = turn;
@@ -1073,19 +1075,24 @@ impl Tx {
         Ok(())
     }
 
-    /// Records that the agent was seen, without touching anything else about it.
-    pub async fn touch_agent(
-        &self,
-        workspace_id: &str,
-        id: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        agent::Entity::update_many()
-            .col_expr(agent::Column::LastSeenAt, Expr::value(at))
-            .filter(agent::Column::WorkspaceId.eq(workspace_id))
-            .filter(agent::Column::Id.eq(id))
-            .exec(&self.tx)
-            .await?;
+    /// Marks agents as last seen and keys as last used (the audit writer's bookkeeping), without
+    /// touching anything else about them.
+    pub async fn mark_seen(&self, (agents, keys): Touches<'_>) -> StoreResult<()> {
+        for (ws, agent, at) in agents {
+            agent::Entity::update_many()
+                .col_expr(agent::Column::LastSeenAt, Expr::value(*at))
+                .filter(agent::Column::WorkspaceId.eq(ws.as_str()))
+                .filter(agent::Column::Id.eq(agent.as_str()))
+                .exec(&self.tx)
+                .await?;
+        }
+        for (key, at) in keys {
+            credential::Entity::update_many()
+                .col_expr(credential::Column::LastUsedAt, Expr::value(*at))
+                .filter(credential::Column::Id.eq(key.as_str()))
+                .exec(&self.tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -1199,15 +1206,6 @@ impl Tx {
             .exec(&self.tx)
             .await?;
         Ok(res.rows_affected)
-    }
-
-    pub async fn touch_credential(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        credential::Entity::update_many()
-            .col_expr(credential::Column::LastUsedAt, Expr::value(at))
-            .filter(credential::Column::Id.eq(id))
-            .exec(&self.tx)
-            .await?;
-        Ok(())
     }
 
     // ---- assignments ----
