@@ -47,7 +47,10 @@
 //! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;
 //!   connection caps that shed idle connections; a draining shutdown), one
 //!   router for `/mcp`, `/api/v1`, the console, `/oauth/token`, discovery and health, with the transport
-//!   limits (body size, Host/Origin) applied once for every route, and the rate limiters.
+//!   limits (body size, Host/Origin) applied once for every route, and the rate limiters. The
+//!   middleware every request passes (the edge here, `/mcp`'s pipeline in `mcp::http`) is plain
+//!   async functions nested by hand (`http::Continue`), not `from_fn` layers, which clone every
+//!   layer beneath them per request.
 //! - [`api`]: the admin HTTP API under `/api/v1` (members with a member token; the control
 //!   plane's signed access requests) and its OpenAPI document. May use `service`, `auth` and
 //!   `domain`; never `sea_orm` or `rmcp`.

@@ -427,8 +427,13 @@ impl Call {
     }
 
     fn list() -> Call {
+        Call::method("tools/list")
+    }
+
+    /// A request without parameters of its own.
+    fn method(method: &'static str) -> Call {
         Call {
-            method: "tools/list",
+            method,
             tool: None,
             args: Value::Null,
         }
@@ -989,11 +994,30 @@ async fn main() -> Result<()> {
                 }),
             )
         };
+    // The transport and authentication alone: rmcp answers a ping without a tool or the gate.
+    jobs.push(http_row(
+        "ping (authenticate only)",
+        o.c(&[16])[0],
+        Era::Session,
+        &Call::method("ping"),
+        &key,
+        target.server,
+    ));
     jobs.push(http_row(
         "tools/list (authenticate only)",
         o.c(&[16])[0],
         Era::Session,
         &Call::list(),
+        &key,
+        target.server,
+    ));
+    // The same gate, audit and session with an empty result: the difference to the row below
+    // is what the ten tasks cost to render, send and parse.
+    jobs.push(http_row(
+        "agent_my_assignments, empty result",
+        o.c(&[16])[0],
+        Era::Session,
+        &Call::tool("agent_my_assignments", json!({ "status": "blocked" })),
         &key,
         target.server,
     ));

@@ -21,7 +21,7 @@ pub use error::{ApiError, ApiResult};
 pub use inbound::REPLAYED_HEADER;
 pub use member::Member;
 
-use crate::http::HttpContext;
+use crate::http::{HttpContext, InFlight};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -40,13 +40,17 @@ pub fn router(ctx: &HttpContext) -> Router {
         .route("/api/v1/{*rest}", any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(ctx.opts.max_body_bytes))
-        .layer(middleware::from_fn_with_state(ctx.clone(), in_flight))
+        .layer(middleware::from_fn_with_state(
+            ctx.inflight.clone(),
+            in_flight,
+        ))
         .with_state(ctx.clone())
 }
 
 /// Counts API requests as in flight, so shutdown waits for them.
-async fn in_flight(State(ctx): State<HttpContext>, req: Request, next: Next) -> Response {
-    let _guard = ctx.inflight.enter();
+async fn in_flight(State(inflight): State<InFlight>, req: Request, next: Next) -> Response {
+    // The counter alone: a state is cloned on every request, and the context holds locking tokens.
+    let _guard = inflight.enter();
     next.run(req).await
 }
 

@@ -21,7 +21,7 @@ mod settings;
 mod views;
 mod work;
 
-use crate::http::HttpContext;
+use crate::http::{HttpContext, InFlight};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -75,13 +75,17 @@ pub fn router(ctx: &HttpContext) -> Router {
         .route("/settings/members", post(settings::member))
         .route("/console/static/{file}", get(assets::serve))
         .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn_with_state(ctx.clone(), in_flight))
+        .layer(middleware::from_fn_with_state(
+            ctx.inflight.clone(),
+            in_flight,
+        ))
         .with_state(ctx.clone())
 }
 
 /// Counts console requests as in flight, so shutdown waits for them.
-async fn in_flight(State(ctx): State<HttpContext>, req: Request, next: Next) -> Response {
-    let _guard = ctx.inflight.enter();
+async fn in_flight(State(inflight): State<InFlight>, req: Request, next: Next) -> Response {
+    // The counter alone: a state is cloned on every request, and the context holds locking tokens.
+    let _guard = inflight.enter();
     next.run(req).await
 }
 

@@ -10,24 +10,18 @@
 
 use super::HttpOptions;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 /// Paths open to any `Host`: a constant liveness answer that reveals nothing, so load balancers
 /// and orchestrators can probe by IP. Everything else (including `/readyz`) checks the Host.
 const ANY_HOST: &[&str] = &["/healthz"];
 
-pub async fn enforce(
-    State(opts): State<Arc<HttpOptions>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn enforce(opts: &HttpOptions, mut req: Request, next: impl super::Continue) -> Response {
     if !opts.trusted_proxies.is_empty() {
         forwarded_client(&mut req, &opts.trusted_proxies);
     }
@@ -98,8 +92,7 @@ pub async fn enforce(
             );
         }
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// A refused body is read and dropped, up to this much, so that a client still sending it gets

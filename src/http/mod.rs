@@ -29,6 +29,21 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// The rest of a request's handling, for middleware written as plain async functions and nested
+/// by hand ([`edge`], `mcp::http`'s pipeline). axum's `from_fn` layers clone every layer beneath
+/// them for each request, which on `/mcp` cost more than authentication itself.
+pub trait Continue: FnOnce(axum::extract::Request) -> Self::Then {
+    type Then: Future<Output = Response>;
+}
+
+impl<N, F> Continue for N
+where
+    N: FnOnce(axum::extract::Request) -> F,
+    F: Future<Output = Response>,
+{
+    type Then = F;
+}
+
 /// Transport settings for `serve`.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
@@ -422,18 +437,10 @@ pub async fn run_with(
         .route("/readyz", get(ready).with_state(ctx.clone()));
 
     // Limits wrap everything, so no route can skip them; while draining, nothing new starts.
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            ctx.clone(),
-            refuse_while_draining,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            ctx.opts.clone(),
-            limits::enforce,
-        ))
-        .layer(axum::middleware::from_fn(
-            crate::telemetry::metrics::count_streams,
-        ));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        Arc::new(ctx.clone()),
+        edge,
+    ));
     if ctx.opts.allowed_hosts.is_empty() {
         tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
     }
@@ -512,15 +519,31 @@ async fn drain_sequence(ctx: HttpContext) {
 /// Once shutdown began, a new request (a new MCP session, a call, an API request) gets 503 with
 /// `Retry-After` and `Connection: close`, so the client goes to another replica; ending a session
 /// (`DELETE`) and the health checks still work.
-async fn refuse_while_draining(
-    State(ctx): State<HttpContext>,
+/// Every route's edge, outermost first: stream counting, the transport limits, the drain check.
+/// One middleware, not three layers (see [`Continue`]).
+async fn edge(
+    State(ctx): State<Arc<HttpContext>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
+) -> Response {
+    let ctx = &*ctx;
+    crate::telemetry::metrics::count_streams(req, |req| {
+        limits::enforce(&ctx.opts, req, |req| {
+            refuse_while_draining(ctx, req, |req| next.run(req))
+        })
+    })
+    .await
+}
+
+async fn refuse_while_draining(
+    ctx: &HttpContext,
+    req: axum::extract::Request,
+    next: impl Continue,
 ) -> Response {
     let exempt = req.method() == axum::http::Method::DELETE
         || matches!(req.uri().path(), "/healthz" | "/readyz");
     if !ctx.draining.is_cancelled() || exempt {
-        return next.run(req).await;
+        return next(req).await;
     }
     let mut res = limits::refuse(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -10,9 +10,8 @@
 //!   proxy routing on them must see the call that runs).
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
@@ -35,10 +34,10 @@ pub struct Envelope {
 }
 
 /// Checks the body of every `POST /mcp` whose content type is JSON (others are rmcp's to refuse).
-pub async fn check(State(env): State<Envelope>, req: Request, next: Next) -> Response {
+pub async fn check(env: &Envelope, req: Request, next: impl crate::http::Continue) -> Response {
     let max_body = env.max_body_bytes;
     if req.method() != Method::POST || !is_json(&req) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
@@ -66,9 +65,7 @@ pub async fn check(State(env): State<Envelope>, req: Request, next: Next) -> Res
             .map(str::to_owned),
         id: message.get("id").cloned().unwrap_or(Value::Null),
     });
-    let res = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let res = next(Request::from_parts(parts, Body::from(bytes))).await;
     match guard {
         Some(guard) => res.map(|body| {
             Body::new(Guarded {

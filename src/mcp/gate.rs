@@ -193,7 +193,7 @@ impl Gate {
         };
         match result {
             Ok(value) if tasks && spec.name == catalogue::DELEGATE_TASK => {
-                self.as_task(&caller, value).await
+                Box::pin(self.as_task(&caller, value)).await
             }
             Ok(value) => Ok(CallOutcome::Ok(value)),
             Err(ServiceError::Store(e)) => {
@@ -357,21 +357,42 @@ impl Gate {
                 )
                 .await
             }
+            // The other bodies are boxed: this future is the size of its largest branch, and
+            // every call's future carries it (moved several times by rmcp and Tokio). Their
+            // transactions' futures are several kB; `agent_my_assignments` is served from memory.
             catalogue::LIST_WORKSPACE => {
                 self.read(
                     allowed.clone(),
-                    tools::list_workspace(svc, caller, parse(name, args)?),
+                    Box::pin(tools::list_workspace(svc, caller, parse(name, args)?)),
                 )
                 .await
             }
             catalogue::UPDATE_STATUS => {
-                tools::update_status(svc, caller, allowed, parse(name, args)?).await
+                Box::pin(tools::update_status(
+                    svc,
+                    caller,
+                    allowed,
+                    parse(name, args)?,
+                ))
+                .await
             }
             catalogue::LOG_ACTIVITY => {
-                tools::log_activity(svc, caller, allowed, parse(name, args)?).await
+                Box::pin(tools::log_activity(
+                    svc,
+                    caller,
+                    allowed,
+                    parse(name, args)?,
+                ))
+                .await
             }
             catalogue::DELEGATE_TASK => {
-                tools::delegate_task(svc, caller, allowed, parse(name, args)?).await
+                Box::pin(tools::delegate_task(
+                    svc,
+                    caller,
+                    allowed,
+                    parse(name, args)?,
+                ))
+                .await
             }
             // A catalogue entry without a body is a bug; refuse rather than guess.
             other => Err(ServiceError::Forbidden(format!(

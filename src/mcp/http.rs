@@ -6,11 +6,10 @@ use super::server::{Credential, HttpAuth, ParallaxServer};
 use super::sessions;
 use crate::auth;
 use crate::http::limits::refuse;
-use crate::http::{HttpContext, oauth};
+use crate::http::{Continue, HttpContext, oauth};
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::Response;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::sync::Arc;
@@ -57,42 +56,55 @@ pub fn router(ctx: &HttpContext) -> Router {
         ctx.sessions.clone(),
         mcp_config,
     ));
-    let binder = Arc::new(sessions::Binder {
-        sessions: ctx.sessions.clone(),
-        gate: state.gate.clone(),
-    });
-    Router::new()
-        // rmcp's service behind one `Arc` (see `Shared`).
-        .nest_service("/mcp", Shared(mcp))
-        // Layers run bottom-up: authenticate first, then the envelope, then check the session belongs
-        // to the caller.
-        .layer(middleware::from_fn_with_state(binder, sessions::bind))
-        // A malformed message is refused with a JSON-RPC error before rmcp reads it.
-        .layer(middleware::from_fn_with_state(
-            super::envelope::Envelope {
-                max_body_bytes: opts.max_body_bytes,
-                inflight: ctx.inflight.clone(),
-            },
-            super::envelope::check,
-        ))
-        .layer(middleware::from_fn_with_state(state, authenticate))
-        // Outermost: the request's span, so authentication is inside it.
-        .layer(middleware::from_fn_with_state(
-            opts.max_body_bytes,
-            trace_request,
-        ))
+    let pipeline = Pipeline {
+        envelope: super::envelope::Envelope {
+            max_body_bytes: opts.max_body_bytes,
+            inflight: ctx.inflight.clone(),
+        },
+        binder: sessions::Binder {
+            sessions: ctx.sessions.clone(),
+            gate: state.gate.clone(),
+        },
+        ctx: state,
+        mcp,
+    };
+    Router::new().nest_service("/mcp", Endpoint(Arc::new(pipeline)))
 }
 
 type McpService = StreamableHttpService<ParallaxServer, sessions::SessionRegistry>;
 
-/// rmcp's service shared behind one `Arc`. Routing clones the service for every request and
-/// rmcp's own `call` clones it again; its configuration holds the allowed hosts and origins and a
-/// cancellation token, so each of those clones allocated and locked. `handle` needs only `&self`.
-#[derive(Clone)]
-struct Shared(Arc<McpService>);
+/// What every `/mcp` request passes, in this order: its span (so authentication is inside it),
+/// bearer authentication, the JSON-RPC envelope (a malformed message is refused before rmcp reads
+/// it), the session's owner, and rmcp's service. Nested as plain async functions in one service
+/// (see `http::Continue`), and shared behind one `Arc`: rmcp's configuration holds the allowed
+/// hosts and origins and a cancellation token, so a clone per request allocated and locked.
+struct Pipeline {
+    ctx: Arc<HttpContext>,
+    envelope: super::envelope::Envelope,
+    binder: sessions::Binder,
+    mcp: Arc<McpService>,
+}
 
-impl tower_service::Service<Request> for Shared {
-    type Response = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, Self::Error>>;
+impl Pipeline {
+    async fn run(&self, req: Request) -> Response {
+        trace_request(self.envelope.max_body_bytes, req, |req| {
+            authenticate(&self.ctx, req, |req| {
+                super::envelope::check(&self.envelope, req, |req| {
+                    sessions::bind(&self.binder, req, |req| async move {
+                        self.mcp.handle(req).await.map(axum::body::Body::new)
+                    })
+                })
+            })
+        })
+        .await
+    }
+}
+
+#[derive(Clone)]
+struct Endpoint(Arc<Pipeline>);
+
+impl tower_service::Service<Request> for Endpoint {
+    type Response = Response;
     type Error = std::convert::Infallible;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
@@ -106,18 +118,18 @@ impl tower_service::Service<Request> for Shared {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { Ok(service.handle(req).await) })
+        let pipeline = self.0.clone();
+        Box::pin(async move { Ok(pipeline.run(req).await) })
     }
 }
 
 /// The transport span of one `/mcp` request (only while traces are exported). Its parent is the
 /// caller's trace: the MCP request's `_meta.traceparent`, else the `traceparent` header.
-async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) -> Response {
+async fn trace_request(max_body: usize, req: Request, next: impl Continue) -> Response {
     use crate::telemetry::traces;
     use tracing::Instrument;
     if !traces::enabled() {
-        return next.run(req).await;
+        return next(req).await;
     }
     // Owned copies: a borrow of the request (its body is not `Sync`) cannot cross an await.
     let header = |headers: &axum::http::HeaderMap, name: &str| {
@@ -179,14 +191,14 @@ async fn trace_request(State(max_body): State<usize>, req: Request, next: Next) 
     let mut req = req;
     req.extensions_mut()
         .insert(traces::RequestSpan(span.clone()));
-    next.run(req).instrument(span).await
+    next(req).instrument(span).await
 }
 
 /// Bearer authentication for `/mcp`: an API key (`mcp_agent_…`) or an access token from
 /// `/oauth/token`. The outcome rides in the request's extensions to the gate; a missing or refused
 /// credential is a 401 with the RFC 9728 metadata pointer. Addresses that fail too often and
 /// agents over their rate get 429 with `Retry-After`.
-async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next: Next) -> Response {
+async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) -> Response {
     let _guard = state.inflight.enter();
     let peer = oauth::peer(req.extensions());
     // RFC 6750 §2.3 is not supported: a token in a URL ends up in logs.
@@ -196,7 +208,7 @@ async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next:
     });
     if in_query {
         return challenge(
-            &state,
+            state,
             StatusCode::BAD_REQUEST,
             "tokens are accepted only in the Authorization header",
             Some("invalid_request"),
@@ -205,7 +217,7 @@ async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next:
     let bearer = oauth::bearer(req.headers()).map(str::to_owned);
     let Some(token) = bearer else {
         crate::telemetry::metrics::auth_refused("missing_credential");
-        return unauthorized(&state, "missing bearer credential", None);
+        return unauthorized(state, "missing bearer credential", None);
     };
     if let Some(wait) = state.failed_auth.credential_blocked(&token) {
         crate::telemetry::metrics::rate_limited("failed_auth");
@@ -248,7 +260,7 @@ async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next:
                 crate::telemetry::metrics::rate_limited("failed_auth");
                 return oauth::too_many_requests(wait, "too many failed authentications");
             }
-            return unauthorized(&state, &refusal.error.to_string(), Some("invalid_token"));
+            return unauthorized(state, &refusal.error.to_string(), Some("invalid_token"));
         }
         Err(e) => {
             tracing::error!(error = %e, "authentication failed on the store");
@@ -264,7 +276,7 @@ async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next:
         return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
     }
     let mut req = if caller.is_narrowed() {
-        match scope_check(&state, &caller, req).await {
+        match scope_check(state, &caller, req).await {
             Ok(req) => req,
             Err(res) => return res,
         }
@@ -272,7 +284,7 @@ async fn authenticate(State(state): State<Arc<HttpContext>>, req: Request, next:
         req
     };
     req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
-    next.run(req).await
+    next(req).await
 }
 
 /// For a token narrower than the agent's grant: a `tools/call` of a tool the agent is granted

@@ -121,7 +121,8 @@ impl ParallaxServer {
     ) -> Result<AgentCaller, ErrorData> {
         let auth = self.authenticate(ctx).await?;
         let data = Some(serde_json::json!({ "uri": uri }));
-        match self.gate.resource(auth, action, uri).await {
+        // Boxed, as in `task_request`.
+        match Box::pin(self.gate.resource(auth, action, uri)).await {
             Ok(Ok(caller)) => Ok(caller),
             // -32002 with `data.uri`, as 2025-11-25 recommends and 2026-07-28 requires.
             Ok(Err(refusal)) if resources::tool_for(uri).is_none() => {
@@ -391,7 +392,8 @@ impl ServerHandler for ParallaxServer {
             .resource_caller(subscription.request_context(), "subscriptions/listen", &uri)
             .await?;
         let stop = CancellationToken::new();
-        let watching = resources::watch(
+        // Boxed, like every handler's large state (see `task_request`).
+        let watching = Box::pin(resources::watch(
             events,
             caller.workspace_id(),
             caller.agent_id(),
@@ -401,7 +403,7 @@ impl ServerHandler for ParallaxServer {
                 let sink = subscription.sink();
                 async move { sink.notify_resource_updated(uri).await.is_ok() }
             },
-        );
+        ));
         tokio::select! {
             _ = watching => {}
             _ = subscription.cancelled() => {}
@@ -564,7 +566,9 @@ impl ParallaxServer {
         task_id: &str,
     ) -> Result<Delegation, ErrorData> {
         let auth = self.authenticate(ctx).await?;
-        match self.gate.task(auth, action, task_id).await {
+        // Boxed: a delegation's transaction makes this future several kB, and rmcp's future for
+        // every request is as large as its largest handler's (see `call_tool`).
+        match Box::pin(self.gate.task(auth, action, task_id)).await {
             Ok(Ok(d)) => Ok(d),
             Ok(Err(refusal)) => Err(ErrorData::invalid_params(refusal, None)),
             Err(e) => Err(gate_error(e)),

@@ -28,9 +28,8 @@
 use super::gate::Gate;
 use super::server::HttpAuth;
 use crate::auth::AgentCaller;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, ServerJsonRpcMessage};
@@ -808,14 +807,14 @@ pub struct Binder {
 
 /// Runs inside bearer authentication on `/mcp`: a request naming a session must come from the
 /// agent that opened it; a response that opens a session binds it to the caller.
-pub async fn bind(State(b): State<Arc<Binder>>, req: Request, next: Next) -> Response {
+pub async fn bind(b: &Binder, req: Request, next: impl crate::http::Continue) -> Response {
     let caller = req
         .extensions()
         .get::<HttpAuth>()
         .and_then(|a| a.0.as_ref().as_ref().ok().cloned());
     let Some(caller) = caller else {
         // No authenticated caller: the gate refuses whatever this is; it can open no session.
-        return strip_session(next.run(req).await);
+        return strip_session(next(req).await);
     };
     let owner = Owner::of(&caller);
     let session = match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
@@ -833,7 +832,7 @@ pub async fn bind(State(b): State<Arc<Binder>>, req: Request, next: Next) -> Res
                 if deleting && let Some(bound) = b.sessions.lock().bound.get_mut(&id) {
                     bound.deleting = true;
                 }
-                let res = next.run(req).await;
+                let res = next(req).await;
                 // A refused DELETE leaves the session open.
                 if deleting && let Some(bound) = b.sessions.lock().bound.get_mut(&id) {
                     bound.deleting = false;
@@ -878,7 +877,7 @@ pub async fn bind(State(b): State<Arc<Binder>>, req: Request, next: Next) -> Res
     } else {
         None
     };
-    let res = next.run(req).await;
+    let res = next(req).await;
     if let Some(id) = res
         .headers()
         .get(SESSION_HEADER)

@@ -183,7 +183,8 @@ impl Store {
         if let Some(seen) = self.direct.get().and_then(|d| d.generations()) {
             return Ok(seen);
         }
-        self.shared_reads.read(&self.db).await
+        // Boxed: a SeaORM query's future is large, and every request's future would carry it.
+        Box::pin(self.shared_reads.read(&self.db)).await
     }
 
     /// Reads the generations and returns the cached entry `pick` finds, if still valid.
@@ -209,15 +210,24 @@ impl Store {
         {
             return Ok((Some(v), seen));
         }
-        let tx = self.read().await?;
-        let seen = tx.read_generations().await?;
-        let generation = seen.auth;
-        let Some((credential, key_hash)) = tx.credential_by_hash(hash).await? else {
+        // Boxed: the miss path's transaction is most of this future's size, and every request's
+        // future carries it (see `Gate::dispatch`).
+        let (found, seen) = Box::pin(async {
+            let tx = self.read().await?;
+            let seen = tx.read_generations().await?;
+            let Some((credential, key_hash)) = tx.credential_by_hash(hash).await? else {
+                tx.commit().await?;
+                return Ok::<_, StoreError>((None, seen));
+            };
+            let view = tx.credential_view_of(credential, key_hash).await?;
             tx.commit().await?;
+            Ok((Some(view), seen))
+        })
+        .await?;
+        let Some(view) = found.map(Arc::new) else {
             return Ok((None, seen));
         };
-        let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
-        tx.commit().await?;
+        let generation = seen.auth;
         let mut state = self.auth.lock();
         state.remember(
             generation,
@@ -243,15 +253,23 @@ impl Store {
         if let (Some(v), seen) = self.cached(|s| s.by_id.get(id).cloned()).await? {
             return Ok((Some(v), seen));
         }
-        let tx = self.read().await?;
-        let seen = tx.read_generations().await?;
-        let generation = seen.auth;
-        let Some((credential, key_hash)) = tx.credential_by_id(id).await? else {
+        // Boxed, as in `credential_view`.
+        let (found, seen) = Box::pin(async {
+            let tx = self.read().await?;
+            let seen = tx.read_generations().await?;
+            let Some((credential, key_hash)) = tx.credential_by_id(id).await? else {
+                tx.commit().await?;
+                return Ok::<_, StoreError>((None, seen));
+            };
+            let view = tx.credential_view_of(credential, key_hash).await?;
             tx.commit().await?;
+            Ok((Some(view), seen))
+        })
+        .await?;
+        let Some(view) = found.map(Arc::new) else {
             return Ok((None, seen));
         };
-        let view = Arc::new(tx.credential_view_of(credential, key_hash).await?);
-        tx.commit().await?;
+        let generation = seen.auth;
         let mut state = self.auth.lock();
         state.remember(generation, |s| &mut s.by_id, id.to_owned(), view.clone());
         state.remember(

@@ -81,26 +81,34 @@ impl Store {
         if let Some(work) = self.work.get(seen.work, &key) {
             return Ok(work);
         }
-        let tx = self.read().await?;
-        let generation = tx.read_generations().await?.work;
-        let assignments = tx.agent_assignments(workspace_id, agent_id, false).await?;
-        let task_ids: Vec<String> = assignments
-            .iter()
-            .filter_map(|a| a.task_id.clone())
-            .collect();
-        let project_ids: Vec<String> = assignments
-            .iter()
-            .filter(|a| a.task_id.is_none())
-            .map(|a| a.project_id.clone())
-            .collect();
-        let tasks = tx.tasks_by_ids(workspace_id, &task_ids).await?;
-        let projects = tx.projects_by_ids(workspace_id, &project_ids).await?;
-        tx.commit().await?;
-        let work = Arc::new(AgentWork {
-            assignments,
-            tasks,
-            projects,
-        });
+        // Boxed: the miss path's transaction is most of this future's size, and every read
+        // tool's future carries it.
+        let (generation, work) = Box::pin(async {
+            let tx = self.read().await?;
+            let generation = tx.read_generations().await?.work;
+            let assignments = tx.agent_assignments(workspace_id, agent_id, false).await?;
+            let task_ids: Vec<String> = assignments
+                .iter()
+                .filter_map(|a| a.task_id.clone())
+                .collect();
+            let project_ids: Vec<String> = assignments
+                .iter()
+                .filter(|a| a.task_id.is_none())
+                .map(|a| a.project_id.clone())
+                .collect();
+            let tasks = tx.tasks_by_ids(workspace_id, &task_ids).await?;
+            let projects = tx.projects_by_ids(workspace_id, &project_ids).await?;
+            tx.commit().await?;
+            Ok::<_, super::StoreError>((
+                generation,
+                Arc::new(AgentWork {
+                    assignments,
+                    tasks,
+                    projects,
+                }),
+            ))
+        })
+        .await?;
         self.work.remember(generation, key, work.clone());
         Ok(work)
     }

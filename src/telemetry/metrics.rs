@@ -134,13 +134,16 @@ impl Drop for StreamGuard {
 /// Middleware: a response that is a server-sent event stream counts as open until its body is
 /// dropped (the client went away or the server ended it); `/mcp` streams as `mcp`, the rest as
 /// `events`.
-pub async fn count_streams(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+pub async fn count_streams(
+    req: axum::extract::Request,
+    next: impl crate::http::Continue,
+) -> Response {
     let stream = if req.uri().path().starts_with("/mcp") {
         "mcp"
     } else {
         "events"
     };
-    let res = next.run(req).await;
+    let res = next(req).await;
     let is_sse = res
         .headers()
         .get(header::CONTENT_TYPE)
