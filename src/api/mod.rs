@@ -21,10 +21,10 @@ pub use error::{ApiError, ApiResult};
 pub use inbound::REPLAYED_HEADER;
 pub use member::Member;
 
-use crate::http::{HttpContext, InFlight};
+use crate::http::HttpContext;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
@@ -42,16 +42,9 @@ pub fn router(ctx: &HttpContext) -> Router {
         .layer(DefaultBodyLimit::max(ctx.opts.max_body_bytes))
         .layer(middleware::from_fn_with_state(
             ctx.inflight.clone(),
-            in_flight,
+            crate::http::count_in_flight,
         ))
         .with_state(ctx.clone())
-}
-
-/// Counts API requests as in flight, so shutdown waits for them.
-async fn in_flight(State(inflight): State<InFlight>, req: Request, next: Next) -> Response {
-    // The counter alone: a state is cloned on every request, and the context holds locking tokens.
-    let _guard = inflight.enter();
-    next.run(req).await
 }
 
 /// The OpenAPI document, public like any API description; built once.

@@ -21,9 +21,9 @@ mod settings;
 mod views;
 mod work;
 
-use crate::http::{HttpContext, InFlight};
+use crate::http::HttpContext;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -77,16 +77,9 @@ pub fn router(ctx: &HttpContext) -> Router {
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             ctx.inflight.clone(),
-            in_flight,
+            crate::http::count_in_flight,
         ))
         .with_state(ctx.clone())
-}
-
-/// Counts console requests as in flight, so shutdown waits for them.
-async fn in_flight(State(inflight): State<InFlight>, req: Request, next: Next) -> Response {
-    // The counter alone: a state is cloned on every request, and the context holds locking tokens.
-    let _guard = inflight.enter();
-    next.run(req).await
 }
 
 /// The Content-Security-Policy of every console answer: our own script and styles only (no

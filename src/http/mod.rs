@@ -179,6 +179,18 @@ impl Urls {
     }
 }
 
+/// Counts a request of the API or the console as in flight, so shutdown waits for it. Its state
+/// is the counter alone: a middleware's state is cloned on every request, and the context holds
+/// cancellation tokens, whose clones lock.
+pub async fn count_in_flight(
+    State(inflight): State<InFlight>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _guard = inflight.enter();
+    next.run(req).await
+}
+
 /// Counts requests being served, so shutdown can wait for them.
 #[derive(Clone, Default, Debug)]
 pub struct InFlight(Arc<(AtomicUsize, Notify)>);
@@ -516,9 +528,6 @@ async fn drain_sequence(ctx: HttpContext) {
     ctx.closing.cancel();
 }
 
-/// Once shutdown began, a new request (a new MCP session, a call, an API request) gets 503 with
-/// `Retry-After` and `Connection: close`, so the client goes to another replica; ending a session
-/// (`DELETE`) and the health checks still work.
 /// Every route's edge, outermost first: stream counting, the transport limits, the drain check.
 /// One middleware, not three layers (see [`Continue`]).
 async fn edge(
@@ -535,6 +544,9 @@ async fn edge(
     .await
 }
 
+/// Once shutdown began, a new request (a new MCP session, a call, an API request) gets 503 with
+/// `Retry-After` and `Connection: close`, so the client goes to another replica; ending a session
+/// (`DELETE`) and the health checks still work.
 async fn refuse_while_draining(
     ctx: &HttpContext,
     req: axum::extract::Request,

@@ -176,6 +176,13 @@ fn spawn_reader(db: DatabaseConnection) -> mpsc::UnboundedSender<Waiter> {
     queue
 }
 
+/// How a credential is looked up when the snapshot misses.
+#[derive(Clone, Copy)]
+enum ViewKey<'a> {
+    Hash(&'a KeyHash),
+    Id(&'a str),
+}
+
 impl Store {
     /// Both generations as of a read begun after this call: on SQLite straight from the file on
     /// this thread when it can (`direct`), else one read shared with concurrent requests.
@@ -210,38 +217,7 @@ impl Store {
         {
             return Ok((Some(v), seen));
         }
-        // Boxed: the miss path's transaction is most of this future's size, and every request's
-        // future carries it (see `Gate::dispatch`).
-        let (found, seen) = Box::pin(async {
-            let tx = self.read().await?;
-            let seen = tx.read_generations().await?;
-            let Some((credential, key_hash)) = tx.credential_by_hash(hash).await? else {
-                tx.commit().await?;
-                return Ok::<_, StoreError>((None, seen));
-            };
-            let view = tx.credential_view_of(credential, key_hash).await?;
-            tx.commit().await?;
-            Ok((Some(view), seen))
-        })
-        .await?;
-        let Some(view) = found.map(Arc::new) else {
-            return Ok((None, seen));
-        };
-        let generation = seen.auth;
-        let mut state = self.auth.lock();
-        state.remember(
-            generation,
-            |s| &mut s.by_hash,
-            hash.as_str().to_owned(),
-            view.clone(),
-        );
-        state.remember(
-            generation,
-            |s| &mut s.by_id,
-            view.credential.id.clone(),
-            view.clone(),
-        );
-        Ok((Some(view), seen))
+        self.load_view(ViewKey::Hash(hash)).await
     }
 
     /// The API key with id `id` (an access token's credential), current as of this call; and
@@ -253,11 +229,24 @@ impl Store {
         if let (Some(v), seen) = self.cached(|s| s.by_id.get(id).cloned()).await? {
             return Ok((Some(v), seen));
         }
-        // Boxed, as in `credential_view`.
+        self.load_view(ViewKey::Id(id)).await
+    }
+
+    /// A credential's view read from the store (the snapshot missed), remembered under both its
+    /// hash and its id. Boxed: the transaction is most of the lookup's future, and every
+    /// request's future carries that future (see `Gate::dispatch`).
+    async fn load_view(
+        &self,
+        key: ViewKey<'_>,
+    ) -> StoreResult<(Option<Arc<CredentialView>>, Seen)> {
         let (found, seen) = Box::pin(async {
             let tx = self.read().await?;
             let seen = tx.read_generations().await?;
-            let Some((credential, key_hash)) = tx.credential_by_id(id).await? else {
+            let found = match key {
+                ViewKey::Hash(hash) => tx.credential_by_hash(hash).await?,
+                ViewKey::Id(id) => tx.credential_by_id(id).await?,
+            };
+            let Some((credential, key_hash)) = found else {
                 tx.commit().await?;
                 return Ok::<_, StoreError>((None, seen));
             };
@@ -269,13 +258,18 @@ impl Store {
         let Some(view) = found.map(Arc::new) else {
             return Ok((None, seen));
         };
-        let generation = seen.auth;
+        // Found by exact match, so the view's own hash and id are the keys of either lookup.
         let mut state = self.auth.lock();
-        state.remember(generation, |s| &mut s.by_id, id.to_owned(), view.clone());
         state.remember(
-            generation,
+            seen.auth,
             |s| &mut s.by_hash,
             view.key_hash.as_str().to_owned(),
+            view.clone(),
+        );
+        state.remember(
+            seen.auth,
+            |s| &mut s.by_id,
+            view.credential.id.clone(),
             view.clone(),
         );
         Ok((Some(view), seen))
