@@ -15,11 +15,14 @@
 //!   migrations runner. **The only module that imports `sea_orm`** (and `rusqlite`, which
 //!   `store::direct` uses to read the generations from a SQLite file on the calling thread, and
 //!   to commit the audit writer's batches of decision entries in one hand-off to a blocking
-//!   thread, rows identical to the pool's).
+//!   thread, rows identical to the pool's; its WAL checkpoints run on a thread of their own,
+//!   never inside a commit).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
 //!   SQLite file, writers take turns in order on one dedicated connection, so its page cache
 //!   stays warm between the audit writer's commits. Also owns
-//!   the authentication snapshot (`store::auth_cache`), each agent's current work (`store::work_cache`), pool hygiene (`store::hygiene`: a connection left inside a failed
+//!   the authentication snapshot (`store::auth_cache`), each agent's current work
+//!   (`store::work_cache`, with what readers derive from a snapshot kept beside it, such as a
+//!   tool's rendered answer, so it lives and dies with the snapshot), pool hygiene (`store::hygiene`: a connection left inside a failed
 //!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
 //!   replicas. `store::sealed` encrypts secrets at rest under the master key.
 //!   `store::preflight` says in one line why a database cannot be opened (path or host,
@@ -36,7 +39,8 @@
 //!   change with its activity entry and outbox event in one transaction. Knows no transport.
 //!   `service::audit` is the group committer: the gate's decision entries and the writing tools'
 //!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
-//!   batch, and nobody is answered before their batch has committed.
+//!   batch, and nobody is answered before their batch has committed. Before committing, it yields
+//!   so that calls already running can join the batch.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their

@@ -17,9 +17,12 @@
 //!
 //! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
 //! `--postgres URL` (also measure on a fresh database of that server), `--only TEXT` (rows whose
-//! label contains it; `--only sessions` matches no row: session memory alone), `--smoke`.
+//! label contains it; `--only sessions` matches no row: session memory alone), `--smoke`,
+//! `--instructions` (instead of timing, count each row's instructions per call in the server
+//! under valgrind's callgrind: repeatable on a noisy machine; `instructions.rs`).
 
 mod console;
+mod instructions;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -47,6 +50,8 @@ struct Opts {
     smoke: bool,
     /// Only rows whose label contains this.
     only: Option<String>,
+    /// Count instructions under callgrind instead of timing (`instructions.rs`).
+    instructions: bool,
 }
 
 impl Opts {
@@ -59,6 +64,7 @@ impl Opts {
             postgres: None,
             smoke: false,
             only: None,
+            instructions: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -74,6 +80,7 @@ impl Opts {
                 "--postgres" => o.postgres = Some(value("--postgres")?),
                 "--smoke" => o.smoke = true,
                 "--only" => o.only = Some(value("--only")?),
+                "--instructions" => o.instructions = true,
                 "-h" | "--help" => {
                     println!("{}", USAGE);
                     std::process::exit(0);
@@ -103,7 +110,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--only TEXT] [--smoke]";
+const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--only TEXT] [--instructions] [--smoke]";
 
 // ---- binaries and the CLI ----
 
@@ -306,10 +313,16 @@ fn form_encode(v: &str) -> String {
 struct Server {
     child: Child,
     url: String,
+    /// Where callgrind writes this server's dumps, when it runs under callgrind.
+    dump_dir: Option<PathBuf>,
 }
 
 impl Server {
-    async fn start(mut cmd: Command) -> Result<Server> {
+    async fn start(cmd: Command) -> Result<Server> {
+        Server::start_within(cmd, Duration::from_secs(30)).await
+    }
+
+    async fn start_within(mut cmd: Command, wait: Duration) -> Result<Server> {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -317,7 +330,7 @@ impl Server {
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().ok_or("stderr")?).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
+        let url = tokio::time::timeout(wait, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(i) = line.find("listening on http://") {
                     let rest = &line[i + "listening on ".len()..];
@@ -332,7 +345,11 @@ impl Server {
         .await
         .map_err(|_| "server did not report its address in time")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Server { child, url })
+        Ok(Server {
+            child,
+            url,
+            dump_dir: None,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -829,6 +846,25 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
     })
 }
 
+/// An access token for `key` from the server's `/oauth/token`.
+async fn access_token(mcp_url: &str, key: &str) -> Result<String> {
+    let base = mcp_url.trim_end_matches("/mcp");
+    let res = reqwest::Client::new()
+        .post(format!("{base}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_secret={}",
+            form_encode(key)
+        ))
+        .send()
+        .await?;
+    let v: Value = res.json().await?;
+    Ok(v["access_token"]
+        .as_str()
+        .ok_or_else(|| format!("no access token: {v}"))?
+        .to_owned())
+}
+
 // ---- the run ----
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -876,6 +912,9 @@ async fn main() -> Result<()> {
         db: sqlite.clone(),
     };
     let key = seed(&cli, &o).await?;
+    if o.instructions {
+        return instructions::run(&o, &server_bin, &bare_bin, &cli, &key).await;
+    }
 
     let serve = |db: &str| {
         let mut cmd = Command::new(&server_bin);
@@ -935,23 +974,7 @@ async fn main() -> Result<()> {
     }
 
     // An access token for the JWT row.
-    let token = {
-        let base = parallax.url.trim_end_matches("/mcp");
-        let res = reqwest::Client::new()
-            .post(format!("{base}/oauth/token"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "grant_type=client_credentials&client_secret={}",
-                form_encode(&key)
-            ))
-            .send()
-            .await?;
-        let v: Value = res.json().await?;
-        v["access_token"]
-            .as_str()
-            .ok_or_else(|| format!("no access token: {v}"))?
-            .to_owned()
-    };
+    let token = access_token(&parallax.url, &key).await?;
 
     let read = Call::tool("agent_my_assignments", json!({}));
     let write = Call::tool(

@@ -69,47 +69,48 @@ pub struct DelegateTaskInput {
 
 // ---- outputs ----
 
+// The read tool's output borrows from the work snapshot: it is serialised, never kept.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MyAssignmentsOutput {
-    pub projects: Vec<ProjectAssignmentOut>,
-    pub tasks: Vec<TaskAssignmentOut>,
+pub struct MyAssignmentsOutput<'a> {
+    pub projects: Vec<ProjectAssignmentOut<'a>>,
+    pub tasks: Vec<TaskAssignmentOut<'a>>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ProjectAssignmentOut {
-    pub assignment_id: String,
+pub struct ProjectAssignmentOut<'a> {
+    pub assignment_id: &'a str,
     pub role: AssignmentRole,
     pub assigned_at: String,
-    pub project: ProjectOut,
+    pub project: ProjectOut<'a>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ProjectOut {
-    pub id: String,
-    pub name: String,
-    pub description: String,
+pub struct ProjectOut<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
     pub status: ProjectStatus,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskAssignmentOut {
-    pub assignment_id: String,
+pub struct TaskAssignmentOut<'a> {
+    pub assignment_id: &'a str,
     pub role: AssignmentRole,
     pub assigned_at: String,
-    pub task: TaskOut,
+    pub task: TaskOut<'a>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TaskOut {
-    pub id: String,
-    pub project_id: String,
-    pub title: String,
-    pub description: String,
+pub struct TaskOut<'a> {
+    pub id: &'a str,
+    pub project_id: &'a str,
+    pub title: &'a str,
+    pub description: &'a str,
     pub status: TaskStatus,
     pub updated_at: String,
 }
@@ -171,7 +172,7 @@ fn ts(t: &Timestamp) -> String {
 }
 
 /// A tool's answer: its structured content and the text copy MCP asks for beside it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ToolOutput {
     pub structured: Value,
     pub text: String,
@@ -194,40 +195,42 @@ pub async fn my_assignments(
     input: MyAssignmentsInput,
 ) -> ServiceResult<ToolOutput> {
     let mine = svc.my_assignments(caller, input.status).await?;
-    Ok(render(&MyAssignmentsOutput {
-        projects: mine
-            .projects
-            .into_iter()
-            .map(|(a, p)| ProjectAssignmentOut {
-                assignment_id: a.id,
-                role: a.role,
-                assigned_at: ts(&a.assigned_at),
-                project: ProjectOut {
-                    id: p.id,
-                    name: p.name,
-                    description: p.description,
-                    status: p.status,
-                },
-            })
-            .collect(),
-        tasks: mine
-            .tasks
-            .into_iter()
-            .map(|(a, t)| TaskAssignmentOut {
-                assignment_id: a.id,
-                role: a.role,
-                assigned_at: ts(&a.assigned_at),
-                task: TaskOut {
-                    updated_at: ts(&t.updated_at),
-                    id: t.id,
-                    project_id: t.project_id,
-                    title: t.title,
-                    description: t.description,
-                    status: t.status,
-                },
-            })
-            .collect(),
-    }))
+    // Rendered once per work snapshot: repeated reads of unchanged work copy the answer.
+    let answer = mine.rendered(|mine| {
+        render(&MyAssignmentsOutput {
+            projects: mine
+                .projects()
+                .map(|(a, p)| ProjectAssignmentOut {
+                    assignment_id: &a.id,
+                    role: a.role,
+                    assigned_at: ts(&a.assigned_at),
+                    project: ProjectOut {
+                        id: &p.id,
+                        name: &p.name,
+                        description: &p.description,
+                        status: p.status,
+                    },
+                })
+                .collect(),
+            tasks: mine
+                .tasks()
+                .map(|(a, t)| TaskAssignmentOut {
+                    assignment_id: &a.id,
+                    role: a.role,
+                    assigned_at: ts(&a.assigned_at),
+                    task: TaskOut {
+                        id: &t.id,
+                        project_id: &t.project_id,
+                        title: &t.title,
+                        description: &t.description,
+                        status: t.status,
+                        updated_at: ts(&t.updated_at),
+                    },
+                })
+                .collect(),
+        })
+    });
+    Ok(ToolOutput::clone(&answer))
 }
 
 pub async fn update_status(

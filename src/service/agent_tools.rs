@@ -6,12 +6,49 @@
 
 use super::*;
 use crate::auth::AgentCaller;
+use crate::store::AgentWork;
 
-/// An agent's current work: projects and tasks it is assigned to.
-#[derive(Debug, Clone, serde::Serialize)]
+/// An agent's current work: projects and tasks it is assigned to, borrowed from the store's work
+/// snapshot (no row is copied to answer a read).
+#[derive(Debug, Clone)]
 pub struct MyAssignments {
-    pub projects: Vec<(Assignment, Project)>,
-    pub tasks: Vec<(Assignment, Task)>,
+    work: Arc<AgentWork>,
+    /// The filter these were chosen by.
+    status: Option<TaskStatus>,
+    /// Indexes into the snapshot: (assignment, project).
+    projects: Vec<(usize, usize)>,
+    /// Indexes into the snapshot: (assignment, task).
+    tasks: Vec<(usize, usize)>,
+}
+
+impl MyAssignments {
+    /// Project assignments with their projects.
+    pub fn projects(&self) -> impl ExactSizeIterator<Item = (&Assignment, &Project)> {
+        let w = &*self.work;
+        self.projects
+            .iter()
+            .map(|&(a, p)| (&w.assignments[a], &w.projects[p]))
+    }
+
+    /// Task assignments with their tasks.
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = (&Assignment, &Task)> {
+        let w = &*self.work;
+        self.tasks
+            .iter()
+            .map(|&(a, t)| (&w.assignments[a], &w.tasks[t]))
+    }
+
+    /// What `render` makes of these assignments, made once per work snapshot and filter and
+    /// shared by every read of the same snapshot after it (a change to the agent's work makes a
+    /// new snapshot, so nothing here outlives what it was made from). `render` must depend on
+    /// the assignments alone.
+    pub fn rendered<T: std::any::Any + Send + Sync>(
+        &self,
+        render: impl FnOnce(&Self) -> T,
+    ) -> Arc<T> {
+        let key = self.status.map_or(0, |s| s as u64 + 1);
+        self.work.derived.get_or_make(key, || render(self))
+    }
 }
 
 /// An entry the agent logs (`agent_log_activity`).
@@ -67,27 +104,29 @@ impl Service {
             .store
             .agent_work(caller.seen(), caller.workspace_id(), caller.agent_id())
             .await?;
-        let mut out = MyAssignments {
-            projects: Vec::new(),
-            tasks: Vec::new(),
-        };
-        for a in &work.assignments {
+        let (mut projects, mut tasks) = (Vec::new(), Vec::new());
+        for (ai, a) in work.assignments.iter().enumerate() {
             match &a.task_id {
                 Some(tid) => {
-                    if let Some(t) = work.tasks.iter().find(|t| &t.id == tid)
-                        && status.is_none_or(|s| s == t.status)
+                    if let Some(ti) = work.tasks.iter().position(|t| &t.id == tid)
+                        && status.is_none_or(|s| s == work.tasks[ti].status)
                     {
-                        out.tasks.push((a.clone(), t.clone()));
+                        tasks.push((ai, ti));
                     }
                 }
                 None => {
-                    if let Some(p) = work.projects.iter().find(|p| p.id == a.project_id) {
-                        out.projects.push((a.clone(), p.clone()));
+                    if let Some(pi) = work.projects.iter().position(|p| p.id == a.project_id) {
+                        projects.push((ai, pi));
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(MyAssignments {
+            work,
+            status,
+            projects,
+            tasks,
+        })
     }
 
     /// Sets the caller's working status. `current_task` must be one of its assigned tasks.

@@ -12,9 +12,11 @@ use super::auth_cache::{READ_GENERATIONS, Seen};
 use super::{StoreError, StoreResult, Touches, chain};
 use crate::domain::ActivityEntry;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
-use std::path::PathBuf;
+use rusqlite::{Connection, OpenFlags, params};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 /// Idle connections kept beyond this many are closed (one per core is plenty).
 const MAX_IDLE: usize = 8;
@@ -101,16 +103,39 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
 /// encodes them), takes its turn in the store's writer queue like any writer, and waits for
 /// other processes as long as the pool's busy timeout. A connection that fails is closed; the
 /// next batch opens another.
+///
+/// Its commits do not checkpoint the WAL themselves: SQLite's automatic checkpoint runs inside
+/// the commit that crosses 1,000 pages and syncs the database file there, while every call in
+/// the batch (and the next batch) waits. Every [`CHECKPOINT_EVERY`] commits, a thread of its own
+/// runs a passive checkpoint instead, which never blocks a writer or a reader.
 pub(super) struct DirectWriter {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    commits: AtomicU32,
+    /// Asks the checkpoint thread for a checkpoint; `None` if it could not start.
+    checkpoints: Option<SyncSender<()>>,
 }
+
+/// Commits between two checkpoints (a batch of decision entries writes about ten pages or more,
+/// so roughly SQLite's own default of 1,000 pages).
+const CHECKPOINT_EVERY: u32 = 64;
 
 impl DirectWriter {
     pub(super) fn new(path: PathBuf) -> DirectWriter {
+        // One pending request at most: a checkpoint asked for while one runs covers both.
+        let (checkpoints, due) = sync_channel(1);
+        let at = path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(&at, &due));
+        if let Err(e) = &spawned {
+            tracing::warn!(error = %e, "no checkpoint thread; SQLite checkpoints as it commits");
+        }
         DirectWriter {
             path,
             conn: Mutex::default(),
+            commits: AtomicU32::new(0),
+            checkpoints: spawned.ok().map(|_| checkpoints),
         }
     }
 
@@ -124,7 +149,19 @@ impl DirectWriter {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // Checkpoints run on their own thread (see above), while it runs.
+        if self.ask_for_checkpoint() {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        }
         Ok(conn)
+    }
+
+    /// Asks the checkpoint thread for a checkpoint; `false` if there is no such thread.
+    fn ask_for_checkpoint(&self) -> bool {
+        // Full: one is already asked for, which covers this one.
+        self.checkpoints
+            .as_ref()
+            .is_some_and(|c| !matches!(c.try_send(()), Err(TrySendError::Disconnected(()))))
     }
 
     /// Chains and inserts `entries` and marks `touches` in one transaction, on this thread.
@@ -134,26 +171,61 @@ impl DirectWriter {
         touches: Touches<'_>,
     ) -> StoreResult<()> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut conn = match slot.take() {
+        let conn = match slot.take() {
             Some(conn) => conn,
             None => self.connect().map_err(store_error)?,
         };
-        let written = append(&mut conn, entries, touches);
+        let written = append(&conn, entries, touches);
         // Kept only after a clean commit: after a failure its state is unknown.
         if written.is_ok() {
+            let n = self.commits.fetch_add(1, Ordering::Relaxed);
+            if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 && !self.ask_for_checkpoint() {
+                // No checkpoint thread: SQLite checkpoints as it commits.
+                let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
+            }
             *slot = Some(conn);
         }
         written
     }
 }
 
+/// Runs a passive checkpoint of the file at `path` each time one is asked for, until the writer
+/// is dropped. Passive: it copies what no reader still needs and never waits for a lock, so it
+/// cannot hold up a request; what it leaves, the next one takes.
+fn checkpointer(path: &Path, due: &Receiver<()>) {
+    let mut conn: Option<Connection> = None;
+    while due.recv().is_ok() {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "checkpoint connection failed");
+                    continue;
+                }
+            },
+        };
+        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => conn = Some(c),
+            Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed; trying again later"),
+        }
+    }
+}
+
 fn append(
-    conn: &mut Connection,
+    conn: &Connection,
     entries: Vec<ActivityEntry>,
     (agents, keys): Touches<'_>,
 ) -> StoreResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    // BEGIN and COMMIT as cached statements: `transaction_with_behavior` parses both anew on
+    // every batch. A failure leaves the transaction open; the caller then closes the connection,
+    // which rolls it back.
+    let tx = conn;
+    tx.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
         .map_err(store_error)?;
     for (ws, entries) in chain::by_workspace(entries) {
         let n = entries.len() as i64;
@@ -217,7 +289,10 @@ fn append(
             .and_then(|mut s| s.execute(params![timestamp(at), key]))
             .map_err(store_error)?;
     }
-    tx.commit().map_err(store_error)
+    tx.prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+        .map_err(store_error)
 }
 
 /// A timestamp as sqlx stores a `DateTime<Utc>` in SQLite, so both writers' rows read and

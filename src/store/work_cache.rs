@@ -11,6 +11,7 @@
 use super::auth_cache::Seen;
 use super::{Store, StoreResult};
 use crate::domain::{Assignment, Project, Task};
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,50 @@ pub struct AgentWork {
     pub assignments: Vec<Assignment>,
     pub tasks: Vec<Task>,
     pub projects: Vec<Project>,
+    /// What readers made of this snapshot (a tool's rendered answer).
+    pub derived: Derived,
+}
+
+/// Values derived from one immutable snapshot, each made once and shared after. They live and
+/// die with the snapshot, so they need no invalidation of their own: a change makes a new
+/// snapshot, which starts with none.
+#[derive(Default)]
+pub struct Derived(Mutex<Vec<DerivedValue>>);
+
+/// A derived value: its type, its key, and the value.
+type DerivedValue = (TypeId, u64, Arc<dyn Any + Send + Sync>);
+
+impl Derived {
+    /// The value of type `T` under `key`, made by `make` if this snapshot has none yet. `make`
+    /// runs outside the lock; when two callers race, the first value stored is kept.
+    pub fn get_or_make<T: Any + Send + Sync>(&self, key: u64, make: impl FnOnce() -> T) -> Arc<T> {
+        let find = |all: &[DerivedValue]| {
+            all.iter()
+                .find(|(t, k, _)| *t == TypeId::of::<T>() && *k == key)
+                .and_then(|(_, _, v)| v.clone().downcast::<T>().ok())
+        };
+        if let Some(v) = find(&self.lock()) {
+            return v;
+        }
+        let made = Arc::new(make());
+        let mut all = self.lock();
+        if let Some(v) = find(&all) {
+            return v;
+        }
+        all.push((TypeId::of::<T>(), key, made.clone()));
+        made
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<DerivedValue>> {
+        // A panic while holding the lock leaves a list that is merely incomplete: still correct.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Derived({} values)", self.lock().len())
+    }
 }
 
 #[derive(Default)]
@@ -105,6 +150,7 @@ impl Store {
                     assignments,
                     tasks,
                     projects,
+                    derived: Derived::default(),
                 }),
             ))
         })

@@ -1248,3 +1248,57 @@ async fn postgres_restarted_under_load_loses_nothing_acknowledged_and_recovers()
     nothing_acknowledged_is_lost(&svc, &ws, &tally).await;
     drop(server);
 }
+
+// ---- the WAL: checkpointed beside the commits, not inside them ----
+
+/// The audit writer's commits leave checkpoints to a thread of their own (a commit that ran one
+/// would make every call in its batch wait for the database file's sync), so that thread must
+/// keep the WAL from growing: after a few dozen commits, far fewer pages than SQLite's own
+/// automatic checkpoint waits for, the pages have reached the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_while_agents_call() {
+    let w = world().await;
+    if w.db.is_postgres() {
+        return;
+    }
+    let path =
+        w.db.url
+            .strip_prefix("sqlite://")
+            .and_then(|rest| rest.split('?').next())
+            .map(PathBuf::from)
+            .expect("a SQLite file");
+    let key = approved_agent(&w.svc, &w.admin, "worker", &[Permission::ReadTasks]).await;
+    crate::support::set(
+        &w.svc,
+        &w.admin,
+        &[
+            ("rate_limit_per_minute", "100000"),
+            ("rate_limit_burst", "10000"),
+        ],
+    )
+    .await;
+    let server = spawn_http(&w.db.url).await;
+    let client = http_client(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
+    ok(&client, "agent_my_assignments", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = std::fs::metadata(&path).unwrap().len();
+    // One call at a time: one commit each.
+    for _ in 0..80 {
+        ok(&client, "agent_my_assignments", json!({})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "80 commits later the database file is still {before} bytes: the WAL was not checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And nothing was lost on the way: every call's entry is in the trail.
+    let calls = all_activity(&w.svc, &w.admin.workspace().id)
+        .await
+        .iter()
+        .filter(|e| e.activity_type == "tool.call")
+        .count();
+    assert!(calls >= 81, "{calls} tool.call entries for 81 calls");
+}

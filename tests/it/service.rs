@@ -2713,19 +2713,20 @@ async fn agents_see_only_their_own_assignments_and_their_workspace() {
     let bot = agent_caller(&svc, &key).await;
 
     let mine = svc.my_assignments(&bot, None).await.unwrap();
-    assert_eq!(mine.projects.len(), 1);
-    let mut tasks: Vec<&str> = mine.tasks.iter().map(|(_, t)| t.id.as_str()).collect();
+    assert_eq!(mine.projects().len(), 1);
+    let mut tasks: Vec<&str> = mine.tasks().map(|(_, t)| t.id.as_str()).collect();
     tasks.sort_unstable();
     let mut expected = [s.task.id.as_str(), done.id.as_str()];
     expected.sort_unstable();
     assert_eq!(tasks, expected);
-    assert!(mine.tasks.iter().all(|(a, _)| a.agent_id == "bot"));
+    assert!(mine.tasks().all(|(a, _)| a.agent_id == "bot"));
     let open = svc
         .my_assignments(&bot, Some(TaskStatus::Todo))
         .await
         .unwrap();
-    assert_eq!(open.tasks.len(), 1);
-    assert_eq!(open.tasks[0].1.id, s.task.id);
+    let open: Vec<_> = open.tasks().collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].1.id, s.task.id);
 
     let agents = svc.list_workspace_agents(&bot, None, &[]).await.unwrap();
     let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();

@@ -362,12 +362,23 @@ async fn no_stale_work(via: Via) {
         vec![(task.clone(), "todo".to_owned())],
         "assignment: the next read missed it"
     );
+    // A filtered read of the same snapshot is its own answer, not the unfiltered one's.
+    let count = |v: Value| v["tasks"].as_array().map(Vec::len);
+    let filtered = |status: &str| ok(&client, "agent_my_assignments", json!({ "status": status }));
+    assert_eq!(count(filtered("todo").await), Some(1));
+    assert_eq!(count(filtered("in_progress").await), Some(0));
     changer.set_task_status(&task, "in_progress").await;
     assert_eq!(
         my_tasks(&client).await,
         vec![(task.clone(), "in_progress".to_owned())],
         "task status: the next read served the old status"
     );
+    assert_eq!(
+        count(filtered("todo").await),
+        Some(0),
+        "a filtered read served the old status"
+    );
+    assert_eq!(count(filtered("in_progress").await), Some(1));
     changer.unassign(&assignment).await;
     assert_eq!(
         my_tasks(&client).await,
