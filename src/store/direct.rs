@@ -178,14 +178,26 @@ impl DirectWriter {
         let written = append(&conn, entries, touches);
         // Kept only after a clean commit: after a failure its state is unknown.
         if written.is_ok() {
-            let n = self.commits.fetch_add(1, Ordering::Relaxed);
-            if n % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1 && !self.ask_for_checkpoint() {
+            if !self.committed() {
                 // No checkpoint thread: SQLite checkpoints as it commits.
                 let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
             }
             *slot = Some(conn);
         }
         written
+    }
+
+    /// Counts a commit to the file, by this writer or the pool's writer connection (which the
+    /// store sets up without automatic checkpoints too), and asks for a checkpoint every
+    /// [`CHECKPOINT_EVERY`]. `false` if there is no checkpoint thread.
+    pub(super) fn committed(&self) -> bool {
+        let n = self.commits.fetch_add(1, Ordering::Relaxed);
+        n % CHECKPOINT_EVERY != CHECKPOINT_EVERY - 1 || self.ask_for_checkpoint()
+    }
+
+    /// Whether a checkpoint thread runs, so a connection may leave checkpoints to it.
+    pub(super) fn checkpoints_apart(&self) -> bool {
+        self.checkpoints.is_some()
     }
 }
 

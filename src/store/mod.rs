@@ -49,6 +49,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions,
     TransactionTrait,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -126,6 +127,9 @@ pub struct Shared {
     direct: Arc<std::sync::OnceLock<direct::DirectReader>>,
     /// SQLite file only: the audit writer's appends in one hand-off (see `direct`).
     direct_writer: Arc<std::sync::OnceLock<Arc<direct::DirectWriter>>>,
+    /// Set once the direct writer's checkpoint thread runs: the writer connection then leaves
+    /// checkpoints to it.
+    checkpoints_apart: Arc<AtomicBool>,
     /// Reads of the generations shared by concurrent requests (where `direct` cannot serve).
     shared_reads: Arc<auth_cache::SharedReads>,
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
@@ -216,7 +220,14 @@ where
 
 /// How the store connects to `url`: SQLite's pragmas and pool sizes, PostgreSQL's pool.
 /// `connections` overrides the pool's size (SQLite's writer connection is a pool of one).
-fn connect_options(url: &str, create: Create, connections: Option<u32>) -> ConnectOptions {
+/// `checkpoints_apart`, for SQLite's writer connection: once set, each connection it opens leaves
+/// WAL checkpoints to the direct writer's thread (see `direct`).
+fn connect_options(
+    url: &str,
+    create: Create,
+    connections: Option<u32>,
+    checkpoints_apart: Option<Arc<AtomicBool>>,
+) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
         .connect_timeout(Duration::from_secs(5))
@@ -241,7 +252,23 @@ fn connect_options(url: &str, create: Create, connections: Option<u32>) -> Conne
                     // than the preads they save (measured: 9% of the server's CPU).
                     .create_if_missing(create == Create::IfMissing)
             })
-            .map_sqlx_sqlite_pool_opts(hygiene::guard_sqlite);
+            .map_sqlx_sqlite_pool_opts(move |o| {
+                let o = hygiene::guard_sqlite(o);
+                let Some(apart) = checkpoints_apart.clone() else {
+                    return o;
+                };
+                o.after_connect(move |conn, _meta| {
+                    let apart = apart.load(Ordering::Relaxed);
+                    Box::pin(async move {
+                        if apart {
+                            sea_orm::sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                                .execute(conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                })
+            });
     } else {
         opts.max_connections(connections.unwrap_or(16))
             .min_connections(1)
@@ -262,15 +289,21 @@ impl Store {
     /// refused PostgreSQL port) are diagnosed first, in one line (see [`preflight`]).
     pub async fn connect_with(url: &str, create: Create) -> StoreResult<Store> {
         preflight::check(url, create).await?;
-        let db = Database::connect(connect_options(url, create, None))
+        let db = Database::connect(connect_options(url, create, None, None))
             .await
             .map_err(|e| preflight::diagnose_connect(url, &e))?;
+        let checkpoints_apart = Arc::new(AtomicBool::new(false));
         // An in-memory database is one connection already; PostgreSQL has no single writer.
         let writer = if url.starts_with("sqlite:") && !url.contains(":memory:") {
             Some(
-                Database::connect(connect_options(url, create, Some(1)))
-                    .await
-                    .map_err(|e| preflight::diagnose_connect(url, &e))?,
+                Database::connect(connect_options(
+                    url,
+                    create,
+                    Some(1),
+                    Some(checkpoints_apart.clone()),
+                ))
+                .await
+                .map_err(|e| preflight::diagnose_connect(url, &e))?,
             )
         } else {
             None
@@ -284,6 +317,7 @@ impl Store {
             sealer: Arc::default(),
             direct: Arc::default(),
             direct_writer: Arc::default(),
+            checkpoints_apart,
             writers: Arc::default(),
             shared_reads: Arc::default(),
             writer,
@@ -309,9 +343,18 @@ impl Store {
             && let Some(reader) = direct::DirectReader::open(file.clone().into())
         {
             let _ = self.direct.set(reader);
-            let _ = self
-                .direct_writer
-                .set(Arc::new(direct::DirectWriter::new(file.into())));
+            let writer = Arc::new(direct::DirectWriter::new(file.into()));
+            // The pool's writer connection leaves checkpoints to the direct writer's thread as
+            // well: the one open now, and any it opens later (`connect_options`).
+            if writer.checkpoints_apart() {
+                self.checkpoints_apart.store(true, Ordering::Relaxed);
+                if let Some(pool) = &self.writer {
+                    let _ = pool
+                        .execute_unprepared("PRAGMA wal_autocheckpoint = 0")
+                        .await;
+                }
+            }
+            let _ = self.direct_writer.set(writer);
         }
     }
 
@@ -518,6 +561,7 @@ impl Store {
         Tx {
             tx,
             _writing: None,
+            checkpoints: None,
             pending_activity: Mutex::default(),
             pending_events: Mutex::default(),
             events_committed: self.events_committed.clone(),
@@ -560,6 +604,9 @@ impl Store {
         };
         let (tx, turn) = begin.instrument(span).await?;
         let mut tx = self.tx(tx);
+        if turn.is_some() {
+            tx.checkpoints = self.direct_writer.get().cloned();
+        }
         tx._writing = turn;
         Ok(tx)
     }
@@ -616,6 +663,8 @@ pub struct Tx {
     /// A SQLite writer's turn (see `Store::writers`); declared after `tx`, so it is released
     /// only once the transaction has committed or been dropped.
     _writing: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// A SQLite file's checkpoints, which this writer's commit counts toward (`direct`).
+    checkpoints: Option<Arc<direct::DirectWriter>>,
     /// Activity written by this transaction, chained and inserted at commit (see `chain`).
     pending_activity: Mutex<Vec<ActivityEntry>>,
     /// Events written by this transaction, inserted at commit (see `outbox`).
@@ -661,6 +710,9 @@ impl Tx {
             self.flush_activity().await?;
             let wrote_events = self.flush_events().await?;
             self.tx.commit().await?;
+            if let Some(checkpoints) = &self.checkpoints {
+                checkpoints.committed();
+            }
             if wrote_events {
                 self.events_committed.notify_waiters();
             }

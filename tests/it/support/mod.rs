@@ -259,6 +259,20 @@ pub async fn set(svc: &Service, admin: &MemberCaller, changes: &[(&str, &str)]) 
         .expect("update settings")
 }
 
+/// Lifts the workspace's per-agent rate limit, for tests that make many calls from one agent and
+/// test something else (the limit itself is tested in `attack_tokens`).
+pub async fn lift_rate_limits(svc: &Service, admin: &MemberCaller) {
+    set(
+        svc,
+        admin,
+        &[
+            ("rate_limit_per_minute", "100000"),
+            ("rate_limit_burst", "10000"),
+        ],
+    )
+    .await;
+}
+
 /// Asserts `result` was refused with error code `code` (see `ServiceError::code`) and a message
 /// containing `needle`; returns the error for further checks.
 #[track_caller]
