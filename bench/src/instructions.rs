@@ -91,7 +91,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
         &["--database-url", db, "serve", "--listen", "127.0.0.1:0"],
     )
     .await?;
-    let token = super::access_token(&parallax.url, key).await?;
+    let token = super::access_token(&parallax.server.url, key).await?;
     let read = Call::tool("agent_my_assignments", json!({}));
     let plan: Vec<(&'static str, Era, Call, &str)> = vec![
         (
@@ -181,8 +181,14 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
     Ok(())
 }
 
+/// A server running under callgrind, and where it writes its dumps.
+struct Profiled {
+    server: Server,
+    dir: PathBuf,
+}
+
 /// `bin args` under callgrind with instrumentation off; its log and dumps go to `dir`.
-async fn under_callgrind(dir: &Path, name: &str, bin: &Path, args: &[&str]) -> Result<Server> {
+async fn under_callgrind(dir: &Path, name: &str, bin: &Path, args: &[&str]) -> Result<Profiled> {
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
         .arg("--instr-atstart=no")
@@ -201,14 +207,15 @@ async fn under_callgrind(dir: &Path, name: &str, bin: &Path, args: &[&str]) -> R
         .env("PARALLAX_MAX_SESSIONS_PER_AGENT", "100000")
         .env("PARALLAX_MAX_CONNECTIONS_PER_ADDRESS", "100000");
     // Valgrind translates the binary as it first runs it: starting takes a while.
-    let mut server = Server::start_within(cmd, Duration::from_secs(180)).await?;
-    server.dump_dir = Some(dir.to_owned());
-    Ok(server)
+    Ok(Profiled {
+        server: Server::start_within(cmd, Duration::from_secs(180)).await?,
+        dir: dir.to_owned(),
+    })
 }
 
 /// One row: warm up, count `counted` calls per session, dump, and read the dump's total.
 async fn count(
-    server: &Server,
+    profiled: &Profiled,
     label: &'static str,
     bearer: Option<&str>,
     era: Era,
@@ -217,6 +224,7 @@ async fn count(
     counted: usize,
 ) -> Result<Counted> {
     eprintln!("  counting {label}");
+    let (server, dir) = (&profiled.server, profiled.dir.as_path());
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         let mut c = HttpClient::new(&server.url, bearer)?;
@@ -241,10 +249,6 @@ async fn count(
             })
             .collect())
     };
-    let dir = server
-        .dump_dir
-        .as_deref()
-        .ok_or("not started under callgrind")?;
     let before = dumps(dir)?;
     control(&["-d", &pid]).await?;
     let dump = dumps(dir)?

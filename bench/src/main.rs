@@ -313,8 +313,6 @@ fn form_encode(v: &str) -> String {
 struct Server {
     child: Child,
     url: String,
-    /// Where callgrind writes this server's dumps, when it runs under callgrind.
-    dump_dir: Option<PathBuf>,
 }
 
 impl Server {
@@ -345,11 +343,7 @@ impl Server {
         .await
         .map_err(|_| "server did not report its address in time")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Server {
-            child,
-            url,
-            dump_dir: None,
-        })
+        Ok(Server { child, url })
     }
 
     fn pid(&self) -> u32 {

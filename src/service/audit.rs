@@ -163,9 +163,10 @@ impl AuditWriter {
 const JOIN_TURNS: usize = 4;
 
 /// Much of a commit's cost does not grow with its size (BEGIN and COMMIT, the chain head, the WAL
-/// pages an index's last leaf costs whether one entry or ten land in it), so before committing, the writer steps aside for the calls that are already running (a yield puts
-/// it behind every task ready to run) and takes what they submitted meanwhile; it commits once a
-/// turn brings nothing, or after [`JOIN_TURNS`]. Alone, a call waits for one yield, not a timer.
+/// pages an index's last leaf costs whether one entry or ten land in it), so before committing,
+/// the writer steps aside for the calls that are already running (a yield puts it behind every
+/// task ready to run) and takes what they submitted meanwhile; it commits once a turn brings
+/// nothing, or after [`JOIN_TURNS`]. Alone, a call waits for one yield, not a timer.
 async fn join_running(rx: &mut mpsc::Receiver<Submission>, batch: &mut Vec<Submission>) {
     for _ in 0..JOIN_TURNS {
         tokio::task::yield_now().await;

@@ -149,7 +149,8 @@ impl DirectWriter {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // Checkpoints run on their own thread (see above), while it runs.
+        // Checkpoints run on their own thread (see above) while it runs; asking is how a dead
+        // thread shows, and a passive checkpoint as a connection opens costs next to nothing.
         if self.ask_for_checkpoint() {
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         }
@@ -189,7 +190,7 @@ impl DirectWriter {
 
     /// Counts a commit to the file, by this writer or the pool's writer connection (which the
     /// store sets up without automatic checkpoints too), and asks for a checkpoint every
-    /// [`CHECKPOINT_EVERY`]. `false` if there is no checkpoint thread.
+    /// [`CHECKPOINT_EVERY`]. `false` when it asked and found no checkpoint thread.
     pub(super) fn committed(&self) -> bool {
         let n = self.commits.fetch_add(1, Ordering::Relaxed);
         n % CHECKPOINT_EVERY != CHECKPOINT_EVERY - 1 || self.ask_for_checkpoint()
