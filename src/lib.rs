@@ -30,7 +30,9 @@
 //!   `store::console` keeps the console's login links and sessions (hashes of their secrets only).
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
-//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]). A console
+//!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]); a token that
+//!   passed is remembered by its hash (`auth::tokens`), its expiry and key re-checked on every
+//!   use, so the signature is not checked again on every request. A console
 //!   session's cookie is a credential too ([`auth::session`]): its member is re-read per request.
 //!   Console sign-in with OpenID Connect ([`auth::oidc`]: code flow with PKCE and nonce, over
 //!   our hyper client) turns a provider's ID token into a workspace member; pending sign-ins are

@@ -1,8 +1,13 @@
 //! The baseline server: rmcp 3.11 with one tool, `echo`, that returns its arguments. No
 //! authentication, no store: what an MCP call costs before any gate.
 //!
-//!     bare-echo http 127.0.0.1:0     # prints "listening on http://ADDR/mcp"
+//!     bare-echo http 127.0.0.1:0 [ANSWER]   # prints "listening on http://ADDR/mcp"
 //!     bare-echo stdio
+//!
+//! With `ANSWER` (a file holding a JSON object, read at the first call), a second tool, `answer`,
+//! returns that object as its structured content, as a server keeping a tool's answer in memory
+//! would: what the same payload costs with no gate (`parallax-bench` compares the read tool with
+//! it).
 
 use axum::serve::ListenerExt;
 use rmcp::model::{
@@ -17,7 +22,28 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 #[derive(Clone)]
-struct Echo;
+struct Echo {
+    answer: Option<Arc<Answer>>,
+}
+
+/// The `answer` tool's reply: the file's object, read once.
+struct Answer {
+    path: std::path::PathBuf,
+    value: std::sync::OnceLock<Result<Value, String>>,
+}
+
+impl Answer {
+    fn get(&self) -> Result<&Value, ErrorData> {
+        let read = || -> Result<Value, String> {
+            let text = std::fs::read_to_string(&self.path).map_err(|e| e.to_string())?;
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        self.value
+            .get_or_init(read)
+            .as_ref()
+            .map_err(|e| ErrorData::internal_error(format!("answer file: {e}"), None))
+    }
+}
 
 fn echo_tool() -> Tool {
     let schema: Map<String, Value> = match json!({ "type": "object", "additionalProperties": true })
@@ -28,6 +54,18 @@ fn echo_tool() -> Tool {
     Tool::new("echo", "Returns its arguments", Arc::new(schema))
 }
 
+fn answer_tool() -> Tool {
+    let schema: Map<String, Value> = match json!({ "type": "object" }) {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    };
+    Tool::new(
+        "answer",
+        "Returns the answer it was started with",
+        Arc::new(schema),
+    )
+}
+
 impl ServerHandler for Echo {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
@@ -35,7 +73,11 @@ impl ServerHandler for Echo {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        (name == "echo").then(echo_tool)
+        match name {
+            "echo" => Some(echo_tool()),
+            "answer" if self.answer.is_some() => Some(answer_tool()),
+            _ => None,
+        }
     }
 
     async fn list_tools(
@@ -43,7 +85,11 @@ impl ServerHandler for Echo {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(vec![echo_tool()]))
+        let mut tools = vec![echo_tool()];
+        if self.answer.is_some() {
+            tools.push(answer_tool());
+        }
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -51,6 +97,9 @@ impl ServerHandler for Echo {
         request: CallToolRequestParams,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if let ("answer", Some(answer)) = (request.name.as_ref(), &self.answer) {
+            return Ok(CallToolResult::structured(answer.get()?.clone()).into());
+        }
         let args = Value::Object(request.arguments.unwrap_or_default());
         Ok(CallToolResult::structured(args).into())
     }
@@ -61,16 +110,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("stdio") => {
-            let running = Echo
+            let running = Echo { answer: None }
                 .serve((tokio::io::stdin(), tokio::io::stdout()))
                 .await?;
             running.waiting().await?;
         }
         Some("http") => {
             let addr = args.get(1).map(String::as_str).unwrap_or("127.0.0.1:0");
+            let answer = args.get(2).map(|path| {
+                Arc::new(Answer {
+                    path: path.into(),
+                    value: std::sync::OnceLock::new(),
+                })
+            });
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let service = StreamableHttpService::new(
-                || Ok(Echo),
+                move || {
+                    Ok(Echo {
+                        answer: answer.clone(),
+                    })
+                },
                 Arc::new(LocalSessionManager::default()),
                 StreamableHttpServerConfig::default(),
             );
@@ -82,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             axum::serve(listener, app).await?;
         }
-        _ => return Err("usage: bare-echo http [ADDR] | bare-echo stdio".into()),
+        _ => return Err("usage: bare-echo http [ADDR [ANSWER]] | bare-echo stdio".into()),
     }
     Ok(())
 }

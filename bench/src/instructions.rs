@@ -8,9 +8,10 @@
 //! the server process is counted: not the load generator, not PostgreSQL.
 //!
 //! The dumps are kept (the path is printed), so `callgrind_annotate --inclusive=yes FILE` shows
-//! where a row's instructions went. SQLite only (`--postgres` is not counted here).
+//! where a row's instructions went. SQLite only (`--postgres` is not counted here). Bare is
+//! counted serving the read tool's answer too, and the read's ratio to that row is printed.
 
-use super::{Call, Cli, Era, HttpClient, Opts, Result, Server};
+use super::{Call, Cli, Era, HttpClient, Opts, READ, Result, SAME_ANSWER, Server};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,32 +46,6 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
         .tempdir()?
         .keep();
 
-    let bare = under_callgrind(&dir, "bare", bare_bin, &["http", "127.0.0.1:0"]).await?;
-    let echo = Call::tool("echo", json!({ "status": "idle" }));
-    let mut rows = vec![
-        count(
-            &bare,
-            "bare rmcp echo",
-            None,
-            Era::Session,
-            &echo,
-            warm,
-            counted,
-        )
-        .await?,
-        count(
-            &bare,
-            "bare rmcp echo, 2026-07-28 stateless",
-            None,
-            Era::Stateless,
-            &echo,
-            warm,
-            counted,
-        )
-        .await?,
-    ];
-    drop(bare);
-
     // Checkpoints re-read and verify each entry once, in the background, whenever their timer
     // finds one due: a count that would depend on where the timer fell. Off here; the timed
     // table includes them.
@@ -93,6 +68,54 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
     .await?;
     let token = super::access_token(&parallax.server.url, key).await?;
     let read = Call::tool("agent_my_assignments", json!({}));
+
+    // The read tool's answer, for bare to serve from memory: the same payload with no gate.
+    let answer_file = dir.join("answer.json");
+    std::fs::write(
+        &answer_file,
+        super::read_answer(&parallax.server.url, key)
+            .await?
+            .to_string(),
+    )?;
+    let answer_arg = answer_file.to_str().ok_or("temporary path is not UTF-8")?;
+
+    let bare =
+        under_callgrind(&dir, "bare", bare_bin, &["http", "127.0.0.1:0", answer_arg]).await?;
+    let echo = Call::tool("echo", json!({ "status": "idle" }));
+    let mut rows = vec![
+        count(
+            &bare,
+            "bare rmcp echo",
+            None,
+            Era::Session,
+            &echo,
+            warm,
+            counted,
+        )
+        .await?,
+        count(
+            &bare,
+            "bare rmcp echo, 2026-07-28 stateless",
+            None,
+            Era::Stateless,
+            &echo,
+            warm,
+            counted,
+        )
+        .await?,
+        count(
+            &bare,
+            SAME_ANSWER,
+            None,
+            Era::Session,
+            &Call::tool("answer", json!({})),
+            warm,
+            counted,
+        )
+        .await?,
+    ];
+    drop(bare);
+
     let plan: Vec<(&'static str, Era, Call, &str)> = vec![
         (
             "ping (authenticate only)",
@@ -112,12 +135,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
             Call::tool("agent_my_assignments", json!({ "status": "blocked" })),
             key,
         ),
-        (
-            "agent_my_assignments, API key",
-            Era::Session,
-            read.clone(),
-            key,
-        ),
+        (READ, Era::Session, read.clone(), key),
         ("same, JWT access token", Era::Session, read.clone(), &token),
         (
             "same, 2026-07-28 stateless",
@@ -167,6 +185,13 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
             r.label,
             r.per_call / 1000.0,
             r.per_call / bare
+        );
+    }
+    let per_call = |label: &str| rows.iter().find(|r| r.label == label).map(|r| r.per_call);
+    if let (Some(read), Some(same)) = (per_call(READ), per_call(SAME_ANSWER)) {
+        println!(
+            "\n{READ}: {:.2}× the instructions of a bare rmcp call returning the same answer",
+            read / same
         );
     }
     if o.smoke {

@@ -9,6 +9,8 @@
 //! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
 //! measures the bare baselines and then every parallax row, so the machine's noise hits both.
 //! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
+//! Bare also serves the read tool's answer from memory (its `answer` tool), and the read is set
+//! beside that row too: what the gate adds to the same payload.
 //! Before the load, the memory an open session holds: RSS growth over 200 sessions just opened and
 //! after 3 idle seconds (`BENCH_MEM_DEBUG=1` prints each step, `=full` adds a second batch and a
 //! wake-up of the first).
@@ -535,7 +537,8 @@ impl HttpClient {
     }
 
     /// One request; the answer must be a JSON-RPC result without `isError`.
-    async fn call(&mut self, call: &Call, era: Era) -> Result<()> {
+    /// Makes the call and returns its JSON-RPC `result`.
+    async fn call(&mut self, call: &Call, era: Era) -> Result<Value> {
         self.next_id += 1;
         let body = call.body(self.next_id, era);
         let mut req = self.request(&body);
@@ -560,12 +563,12 @@ impl HttpClient {
             .map(str::trim)
             .find(|d| d.contains("\"result\"") || d.contains("\"error\""))
             .unwrap_or(text.trim());
-        let v: Value = serde_json::from_str(msg)
+        let mut v: Value = serde_json::from_str(msg)
             .map_err(|_| format!("HTTP {status}: not a JSON-RPC answer: {text:.200}"))?;
         if v.get("error").is_some() || v["result"]["isError"] == true {
             return Err(format!("{} failed: {msg:.300}", call.method).into());
         }
-        Ok(())
+        Ok(v["result"].take())
     }
 }
 
@@ -631,7 +634,7 @@ async fn http_load(
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 match cl.call(&call, era).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         s.calls += 1;
                         s.latencies_us.push(t.elapsed().as_micros() as u64);
                     }
@@ -861,6 +864,27 @@ async fn access_token(mcp_url: &str, key: &str) -> Result<String> {
 
 // ---- the run ----
 
+/// The bare row serving the read tool's answer, and the read row compared with it.
+const SAME_ANSWER: &str = "bare rmcp, the read tool's answer from memory";
+const READ: &str = "agent_my_assignments, API key";
+
+/// The median over repetitions of `f(ours) / f(base)`, each rep against its own baseline.
+fn rep_ratio(ours: &[Sample], base: &[Sample], f: &dyn Fn(&Sample) -> f64) -> f64 {
+    median(ours.iter().zip(base).map(|(o, b)| f(o) / f(b)).collect())
+}
+
+/// The read tool's structured content, as `key`'s agent gets it.
+async fn read_answer(url: &str, key: &str) -> Result<Value> {
+    let mut client = HttpClient::new(url, Some(key))?;
+    client.open_session().await?;
+    let read = Call::tool("agent_my_assignments", json!({}));
+    let answer = client.call(&read, Era::Session).await?["structuredContent"].take();
+    if !answer.is_object() {
+        return Err("agent_my_assignments returned no structured content".into());
+    }
+    Ok(answer)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Baseline {
     Http(usize),
@@ -925,15 +949,21 @@ async fn main() -> Result<()> {
             .env("PARALLAX_MAX_SESSIONS", "100000");
         cmd
     };
-    let mut bare_cmd = Command::new(&bare_bin);
-    bare_cmd.args(["http", "127.0.0.1:0"]);
-    let bare = Server::start(bare_cmd).await?;
     let parallax = Server::start(serve(&sqlite)).await?;
     // Anonymous apart: most of a fresh server's RSS is its own code, file-backed pages whose count
     // depends on what the page cache holds of the binary (a freshly copied binary maps more).
+    let parallax_rss = [rss_kb(parallax.pid()), anon_kb(parallax.pid())];
+    let read = Call::tool("agent_my_assignments", json!({}));
+    // Bare serves the read tool's answer too (its `answer` tool), from memory and without a gate:
+    // what the same payload costs in rmcp alone. The file is written after the session memory is
+    // measured (a read before it doubled the idle figure); bare reads it at the first call.
+    let answer_file = dir.path().join("answer.json");
+    let mut bare_cmd = Command::new(&bare_bin);
+    bare_cmd.args(["http", "127.0.0.1:0"]).arg(&answer_file);
+    let bare = Server::start(bare_cmd).await?;
     let idle_rss = [
-        rss_kb(parallax.pid()),
-        anon_kb(parallax.pid()),
+        parallax_rss[0],
+        parallax_rss[1],
         rss_kb(bare.pid()),
         anon_kb(bare.pid()),
     ]
@@ -970,7 +1000,6 @@ async fn main() -> Result<()> {
     // An access token for the JWT row.
     let token = access_token(&parallax.url, &key).await?;
 
-    let read = Call::tool("agent_my_assignments", json!({}));
     let write = Call::tool(
         "agent_log_activity",
         json!({ "type": "note", "description": "bench" }),
@@ -1038,15 +1067,21 @@ async fn main() -> Result<()> {
         &key,
         target.server,
     ));
-    for c in o.c(&[16, 64, 256]) {
-        jobs.push(http_row(
-            "agent_my_assignments, API key",
+    for c in o.c(&[16, 64]) {
+        let (url, pid, call) = (
+            bare.url.clone(),
+            bare.pid(),
+            Call::tool("answer", json!({})),
+        );
+        jobs.push((
+            SAME_ANSWER.to_owned(),
             c,
-            Era::Session,
-            &read,
-            &key,
-            target.server,
+            Baseline::Http(c),
+            Box::new(move || Measure::Http(url.clone(), None, Era::Session, call.clone(), pid)),
         ));
+    }
+    for c in o.c(&[16, 64, 256]) {
+        jobs.push(http_row(READ, c, Era::Session, &read, &key, target.server));
     }
     for c in o.c(&[16, 64]) {
         jobs.push(http_row(
@@ -1139,6 +1174,10 @@ async fn main() -> Result<()> {
     let n = if o.smoke { 5 } else { 200 };
     let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
     let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
+    std::fs::write(
+        &answer_file,
+        read_answer(&parallax.url, &key).await?.to_string(),
+    )?;
     let mut bare_rows: HashMap<Baseline, Vec<Sample>> = HashMap::new();
     let mut failures = Vec::new();
     for rep in 0..o.reps {
@@ -1241,15 +1280,7 @@ async fn main() -> Result<()> {
         );
     }
     for row in &rows {
-        let ratio = |f: &dyn Fn(&Sample) -> f64| {
-            median(
-                row.samples
-                    .iter()
-                    .zip(&row.bare)
-                    .map(|(s, b)| f(s) / f(b))
-                    .collect(),
-            )
-        };
+        let ratio = |f: &dyn Fn(&Sample) -> f64| rep_ratio(&row.samples, &row.bare, f);
         println!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |",
             row.label,
@@ -1260,6 +1291,21 @@ async fn main() -> Result<()> {
             median(row.samples.iter().map(|s| s.pct(0.99)).collect()),
             ratio(&|s: &Sample| s.pct(0.99)),
             median(row.samples.iter().map(Sample::cpu_per_call_us).collect()),
+            ratio(&Sample::cpu_per_call_us),
+        );
+    }
+    // The read beside bare serving the same answer, rep by rep.
+    for c in o.c(&[16, 64]) {
+        let find = |label: &str| rows.iter().find(|r| r.label == label && r.c == c);
+        let (Some(read), Some(same)) = (find(READ), find(SAME_ANSWER)) else {
+            continue;
+        };
+        let ratio = |f: &dyn Fn(&Sample) -> f64| rep_ratio(&read.samples, &same.samples, f);
+        println!(
+            "\n{READ}, c = {c}, against bare rmcp returning the same answer: {:.2}× its calls/s, \
+             p99 {:.1}×, CPU per call {:.1}×",
+            ratio(&Sample::per_sec),
+            ratio(&|s: &Sample| s.pct(0.99)),
             ratio(&Sample::cpu_per_call_us),
         );
     }

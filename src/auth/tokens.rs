@@ -39,6 +39,8 @@ const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How many times start-up or rotation retries after losing a race to another replica.
 const RACE_RETRIES: usize = 5;
+/// Verified tokens remembered at most; the memo is emptied when it is full.
+const VERIFIED_MAX: usize = 4096;
 
 /// Why a token was refused. The reason never contains the token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -146,6 +148,60 @@ struct Inner {
     keys: RwLock<Arc<KeySet>>,
     /// When the keys were last reloaded for an unknown `kid`; also makes reloads single-flight.
     reloaded: tokio::sync::Mutex<Option<Instant>>,
+    verified: Verified,
+}
+
+/// Tokens that passed verification, by a hash of the type and audience asked for and the token.
+/// Verifying the same token again would give the same claims: what is signed cannot change, and
+/// a key id names one secret (it is derived from it). What can change is checked on every use:
+/// the clock against `exp` and `nbf`, and whether the key is still one we verify with. A token
+/// that fails either is verified afresh, which refuses it with the reason. Refusals are never
+/// remembered. Signature checks cost more than the rest of a request's authentication.
+#[derive(Default)]
+struct Verified {
+    by_hash: std::sync::Mutex<HashMap<[u8; 32], VerifiedToken>>,
+}
+
+struct VerifiedToken {
+    kid: Arc<str>,
+    claims: Arc<Claims>,
+}
+
+impl Verified {
+    fn hash(token: &str, typ: &str, aud: &str) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("parallax-mcp verified token v1");
+        for part in [typ, aud, token] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The claims of a token verified before, if its key is in `keys` and `now` is inside its
+    /// validity (with the leeway, as jsonwebtoken checks it).
+    fn get(&self, hash: &[u8; 32], keys: &KeySet, now: i64) -> Option<Arc<Claims>> {
+        let map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = map.get(hash)?;
+        let leeway = LEEWAY_SECS as i64;
+        let current = hit.claims.exp >= now - leeway
+            && hit.claims.nbf <= now + leeway
+            && keys.by_kid.contains_key(&*hit.kid);
+        current.then(|| hit.claims.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], kid: &str, claims: Arc<Claims>) {
+        let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_MAX {
+            map.clear();
+        }
+        map.insert(
+            hash,
+            VerifiedToken {
+                kid: kid.into(),
+                claims,
+            },
+        );
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -237,6 +293,7 @@ impl Tokens {
                 fixed,
                 keys: RwLock::new(Arc::new(keys)),
                 reloaded: tokio::sync::Mutex::new(None),
+                verified: Verified::default(),
             }),
         })
     }
@@ -354,10 +411,10 @@ impl Tokens {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
-        let Some(email) = claims.email else {
+        let Some(email) = &claims.email else {
             return refusal("member token without an email");
         };
-        let view = self.inner.store.member_view(&claims.ws, &email).await?;
+        let view = self.inner.store.member_view(&claims.ws, email).await?;
         let Some(workspace) = view.workspace.clone() else {
             return refusal("the token's workspace no longer exists");
         };
@@ -417,14 +474,14 @@ impl Tokens {
             Ok(c) => c,
             Err(r) => return refuse(r.reason),
         };
-        let (Some(cid), Some(scope)) = (claims.cid, claims.scope) else {
+        let (Some(cid), Some(scope)) = (&claims.cid, &claims.scope) else {
             return refuse("access token without a credential or scope".into());
         };
         let Ok(scope) = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>())
         else {
             return refuse("access token with an unknown scope".into());
         };
-        let (view, seen) = self.inner.store.credential_view_by_id(&cid).await?;
+        let (view, seen) = self.inner.store.credential_view_by_id(cid).await?;
         let Some(view) = view.filter(|v| {
             v.credential.workspace_id == claims.ws && v.credential.agent_id == claims.sub
         }) else {
@@ -436,16 +493,41 @@ impl Tokens {
         Ok(check_credential(&view, seen, Some(scope)))
     }
 
-    /// Signature, algorithm, type, key and claims. Never panics on any input.
+    /// Signature, algorithm, type, key and claims, or what an earlier verification of the same
+    /// token found (see [`Verified`]). Never panics on any input.
     async fn verify(
         &self,
         token: &str,
         typ: &str,
         aud: &str,
-    ) -> ServiceResult<Result<Claims, TokenRefusal>> {
+    ) -> ServiceResult<Result<Arc<Claims>, TokenRefusal>> {
         if token.len() > MAX_TOKEN_LEN {
             return refusal("token too long");
         }
+        let hash = Verified::hash(token, typ, aud);
+        let verified = &self.inner.verified;
+        if let Some(claims) = verified.get(&hash, &self.keys(), Utc::now().timestamp()) {
+            return Ok(Ok(claims));
+        }
+        let claims = match self.verify_signed(token, typ, aud).await? {
+            Ok((kid, claims)) => {
+                let claims = Arc::new(claims);
+                verified.put(hash, &kid, claims.clone());
+                claims
+            }
+            Err(r) => return Ok(Err(r)),
+        };
+        Ok(Ok(claims))
+    }
+
+    /// The full check: the signature under the key the token names, and every claim. Returns
+    /// the key id with the claims.
+    async fn verify_signed(
+        &self,
+        token: &str,
+        typ: &str,
+        aud: &str,
+    ) -> ServiceResult<Result<(String, Claims), TokenRefusal>> {
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return refusal("malformed token");
         };
@@ -474,7 +556,7 @@ impl Tokens {
         v.set_issuer(&[&self.inner.issuer]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         match jsonwebtoken::decode::<Claims>(token, &key.dec, &v) {
-            Ok(data) => Ok(Ok(data.claims)),
+            Ok(data) => Ok(Ok((kid, data.claims))),
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind as K;
                 refusal(match e.kind() {

@@ -335,6 +335,14 @@ fn assert_invalid_token(res: &reqwest::Response, what: &str) {
     );
 }
 
+/// A 401 `invalid_token` whose JSON-RPC error message gives `reason`.
+async fn assert_refused_for(res: reqwest::Response, what: &str, reason: &str) {
+    assert_invalid_token(&res, what);
+    let body: Value = res.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(reason), "{what}: {body}");
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -718,6 +726,72 @@ async fn rotating_the_signing_key_keeps_issued_tokens_valid() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(&"s".repeat(40)));
+}
+
+/// A token that passed is remembered, so its signature is not checked on every request; the
+/// clock still is: the same token is refused once it is past its expiry and the leeway.
+#[tokio::test]
+async fn a_token_that_passed_is_refused_once_it_expires() {
+    let f = fixture().await;
+    let mut claims = f.claims();
+    // Valid for about three more seconds, counting the 30 s leeway.
+    claims["exp"] = json!(now() - 27);
+    let token = f.sign_hs256(&claims);
+    assert_eq!(f.mcp(&token).await.status(), 200);
+    assert_eq!(f.mcp(&token).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_refused_for(
+        f.mcp(&token).await,
+        "expired after passing",
+        "token expired",
+    )
+    .await;
+}
+
+/// A remembered token is served only while its key is one the server verifies with: once the
+/// key is gone from the store and the server has reloaded its keys, the token is refused.
+#[tokio::test]
+async fn a_token_that_passed_is_refused_once_its_key_is_gone() {
+    let f = fixture().await;
+    let old = f.access_token(None).await;
+    assert_eq!(f.mcp(&old).await.status(), 200);
+    let out = tokio::process::Command::new(BIN)
+        .args(["--database-url", &f.w.db.url, "signing-key", "rotate"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let conn = sea_orm::Database::connect(&f.w.db.url).await.unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &conn,
+        &format!("DELETE FROM signing_keys WHERE kid = '{}'", f.kid),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let tx = f.w.svc.store().read().await.unwrap();
+    let current = tx
+        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+        .await
+        .unwrap()
+        .remove(0);
+    drop(tx);
+    // A token under the new key makes the server reload its keys (unknown kid).
+    let fresh = Fixture {
+        secret: current.secret.clone(),
+        kid: current.kid.clone(),
+        ..f
+    };
+    assert_eq!(
+        fresh.mcp(&fresh.sign_hs256(&fresh.claims())).await.status(),
+        200
+    );
+    assert_refused_for(
+        fresh.mcp(&old).await,
+        "token of a removed key",
+        "unknown signing key",
+    )
+    .await;
 }
 
 #[tokio::test]
