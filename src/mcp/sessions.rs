@@ -412,17 +412,14 @@ async fn sweeper(shared: Weak<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Returns the heap's free pages to the system (glibc keeps freed memory mapped).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Returns free pages to the system: the binary's allocator is mimalloc (`main.rs`), which keeps
+/// freed memory for reuse until collected.
 fn release_free_memory() {
-    // SAFETY: malloc_trim only reads and updates the allocator's own state, under its locks.
+    // SAFETY: mi_collect only reads and updates the allocator's own state; any thread may call it.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
 
 impl SessionRegistry {
     pub fn new(limits: SessionLimits) -> Self {
