@@ -73,7 +73,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
     let answer_file = dir.join("answer.json");
     std::fs::write(
         &answer_file,
-        super::read_answer(&parallax.server.url, key)
+        super::read_answer(&parallax.server.url, key, &read)
             .await?
             .to_string(),
     )?;

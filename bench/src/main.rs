@@ -536,8 +536,7 @@ impl HttpClient {
         }
     }
 
-    /// One request; the answer must be a JSON-RPC result without `isError`.
-    /// Makes the call and returns its JSON-RPC `result`.
+    /// One request; the answer must be a JSON-RPC result without `isError`, and is returned.
     async fn call(&mut self, call: &Call, era: Era) -> Result<Value> {
         self.next_id += 1;
         let body = call.body(self.next_id, era);
@@ -873,12 +872,11 @@ fn rep_ratio(ours: &[Sample], base: &[Sample], f: &dyn Fn(&Sample) -> f64) -> f6
     median(ours.iter().zip(base).map(|(o, b)| f(o) / f(b)).collect())
 }
 
-/// The read tool's structured content, as `key`'s agent gets it.
-async fn read_answer(url: &str, key: &str) -> Result<Value> {
+/// The structured content of `read` (the read tool's call), as `key`'s agent gets it.
+async fn read_answer(url: &str, key: &str, read: &Call) -> Result<Value> {
     let mut client = HttpClient::new(url, Some(key))?;
     client.open_session().await?;
-    let read = Call::tool("agent_my_assignments", json!({}));
-    let answer = client.call(&read, Era::Session).await?["structuredContent"].take();
+    let answer = client.call(read, Era::Session).await?["structuredContent"].take();
     if !answer.is_object() {
         return Err("agent_my_assignments returned no structured content".into());
     }
@@ -1176,7 +1174,7 @@ async fn main() -> Result<()> {
     let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
     std::fs::write(
         &answer_file,
-        read_answer(&parallax.url, &key).await?.to_string(),
+        read_answer(&parallax.url, &key, &read).await?.to_string(),
     )?;
     let mut bare_rows: HashMap<Baseline, Vec<Sample>> = HashMap::new();
     let mut failures = Vec::new();

@@ -509,14 +509,12 @@ impl Tokens {
         if let Some(claims) = verified.get(&hash, &self.keys(), Utc::now().timestamp()) {
             return Ok(Ok(claims));
         }
-        let claims = match self.verify_signed(token, typ, aud).await? {
-            Ok((kid, claims)) => {
-                let claims = Arc::new(claims);
-                verified.put(hash, &kid, claims.clone());
-                claims
-            }
+        let (kid, claims) = match self.verify_signed(token, typ, aud).await? {
+            Ok(signed) => signed,
             Err(r) => return Ok(Err(r)),
         };
+        let claims = Arc::new(claims);
+        verified.put(hash, &kid, claims.clone());
         Ok(Ok(claims))
     }
 
