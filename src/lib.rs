@@ -16,7 +16,8 @@
 //!   `store::direct` uses to read the generations from a SQLite file on the calling thread, and
 //!   to commit the audit writer's batches of decision entries in one hand-off to a blocking
 //!   thread, rows identical to the pool's; the WAL checkpoints of both SQLite writers run on a
-//!   thread of their own, never inside a commit).
+//!   thread of their own, never inside a commit, and once the WAL is long that thread takes the
+//!   writers' turn briefly so the next commit starts it over).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
 //!   SQLite file, writers take turns in order on one dedicated connection, so its page cache
 //!   stays warm between the audit writer's commits. Also owns

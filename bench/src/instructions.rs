@@ -154,7 +154,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
         ),
     ];
     for (label, era, call, bearer) in &plan {
-        if o.only.as_deref().is_some_and(|t| !label.contains(t)) {
+        if !o.wants(label) {
             continue;
         }
         rows.push(count(&parallax, label, Some(bearer), *era, call, warm, counted).await?);

@@ -19,7 +19,8 @@
 //!
 //! Flags: `--reps N` (3), `--secs S` (10), `--agents N` (1000), `--tasks N` (10000),
 //! `--postgres URL` (also measure on a fresh database of that server), `--only TEXT` (rows whose
-//! label contains it; `--only sessions` matches no row: session memory alone), `--smoke`,
+//! label contains it, or one of its `|`-separated parts; `--only sessions` matches no row:
+//! session memory alone), `--smoke`,
 //! `--instructions` (instead of timing, count each row's instructions per call in the server
 //! under valgrind's callgrind: repeatable on a noisy machine; `instructions.rs`).
 
@@ -50,13 +51,20 @@ struct Opts {
     tasks: usize,
     postgres: Option<String>,
     smoke: bool,
-    /// Only rows whose label contains this.
+    /// Only rows whose label contains this, or one of its `|`-separated parts.
     only: Option<String>,
     /// Count instructions under callgrind instead of timing (`instructions.rs`).
     instructions: bool,
 }
 
 impl Opts {
+    /// Whether `--only` leaves the row labelled `label` in (every row without it).
+    fn wants(&self, label: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split('|').any(|part| label.contains(part)))
+    }
+
     fn parse() -> Result<Opts> {
         let mut o = Opts {
             reps: 3,
@@ -1154,9 +1162,7 @@ async fn main() -> Result<()> {
         ));
     }
 
-    if let Some(only) = &o.only {
-        jobs.retain(|(label, ..)| label.contains(only.as_str()));
-    }
+    jobs.retain(|(label, ..)| o.wants(label));
     let mut rows: Vec<Row> = jobs
         .iter()
         .map(|(label, c, baseline, _)| Row {
@@ -1341,10 +1347,7 @@ async fn main() -> Result<()> {
         }
     }
     // The console's pages, on the same server and data (timings only).
-    if o.only
-        .as_deref()
-        .is_none_or(|t| "console pages".contains(t))
-    {
+    if o.wants("console pages") {
         let (rows, reps) = if o.smoke { (200, 5) } else { (100_000, 50) };
         if let Err(e) = console::measure(&cli, &parallax.url, &key, rows, reps).await {
             failures.push(format!("console pages: {e}"));

@@ -246,6 +246,7 @@ fn connect_options(
                     // A batch's multi-row insert keeps a statement journal; in memory it is
                     // not a temporary file created and closed at every commit.
                     .pragma("temp_store", "memory")
+                    .pragma("journal_size_limit", direct::WAL_SIZE_LIMIT.to_string())
                     // No mmap: a connection that begins a read after another's commit unmaps
                     // the whole file (SQLite's pagerBeginReadTransaction), and with an audit
                     // commit every few milliseconds that munmap and its page faults cost more
@@ -343,7 +344,7 @@ impl Store {
             && let Some(reader) = direct::DirectReader::open(file.clone().into())
         {
             let _ = self.direct.set(reader);
-            let writer = Arc::new(direct::DirectWriter::new(file.into()));
+            let writer = Arc::new(direct::DirectWriter::new(file.into(), self.writers.clone()));
             // The pool's writer connection leaves checkpoints to the direct writer's thread as
             // well: the one open now, and any it opens later (`connect_options`).
             if writer.checkpoints_apart() {
