@@ -20,6 +20,7 @@ mod m20261203_100000_console_sessions;
 mod m20261203_200000_oidc_logins;
 mod m20261203_300000_work_generation;
 mod m20261203_400000_activity_indexes;
+mod m20261204_100000_activity_partial_indexes;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_200000_oidc_logins::Migration),
             Box::new(m20261203_300000_work_generation::Migration),
             Box::new(m20261203_400000_activity_indexes::Migration),
+            Box::new(m20261204_100000_activity_partial_indexes::Migration),
         ]
     }
 }

@@ -1424,14 +1424,23 @@ impl Tx {
         if let Some(t) = &q.task_id {
             s = s.filter(activity::Column::TaskId.eq(t.as_str()));
         }
+        // A partial index serves a filter only when the query names its condition, literally
+        // (migration m20261204_100000): the type index leaves out `tool.call`, the outcome
+        // index `allowed`, the entries every allowed tool call appends.
         if let Some(t) = &q.activity_type {
             s = s.filter(activity::Column::ActivityType.eq(t.as_str()));
+            if t != "tool.call" {
+                s = s.filter(Expr::cust("\"activity_type\" <> 'tool.call'"));
+            }
         }
         if let Some(a) = &q.actor_id {
             s = s.filter(activity::Column::ActorId.eq(a.as_str()));
         }
         if let Some(o) = &q.outcome {
             s = s.filter(activity::Column::Outcome.eq(o.as_str()));
+            if o != "allowed" {
+                s = s.filter(Expr::cust("\"outcome\" <> 'allowed'"));
+            }
         }
         // Ids are UUIDv7, in time order: bounds on the id (a minute wider than asked) let the
         // (workspace, id) index serve a time range in id order; `created_at` decides exactly.

@@ -340,6 +340,71 @@ async fn every_tool_is_refused_without_its_requirement_and_runs_with_it() {
     }
 }
 
+/// The trail's type and outcome filters return exactly the entries that match, whether the
+/// entries are ones the partial indexes leave out (allowed `tool.call` decisions, which every
+/// call appends) or ones they keep (other types, denied decisions): each filtered list equals
+/// the whole trail filtered here.
+#[tokio::test]
+async fn activity_filters_by_type_and_outcome_match_the_whole_trail() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot-1", &[Permission::ReadTasks]).await;
+    let client = stdio_client(&w.db.url, &key).await;
+    for _ in 0..3 {
+        ok(&client, "agent_my_assignments", json!({})).await;
+    }
+    // Without `read_agents`: refused, and audited as denied.
+    for _ in 0..2 {
+        refused(&client, "agent_list_workspace", json!({})).await;
+    }
+    let _ = client.cancel().await;
+    let list = |activity_type: Option<&str>, outcome: Option<&str>| {
+        w.svc.list_activity(
+            &w.admin,
+            ActivityQuery {
+                activity_type: activity_type.map(str::to_owned),
+                outcome: outcome.map(str::to_owned),
+                limit: 500,
+                ..Default::default()
+            },
+        )
+    };
+    let all = list(None, None).await.unwrap();
+    let count = |t: &str, o: &str| {
+        all.iter()
+            .filter(|e| e.activity_type == t && e.outcome.as_deref() == Some(o))
+            .count()
+    };
+    assert_eq!(count("tool.call", "allowed"), 3, "{all:#?}");
+    assert_eq!(count("tool.call", "denied"), 2, "{all:#?}");
+    for activity_type in [None, Some("tool.call"), Some("agent.access_approved")] {
+        for outcome in [None, Some("allowed"), Some("denied")] {
+            let ids = |entries: Vec<ActivityEntry>| -> Vec<String> {
+                entries.into_iter().map(|e| e.id).collect()
+            };
+            let expected: Vec<ActivityEntry> = all
+                .iter()
+                .filter(|e| activity_type.is_none_or(|t| e.activity_type == t))
+                .filter(|e| outcome.is_none_or(|o| e.outcome.as_deref() == Some(o)))
+                .cloned()
+                .collect();
+            let got = list(activity_type, outcome).await.unwrap();
+            assert_eq!(
+                ids(got),
+                ids(expected),
+                "type {activity_type:?}, outcome {outcome:?}"
+            );
+        }
+    }
+    // The approval is there to be found by its type (kept by the type index).
+    assert_eq!(
+        list(Some("agent.access_approved"), None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn http_refuses_missing_and_bad_credentials_with_a_challenge() {
     let w = world().await;
