@@ -188,6 +188,28 @@ fn now() -> i64 {
 }
 
 impl Fixture {
+    /// Rotates the signing key with the CLI, as an operator would, from another process.
+    async fn rotate_key(&self) {
+        let out = tokio::process::Command::new(BIN)
+            .args(["--database-url", &self.w.db.url, "signing-key", "rotate"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The signing keys in the store, newest first, with those retired in the last two days.
+    async fn signing_keys(&self) -> Vec<parallax_mcp::store::SigningKeyRow> {
+        let tx = self.w.svc.store().read().await.unwrap();
+        tx.signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
+            .await
+            .unwrap()
+    }
+
     fn origin(&self) -> String {
         self.server.url.trim_end_matches("/mcp").to_owned()
     }
@@ -682,23 +704,9 @@ async fn a_narrowed_token_gets_insufficient_scope_for_what_it_left_out() {
 async fn rotating_the_signing_key_keeps_issued_tokens_valid() {
     let f = fixture().await;
     let old = f.access_token(None).await;
-    let out = tokio::process::Command::new(BIN)
-        .args(["--database-url", &f.w.db.url, "signing-key", "rotate"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.rotate_key().await;
 
-    let tx = f.w.svc.store().read().await.unwrap();
-    let keys = tx
-        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
-        .await
-        .unwrap();
-    drop(tx);
+    let keys = f.signing_keys().await;
     assert_eq!(keys.len(), 2);
     assert!(keys[0].retired_at.is_none() && keys[1].retired_at.is_some());
     assert_eq!(keys[1].kid, f.kid);
@@ -755,12 +763,7 @@ async fn a_token_that_passed_is_refused_once_its_key_is_gone() {
     let f = fixture().await;
     let old = f.access_token(None).await;
     assert_eq!(f.mcp(&old).await.status(), 200);
-    let out = tokio::process::Command::new(BIN)
-        .args(["--database-url", &f.w.db.url, "signing-key", "rotate"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    f.rotate_key().await;
     let conn = sea_orm::Database::connect(&f.w.db.url).await.unwrap();
     sea_orm::ConnectionTrait::execute_unprepared(
         &conn,
@@ -769,13 +772,7 @@ async fn a_token_that_passed_is_refused_once_its_key_is_gone() {
     .await
     .unwrap();
     drop(conn);
-    let tx = f.w.svc.store().read().await.unwrap();
-    let current = tx
-        .signing_keys(chrono::Utc::now() - chrono::Duration::days(2))
-        .await
-        .unwrap()
-        .remove(0);
-    drop(tx);
+    let current = f.signing_keys().await.remove(0);
     // A token under the new key makes the server reload its keys (unknown kid).
     let fresh = Fixture {
         secret: current.secret.clone(),

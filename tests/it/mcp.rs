@@ -378,21 +378,15 @@ async fn activity_filters_by_type_and_outcome_match_the_whole_trail() {
     assert_eq!(count("tool.call", "denied"), 2, "{all:#?}");
     for activity_type in [None, Some("tool.call"), Some("agent.access_approved")] {
         for outcome in [None, Some("allowed"), Some("denied")] {
-            let ids = |entries: Vec<ActivityEntry>| -> Vec<String> {
-                entries.into_iter().map(|e| e.id).collect()
-            };
-            let expected: Vec<ActivityEntry> = all
+            let expected: Vec<&str> = all
                 .iter()
                 .filter(|e| activity_type.is_none_or(|t| e.activity_type == t))
                 .filter(|e| outcome.is_none_or(|o| e.outcome.as_deref() == Some(o)))
-                .cloned()
+                .map(|e| e.id.as_str())
                 .collect();
             let got = list(activity_type, outcome).await.unwrap();
-            assert_eq!(
-                ids(got),
-                ids(expected),
-                "type {activity_type:?}, outcome {outcome:?}"
-            );
+            let got: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+            assert_eq!(got, expected, "type {activity_type:?}, outcome {outcome:?}");
         }
     }
     // The approval is there to be found by its type (kept by the type index).
