@@ -14,8 +14,9 @@
 //! - [`store`]: persistence on SeaORM (SQLite embedded, PostgreSQL for scale-out) and the
 //!   migrations runner. **The only module that imports `sea_orm`** (and `rusqlite`, which
 //!   `store::direct` uses to read the generations from a SQLite file on the calling thread, and
-//!   to commit the audit writer's batches of decision entries in one hand-off to a blocking
-//!   thread, rows identical to the pool's; the WAL checkpoints of both SQLite writers run on a
+//!   to commit the audit writer's batches of decision entries on the writer's own thread when the
+//!   file's write lock is free (in one hand-off to a blocking thread when another process holds
+//!   it), rows identical to the pool's; the WAL checkpoints of both SQLite writers run on a
 //!   thread of their own, never inside a commit, and once the WAL is long that thread takes the
 //!   writers' turn briefly so the next commit starts it over).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a

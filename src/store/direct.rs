@@ -1,5 +1,5 @@
 //! Reads of the SQLite file on the calling thread, for the one statement every request runs,
-//! and the audit writer's appends in one hand-off ([`DirectWriter`]).
+//! and the audit writer's appends in one go ([`DirectWriter`]).
 //!
 //! sqlx gives each SQLite connection a thread of its own, so a statement costs hand-offs between
 //! threads (channels, futex wake-ups) that take far longer than reading the two generations.
@@ -91,7 +91,9 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
     })
 }
 
-/// The audit writer's commits of decision entries alone, in one hand-off to a blocking thread.
+/// The audit writer's commits of decision entries alone: on the writer's own thread when the
+/// file's write lock is free ([`DirectWriter::try_append`]), else in one hand-off to a blocking
+/// thread that waits for it ([`DirectWriter::append`]).
 ///
 /// Through the pool, such a commit is five statements, each a round trip to the writer
 /// connection's thread (BEGIN, the chain head's upsert, the insert, the head's new hash,
@@ -183,7 +185,8 @@ impl DirectWriter {
             .is_some_and(|c| !matches!(c.try_send(()), Err(TrySendError::Disconnected(()))))
     }
 
-    /// Chains and inserts `entries` and marks `touches` in one transaction, on this thread.
+    /// Chains and inserts `entries` and marks `touches` in one transaction, on this thread,
+    /// waiting for another process's write as long as the pool would.
     pub(super) fn append(
         &self,
         entries: Vec<ActivityEntry>,
@@ -194,8 +197,54 @@ impl DirectWriter {
             Some(conn) => conn,
             None => self.connect().map_err(store_error)?,
         };
-        let written = append(&conn, entries, touches);
-        // Kept only after a clean commit: after a failure its state is unknown.
+        let written = begin(&conn)
+            .map_err(store_error)
+            .and_then(|()| append(&conn, entries, touches));
+        self.keep(&mut slot, conn, written)
+    }
+
+    /// As [`DirectWriter::append`], but only if that cannot wait: with a connection already
+    /// open and the file's write lock free at once (no other process writing). Otherwise gives
+    /// `entries` back untouched, for [`DirectWriter::append`] on a blocking thread.
+    ///
+    /// A commit of a batch takes tens of microseconds (its pages go to the WAL in the page
+    /// cache; syncs happen at checkpoints, on their own thread), less than handing it to a
+    /// blocking thread and waking the writer back costs, which is most of a lone call's commit.
+    pub(super) fn try_append(
+        &self,
+        entries: Vec<ActivityEntry>,
+        touches: Touches<'_>,
+    ) -> Result<StoreResult<()>, Vec<ActivityEntry>> {
+        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(conn) = slot.take() else {
+            return Err(entries);
+        };
+        let begun = conn
+            .busy_timeout(std::time::Duration::ZERO)
+            .and_then(|()| begin(&conn))
+            .and_then(|()| conn.busy_timeout(super::WRITER_WAIT));
+        match begun {
+            Ok(()) => {
+                let written = append(&conn, entries, touches);
+                Ok(self.keep(&mut slot, conn, written))
+            }
+            // Another process holds the write lock: wait for it off the runtime's threads.
+            Err(e) if is_busy(&e) && conn.busy_timeout(super::WRITER_WAIT).is_ok() => {
+                *slot = Some(conn);
+                Err(entries)
+            }
+            Err(e) => Ok(Err(store_error(e))),
+        }
+    }
+
+    /// Puts `conn` back for the next batch after a clean commit (after a failure its state is
+    /// unknown, so it is closed), and counts the commit.
+    fn keep(
+        &self,
+        slot: &mut Option<Connection>,
+        conn: Connection,
+        written: StoreResult<()>,
+    ) -> StoreResult<()> {
         if written.is_ok() {
             if !self.committed() {
                 // No checkpoint thread: SQLite checkpoints as it commits.
@@ -262,18 +311,27 @@ fn passive(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
+/// Begins the write transaction. BEGIN and COMMIT are cached statements:
+/// `transaction_with_behavior` parses both anew on every batch.
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+        .map(drop)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
+}
+
+/// The rest of a batch's transaction, after [`begin`]. A failure leaves the transaction open;
+/// the caller then closes the connection, which rolls it back.
 fn append(
     conn: &Connection,
     entries: Vec<ActivityEntry>,
     (agents, keys): Touches<'_>,
 ) -> StoreResult<()> {
-    // BEGIN and COMMIT as cached statements: `transaction_with_behavior` parses both anew on
-    // every batch. A failure leaves the transaction open; the caller then closes the connection,
-    // which rolls it back.
     let tx = conn;
-    tx.prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut s| s.execute([]))
-        .map_err(store_error)?;
     for (ws, entries) in chain::by_workspace(entries) {
         let n = entries.len() as i64;
         let (last_seq, last_hash) = tx

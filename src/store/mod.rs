@@ -125,7 +125,7 @@ pub struct Shared {
     sealer: Arc<sealed::Sealer>,
     /// SQLite only: reads of the generations on the calling thread, once the file has them.
     direct: Arc<std::sync::OnceLock<direct::DirectReader>>,
-    /// SQLite file only: the audit writer's appends in one hand-off (see `direct`).
+    /// SQLite file only: the audit writer's appends in one go (see `direct`).
     direct_writer: Arc<std::sync::OnceLock<Arc<direct::DirectWriter>>>,
     /// Set once the direct writer's checkpoint thread runs: the writer connection then leaves
     /// checkpoints to it.
@@ -625,7 +625,8 @@ impl Store {
 
     /// Commits audit entries alone (the audit writer's batches without a writing tool's
     /// change), chained as [`Tx::commit`] chains them, marking the agents and keys in `touches`
-    /// as seen. On a SQLite file the whole transaction is one hand-off to a blocking thread
+    /// as seen. On a SQLite file the whole transaction runs on this thread when it cannot wait
+    /// (the file's write lock is free), else in one hand-off to a blocking thread
     /// (`direct::DirectWriter`); elsewhere it is a transaction like any other.
     pub async fn append_activity(
         &self,
@@ -640,6 +641,10 @@ impl Store {
         };
         let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
         let turn = self.writer_turn().await?;
+        let entries = match span.in_scope(|| writer.try_append(entries, touches)) {
+            Ok(written) => return written,
+            Err(entries) => entries,
+        };
         let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
         let written = tokio::task::spawn_blocking(move || {
             let _turn = turn;

@@ -856,6 +856,53 @@ async fn a_call_cut_by_the_drain_limit_gets_a_json_rpc_error() {
     drop(blocker);
 }
 
+/// A read's decision waits for another process's write (a connection holding the write lock)
+/// instead of failing or being answered before it is stored; once the lock goes, every waiting
+/// read is answered and in the trail. The server has committed an entry before the lock is
+/// taken, so its audit writer's connection is open: the path that commits on the runtime's
+/// thread when the lock is free has to hand the wait to a blocking thread here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_wait_for_another_writer_and_are_audited_once_it_lets_go() {
+    let db = TestDb::new().await;
+    let (svc, ws, key) = seeded(db.store().await).await;
+    let server = spawn_http(&db.url).await;
+    let client = Arc::new(http_client(&server.url, &key, ProtocolVersion::V_2025_11_25).await);
+    ok(&client, "agent_my_assignments", json!({})).await;
+
+    let (_conn, blocker) = block_writes(&db.url).await;
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            call(&client, "agent_my_assignments", json!({})).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        calls.iter().all(|c| !c.is_finished()),
+        "a read is answered only once its decision is stored"
+    );
+    blocker.rollback().await.unwrap();
+    for c in calls {
+        let res = tokio::time::timeout(Duration::from_secs(10), c)
+            .await
+            .expect("answered once the lock is gone")
+            .unwrap()
+            .expect("a result, not an error");
+        assert_ne!(res.is_error, Some(true), "{res:?}");
+    }
+    let audited = all_activity(&svc, &ws)
+        .await
+        .iter()
+        .filter(|e| {
+            e.activity_type == "tool.call"
+                && e.outcome.as_deref() == Some("allowed")
+                && e.metadata["tool"] == "agent_my_assignments"
+        })
+        .count();
+    assert_eq!(audited, 5, "every read answered is in the trail, once");
+}
+
 // ---- 4. sessions and streams ----
 
 #[tokio::test]
