@@ -44,7 +44,8 @@
 //!   `service::audit` is the group committer: the gate's decision entries and the writing tools'
 //!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
 //!   batch, and nobody is answered before their batch has committed. Before committing, it yields
-//!   so that calls already running can join the batch.
+//!   so that calls already running can join the batch. A change that is only entries (a note
+//!   that names nothing) is submitted as entries, not as a job, and commits as decisions do.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their

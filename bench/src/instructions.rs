@@ -71,12 +71,12 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
 
     // The read tool's answer, for bare to serve from memory: the same payload with no gate.
     let answer_file = dir.join("answer.json");
-    std::fs::write(
-        &answer_file,
-        super::read_answer(&parallax.server.url, key, &read)
-            .await?
-            .to_string(),
-    )?;
+    let answer = super::read_answer(&parallax.server.url, key, &read).await?;
+    std::fs::write(&answer_file, answer.to_string())?;
+    let task_id = answer["tasks"][0]["task"]["id"]
+        .as_str()
+        .ok_or("the measured agent has no assigned task")?
+        .to_owned();
     let answer_arg = answer_file.to_str().ok_or("temporary path is not UTF-8")?;
 
     let bare =
@@ -149,6 +149,15 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
             Call::tool(
                 "agent_log_activity",
                 json!({ "type": "note", "description": "bench" }),
+            ),
+            key,
+        ),
+        (
+            "agent_log_activity naming a task (write)",
+            Era::Session,
+            Call::tool(
+                "agent_log_activity",
+                json!({ "type": "note", "description": "bench", "taskId": task_id }),
             ),
             key,
         ),

@@ -1006,9 +1006,27 @@ async fn main() -> Result<()> {
     // An access token for the JWT row.
     let token = access_token(&parallax.url, &key).await?;
 
+    // Session memory first, before any MCP session, while the allocator holds no memory freed
+    // by the load.
+    let n = if o.smoke { 5 } else { 200 };
+    let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
+    let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
+
     let write = Call::tool(
         "agent_log_activity",
         json!({ "type": "note", "description": "bench" }),
+    );
+    // The read's answer: bare serves it from memory; a note naming one of its tasks is the row
+    // whose tool checks the assignment in the batch's transaction (a note naming nothing is
+    // appended like a decision entry, without one).
+    let assigned = read_answer(&parallax.url, &key, &read).await?;
+    let task_id = assigned["tasks"][0]["task"]["id"]
+        .as_str()
+        .ok_or("the measured agent has no assigned task")?
+        .to_owned();
+    let write_task = Call::tool(
+        "agent_log_activity",
+        json!({ "type": "note", "description": "bench", "taskId": task_id }),
     );
     let echo = Call::tool("echo", json!({ "status": "idle" }));
     let target = Target {
@@ -1119,6 +1137,16 @@ async fn main() -> Result<()> {
             target.server,
         ));
     }
+    for c in o.c(&[16, 64]) {
+        jobs.push(http_row(
+            "agent_log_activity naming a task (write)",
+            c,
+            Era::Session,
+            &write_task,
+            &key,
+            target.server,
+        ));
+    }
     if let Some((server, pg_key, _)) = &pg {
         for c in o.c(&[16, 64]) {
             jobs.push(http_row(
@@ -1174,14 +1202,7 @@ async fn main() -> Result<()> {
         })
         .collect();
     let window = o.window();
-    // Session memory first, while the allocator holds no memory freed by the load.
-    let n = if o.smoke { 5 } else { 200 };
-    let bare_session = session_kb(&bare.url, None, bare.pid(), n).await?;
-    let our_session = session_kb(&parallax.url, Some(&key), parallax.pid(), n).await?;
-    std::fs::write(
-        &answer_file,
-        read_answer(&parallax.url, &key, &read).await?.to_string(),
-    )?;
+    std::fs::write(&answer_file, assigned.to_string())?;
     let mut bare_rows: HashMap<Baseline, Vec<Sample>> = HashMap::new();
     let mut failures = Vec::new();
     for rep in 0..o.reps {

@@ -246,6 +246,30 @@ impl Service {
             .as_deref()
             .map(|p| RecordId::parse("page", p))
             .transpose()?;
+        // A note that names nothing reads nothing and emits no event: the change is its entry
+        // alone, appended with the call's decision like any decision entry (on a SQLite file,
+        // without a transaction through the pool).
+        if entry.kind.event().is_none()
+            && project_id.is_none()
+            && task_id.is_none()
+            && page_id.is_none()
+        {
+            let logged = Activity::new(
+                caller.workspace_id(),
+                &caller.actor(),
+                &format!("agent.{}", entry.kind),
+            )
+            .description(&description)
+            .metadata(metadata)
+            .build();
+            self.writer()
+                .append(vec![audit.clone(), logged.clone()])
+                .await?;
+            return Ok(LoggedActivity {
+                entry: logged,
+                task_status: None,
+            });
+        }
         // Group-committed with other calls' changes and audit entries (see `audit`).
         let checked = CheckedLogEntry {
             kind: entry.kind,

@@ -9,6 +9,8 @@
 //! batch's transaction under a savepoint, so a job that fails is undone alone, and its result is
 //! handed back only once the batch (the change with its audit entry) has committed. If the
 //! commit fails, every job in the batch gets the error: nothing is acknowledged that was lost.
+//! A change that is only entries (a note naming nothing) needs no job: it is submitted as entries
+//! ([`AuditWriter::append`]) and commits the way decision entries do.
 //!
 //! The batch also records when agents were last seen and keys last used, but at most once per
 //! [`TOUCH_EVERY`] for each: those timestamps are bookkeeping, not audit, and rewriting the rows on
@@ -35,6 +37,11 @@ type Job =
 enum Work {
     /// An audit entry to commit.
     Entry(ActivityEntry),
+    /// A change that is nothing but entries (a writing tool's decision and what it appends),
+    /// committed together, in this order, or not at all. Left out if its caller stopped waiting
+    /// before its batch was put together: it was not told of the change, as a job's caller is
+    /// not.
+    Entries(Vec<ActivityEntry>),
     /// A change to run in the batch's transaction.
     Job(Job),
     /// Acknowledged once everything submitted before it is.
@@ -120,6 +127,14 @@ impl AuditWriter {
         self.submit(Work::Entry(entry)).await
     }
 
+    /// Commits `entries` together, in this order, in the next batch, and waits until they are
+    /// committed: a writing tool's change that only appends to the trail needs no transaction
+    /// of its own, so on a SQLite file it commits the way decision entries do. A caller that
+    /// stops waiting before its batch is put together leaves nothing (see [`Work::Entries`]).
+    pub async fn append(&self, entries: Vec<ActivityEntry>) -> ServiceResult<()> {
+        self.submit(Work::Entries(entries)).await
+    }
+
     /// Runs `job` in the next batch's transaction and returns its result once that batch has
     /// committed. A job that fails is rolled back alone; a batch that fails to commit fails every
     /// job in it. The job must queue its own audit entry (it commits with the change).
@@ -193,13 +208,17 @@ async fn write(
 ) -> Result<(), StoreError> {
     if !batch.iter().any(|(w, _)| matches!(w, Work::Job(_))) {
         // Decision entries alone: the store commits them in one go.
-        let entries: Vec<ActivityEntry> = batch
-            .iter_mut()
-            .filter_map(|(work, _)| match std::mem::replace(work, Work::Flush) {
-                Work::Entry(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let mut entries: Vec<ActivityEntry> = Vec::with_capacity(batch.len());
+        for (work, ack) in batch.iter_mut() {
+            match std::mem::replace(work, Work::Flush) {
+                Work::Entry(e) => entries.push(e),
+                Work::Entries(es) if !ack.is_closed() => entries.extend(es),
+                _ => {}
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
         let (agents, keys) = due_touches(&entries, touched);
         store.append_activity(entries, (&agents, &keys)).await?;
         remember(touched, agents, keys);
@@ -207,10 +226,12 @@ async fn write(
     }
     let tx = store.write().await?;
     let mut entries: Vec<ActivityEntry> = Vec::new();
-    for (work, _) in batch.iter_mut() {
+    for (work, ack) in batch.iter_mut() {
         // Taken out: only the acknowledgements are needed after this.
         match std::mem::replace(work, Work::Flush) {
             Work::Entry(e) => entries.push(e),
+            Work::Entries(es) if !ack.is_closed() => entries.extend(es),
+            Work::Entries(_) => {}
             Work::Job(job) => {
                 // Entries submitted before the job are chained before its own.
                 tx.insert_activities(std::mem::take(&mut entries)).await?;

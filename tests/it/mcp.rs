@@ -344,6 +344,89 @@ async fn every_tool_is_refused_without_its_requirement_and_runs_with_it() {
 /// entries are ones the partial indexes leave out (allowed `tool.call` decisions, which every
 /// call appends) or ones they keep (other types, denied decisions): each filtered list equals
 /// the whole trail filtered here.
+/// A note that names nothing is the tool's whole change: it is appended in the call's batch
+/// right after the call's decision (without a transaction of its own), just as a note naming a
+/// task is by the transaction that checks the assignment; another workspace's task is refused
+/// and leaves no note. The chain verifies throughout.
+#[tokio::test]
+async fn logged_notes_land_right_after_their_decisions_in_the_chain() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot-1", &Permission::ALL).await;
+    w.svc
+        .assign(
+            &w.admin,
+            "bot-1",
+            AssignTarget::Task(w.task.id.clone()),
+            AssignmentRole::Member,
+        )
+        .await
+        .unwrap();
+    let client = stdio_client(&w.db.url, &key).await;
+    let mut notes = Vec::new();
+    for (i, args) in [
+        json!({ "type": "note", "description": "plain 1" }),
+        json!({ "type": "note", "description": "on the task", "taskId": w.task.id }),
+        json!({ "type": "note", "description": "plain 2", "metadata": { "step": 2 } }),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = ok(&client, "agent_log_activity", args).await;
+        notes.push((i, out["activityId"].as_str().unwrap().to_owned()));
+    }
+    let res = call(
+        &client,
+        "agent_log_activity",
+        json!({ "type": "note", "description": "elsewhere", "taskId": w.other_task.id }),
+    )
+    .await;
+    assert!(
+        res.is_err() || matches!(&res, Ok(r) if r.is_error == Some(true)),
+        "another workspace's task is refused: {res:?}"
+    );
+    let _ = client.cancel().await;
+
+    let ws = w.admin.workspace();
+    let chain = w
+        .svc
+        .store()
+        .read()
+        .await
+        .unwrap()
+        .chained_activity(&ws.id, 1, i64::MAX, 1000)
+        .await
+        .unwrap();
+    for (i, id) in &notes {
+        let at = chain
+            .iter()
+            .position(|e| &e.entry.id == id)
+            .unwrap_or_else(|| panic!("note {i} ({id}) is in the trail"));
+        let (note, decision) = (&chain[at].entry, &chain[at - 1].entry);
+        assert_eq!(note.activity_type, "agent.note");
+        assert_eq!(note.agent_id.as_deref(), Some("bot-1"));
+        assert_eq!(chain[at].seq.unwrap(), chain[at - 1].seq.unwrap() + 1);
+        assert_eq!(decision.activity_type, "tool.call", "{decision:?}");
+        assert_eq!(decision.outcome.as_deref(), Some("allowed"));
+        assert_eq!(decision.metadata["tool"], "agent_log_activity");
+        assert_eq!(decision.agent_id.as_deref(), Some("bot-1"));
+    }
+    let on_task = chain.iter().find(|e| e.entry.id == notes[1].1).unwrap();
+    assert_eq!(on_task.entry.task_id.as_deref(), Some(w.task.id.as_str()));
+    assert!(
+        !chain.iter().any(|e| e.entry.description == "elsewhere"),
+        "a refused note is not stored"
+    );
+    assert_eq!(
+        chain
+            .iter()
+            .filter(|e| e.entry.activity_type == "agent.note")
+            .count(),
+        3
+    );
+    let report = w.svc.verify_chain(ws, None).await.unwrap();
+    assert!(report.intact, "{report:?}");
+}
+
 #[tokio::test]
 async fn activity_filters_by_type_and_outcome_match_the_whole_trail() {
     let w = world().await;
