@@ -16,7 +16,8 @@
 //!   `store::direct` uses to read the generations from a SQLite file on the calling thread, and
 //!   to commit the audit writer's batches of decision entries on the writer's own thread when the
 //!   file's write lock is free (in one hand-off to a blocking thread when another process holds
-//!   it), rows identical to the pool's; the WAL checkpoints of both SQLite writers run on a
+//!   it), rows identical to the pool's, and to walk the audit chain when it is verified, the
+//!   pool walking it again only to name a problem; the WAL checkpoints of both SQLite writers run on a
 //!   thread of their own, never inside a commit, and once the WAL is long that thread takes the
 //!   writers' turn briefly so the next commit starts it over).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
@@ -45,7 +46,8 @@
 //!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
 //!   batch, and nobody is answered before their batch has committed. Before committing, it yields
 //!   so that calls already running can join the batch. A change that is only entries (a note
-//!   that names nothing) is submitted as entries, not as a job, and commits as decisions do.
+//!   that names nothing, or one of the caller's tasks as its work snapshot shows them) is
+//!   submitted as entries, not as a job, and commits as decisions do.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their

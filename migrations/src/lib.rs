@@ -21,6 +21,7 @@ mod m20261203_200000_oidc_logins;
 mod m20261203_300000_work_generation;
 mod m20261203_400000_activity_indexes;
 mod m20261204_100000_activity_partial_indexes;
+mod m20261204_200000_activity_unchained_index;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_300000_work_generation::Migration),
             Box::new(m20261203_400000_activity_indexes::Migration),
             Box::new(m20261204_100000_activity_partial_indexes::Migration),
+            Box::new(m20261204_200000_activity_unchained_index::Migration),
         ]
     }
 }

@@ -270,6 +270,44 @@ impl Service {
                 task_status: None,
             });
         }
+        // A note on one of the caller's tasks: the work snapshot as of the request's own
+        // authentication (which every change to assignments and tasks invalidates, from any
+        // process or replica) shows the task assigned, as it shows it to a read; the note is
+        // then its entry alone, appended like the one above. Anything else (a task not in the
+        // snapshot, a project that does not match, a page) is checked in a transaction below,
+        // which also names what is wrong.
+        if entry.kind.event().is_none()
+            && page_id.is_none()
+            && let Some(t) = &task_id
+        {
+            let work = self
+                .store
+                .agent_work(caller.seen(), caller.workspace_id(), caller.agent_id())
+                .await?;
+            if let Some(task) = work.tasks.iter().find(|x| x.id == t.as_str())
+                && project_id
+                    .as_ref()
+                    .is_none_or(|p| p.as_str() == task.project_id)
+            {
+                let logged = Activity::new(
+                    caller.workspace_id(),
+                    &caller.actor(),
+                    &format!("agent.{}", entry.kind),
+                )
+                .project(Some(&task.project_id))
+                .task(Some(&task.id))
+                .description(&description)
+                .metadata(metadata)
+                .build();
+                self.writer()
+                    .append(vec![audit.clone(), logged.clone()])
+                    .await?;
+                return Ok(LoggedActivity {
+                    entry: logged,
+                    task_status: None,
+                });
+            }
+        }
         // Group-committed with other calls' changes and audit entries (see `audit`).
         let checked = CheckedLogEntry {
             kind: entry.kind,

@@ -4,6 +4,7 @@
 //! last (just before the outbox's), so two writers queue on it without a lock-order deadlock, and
 //! two replicas appending to one workspace produce one unbroken chain in commit order.
 
+use super::direct::IntactChain;
 use super::entities::{activity, activity_chain};
 use super::{StoreError, StoreResult, Tx, convert};
 use crate::domain::*;
@@ -125,6 +126,22 @@ pub(super) fn chain_rows(
         models.push(m);
     }
     Ok((models, prev))
+}
+
+impl super::Store {
+    /// Workspace `ws`'s chain from `from` (default: its start), if a walk through a direct
+    /// connection to the SQLite file finds it intact (see `direct::DirectReader::intact_chain`).
+    /// `None` means "walk it through the pool": on PostgreSQL, in memory, or when anything is
+    /// off, so that the pool's walk names the problem.
+    pub async fn intact_chain(&self, ws: &str, from: Option<i64>) -> Option<IntactChain> {
+        let direct = self.direct.clone();
+        direct.get()?;
+        let ws = ws.to_owned();
+        tokio::task::spawn_blocking(move || direct.get()?.intact_chain(&ws, from))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl Tx {

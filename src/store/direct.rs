@@ -1,5 +1,6 @@
 //! Reads of the SQLite file on the calling thread, for the one statement every request runs,
-//! and the audit writer's appends in one go ([`DirectWriter`]).
+//! the audit writer's appends in one go ([`DirectWriter`]), and the walk that verifies the audit
+//! chain ([`DirectReader::intact_chain`], on a blocking thread).
 //!
 //! sqlx gives each SQLite connection a thread of its own, so a statement costs hand-offs between
 //! threads (channels, futex wake-ups) that take far longer than reading the two generations.
@@ -12,7 +13,7 @@ use super::auth_cache::{READ_GENERATIONS, Seen};
 use super::{StoreError, StoreResult, Touches, chain};
 use crate::domain::ActivityEntry;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -80,6 +81,154 @@ impl DirectReader {
             }
         }
     }
+}
+
+/// A workspace's chain found intact by [`DirectReader::intact_chain`].
+#[derive(Debug)]
+pub struct IntactChain {
+    /// `None` when the workspace has no entries yet.
+    pub head: Option<chain::ChainHead>,
+    /// The first seq walked (after any pruned prefix).
+    pub from_seq: i64,
+    /// Entries whose hash was recomputed and matched.
+    pub verified: u64,
+}
+
+impl DirectReader {
+    /// Walks workspace `ws`'s chain from `from` (default: its start) in one read transaction
+    /// on a connection of its own, with every hash recomputed: `Some` only when it is intact
+    /// (every entry from the start to the head in place and chained, none outside the chain).
+    /// `None` when anything is off or this path cannot read; the caller then walks through the
+    /// pool, which names the problem. Through the pool each row crosses from sqlx's connection
+    /// thread and is mapped through SeaORM: 7 µs an entry, against about 2 µs here (`activity
+    /// verify` of 505,954 entries). The server verifies before every audit checkpoint.
+    pub(super) fn intact_chain(&self, ws: &str, from: Option<i64>) -> Option<IntactChain> {
+        let conn = self.connect().ok()?;
+        conn.execute_batch("BEGIN").ok()?;
+        let walked = walk_chain(&conn, ws, from);
+        if let Err(e) = &walked {
+            tracing::debug!(error = %e, "direct chain walk failed; walking through the pool");
+        }
+        walked.ok().flatten()
+    }
+}
+
+/// [`DirectReader::intact_chain`] in the transaction `conn` has begun.
+fn walk_chain(
+    conn: &Connection,
+    ws: &str,
+    from: Option<i64>,
+) -> rusqlite::Result<Option<IntactChain>> {
+    let head = conn
+        .query_row(
+            "SELECT last_seq, last_hash, pruned_seq, pruned_hash FROM activity_chains \
+             WHERE workspace_id = ?1",
+            [ws],
+            |r| {
+                Ok(chain::ChainHead {
+                    last_seq: r.get(0)?,
+                    last_hash: r.get(1)?,
+                    pruned_seq: r.get(2)?,
+                    pruned_hash: r.get(3)?,
+                })
+            },
+        )
+        .optional()?;
+    // Entries written around the store, which the chain does not cover: the partial index
+    // `ix_activity_unchained` holds exactly these.
+    let unchained = conn
+        .query_row(
+            "SELECT 1 FROM activity WHERE workspace_id = ?1 AND (seq IS NULL OR hash IS NULL) \
+             LIMIT 1",
+            [ws],
+            |_| Ok(()),
+        )
+        .optional()?;
+    if unchained.is_some() {
+        return Ok(None);
+    }
+    let Some(head) = head else {
+        return Ok(Some(IntactChain {
+            head: None,
+            from_seq: 1,
+            verified: 0,
+        }));
+    };
+    let start = from.unwrap_or(1).max(head.pruned_seq + 1);
+    if start > head.last_seq + 1 {
+        return Ok(None);
+    }
+    if head.pruned_seq > 0 {
+        let in_pruned_part = conn
+            .query_row(
+                "SELECT 1 FROM activity WHERE workspace_id = ?1 AND seq <= ?2 LIMIT 1",
+                params![ws, head.pruned_seq],
+                |_| Ok(()),
+            )
+            .optional()?;
+        if in_pruned_part.is_some() {
+            return Ok(None);
+        }
+    }
+    let mut prev = if start - 1 == head.pruned_seq {
+        head.pruned_hash
+            .clone()
+            .unwrap_or_else(|| chain::genesis_hash(ws))
+    } else {
+        let before = conn
+            .query_row(
+                "SELECT hash FROM activity WHERE workspace_id = ?1 AND seq = ?2",
+                params![ws, start - 1],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten();
+        match before {
+            Some(h) => h,
+            None => return Ok(None),
+        }
+    };
+    let mut rows = conn.prepare(
+        "SELECT id, actor_kind, actor_id, agent_id, activity_type, outcome, description, \
+         metadata, project_id, task_id, page_id, created_at, seq, hash FROM activity \
+         WHERE workspace_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq",
+    )?;
+    let mut rows = rows.query(params![ws, start, head.last_seq])?;
+    let mut expected = start;
+    while let Some(r) = rows.next()? {
+        let (seq, hash) = (r.get::<_, i64>(12)?, r.get::<_, Option<String>>(13)?);
+        let created_at: String = r.get(11)?;
+        let Ok(created_at) = DateTime::parse_from_rfc3339(&created_at) else {
+            return Ok(None);
+        };
+        let link = migrations::chain::Link {
+            workspace_id: ws,
+            seq,
+            id: r.get_ref(0)?.as_str()?,
+            created_at_micros: created_at.timestamp_micros(),
+            actor_kind: r.get_ref(1)?.as_str()?,
+            actor_id: r.get_ref(2)?.as_str()?,
+            agent_id: r.get_ref(3)?.as_str_or_null()?,
+            activity_type: r.get_ref(4)?.as_str()?,
+            outcome: r.get_ref(5)?.as_str_or_null()?,
+            description: r.get_ref(6)?.as_str()?,
+            metadata: r.get_ref(7)?.as_str()?,
+            project_id: r.get_ref(8)?.as_str_or_null()?,
+            task_id: r.get_ref(9)?.as_str_or_null()?,
+            page_id: r.get_ref(10)?.as_str_or_null()?,
+        };
+        match hash {
+            Some(h) if seq == expected && migrations::chain::hash(&prev, &link) == h => prev = h,
+            _ => return Ok(None),
+        }
+        expected += 1;
+    }
+    let intact = expected == head.last_seq + 1 && prev == head.last_hash;
+    Ok(intact.then(|| IntactChain {
+        from_seq: start,
+        verified: (expected - start) as u64,
+        head: Some(head),
+    }))
 }
 
 fn read(conn: &Connection) -> rusqlite::Result<Seen> {

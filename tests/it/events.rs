@@ -259,15 +259,7 @@ async fn webhooks_arrive_signed_in_order_through_failures_timeouts_and_a_kill() 
     // The control plane fails: 500s, then timeouts. Events keep coming for two agents.
     r.set(Mode::Fail);
     request(&w.svc, &w, "bot-b").await;
-    w.svc
-        .assign(
-            &w.admin,
-            "bot-a",
-            AssignTarget::Task(w.task.id.clone()),
-            AssignmentRole::Member,
-        )
-        .await
-        .unwrap();
+    w.assign_to_task("bot-a").await;
     w.svc
         .assign(
             &w.admin,
@@ -358,15 +350,7 @@ async fn retry_after_is_honoured_410_disables_and_redeliver_resends() {
     })
     .await;
     let sent_before = r.attempts().len();
-    w.svc
-        .assign(
-            &w.admin,
-            "bot-g",
-            AssignTarget::Task(w.task.id.clone()),
-            AssignmentRole::Member,
-        )
-        .await
-        .unwrap();
+    w.assign_to_task("bot-g").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         r.attempts().len(),
@@ -686,15 +670,7 @@ async fn sse_resumes_without_gaps_filters_and_ends_when_access_is_lost() {
 
     // Events while disconnected; resuming gives exactly the ones after the last id.
     approved_agent(&w.svc, &w.admin, "bot-2", &[Permission::ReadTasks]).await;
-    w.svc
-        .assign(
-            &w.admin,
-            "bot-1",
-            AssignTarget::Task(w.task.id.clone()),
-            AssignmentRole::Member,
-        )
-        .await
-        .unwrap();
+    w.assign_to_task("bot-1").await;
     let mut s = SseClient::connect(&url, &token, Some(first[1].id)).await;
     let resumed = s.take(3).await;
     let ids: Vec<i64> = resumed.iter().map(|f| f.id).collect();

@@ -7,7 +7,7 @@
 use crate::support::server::*;
 use crate::support::{TestDb, all_activity};
 use crate::transport::{ACCEPT, init_body, list_on, messages, open_session, post};
-use parallax_mcp::domain::Permission;
+use parallax_mcp::domain::{ActivityEntry, Permission};
 use parallax_mcp::service::Service;
 use parallax_mcp::store::Store;
 use rmcp::model::ProtocolVersion;
@@ -193,6 +193,13 @@ async fn seeded(store: Store) -> (Service, String, String) {
     (svc, admin.workspace().id.clone(), key)
 }
 
+/// An allowed `agent_my_assignments` call's decision entry.
+fn allowed_read(e: &ActivityEntry) -> bool {
+    e.activity_type == "tool.call"
+        && e.outcome.as_deref() == Some("allowed")
+        && e.metadata["tool"] == "agent_my_assignments"
+}
+
 /// Every acknowledged call left its trace: each `activityId` is stored, and there are at least as
 /// many audited `agent_my_assignments` calls as answered ones.
 async fn nothing_acknowledged_is_lost(svc: &Service, ws: &str, tally: &Tally) {
@@ -209,14 +216,7 @@ async fn nothing_acknowledged_is_lost(svc: &Service, ws: &str, tally: &Tally) {
         lost.len(),
         tally.logged.len()
     );
-    let audited_reads = stored
-        .iter()
-        .filter(|e| {
-            e.activity_type == "tool.call"
-                && e.outcome.as_deref() == Some("allowed")
-                && e.metadata["tool"] == "agent_my_assignments"
-        })
-        .count();
+    let audited_reads = stored.iter().filter(|e| allowed_read(e)).count();
     assert!(
         audited_reads >= tally.reads,
         "{} reads answered, {audited_reads} audited",
@@ -894,11 +894,7 @@ async fn reads_wait_for_another_writer_and_are_audited_once_it_lets_go() {
     let audited = all_activity(&svc, &ws)
         .await
         .iter()
-        .filter(|e| {
-            e.activity_type == "tool.call"
-                && e.outcome.as_deref() == Some("allowed")
-                && e.metadata["tool"] == "agent_my_assignments"
-        })
+        .filter(|e| allowed_read(e))
         .count();
     assert_eq!(audited, 5, "every read answered is in the trail, once");
 }

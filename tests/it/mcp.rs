@@ -33,15 +33,7 @@ async fn lifecycle(transport: Transport) {
         )
         .await
         .unwrap();
-    w.svc
-        .assign(
-            &w.admin,
-            "bot-1",
-            AssignTarget::Task(w.task.id.clone()),
-            AssignmentRole::Member,
-        )
-        .await
-        .unwrap();
+    w.assign_to_task("bot-1").await;
 
     let server = match &transport {
         Transport::Http(_) => Some(spawn_http(&w.db.url).await),
@@ -340,25 +332,21 @@ async fn every_tool_is_refused_without_its_requirement_and_runs_with_it() {
     }
 }
 
-/// The trail's type and outcome filters return exactly the entries that match, whether the
-/// entries are ones the partial indexes leave out (allowed `tool.call` decisions, which every
-/// call appends) or ones they keep (other types, denied decisions): each filtered list equals
-/// the whole trail filtered here.
-/// A note that names nothing is the tool's whole change: it is appended in the call's batch
-/// right after the call's decision (without a transaction of its own), just as a note naming a
-/// task is by the transaction that checks the assignment; another workspace's task is refused
-/// and leaves no note. The chain verifies throughout.
+/// A note that names nothing, or names one of the agent's tasks, is the tool's whole change: it
+/// is appended in the call's batch right after the call's decision (without a transaction of its
+/// own; the task checked against the agent's work as of the call's authentication). A note on
+/// another workspace's task, on a task of its own workspace not assigned to the agent, or with a
+/// project that is not the task's is refused and leaves no note; and once the agent is unassigned
+/// from its task by another process, the very next note on that task is refused. The chain
+/// verifies throughout.
 #[tokio::test]
 async fn logged_notes_land_right_after_their_decisions_in_the_chain() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot-1", &Permission::ALL).await;
-    w.svc
-        .assign(
-            &w.admin,
-            "bot-1",
-            AssignTarget::Task(w.task.id.clone()),
-            AssignmentRole::Member,
-        )
+    let assignment = w.assign_to_task("bot-1").await;
+    let unassigned_task = w
+        .svc
+        .create_task(&w.admin, &w.project.id, "Someone else's", "")
         .await
         .unwrap();
     let client = stdio_client(&w.db.url, &key).await;
@@ -374,16 +362,24 @@ async fn logged_notes_land_right_after_their_decisions_in_the_chain() {
         let out = ok(&client, "agent_log_activity", args).await;
         notes.push((i, out["activityId"].as_str().unwrap().to_owned()));
     }
-    let res = call(
+    let refusals = [
+        json!({ "type": "note", "description": "elsewhere", "taskId": w.other_task.id }),
+        json!({ "type": "note", "description": "elsewhere", "taskId": unassigned_task.id }),
+        json!({ "type": "note", "description": "elsewhere", "taskId": w.task.id,
+                "projectId": w.other_task.project_id }),
+    ];
+    for args in refusals {
+        let why = refused(&client, "agent_log_activity", args.clone()).await;
+        assert!(!why.is_empty(), "{args} is refused");
+    }
+    w.svc.unassign(&w.admin, &assignment).await.unwrap();
+    let why = refused(
         &client,
         "agent_log_activity",
-        json!({ "type": "note", "description": "elsewhere", "taskId": w.other_task.id }),
+        json!({ "type": "note", "description": "elsewhere", "taskId": w.task.id }),
     )
     .await;
-    assert!(
-        res.is_err() || matches!(&res, Ok(r) if r.is_error == Some(true)),
-        "another workspace's task is refused: {res:?}"
-    );
+    assert!(why.contains("not assigned"), "{why}");
     let _ = client.cancel().await;
 
     let ws = w.admin.workspace();
@@ -414,7 +410,7 @@ async fn logged_notes_land_right_after_their_decisions_in_the_chain() {
     assert_eq!(on_task.entry.task_id.as_deref(), Some(w.task.id.as_str()));
     assert!(
         !chain.iter().any(|e| e.entry.description == "elsewhere"),
-        "a refused note is not stored"
+        "no refused note is stored"
     );
     assert_eq!(
         chain
@@ -427,6 +423,10 @@ async fn logged_notes_land_right_after_their_decisions_in_the_chain() {
     assert!(report.intact, "{report:?}");
 }
 
+/// The trail's type and outcome filters return exactly the entries that match, whether the
+/// entries are ones the partial indexes leave out (allowed `tool.call` decisions, which every
+/// call appends) or ones they keep (other types, denied decisions): each filtered list equals
+/// the whole trail filtered here.
 #[tokio::test]
 async fn activity_filters_by_type_and_outcome_match_the_whole_trail() {
     let w = world().await;

@@ -73,6 +73,23 @@ pub async fn world() -> World {
     }
 }
 
+impl World {
+    /// Assigns agent `agent` to the world's task as a member; the assignment's id.
+    pub async fn assign_to_task(&self, agent: &str) -> String {
+        self.svc
+            .assign(
+                &self.admin,
+                agent,
+                parallax_mcp::service::AssignTarget::Task(self.task.id.clone()),
+                AssignmentRole::Member,
+            )
+            .await
+            .unwrap()
+            .0
+            .id
+    }
+}
+
 /// Requests access for `id` asking for every permission, approves `grant`, returns the key.
 pub async fn approved_agent(
     svc: &Service,
