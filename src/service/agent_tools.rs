@@ -246,56 +246,41 @@ impl Service {
             .as_deref()
             .map(|p| RecordId::parse("page", p))
             .transpose()?;
-        // A note that names nothing reads nothing and emits no event: the change is its entry
-        // alone, appended with the call's decision like any decision entry (on a SQLite file,
-        // without a transaction through the pool).
-        if entry.kind.event().is_none()
-            && project_id.is_none()
-            && task_id.is_none()
-            && page_id.is_none()
-        {
-            let logged = Activity::new(
-                caller.workspace_id(),
-                &caller.actor(),
-                &format!("agent.{}", entry.kind),
-            )
-            .description(&description)
-            .metadata(metadata)
-            .build();
-            self.writer()
-                .append(vec![audit.clone(), logged.clone()])
-                .await?;
-            return Ok(LoggedActivity {
-                entry: logged,
-                task_status: None,
-            });
-        }
-        // A note on one of the caller's tasks: the work snapshot as of the request's own
-        // authentication (which every change to assignments and tasks invalidates, from any
-        // process or replica) shows the task assigned, as it shows it to a read; the note is
-        // then its entry alone, appended like the one above. Anything else (a task not in the
-        // snapshot, a project that does not match, a page) is checked in a transaction below,
-        // which also names what is wrong.
-        if entry.kind.event().is_none()
-            && page_id.is_none()
-            && let Some(t) = &task_id
-        {
-            let work = self
-                .store
-                .agent_work(caller.seen(), caller.workspace_id(), caller.agent_id())
-                .await?;
-            if let Some(task) = work.tasks.iter().find(|x| x.id == t.as_str())
-                && project_id
-                    .as_ref()
-                    .is_none_or(|p| p.as_str() == task.project_id)
-            {
+        // A note (no event) that names nothing, or names one of the caller's tasks and no page,
+        // is its entry alone: appended with the call's decision like any decision entry (on a
+        // SQLite file, without a transaction through the pool). The task is looked up in the
+        // work snapshot as of the request's own authentication, which every change to
+        // assignments and tasks invalidates from any process or replica, as a read sees it.
+        // Anything else (a task not there, a project that is not the task's, a page) is checked
+        // in a transaction below, which also names what is wrong.
+        if entry.kind.event().is_none() && page_id.is_none() {
+            let on = match (&project_id, &task_id) {
+                (None, None) => Some(None),
+                (_, Some(t)) => {
+                    let work = self
+                        .store
+                        .agent_work(caller.seen(), caller.workspace_id(), caller.agent_id())
+                        .await?;
+                    work.tasks
+                        .iter()
+                        .find(|x| x.id == t.as_str())
+                        .filter(|x| {
+                            project_id
+                                .as_ref()
+                                .is_none_or(|p| p.as_str() == x.project_id)
+                        })
+                        .map(|x| Some((x.project_id.clone(), x.id.clone())))
+                }
+                (Some(_), None) => None,
+            };
+            if let Some(on) = on {
                 let logged = Activity::new(
                     caller.workspace_id(),
                     &caller.actor(),
                     &format!("agent.{}", entry.kind),
                 )
-                .project(Some(&task.project_id))
-                .task(Some(&task.id))
+                .project(on.as_ref().map(|(p, _)| p.as_str()))
+                .task(on.as_ref().map(|(_, t)| t.as_str()))
                 .description(&description)
                 .metadata(metadata)
                 .build();
