@@ -73,10 +73,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
     let answer_file = dir.join("answer.json");
     let answer = super::read_answer(&parallax.server.url, key, &read).await?;
     std::fs::write(&answer_file, answer.to_string())?;
-    let task_id = answer["tasks"][0]["task"]["id"]
-        .as_str()
-        .ok_or("the measured agent has no assigned task")?
-        .to_owned();
+    let write_task = super::note_on_first_task(&answer)?;
     let answer_arg = answer_file.to_str().ok_or("temporary path is not UTF-8")?;
 
     let bare =
@@ -155,10 +152,7 @@ pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &
         (
             "agent_log_activity naming a task (write)",
             Era::Session,
-            Call::tool(
-                "agent_log_activity",
-                json!({ "type": "note", "description": "bench", "taskId": task_id }),
-            ),
+            write_task,
             key,
         ),
     ];

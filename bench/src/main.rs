@@ -891,6 +891,18 @@ async fn read_answer(url: &str, key: &str, read: &Call) -> Result<Value> {
     Ok(answer)
 }
 
+/// A note naming the first task of `answer` (the read's, so one of the measured agent's): the
+/// write whose tool checks the assignment.
+fn note_on_first_task(answer: &Value) -> Result<Call> {
+    let task_id = answer["tasks"][0]["task"]["id"]
+        .as_str()
+        .ok_or("the measured agent has no assigned task")?;
+    Ok(Call::tool(
+        "agent_log_activity",
+        json!({ "type": "note", "description": "bench", "taskId": task_id }),
+    ))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Baseline {
     Http(usize),
@@ -1020,14 +1032,7 @@ async fn main() -> Result<()> {
     // whose tool checks the assignment in the batch's transaction (a note naming nothing is
     // appended like a decision entry, without one).
     let assigned = read_answer(&parallax.url, &key, &read).await?;
-    let task_id = assigned["tasks"][0]["task"]["id"]
-        .as_str()
-        .ok_or("the measured agent has no assigned task")?
-        .to_owned();
-    let write_task = Call::tool(
-        "agent_log_activity",
-        json!({ "type": "note", "description": "bench", "taskId": task_id }),
-    );
+    let write_task = note_on_first_task(&assigned)?;
     let echo = Call::tool("echo", json!({ "status": "idle" }));
     let target = Target {
         name: "sqlite",

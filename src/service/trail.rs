@@ -34,24 +34,6 @@ impl Service {
         if from.is_some_and(|f| f < 1) {
             return Err(ServiceError::Invalid("--from must be 1 or more".into()));
         }
-        // On a SQLite file the chain is walked without the pool first; only a chain that is
-        // not found intact (or one that cannot be walked so) is walked again below, which names
-        // what is wrong.
-        if let Some(ok) = self.store.intact_chain(&ws.id, from).await {
-            return Ok(ChainVerification {
-                workspace_id: ws.id.clone(),
-                workspace: ws.slug.clone(),
-                intact: true,
-                from_seq: ok.from_seq,
-                head_seq: ok.head.as_ref().map_or(0, |h| h.last_seq),
-                head_hash: ok.head.as_ref().map(|h| h.last_hash.clone()),
-                verified: ok.verified,
-                pruned_through: ok.head.as_ref().map_or(0, |h| h.pruned_seq),
-                problem: None,
-            });
-        }
-        let tx = self.store.read().await?;
-        let head = tx.chain_head(&ws.id).await?;
         let mut report = ChainVerification {
             workspace_id: ws.id.clone(),
             workspace: ws.slug.clone(),
@@ -63,12 +45,23 @@ impl Service {
             pruned_through: 0,
             problem: None,
         };
+        // On a SQLite file the chain is walked without the pool first; only a chain that is
+        // not found intact (or one that cannot be walked so) is walked again below, which names
+        // what is wrong.
+        if let Some(ok) = self.store.intact_chain(&ws.id, from).await {
+            if let Some(head) = &ok.head {
+                report_head(&mut report, head);
+            }
+            report.from_seq = ok.from_seq;
+            report.verified = ok.verified;
+            return Ok(report);
+        }
+        let tx = self.store.read().await?;
+        let head = tx.chain_head(&ws.id).await?;
         let problem = match &head {
             None => None,
             Some(head) => {
-                report.head_seq = head.last_seq;
-                report.head_hash = Some(head.last_hash.clone());
-                report.pruned_through = head.pruned_seq;
+                report_head(&mut report, head);
                 let start = from.unwrap_or(1).max(head.pruned_seq + 1);
                 if start > head.last_seq + 1 {
                     return Err(ServiceError::Invalid(format!(
@@ -88,6 +81,13 @@ impl Service {
         report.problem = problem;
         Ok(report)
     }
+}
+
+/// Puts the chain head's position, hash and pruned point in `report`.
+fn report_head(report: &mut ChainVerification, head: &ChainHead) {
+    report.head_seq = head.last_seq;
+    report.head_hash = Some(head.last_hash.clone());
+    report.pruned_through = head.pruned_seq;
 }
 
 /// Walks `start..=head.last_seq`; the first problem, if any.

@@ -561,7 +561,7 @@ fn store_error(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::*;
     let text = e.to_string();
     match e.sqlite_error_code() {
-        Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable(text),
+        _ if is_busy(&e) => StoreError::Unavailable(text),
         Some(ConstraintViolation) if text.contains("UNIQUE") => StoreError::Conflict(text),
         _ => StoreError::Query(text),
     }
