@@ -104,16 +104,6 @@ impl AuthCache {
     }
 }
 
-fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
-    use sea_orm::sqlx::Error as E;
-    match e {
-        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::WorkerCrashed => {
-            StoreError::Unavailable(e.to_string())
-        }
-        other => StoreError::Query(other.to_string()),
-    }
-}
-
 /// Both generations, read by one prepared statement outside any transaction.
 async fn read_generations(db: &DatabaseConnection) -> StoreResult<Seen> {
     use sea_orm::sqlx::query_as;
@@ -129,7 +119,7 @@ async fn read_generations(db: &DatabaseConnection) -> StoreResult<Seen> {
                 .await
         }
     }
-    .map_err(sqlx_error)?;
+    .map_err(super::sqlx_error)?;
     Ok(Seen { auth, work })
 }
 

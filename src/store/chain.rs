@@ -15,7 +15,8 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
     QuerySelect,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 /// A workspace's chain head, and how far pruning has removed it.
 #[derive(Debug, Clone)]
@@ -42,27 +43,31 @@ pub struct ChainedEntry {
 impl ChainedEntry {
     /// The hash this entry would have if it sat at `seq` after an entry hashed `prev`.
     pub fn hash_after(&self, prev: &str, seq: i64) -> String {
-        let e = &self.entry;
-        chain::hash(
-            prev,
-            &chain::Link {
-                workspace_id: &e.workspace_id,
-                seq,
-                id: &e.id,
-                created_at_micros: e.created_at.timestamp_micros(),
-                actor_kind: e.actor_kind.as_str(),
-                actor_id: &e.actor_id,
-                agent_id: e.agent_id.as_deref(),
-                activity_type: &e.activity_type,
-                outcome: e.outcome.as_deref(),
-                project_id: e.project_id.as_deref(),
-                task_id: e.task_id.as_deref(),
-                page_id: e.page_id.as_deref(),
-                description: &e.description,
-                metadata: &self.stored_metadata,
-            },
-        )
+        link_hash(prev, seq, &self.entry, &self.stored_metadata)
     }
+}
+
+/// The hash of `e` stored with `metadata` at `seq` after an entry hashed `prev`.
+fn link_hash(prev: &str, seq: i64, e: &ActivityEntry, metadata: &str) -> String {
+    chain::hash(
+        prev,
+        &chain::Link {
+            workspace_id: &e.workspace_id,
+            seq,
+            id: &e.id,
+            created_at_micros: e.created_at.timestamp_micros(),
+            actor_kind: e.actor_kind.as_str(),
+            actor_id: &e.actor_id,
+            agent_id: e.agent_id.as_deref(),
+            activity_type: &e.activity_type,
+            outcome: e.outcome.as_deref(),
+            project_id: e.project_id.as_deref(),
+            task_id: e.task_id.as_deref(),
+            page_id: e.page_id.as_deref(),
+            description: &e.description,
+            metadata,
+        },
+    )
 }
 
 /// The hash a workspace's first entry chains from.
@@ -104,22 +109,16 @@ pub(super) fn by_workspace(entries: Vec<ActivityEntry>) -> BTreeMap<String, Vec<
 pub(super) fn chain_rows(
     last_seq: i64,
     mut prev: String,
-    entries: Vec<ActivityEntry>,
+    entries: &[ActivityEntry],
 ) -> StoreResult<(Vec<activity::Model>, String)> {
     let n = entries.len() as i64;
     let mut models = Vec::with_capacity(entries.len());
-    for (i, mut e) in entries.into_iter().enumerate() {
-        // Both databases keep microseconds; hash what will be read back.
-        e.created_at = e.created_at.trunc_subsecs(6);
+    for (i, e) in entries.iter().enumerate() {
         let seq = last_seq - n + 1 + i as i64;
-        let mut m = convert::activity_model(&e)?;
-        let hash = ChainedEntry {
-            stored_metadata: m.metadata.clone(),
-            entry: e,
-            seq: None,
-            hash: None,
-        }
-        .hash_after(&prev, seq);
+        let mut m = convert::activity_model(e)?;
+        // Both databases keep microseconds, which is what the hash covers.
+        m.created_at = m.created_at.trunc_subsecs(6);
+        let hash = link_hash(&prev, seq, e, &m.metadata);
         m.seq = Some(seq);
         m.hash = Some(hash.clone());
         prev = hash;
@@ -128,7 +127,122 @@ pub(super) fn chain_rows(
     Ok((models, prev))
 }
 
+/// Chain heads as this process last committed them, by workspace. On PostgreSQL a batch of
+/// entries for a workspace found here commits in one statement that moves the head only if it is
+/// still this one ([`super::Store::append_after_known_head`]), instead of a transaction of five
+/// round trips that reads it first. A head another writer moved since is no harm: the statement
+/// then changes nothing and the batch takes the transaction.
+#[derive(Default)]
+pub(super) struct KnownHeads(Mutex<HashMap<String, (i64, String)>>);
+
+impl KnownHeads {
+    fn get(&self, ws: &str) -> Option<(i64, String)> {
+        self.0.lock().ok()?.get(ws).cloned()
+    }
+
+    /// Keeps the later of what is known and `heads` (commits may report out of order).
+    pub(super) fn learn(&self, heads: Vec<(String, i64, String)>) {
+        let Ok(mut known) = self.0.lock() else { return };
+        if known.len() > 10_000 {
+            known.clear();
+        }
+        for (ws, seq, hash) in heads {
+            match known.get_mut(&ws) {
+                Some(k) if k.0 >= seq => {}
+                Some(k) => *k = (seq, hash),
+                None => {
+                    known.insert(ws, (seq, hash));
+                }
+            }
+        }
+    }
+
+    fn forget(&self, ws: &str) {
+        if let Ok(mut known) = self.0.lock() {
+            known.remove(ws);
+        }
+    }
+}
+
+/// Moves a workspace's head from ($4, $5) to ($1, $2) and inserts the rows chained after it,
+/// in one statement; if the head is elsewhere, `head` is empty and so is the insert. Arrays, not
+/// a `VALUES` list, so that one prepared statement serves every batch size.
+const APPEND_AFTER_HEAD: &str = "WITH head AS (\
+     UPDATE activity_chains SET last_seq = $1, last_hash = $2 \
+     WHERE workspace_id = $3 AND last_seq = $4 AND last_hash = $5 RETURNING workspace_id) \
+     INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, activity_type, \
+     outcome, description, metadata, project_id, task_id, page_id, created_at, seq, hash) \
+     SELECT u.id, head.workspace_id, u.actor_kind, u.actor_id, u.agent_id, u.activity_type, \
+     u.outcome, u.description, u.metadata, u.project_id, u.task_id, u.page_id, u.created_at, \
+     u.seq, u.hash \
+     FROM head, unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+     $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+     $17::timestamptz[], $18::int8[], $19::text[]) \
+     AS u(id, actor_kind, actor_id, agent_id, activity_type, outcome, description, metadata, \
+     project_id, task_id, page_id, created_at, seq, hash)";
+
 impl super::Store {
+    /// On PostgreSQL, commits one workspace's `entries` in one statement after the head this
+    /// process last committed (see [`KnownHeads`]). Gives them back, untouched, when it cannot:
+    /// another database, several workspaces, no known head, or a head that moved.
+    pub(super) async fn append_after_known_head(
+        &self,
+        entries: Vec<ActivityEntry>,
+    ) -> StoreResult<Option<Vec<ActivityEntry>>> {
+        use sea_orm::sqlx;
+        let Some(first) = entries.first() else {
+            return Ok(None);
+        };
+        let ws = first.workspace_id.clone();
+        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres
+            || entries.iter().any(|e| e.workspace_id != ws)
+        {
+            return Ok(Some(entries));
+        }
+        let Some((seq, hash)) = self.known_heads.get(&ws) else {
+            return Ok(Some(entries));
+        };
+        let n = entries.len() as i64;
+        let (rows, head) = chain_rows(seq + n, hash.clone(), &entries)?;
+        let column = |f: fn(&activity::Model) -> &String| -> Vec<&str> {
+            rows.iter().map(|m| f(m).as_str()).collect()
+        };
+        let optional = |f: fn(&activity::Model) -> &Option<String>| -> Vec<Option<&str>> {
+            rows.iter().map(|m| f(m).as_deref()).collect()
+        };
+        let inserted = sqlx::query(APPEND_AFTER_HEAD)
+            .bind(seq + n)
+            .bind(&head)
+            .bind(&ws)
+            .bind(seq)
+            .bind(&hash)
+            .bind(column(|m| &m.id))
+            .bind(column(|m| &m.actor_kind))
+            .bind(column(|m| &m.actor_id))
+            .bind(optional(|m| &m.agent_id))
+            .bind(column(|m| &m.activity_type))
+            .bind(optional(|m| &m.outcome))
+            .bind(column(|m| &m.description))
+            .bind(column(|m| &m.metadata))
+            .bind(optional(|m| &m.project_id))
+            .bind(optional(|m| &m.task_id))
+            .bind(optional(|m| &m.page_id))
+            .bind(rows.iter().map(|m| m.created_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|m| m.seq).collect::<Vec<_>>())
+            .bind(optional(|m| &m.hash))
+            .execute(self.db.get_postgres_connection_pool())
+            .await
+            .map_err(super::sqlx_error)?
+            .rows_affected();
+        if inserted == n as u64 {
+            self.known_heads.learn(vec![(ws, seq + n, head)]);
+            return Ok(None);
+        }
+        // Another writer moved the head: nothing was written (one statement, all or nothing).
+        self.known_heads.forget(&ws);
+        Ok(Some(entries))
+    }
+
     /// Workspace `ws`'s chain from `from` (default: its start), if a walk through a direct
     /// connection to the SQLite file finds it intact (see `direct::DirectReader::intact_chain`).
     /// `None` means "walk it through the pool": on PostgreSQL, in memory, or when anything is
@@ -216,11 +330,14 @@ impl Tx {
                 .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
             let last_seq: i64 = head.try_get("", "last_seq")?;
             let last_hash: String = head.try_get("", "last_hash")?;
-            let (models, prev) = chain_rows(last_seq, last_hash, entries)?;
+            let (models, prev) = chain_rows(last_seq, last_hash, &entries)?;
             let models = models.into_iter().map(IntoActiveModel::into_active_model);
             activity::Entity::insert_many(models)
                 .exec_without_returning(&self.tx)
                 .await?;
+            if let Ok(mut chained) = self.chained.lock() {
+                chained.push((ws.clone(), last_seq, prev.clone()));
+            }
             activity_chain::Entity::update_many()
                 .col_expr(activity_chain::Column::LastHash, Expr::value(prev))
                 .filter(activity_chain::Column::WorkspaceId.eq(ws.as_str()))

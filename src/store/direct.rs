@@ -496,7 +496,7 @@ fn append(
                 })
             })
             .map_err(store_error)?;
-        let (rows, head) = chain::chain_rows(last_seq, last_hash, entries)?;
+        let (rows, head) = chain::chain_rows(last_seq, last_hash, &entries)?;
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \

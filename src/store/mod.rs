@@ -74,6 +74,17 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// Errors of the statements the store runs through sqlx itself, around SeaORM.
+fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::WorkerCrashed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Query(other.to_string()),
+    }
+}
+
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
         let text = preflight::strip_source_line(&e.to_string());
@@ -133,6 +144,8 @@ pub struct Shared {
     checkpoints_apart: Arc<AtomicBool>,
     /// Reads of the generations shared by concurrent requests (where `direct` cannot serve).
     shared_reads: Arc<auth_cache::SharedReads>,
+    /// Chain heads as this process last committed them (see `chain::KnownHeads`).
+    known_heads: Arc<chain::KnownHeads>,
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
     /// writer; left to its busy handler, waiting writers poll with sleeps of up to 100 ms.
     writers: Arc<tokio::sync::Mutex<()>>,
@@ -322,6 +335,7 @@ impl Store {
             checkpoints_apart,
             writers: Arc::default(),
             shared_reads: Arc::default(),
+            known_heads: Arc::default(),
             writer,
         }));
         store.set_up_direct().await;
@@ -566,6 +580,8 @@ impl Store {
             checkpoints: None,
             pending_activity: Mutex::default(),
             pending_events: Mutex::default(),
+            chained: Mutex::default(),
+            known_heads: self.known_heads.clone(),
             events_committed: self.events_committed.clone(),
             sealer: self.sealer.clone(),
         }
@@ -635,6 +651,13 @@ impl Store {
         touches: Touches<'_>,
     ) -> StoreResult<()> {
         let Some(writer) = self.direct_writer.get().cloned() else {
+            let entries = match touches {
+                ([], []) => match self.append_after_known_head(entries).await? {
+                    Some(entries) => entries,
+                    None => return Ok(()),
+                },
+                _ => entries,
+            };
             let tx = self.write().await?;
             tx.insert_activities(entries).await?;
             tx.mark_seen(touches).await?;
@@ -676,6 +699,10 @@ pub struct Tx {
     pending_activity: Mutex<Vec<ActivityEntry>>,
     /// Events written by this transaction, inserted at commit (see `outbox`).
     pending_events: Mutex<Vec<Event>>,
+    /// The chain heads this transaction's activity moved to (workspace, seq, hash), made known
+    /// once it commits (see `chain::KnownHeads`).
+    chained: Mutex<Vec<(String, i64, String)>>,
+    known_heads: Arc<chain::KnownHeads>,
     events_committed: Arc<Notify>,
     sealer: Arc<sealed::Sealer>,
 }
@@ -717,6 +744,9 @@ impl Tx {
             self.flush_activity().await?;
             let wrote_events = self.flush_events().await?;
             self.tx.commit().await?;
+            if let Ok(mut chained) = self.chained.lock() {
+                self.known_heads.learn(std::mem::take(&mut *chained));
+            }
             if let Some(checkpoints) = &self.checkpoints {
                 checkpoints.committed();
             }

@@ -1064,6 +1064,74 @@ async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_i
     assert!(r.problem.unwrap().contains("pruned"));
 }
 
+/// On PostgreSQL the audit writer appends a batch in one statement after the chain head its
+/// process last committed (`store::chain::KnownHeads`). When another replica moved the head
+/// meanwhile, by its own batches or by a service change, that statement must write nothing and
+/// the batch land after the new head: every entry chained once, in the order each writer
+/// committed them. (On a SQLite file the batches take the direct writer, which must hold too.)
+#[tokio::test]
+async fn batches_after_another_replica_moved_the_chain_head_land_after_the_new_head() {
+    let db = TestDb::new().await;
+    let (svc, s) = trail_of(&db, 1).await;
+    let note = |d: String| ActivityEntry {
+        id: new_id(),
+        workspace_id: s.ws().to_owned(),
+        actor_kind: ActorKind::System,
+        actor_id: "system".into(),
+        agent_id: None,
+        activity_type: "test.note".into(),
+        outcome: None,
+        description: d,
+        metadata: json!({ "n": 1 }),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        created_at: parallax_mcp::service::now(),
+    };
+    let (a, b) = (
+        Service::new(db.store().await),
+        Service::new(db.store().await),
+    );
+    let mut written = Vec::new();
+    for round in 0..3 {
+        // `a` learns the head from its own commit; `b` then moves it, by entries and by a
+        // change of its own, so `a`'s next batch starts from a head that is no longer there.
+        let batch = vec![note(format!("a{round}.0")), note(format!("a{round}.1"))];
+        a.writer().append(batch).await.unwrap();
+        b.writer().record(note(format!("b{round}"))).await.unwrap();
+        b.create_task(&s.admin, &s.project.id, &format!("b's task {round}"), "")
+            .await
+            .unwrap();
+        written.extend([
+            format!("a{round}.0"),
+            format!("a{round}.1"),
+            format!("b{round}"),
+        ]);
+    }
+    a.writer().record(note("a last".into())).await.unwrap();
+    written.push("a last".into());
+
+    let r = svc.verify_activity(&s.admin, None).await.unwrap();
+    assert!(r.intact, "{r:?}");
+    assert_eq!(r.verified as i64, r.head_seq, "{r:?}");
+    let notes: Vec<String> = svc
+        .list_activity(
+            &s.admin,
+            ActivityQuery {
+                activity_type: Some("test.note".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.description)
+        .collect();
+    assert_eq!(notes, written, "each entry once, in commit order");
+}
+
 /// Group commit undoes a failed job with `Tx::rollback_to`: its statements and the activity it
 /// queued go, what came before and after stays, and the chain over what stays verifies.
 #[tokio::test]
