@@ -150,20 +150,46 @@ impl SharedReads {
     }
 }
 
-/// The task behind [`SharedReads`]; it ends when the store drops its queue.
+/// The task behind [`SharedReads`]; it ends when the store drops its queue. On PostgreSQL it
+/// reads on a connection of its own (`dedicated`).
 fn spawn_reader(db: DatabaseConnection) -> mpsc::UnboundedSender<Waiter> {
     let (queue, mut waiters) = mpsc::unbounded_channel::<Waiter>();
     tokio::spawn(async move {
+        let conn = super::dedicated::Dedicated::default();
         let mut batch = Vec::new();
         while waiters.recv_many(&mut batch, 4096).await > 0 {
             // Everyone in `batch` arrived before this read begins.
-            let seen = read_generations(&db).await;
+            let seen = match db.get_database_backend() {
+                DbBackend::Postgres => read_generations_on(&conn, &db).await,
+                _ => read_generations(&db).await,
+            };
             for waiter in batch.drain(..) {
                 let _ = waiter.send(seen.clone());
             }
         }
     });
     queue
+}
+
+/// [`read_generations`] on `conn`; once more on a fresh connection when it fails, since a
+/// connection can die between two reads (a backend restarted or terminated).
+async fn read_generations_on(
+    conn: &super::dedicated::Dedicated,
+    db: &DatabaseConnection,
+) -> StoreResult<Seen> {
+    use sea_orm::sqlx::query_as;
+    let mut retried = false;
+    loop {
+        let mut lease = conn.lease(db.get_postgres_connection_pool()).await?;
+        let read = query_as::<_, (i64, i64)>(READ_GENERATIONS)
+            .fetch_one(lease.conn())
+            .await;
+        match lease.done(read) {
+            Ok((auth, work)) => return Ok(Seen { auth, work }),
+            Err(_) if !retried => retried = true,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// How a credential is looked up when the snapshot misses.

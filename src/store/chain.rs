@@ -210,6 +210,10 @@ impl super::Store {
         let optional = |f: fn(&activity::Model) -> &Option<String>| -> Vec<Option<&str>> {
             rows.iter().map(|m| f(m).as_deref()).collect()
         };
+        let mut lease = self
+            .appender
+            .lease(self.db.get_postgres_connection_pool())
+            .await?;
         let inserted = sqlx::query(APPEND_AFTER_HEAD)
             .bind(seq + n)
             .bind(&head)
@@ -230,10 +234,9 @@ impl super::Store {
             .bind(rows.iter().map(|m| m.created_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|m| m.seq).collect::<Vec<_>>())
             .bind(optional(|m| &m.hash))
-            .execute(self.db.get_postgres_connection_pool())
-            .await
-            .map_err(super::sqlx_error)?
-            .rows_affected();
+            .execute(lease.conn())
+            .await;
+        let inserted = lease.done(inserted)?.rows_affected();
         if inserted == n as u64 {
             self.known_heads.learn(vec![(ws, seq + n, head)]);
             return Ok(None);

@@ -7,7 +7,8 @@
 //! never committed: later calls "succeed" without storing anything, and the write lock they hold
 //! keeps every other connection at `database is locked`. So a connection whose depth is not zero
 //! when it is released (after the queued rollback ran) or acquired is closed, never reused; the
-//! pool opens a fresh one. A connection that cannot answer a ping is closed by sqlx itself.
+//! pool opens a fresh one. A connection that sat idle is pinged before it is handed out (not one
+//! in use a moment ago: a round trip each time); one that cannot answer is closed by sqlx itself.
 
 use sea_orm::sqlx;
 use sqlx::pool::{PoolConnectionMetadata, PoolOptions};
@@ -40,8 +41,13 @@ fn guard<DB: Database>(opts: PoolOptions<DB>, settle: bool) -> PoolOptions<DB> {
             })
         },
     )
-    .before_acquire(|conn: &mut DB::Connection, _meta: PoolConnectionMetadata| {
-        Box::pin(async move { Ok(clean(&*conn, "acquired")) })
+    .before_acquire(|conn: &mut DB::Connection, meta: PoolConnectionMetadata| {
+        Box::pin(async move {
+            if meta.idle_for >= super::dedicated::IDLE_PING {
+                conn.ping().await?;
+            }
+            Ok(clean(&*conn, "acquired"))
+        })
     })
 }
 

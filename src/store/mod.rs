@@ -12,6 +12,7 @@ mod chain;
 mod checkpoints;
 mod console;
 mod convert;
+mod dedicated;
 mod direct;
 mod entities;
 mod hygiene;
@@ -146,6 +147,8 @@ pub struct Shared {
     shared_reads: Arc<auth_cache::SharedReads>,
     /// Chain heads as this process last committed them (see `chain::KnownHeads`).
     known_heads: Arc<chain::KnownHeads>,
+    /// PostgreSQL: the audit writer's connection for its one-statement appends (`dedicated`).
+    appender: Arc<dedicated::Dedicated>,
     /// SQLite only: this process's writers queue here, first come first served. SQLite has one
     /// writer; left to its busy handler, waiting writers poll with sleeps of up to 100 ms.
     writers: Arc<tokio::sync::Mutex<()>>,
@@ -243,7 +246,10 @@ fn connect_options(
     checkpoints_apart: Option<Arc<AtomicBool>>,
 ) -> ConnectOptions {
     let mut opts = ConnectOptions::new(url.to_owned());
+    // The pool pings a connection before handing it out only when it sat idle (`hygiene`): one
+    // in use a moment ago is alive or fails its statement, and the round trip is not free.
     opts.sqlx_logging(false)
+        .test_before_acquire(false)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10));
     if url.starts_with("sqlite:") {
@@ -336,6 +342,7 @@ impl Store {
             writers: Arc::default(),
             shared_reads: Arc::default(),
             known_heads: Arc::default(),
+            appender: Arc::default(),
             writer,
         }));
         store.set_up_direct().await;
