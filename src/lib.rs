@@ -26,8 +26,12 @@
 //!   the authentication snapshot (`store::auth_cache`), each agent's current work
 //!   (`store::work_cache`, with what readers derive from a snapshot kept beside it, such as a
 //!   tool's rendered answer, so it lives and dies with the snapshot), pool hygiene (`store::hygiene`: a connection left inside a failed
-//!   transaction is closed, never reused) and, on PostgreSQL, LISTEN/NOTIFY wake-ups between
-//!   replicas. `store::sealed` encrypts secrets at rest under the master key.
+//!   transaction is closed, never reused; idle connections pinged before use) and, on PostgreSQL,
+//!   LISTEN/NOTIFY wake-ups between replicas, the audit writer's batches in one statement after
+//!   the chain head its process last committed (`store::chain::KnownHeads`; a head that moved
+//!   sends the batch through a transaction) and connections of their own for the hot path's
+//!   statements (`store::dedicated`: a pooled one costs two pings per use). `store::sealed`
+//!   encrypts secrets at rest under the master key.
 //!   `store::preflight` says in one line why a database cannot be opened (path or host,
 //!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
 //!   `store::console` keeps the console's login links and sessions (hashes of their secrets only).
