@@ -110,8 +110,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("stdio") => {
+            // rmcp's pipe transport, as `parallax-mcp stdio` uses: the baseline gets the same
+            // reads and writes on the IO reactor, not a blocking-pool hand-off per message.
             let running = Echo { answer: None }
-                .serve((tokio::io::stdin(), tokio::io::stdout()))
+                .serve(rmcp::transport::stdio_pipes())
                 .await?;
             running.waiting().await?;
         }
