@@ -1064,6 +1064,42 @@ async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_i
     assert!(r.problem.unwrap().contains("pruned"));
 }
 
+/// A `test.note` entry by the system in workspace `ws`.
+fn test_note(ws: &str, description: &str) -> ActivityEntry {
+    ActivityEntry {
+        id: new_id(),
+        workspace_id: ws.to_owned(),
+        actor_kind: ActorKind::System,
+        actor_id: "system".into(),
+        agent_id: None,
+        activity_type: "test.note".into(),
+        outcome: None,
+        description: description.into(),
+        metadata: json!({}),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        created_at: parallax_mcp::service::now(),
+    }
+}
+
+/// The descriptions of the workspace's `test.note` entries, newest first.
+async fn test_notes(svc: &Service, admin: &auth::MemberCaller) -> Vec<String> {
+    svc.list_activity(
+        admin,
+        ActivityQuery {
+            activity_type: Some("test.note".into()),
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| e.description)
+    .collect()
+}
+
 /// On PostgreSQL the audit writer appends a batch in one statement after the chain head its
 /// process last committed (`store::chain::KnownHeads`). When another replica moved the head
 /// meanwhile, by its own batches or by a service change, that statement must write nothing and
@@ -1073,21 +1109,7 @@ async fn a_checkpoint_at_the_pruned_point_still_verifies_and_an_older_one_says_i
 async fn batches_after_another_replica_moved_the_chain_head_land_after_the_new_head() {
     let db = TestDb::new().await;
     let (svc, s) = trail_of(&db, 1).await;
-    let note = |d: String| ActivityEntry {
-        id: new_id(),
-        workspace_id: s.ws().to_owned(),
-        actor_kind: ActorKind::System,
-        actor_id: "system".into(),
-        agent_id: None,
-        activity_type: "test.note".into(),
-        outcome: None,
-        description: d,
-        metadata: json!({ "n": 1 }),
-        project_id: None,
-        task_id: None,
-        page_id: None,
-        created_at: parallax_mcp::service::now(),
-    };
+    let note = |d: String| test_note(s.ws(), &d);
     let (a, b) = (
         Service::new(db.store().await),
         Service::new(db.store().await),
@@ -1114,21 +1136,8 @@ async fn batches_after_another_replica_moved_the_chain_head_land_after_the_new_h
     let r = svc.verify_activity(&s.admin, None).await.unwrap();
     assert!(r.intact, "{r:?}");
     assert_eq!(r.verified as i64, r.head_seq, "{r:?}");
-    let notes: Vec<String> = svc
-        .list_activity(
-            &s.admin,
-            ActivityQuery {
-                activity_type: Some("test.note".into()),
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .rev()
-        .map(|e| e.description)
-        .collect();
+    let mut notes = test_notes(&svc, &s.admin).await;
+    notes.reverse();
     assert_eq!(notes, written, "each entry once, in commit order");
 }
 
@@ -1138,21 +1147,7 @@ async fn batches_after_another_replica_moved_the_chain_head_land_after_the_new_h
 async fn a_savepoint_rolled_back_drops_its_piece_alone_and_the_chain_verifies() {
     let db = TestDb::new().await;
     let (svc, s) = trail_of(&db, 1).await;
-    let note = |d: &str| ActivityEntry {
-        id: new_id(),
-        workspace_id: s.ws().to_owned(),
-        actor_kind: ActorKind::System,
-        actor_id: "system".into(),
-        agent_id: None,
-        activity_type: "test.note".into(),
-        outcome: None,
-        description: d.into(),
-        metadata: json!({}),
-        project_id: None,
-        task_id: None,
-        page_id: None,
-        created_at: parallax_mcp::service::now(),
-    };
+    let note = |d: &str| test_note(s.ws(), d);
     let store = Store::open(&db.url).await.unwrap();
     let tx = store.write().await.unwrap();
     tx.insert_activity(&note("before")).await.unwrap();
@@ -1168,20 +1163,7 @@ async fn a_savepoint_rolled_back_drops_its_piece_alone_and_the_chain_verifies() 
     tx.release(mark).await.unwrap();
     tx.commit().await.unwrap();
 
-    let notes: Vec<String> = svc
-        .list_activity(
-            &s.admin,
-            ActivityQuery {
-                activity_type: Some("test.note".into()),
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.description)
-        .collect();
+    let notes = test_notes(&svc, &s.admin).await;
     assert_eq!(notes, ["after", "before"]);
     let tx = store.read().await.unwrap();
     let undone = tx.project(s.ws(), &project.id).await.unwrap();
