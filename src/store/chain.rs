@@ -141,7 +141,7 @@ impl KnownHeads {
     }
 
     /// Keeps the later of what is known and `heads` (commits may report out of order).
-    pub(super) fn learn(&self, heads: Vec<(String, i64, String)>) {
+    pub(super) fn learn(&self, heads: impl IntoIterator<Item = (String, i64, String)>) {
         let Ok(mut known) = self.0.lock() else { return };
         if known.len() > 10_000 {
             known.clear();
@@ -238,7 +238,7 @@ impl super::Store {
             .await;
         let inserted = lease.done(inserted)?.rows_affected();
         if inserted == n as u64 {
-            self.known_heads.learn(vec![(ws, seq + n, head)]);
+            self.known_heads.learn([(ws, seq + n, head)]);
             return Ok(None);
         }
         // Another writer moved the head: nothing was written (one statement, all or nothing).
@@ -338,7 +338,11 @@ impl Tx {
             activity::Entity::insert_many(models)
                 .exec_without_returning(&self.tx)
                 .await?;
-            if let Ok(mut chained) = self.chained.lock() {
+            // Only PostgreSQL's one-statement appends use the heads (a SQLite file's batches
+            // take the direct writer, which reads the head in its own transaction).
+            if self.tx.get_database_backend() == sea_orm::DbBackend::Postgres
+                && let Ok(mut chained) = self.chained.lock()
+            {
                 chained.push((ws.clone(), last_seq, prev.clone()));
             }
             activity_chain::Entity::update_many()
