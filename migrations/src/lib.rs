@@ -22,6 +22,7 @@ mod m20261203_300000_work_generation;
 mod m20261203_400000_activity_indexes;
 mod m20261204_100000_activity_partial_indexes;
 mod m20261204_200000_activity_unchained_index;
+mod m20261205_100000_activity_actor_index;
 
 pub struct Migrator;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_400000_activity_indexes::Migration),
             Box::new(m20261204_100000_activity_partial_indexes::Migration),
             Box::new(m20261204_200000_activity_unchained_index::Migration),
+            Box::new(m20261205_100000_activity_actor_index::Migration),
         ]
     }
 }

@@ -48,8 +48,8 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -720,6 +720,11 @@ pub struct Savepoint {
     activity: usize,
     events: usize,
 }
+
+/// The condition of the partial actor index (migration m20261205_100000), spelled as the
+/// migration writes it: a query must name it to use the index.
+const ACTOR_INDEX_CONDITION: &str =
+    "(\"actor_kind\" <> 'agent' OR \"agent_id\" IS NULL OR \"agent_id\" <> \"actor_id\")";
 
 /// Filters for the activity log.
 #[derive(Debug, Clone, Default)]
@@ -1476,9 +1481,6 @@ impl Tx {
                 s = s.filter(Expr::cust("\"activity_type\" <> 'tool.call'"));
             }
         }
-        if let Some(a) = &q.actor_id {
-            s = s.filter(activity::Column::ActorId.eq(a.as_str()));
-        }
         if let Some(o) = &q.outcome {
             s = s.filter(activity::Column::Outcome.eq(o.as_str()));
             if o != "allowed" {
@@ -1502,13 +1504,33 @@ impl Tx {
         if let Some(b) = &q.before {
             s = s.filter(activity::Column::Id.lt(b.as_str()));
         }
-        s.order_by_desc(activity::Column::Id)
-            .limit(q.limit)
-            .all(&self.tx)
-            .await?
-            .into_iter()
-            .map(convert::activity)
-            .collect()
+        let newest = |s: Select<activity::Entity>| {
+            s.order_by_desc(activity::Column::Id)
+                .limit(q.limit)
+                .all(&self.tx)
+        };
+        let rows = match &q.actor_id {
+            None => newest(s).await?,
+            // An agent acting is its own `agent_id`: those entries are read through the agent
+            // index, the rest through the actor index, which holds only them (migration
+            // m20261205_100000); each read is in id order, so the pages merge.
+            Some(a) => {
+                let by_agent = s
+                    .clone()
+                    .filter(activity::Column::ActorKind.eq(ActorKind::Agent.as_str()))
+                    .filter(activity::Column::AgentId.eq(a.as_str()))
+                    .filter(activity::Column::ActorId.eq(a.as_str()));
+                let by_others = s
+                    .filter(activity::Column::ActorId.eq(a.as_str()))
+                    .filter(Expr::cust(ACTOR_INDEX_CONDITION));
+                let mut rows = newest(by_agent).await?;
+                rows.extend(newest(by_others).await?);
+                rows.sort_unstable_by(|x, y| y.id.cmp(&x.id));
+                rows.truncate(q.limit as usize);
+                rows
+            }
+        };
+        rows.into_iter().map(convert::activity).collect()
     }
 
     /// Queues an event for this transaction; [`Tx::commit`] numbers and inserts it.

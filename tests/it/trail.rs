@@ -251,45 +251,172 @@ async fn the_lookup_of_entries_outside_the_chain_reads_only_their_index() {
     let db = TestDb::new().await;
     let (_, s) = trail_of(&db, 3).await;
     let conn = raw(&db).await;
-    let backend = conn.get_database_backend();
     // As SeaORM writes `Tx::first_unchained_activity`'s query.
     let query = format!(
         r#"SELECT "activity"."id" FROM "activity" WHERE "activity"."workspace_id" = '{}' AND ("activity"."seq" IS NULL OR "activity"."hash" IS NULL) ORDER BY "activity"."id" ASC LIMIT 1"#,
         s.ws()
     );
-    let tx = conn.begin().await.unwrap();
-    let explain = match backend {
-        DbBackend::Sqlite => format!("EXPLAIN QUERY PLAN {query}"),
-        _ => {
-            // With a few rows a sequential scan is cheaper anyway; the question is whether the
-            // planner can use the index for this condition at all.
-            exec_in(&tx, "SET LOCAL enable_seqscan = off").await;
-            format!("EXPLAIN {query}")
-        }
-    };
-    let plan: Vec<String> = tx
-        .query_all_raw(Statement::from_string(backend, explain))
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let column = if backend == DbBackend::Sqlite {
-                "detail"
-            } else {
-                "QUERY PLAN"
-            };
-            r.try_get::<String>("", column).unwrap()
-        })
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of(&conn, &query).await;
     assert!(plan.contains("ix_activity_unchained"), "{plan}");
     assert!(!plan.to_lowercase().contains("seq scan"), "{plan}");
     // The index still finds what it is for.
-    drop(tx);
     forge(&conn, s.ws(), "NULL").await;
     let (code, report) = verify(&db, &[]).await;
     assert_eq!(code, 9);
     assert_eq!(report["problem"]["entryId"], "forged", "{report}");
+}
+
+/// The plan the database would run `query` with. On PostgreSQL sequential scans are off: with a
+/// few rows one is cheaper anyway, and the question is whether the planner can use an index for
+/// the query's conditions at all.
+async fn plan_of(conn: &DatabaseConnection, query: &str) -> String {
+    let backend = conn.get_database_backend();
+    let tx = conn.begin().await.unwrap();
+    let (explain, column) = match backend {
+        DbBackend::Sqlite => (format!("EXPLAIN QUERY PLAN {query}"), "detail"),
+        _ => {
+            exec_in(&tx, "SET LOCAL enable_seqscan = off").await;
+            (format!("EXPLAIN {query}"), "QUERY PLAN")
+        }
+    };
+    let rows = tx
+        .query_all_raw(Statement::from_string(backend, explain))
+        .await
+        .unwrap();
+    let plan: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get::<String>("", column).unwrap())
+        .collect();
+    plan.join("\n")
+}
+
+/// Entries an agent's calls append name the agent as actor and as `agent_id`, and only the agent
+/// index holds them: the actor index keeps the rest (members, the system, rows that break the
+/// rule). A filter on an actor reads both and merges them, so it finds every entry of that actor,
+/// page by page, whoever the actor is; each read uses its index on both databases.
+#[tokio::test]
+async fn a_filter_on_an_actor_finds_all_its_entries_through_two_indexes() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    approved_agent(&w.svc, &w.admin, "other", &[Permission::ReadTasks]).await;
+    let s = spawn_http(&w.db.url).await;
+    let c = http_client(&s.url, &key, ProtocolVersion::V_2025_11_25).await;
+    for i in 0..3 {
+        server::ok(&c, "agent_my_assignments", json!({})).await;
+        w.svc
+            .create_task(&w.admin, &w.project.id, &format!("between {i}"), "")
+            .await
+            .unwrap();
+    }
+    server::ok(
+        &c,
+        "agent_log_activity",
+        json!({"type": "note", "description": "a note"}),
+    )
+    .await;
+    let ws = w.admin.workspace().id.clone();
+    // Rows that break the rule, written around the store: an agent acting with no `agent_id`,
+    // and one acting about another agent.
+    let conn = raw(&w.db).await;
+    let odd_none = new_id();
+    for (id, agent) in [(odd_none.as_str(), "NULL"), (&new_id(), "'other'")] {
+        exec(
+            &conn,
+            &format!(
+                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
+                 activity_type, outcome, description, metadata, created_at) \
+                 SELECT '{id}', workspace_id, actor_kind, actor_id, {agent}, activity_type, \
+                 outcome, description, metadata, created_at FROM activity \
+                 WHERE workspace_id = '{ws}' AND actor_id = 'bot' LIMIT 1"
+            ),
+        )
+        .await;
+    }
+
+    let everything = crate::support::all_activity(&w.svc, &ws).await;
+    let page_through = |actor: &'static str, agent: Option<&'static str>| {
+        let svc = &w.svc;
+        let admin = &w.admin;
+        async move {
+            let mut seen: Vec<String> = Vec::new();
+            loop {
+                let page = svc
+                    .list_activity(
+                        admin,
+                        ActivityQuery {
+                            actor_id: Some(actor.into()),
+                            agent_id: agent.map(Into::into),
+                            before: seen.last().cloned(),
+                            limit: 2,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                if page.is_empty() {
+                    return seen;
+                }
+                seen.extend(page.into_iter().map(|e| e.id));
+            }
+        }
+    };
+    for (actor, agent) in [
+        ("bot", None),
+        ("admin@acme.test", None),
+        ("admin@acme.test", Some("bot")),
+        ("system", None),
+        ("bot", Some("other")),
+        ("nobody", None),
+    ] {
+        let expected: Vec<String> = everything
+            .iter()
+            .filter(|e| {
+                e.actor_id == actor && agent.is_none_or(|a| e.agent_id.as_deref() == Some(a))
+            })
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(
+            page_through(actor, agent).await,
+            expected,
+            "{actor} {agent:?}"
+        );
+        if actor == "bot" && agent.is_none() {
+            // Three reads' decisions, the note's decision and the note, both odd rows.
+            assert_eq!(expected.len(), 7, "{expected:?}");
+            assert!(expected.contains(&odd_none));
+        }
+    }
+
+    // As SeaORM writes `Tx::query_activity`'s two reads.
+    let by_agent = format!(
+        r#"SELECT "activity"."id" FROM "activity" WHERE "activity"."workspace_id" = '{ws}' AND "activity"."actor_kind" = 'agent' AND "activity"."agent_id" = 'bot' AND "activity"."actor_id" = 'bot' ORDER BY "activity"."id" DESC LIMIT 50"#
+    );
+    let by_others = format!(
+        r#"SELECT "activity"."id" FROM "activity" WHERE "activity"."workspace_id" = '{ws}' AND "activity"."actor_id" = 'bot' AND ("actor_kind" <> 'agent' OR "agent_id" IS NULL OR "agent_id" <> "actor_id") ORDER BY "activity"."id" DESC LIMIT 50"#
+    );
+    for (query, index) in [
+        (by_agent, "ix_activity_agent"),
+        (by_others, "ix_activity_actor"),
+    ] {
+        let plan = plan_of(&conn, &query).await;
+        assert!(plan.contains(index), "{index}: {plan}");
+        assert!(!plan.to_lowercase().contains("seq scan"), "{plan}");
+    }
+    // The actor index is partial: an agent's own entries go into the agent index only.
+    let definition = if w.db.is_postgres() {
+        "SELECT indexdef AS d FROM pg_indexes WHERE indexname = 'ix_activity_actor'"
+    } else {
+        "SELECT sql AS d FROM sqlite_master WHERE name = 'ix_activity_actor'"
+    };
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            conn.get_database_backend(),
+            definition.to_owned(),
+        ))
+        .await
+        .unwrap();
+    let definition: String = rows[0].try_get("", "d").unwrap();
+    assert!(definition.contains("WHERE"), "{definition}");
 }
 
 async fn exec_in(tx: &DatabaseTransaction, sql: &str) {
