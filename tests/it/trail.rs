@@ -301,13 +301,7 @@ async fn a_filter_on_an_actor_finds_all_its_entries_through_two_indexes() {
     approved_agent(&w.svc, &w.admin, "other", &[Permission::ReadTasks]).await;
     let s = spawn_http(&w.db.url).await;
     let c = http_client(&s.url, &key, ProtocolVersion::V_2025_11_25).await;
-    for i in 0..3 {
-        server::ok(&c, "agent_my_assignments", json!({})).await;
-        w.svc
-            .create_task(&w.admin, &w.project.id, &format!("between {i}"), "")
-            .await
-            .unwrap();
-    }
+    reads_between_changes(&w, &c).await;
     server::ok(
         &c,
         "agent_log_activity",
@@ -525,20 +519,25 @@ async fn two_server_processes_append_to_one_chain() {
 /// A server on a SQLite file commits the gate's decision entries around the pool
 /// (`store::direct`); they must be stored as the pool stores entries: one chain with the
 /// service's own changes, timestamps in the pool's text format, agents and keys marked as seen.
+/// Three reads by `c`, each followed by a task the admin creates: decision entries (the server's)
+/// between changes written through the pool (the service's).
+async fn reads_between_changes(w: &server::World, c: &server::Client) {
+    for i in 0..3 {
+        server::ok(c, "agent_my_assignments", json!({})).await;
+        w.svc
+            .create_task(&w.admin, &w.project.id, &format!("between {i}"), "")
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn decision_entries_and_service_changes_share_one_chain_and_one_format() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
     let s = spawn_http(&w.db.url).await;
     let c = http_client(&s.url, &key, ProtocolVersion::V_2025_11_25).await;
-    // Decision entries (the server's) between changes written through the pool (the service's).
-    for i in 0..3 {
-        server::ok(&c, "agent_my_assignments", json!({})).await;
-        w.svc
-            .create_task(&w.admin, &w.project.id, &format!("between {i}"), "")
-            .await
-            .unwrap();
-    }
+    reads_between_changes(&w, &c).await;
     let r = w.svc.verify_activity(&w.admin, None).await.unwrap();
     assert!(r.intact, "{r:?}");
     let calls = server::audit(&w.svc, &w.admin, "bot").await;
