@@ -2,7 +2,8 @@
 //!
 //! An MCP server that lets AI agents work inside a team's workspace with human-approved, scoped,
 //! audited access. See `README.md` for running it, `docs/design.md` for the product (domain,
-//! permissions, lifecycle, events, transports, security model) and `CHANGELOG.md` for changes.
+//! permissions, lifecycle, events, transports, security model), `docs/performance.md` for how the
+//! gated call's cost was brought down and measured, and `CHANGELOG.md` for changes.
 //!
 //! ## Code map
 //!

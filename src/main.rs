@@ -11,7 +11,8 @@ use tracing_subscriber::EnvFilter;
 
 // mimalloc, not glibc's malloc: a response is built on one worker thread and dropped on another,
 // and glibc's arena locks made those threads wait on each other (most of the server's futex
-// calls under load); mimalloc frees across threads without a lock. See README, Performance.
+// calls under load); mimalloc frees across threads without a lock. See docs/performance.md
+// (the allocator change).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

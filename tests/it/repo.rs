@@ -101,7 +101,12 @@ fn the_design_license_and_changelog_are_here() {
     let changelog = read("CHANGELOG.md");
     assert!(changelog.contains("## [Unreleased]"));
     let readme = read("README.md");
-    for link in ["docs/design.md", "CHANGELOG.md", "LICENSE"] {
+    for link in [
+        "docs/design.md",
+        "docs/performance.md",
+        "CHANGELOG.md",
+        "LICENSE",
+    ] {
         assert!(readme.contains(&format!("]({link}")), "README links {link}");
     }
     assert!(read("src/lib.rs").contains("docs/design.md"));
