@@ -48,7 +48,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select, SqliteTransactionMode, Statement,
+    QueryFilter, QueryOrder, QuerySelect, RuntimeErr, Select, SqliteTransactionMode, Statement,
     TransactionOptions, TransactionTrait,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +169,38 @@ impl std::fmt::Debug for Store {
 /// How long a SQLite writer waits for its turn, in this process (`Store::writers`) and for
 /// other processes (the busy timeout).
 const WRITER_WAIT: Duration = Duration::from_secs(10);
+
+/// `Database::connect`, tried again while a SQLite file answers "database is locked" (up to
+/// [`WRITER_WAIT`]): replicas starting together on a brand-new file race to switch it to WAL,
+/// and SQLite refuses a loser at once rather than through the busy timeout (it holds a read
+/// lock while asking for the write lock, and waiting could deadlock).
+async fn connect(
+    url: &str,
+    options: impl Fn() -> ConnectOptions,
+) -> StoreResult<DatabaseConnection> {
+    let deadline = std::time::Instant::now() + WRITER_WAIT;
+    loop {
+        match Database::connect(options()).await {
+            Err(e) if url.starts_with("sqlite:") && sqlite_busy(&e) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(preflight::diagnose_connect(url, &e));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            connected => return connected.map_err(|e| preflight::diagnose_connect(url, &e)),
+        }
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED`, with any extended code.
+fn sqlite_busy(e: &DbErr) -> bool {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = e else {
+        return false;
+    };
+    let code = e.as_database_error().and_then(|d| d.code());
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
 
 /// Turns a plain path into a SQLite URL that creates the file on first use.
 pub fn database_url_for_path(path: &std::path::Path) -> String {
@@ -310,21 +342,15 @@ impl Store {
     /// refused PostgreSQL port) are diagnosed first, in one line (see [`preflight`]).
     pub async fn connect_with(url: &str, create: Create) -> StoreResult<Store> {
         preflight::check(url, create).await?;
-        let db = Database::connect(connect_options(url, create, None, None))
-            .await
-            .map_err(|e| preflight::diagnose_connect(url, &e))?;
+        let db = connect(url, || connect_options(url, create, None, None)).await?;
         let checkpoints_apart = Arc::new(AtomicBool::new(false));
         // An in-memory database is one connection already; PostgreSQL has no single writer.
         let writer = if url.starts_with("sqlite:") && !url.contains(":memory:") {
             Some(
-                Database::connect(connect_options(
-                    url,
-                    create,
-                    Some(1),
-                    Some(checkpoints_apart.clone()),
-                ))
-                .await
-                .map_err(|e| preflight::diagnose_connect(url, &e))?,
+                connect(url, || {
+                    connect_options(url, create, Some(1), Some(checkpoints_apart.clone()))
+                })
+                .await?,
             )
         } else {
             None
