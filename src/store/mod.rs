@@ -283,7 +283,13 @@ fn connect_options(
     opts.sqlx_logging(false)
         .test_before_acquire(false)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(Duration::from_secs(10))
+        // No reaper: sqlx 0.9's idle-connection sweep can read a wrapped idle count and spin
+        // without yielding (transact-rs/sqlx#3645), which hung a CLI command at exit at 100% CPU
+        // here and can stall a server's worker thread. Idle connections are pinged before use
+        // instead (`hygiene`), and the pool never holds more than its maximum.
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>);
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the single writer; the busy timeout makes writers queue
         // instead of failing; foreign keys are off by default in SQLite.
@@ -1616,5 +1622,25 @@ impl Tx {
         rows.iter()
             .map(|r| r.try_get::<String>("", "d").map_err(Into::into))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pool is built without sqlx's idle reaper, on either database (`connect_options`).
+    #[test]
+    fn pools_have_no_idle_reaper() {
+        for url in [
+            "sqlite:///tmp/parallax.db?mode=rwc",
+            "postgres://db.test/parallax",
+        ] {
+            for writer in [None, Some(Arc::new(AtomicBool::new(false)))] {
+                let o = connect_options(url, Create::IfMissing, Some(1), writer);
+                assert_eq!(o.get_idle_timeout(), Some(None), "{url}");
+                assert_eq!(o.get_max_lifetime(), Some(None), "{url}");
+            }
+        }
     }
 }
