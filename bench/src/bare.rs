@@ -8,6 +8,10 @@
 //! returns that object as its structured content, as a server keeping a tool's answer in memory
 //! would: what the same payload costs with no gate (`parallax-bench` compares the read tool with
 //! it).
+//!
+//! `BARE_JSON_RESPONSE=1` answers stateless (2026-07-28) requests with one JSON body, as
+//! `parallax-mcp` does, instead of rmcp's default SSE stream: the baseline stays rmcp's default,
+//! and this shows what the same setting saves a server with no gate.
 
 use axum::serve::ListenerExt;
 use rmcp::model::{
@@ -133,7 +137,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     })
                 },
                 Arc::new(LocalSessionManager::default()),
-                StreamableHttpServerConfig::default(),
+                StreamableHttpServerConfig::default().with_json_response(
+                    std::env::var_os("BARE_JSON_RESPONSE").is_some_and(|v| v == "1"),
+                ),
             );
             let app = axum::Router::new().nest_service("/mcp", service);
             eprintln!("listening on http://{}/mcp", listener.local_addr()?);

@@ -30,7 +30,11 @@ pub fn router(ctx: &HttpContext) -> Router {
     } else {
         opts.allowed_hosts.clone()
     };
+    // A stateless (2026-07-28) request whose first message is its answer gets it as one JSON
+    // body: one write, no SSE framing or priming event. A call that notifies before answering
+    // still gets a stream. Sessions (2025-11-25) always stream, as rmcp serves them.
     let mut mcp_config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
         .with_allowed_hosts(hosts)
         .with_allowed_origins(opts.allowed_origins.clone())
         .with_max_request_body_bytes(opts.max_body_bytes)

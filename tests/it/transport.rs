@@ -304,3 +304,60 @@ async fn idle_sessions_sleep_and_wake_on_their_next_request() {
     assert_eq!(list_on(&http, &server.url, &bot, &s1).await.0, 404);
     assert!(sessions.is_empty());
 }
+
+/// A stateless (2026-07-28) call that sends nothing before its answer gets it as one JSON body
+/// with its length (one write, no SSE framing), as the spec lets a server choose; a session's
+/// call still streams its answer.
+#[tokio::test]
+async fn a_stateless_answer_is_one_json_body_and_a_sessions_answer_streams() {
+    let w = world().await;
+    let bot = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let server = in_process(&w.db.url).await;
+    let http = reqwest::Client::new();
+    let call = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "agent_my_assignments", "arguments": {}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": { "name": "raw", "version": "0" } } } });
+    let res = post(&http, &server.url, &bot, None, &call)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "agent_my_assignments")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let length: usize = res.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = res.text().await.unwrap();
+    assert_eq!(text.len(), length);
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert!(
+        answer["result"]["structuredContent"]["tasks"].is_array(),
+        "{answer}"
+    );
+    assert_ne!(answer["result"]["isError"], true, "{answer}");
+
+    let session = open_session(&http, &server.url, &bot).await;
+    let mut call = call;
+    call["params"].as_object_mut().unwrap().remove("_meta");
+    let res = post(&http, &server.url, &bot, Some(&session), &call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let streamed = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(streamed.starts_with("text/event-stream"), "{streamed}");
+    let answers = messages(res).await;
+    assert!(
+        answers
+            .iter()
+            .any(|m| m["id"] == 7 && m["result"]["structuredContent"]["tasks"].is_array()),
+        "{answers:?}"
+    );
+}
