@@ -16,11 +16,26 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Clap prints its own usage errors and exits 2; `--help` and `--version` exit 0.
     let cli = Cli::parse();
-    match run(cli).await {
+    // `stdio` serves one client over one pipe: one thread runs it without handing each call
+    // between threads (most of its CPU was wake-ups and context switches); `serve` and the
+    // commands keep a thread per core.
+    let runtime = match cli.command {
+        cli::args::Command::Stdio => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the source said: scripts read the first line of stderr.
