@@ -110,9 +110,11 @@
 //!   change from any process or replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each. It also sets the global
-//!   allocator (mimalloc); `mcp::sessions` hands sleeping sessions' memory back with `mi_collect`.
-//!   It builds the runtime: one thread for `stdio` (one client, one pipe), a thread per core
-//!   otherwise; nothing in the library may block a runtime thread waiting on another task.
+//!   allocator (mimalloc); `mcp::sessions` hands sleeping sessions' memory back with `mi_collect`,
+//!   which collects only the calling thread's heap, so `main.rs` hooks its `release_on_park` into
+//!   the runtime and each thread collects its own as it goes idle. It builds the runtime: one
+//!   thread for `stdio` (one client, one pipe), a thread per core otherwise; nothing in the
+//!   library may block a runtime thread waiting on another task.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
 //!   per-workspace `seq` at commit, so seq order is commit order and readers page by seq.
 //! - Activity entries are chained at commit in the store (`store::chain`): each gets a
