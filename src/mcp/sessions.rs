@@ -410,7 +410,7 @@ async fn sweeper(shared: Weak<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        release_free_memory(tokio::runtime::Handle::current().metrics().num_workers());
+        let _ = release_free_memory(tokio::runtime::Handle::current().metrics().num_workers());
     }
 }
 
@@ -427,13 +427,14 @@ thread_local! {
 /// A session's memory lies on whichever runtime thread ran it, so this thread collects now and
 /// every other runtime thread when it next goes idle ([`release_on_park`], which `main.rs` hooks
 /// into the runtime); the empty tasks spawned here wake idle ones to look for work, so they park
-/// again, and collect, at once rather than at their next request.
-fn release_free_memory(workers: usize) {
-    RELEASES.fetch_add(1, Ordering::Relaxed);
+/// again, and collect, at once rather than at their next request. Returns the request's number.
+fn release_free_memory(workers: usize) -> u64 {
+    let asked = RELEASES.fetch_add(1, Ordering::Relaxed) + 1;
     release_on_park();
     for _ in 0..workers {
         tokio::spawn(async {});
     }
+    asked
 }
 
 /// Hands this thread's free memory back if it was asked for since the thread last did: the
@@ -1020,7 +1021,7 @@ mod tests {
     }
 
     /// After sessions are put to sleep, every worker of a multi-threaded runtime collects its
-    /// heap, not only the thread that asked: the idle one is woken to park again.
+    /// heap, not only the thread that asked.
     #[test]
     fn a_release_reaches_every_worker() {
         use std::collections::HashMap;
@@ -1044,8 +1045,7 @@ mod tests {
             // Both workers start and go idle.
             tokio::time::sleep(Duration::from_millis(100)).await;
             tokio::spawn(async {
-                release_free_memory(tokio::runtime::Handle::current().metrics().num_workers());
-                RELEASES.load(Ordering::Relaxed)
+                release_free_memory(tokio::runtime::Handle::current().metrics().num_workers())
             })
             .await
             .unwrap()
