@@ -410,7 +410,7 @@ async fn sweeper(shared: Weak<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let _ = release_free_memory(tokio::runtime::Handle::current().metrics().num_workers());
+        let _ = release_free_memory();
     }
 }
 
@@ -428,10 +428,10 @@ thread_local! {
 /// every other runtime thread when it next goes idle ([`release_on_park`], which `main.rs` hooks
 /// into the runtime); the empty tasks spawned here wake idle ones to look for work, so they park
 /// again, and collect, at once rather than at their next request. Returns the request's number.
-fn release_free_memory(workers: usize) -> u64 {
+fn release_free_memory() -> u64 {
     let asked = RELEASES.fetch_add(1, Ordering::Relaxed) + 1;
     release_on_park();
-    for _ in 0..workers {
+    for _ in 0..tokio::runtime::Handle::current().metrics().num_workers() {
         tokio::spawn(async {});
     }
     asked
@@ -1044,11 +1044,7 @@ mod tests {
         let asked = rt.block_on(async {
             // Both workers start and go idle.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            tokio::spawn(async {
-                release_free_memory(tokio::runtime::Handle::current().metrics().num_workers())
-            })
-            .await
-            .unwrap()
+            tokio::spawn(async { release_free_memory() }).await.unwrap()
         });
         let caught_up = || {
             ANSWERED
