@@ -38,7 +38,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Boxed: the command's future is large, and on the main thread's stack every page it ever
+    // touched would stay resident for the life of the server.
+    match runtime.block_on(Box::pin(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the source said: scripts read the first line of stderr.

@@ -457,6 +457,9 @@ pub async fn run_with(
         tracing::warn!("[http] allowed_hosts is empty: every request except /healthz is refused");
     }
 
+    // What start-up allocated and dropped (migrations, snapshots, configuration) goes back to
+    // the system now, not whenever the allocator gets round to it: most of it was on this thread.
+    crate::mcp::sessions::release_free_memory();
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
     let draining = ctx.draining.clone();
     tokio::spawn(async move {

@@ -428,7 +428,7 @@ thread_local! {
 /// every other runtime thread when it next goes idle ([`release_on_park`], which `main.rs` hooks
 /// into the runtime); the empty tasks spawned here wake idle ones to look for work, so they park
 /// again, and collect, at once rather than at their next request. Returns the request's number.
-fn release_free_memory() -> u64 {
+pub(crate) fn release_free_memory() -> u64 {
     let asked = RELEASES.fetch_add(1, Ordering::Relaxed) + 1;
     release_on_park();
     for _ in 0..tokio::runtime::Handle::current().metrics().num_workers() {

@@ -180,7 +180,8 @@ async fn connect(
 ) -> StoreResult<DatabaseConnection> {
     let deadline = std::time::Instant::now() + WRITER_WAIT;
     loop {
-        match Database::connect(options()).await {
+        // Boxed: the connector's future is tens of kB, moved on the stack as it is built.
+        match Box::pin(Database::connect(options())).await {
             Err(e) if url.starts_with("sqlite:") && sqlite_busy(&e) => {
                 if std::time::Instant::now() >= deadline {
                     return Err(preflight::diagnose_connect(url, &e));
