@@ -968,9 +968,6 @@ async fn main() -> Result<()> {
         cmd
     };
     let parallax = Server::start(serve(&sqlite)).await?;
-    // Anonymous apart: most of a fresh server's RSS is its own code, file-backed pages whose count
-    // depends on what the page cache holds of the binary (a freshly copied binary maps more).
-    let parallax_rss = [rss_kb(parallax.pid()), anon_kb(parallax.pid())];
     let read = Call::tool("agent_my_assignments", json!({}));
     // Bare serves the read tool's answer too (its `answer` tool), from memory and without a gate:
     // what the same payload costs in rmcp alone. The file is written after the session memory is
@@ -979,9 +976,14 @@ async fn main() -> Result<()> {
     let mut bare_cmd = Command::new(&bare_bin);
     bare_cmd.args(["http", "127.0.0.1:0"]).arg(&answer_file);
     let bare = Server::start(bare_cmd).await?;
+    // Both servers idle 3 s first: read the moment a server says it listens, RSS races with the
+    // background tasks it starts then (a megabyte between runs of one build). Anonymous apart:
+    // most of a fresh server's RSS is its own code, file-backed pages whose count depends on what
+    // the page cache holds of the binary (a freshly copied binary maps more).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = [
-        parallax_rss[0],
-        parallax_rss[1],
+        rss_kb(parallax.pid()),
+        anon_kb(parallax.pid()),
         rss_kb(bare.pid()),
         anon_kb(bare.pid()),
     ]
@@ -1343,7 +1345,7 @@ async fn main() -> Result<()> {
     println!(
         "\nper open 2025-11-25 session (RSS growth over {n}, anonymous in brackets): just opened \
          {:.1} kB [{:.1}] (bare rmcp: {:.1} kB [{:.1}]); idle 3 s: {:.1} kB [{:.1}] (bare rmcp: \
-         {:.1} kB [{:.1}]); idle RSS after start: {:.1} MB [{:.1}] \
+         {:.1} kB [{:.1}]); idle RSS 3 s after start: {:.1} MB [{:.1}] \
          (bare rmcp: {:.1} MB [{:.1}])",
         ours.opened,
         ours.opened_anon,
