@@ -110,7 +110,8 @@
 //!   change from any process or replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each. It also sets the global
-//!   allocator (mimalloc); `mcp::sessions` hands sleeping sessions' memory back with `mi_collect`,
+//!   allocator (mimalloc); `mcp::sessions` hands sleeping sessions' memory back with `mi_collect`
+//!   (and `http` what start-up freed, before it listens),
 //!   which collects only the calling thread's heap, so `main.rs` hooks its `release_on_park` into
 //!   the runtime and each thread collects its own as it goes idle. It builds the runtime: one
 //!   thread for `stdio` (one client, one pipe), a thread per core otherwise; nothing in the
