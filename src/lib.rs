@@ -58,6 +58,8 @@
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their
 //!   agent, capped, and put to sleep when idle (`mcp::sessions`). **The only module that imports
 //!   `rmcp`.**
+//! - [`memory`]: hands the allocator's free memory back to the system, on every runtime thread
+//!   (mimalloc collects per thread); asked by `mcp::sessions` and by `http` after start-up.
 //! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
 //!   the signed webhook worker, and the server-sent event stream the API serves to members.
 //! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;
@@ -110,10 +112,10 @@
 //!   change from any process or replica.
 //! - `main.rs` is the only place that uses `anyhow`; library errors are `thiserror` enums, one per
 //!   boundary, mapped to CLI/MCP/HTTP errors in one place each. It also sets the global
-//!   allocator (mimalloc); `mcp::sessions` hands sleeping sessions' memory back with `mi_collect`
-//!   (and `http` what start-up freed, before it listens),
-//!   which collects only the calling thread's heap, so `main.rs` hooks its `release_on_park` into
-//!   the runtime and each thread collects its own as it goes idle. It builds the runtime: one
+//!   allocator (mimalloc), whose `mi_collect` collects only the calling thread's heap: [`memory`]
+//!   hands free memory back when asked (by `mcp::sessions` after sleeping sessions, by `http`
+//!   once start-up is done), and `main.rs` hooks its `release_on_park` into the runtime so each
+//!   thread collects its own as it goes idle. It builds the runtime: one
 //!   thread for `stdio` (one client, one pipe), a thread per core otherwise; nothing in the
 //!   library may block a runtime thread waiting on another task.
 //! - Events are written only through `service::emit`, in the change's transaction; they get their
@@ -137,6 +139,7 @@ pub mod domain;
 pub mod events;
 pub mod http;
 pub mod mcp;
+pub mod memory;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     .enable_all()
     // Each thread hands its allocator's free memory back as it goes idle, when asked to (after
     // MCP sessions are put to sleep): mimalloc collects only the calling thread's heap.
-    .on_thread_park(parallax_mcp::mcp::sessions::release_on_park)
+    .on_thread_park(parallax_mcp::memory::release_on_park)
     .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
