@@ -55,15 +55,23 @@ pub async fn check(env: &Envelope, req: Request, next: impl crate::http::Continu
         return refusal.into_response();
     }
     let mut parts = parts;
+    let mut message = message;
+    let method = message
+        .get("method")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     // A subscription stream lives until the client or the server ends it: not "in flight".
-    let long_lived = message.get("method").and_then(Value::as_str) == Some("subscriptions/listen");
+    let long_lived = method.as_deref() == Some("subscriptions/listen");
     let guard = (!long_lived).then(|| env.inflight.enter());
+    // A tool call's parameters, already parsed, for `mcp::direct` (rmcp reads the body anew).
+    let params = match method.as_deref() {
+        Some("tools/call") => message.remove("params"),
+        _ => None,
+    };
     parts.extensions.insert(RpcMessage {
-        method: message
-            .get("method")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        method,
         id: message.get("id").cloned().unwrap_or(Value::Null),
+        params,
     });
     let res = next(Request::from_parts(parts, Body::from(bytes))).await;
     match guard {
@@ -118,6 +126,8 @@ fn is_json(req: &Request) -> bool {
 pub struct RpcMessage {
     pub method: Option<String>,
     pub id: Value,
+    /// A `tools/call`'s `params` (none for other methods).
+    pub params: Option<Value>,
 }
 
 /// A refused message: HTTP 400 with a JSON-RPC error object.

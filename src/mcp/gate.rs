@@ -19,7 +19,7 @@ pub enum CallOutcome {
     Refused(String),
     /// The call waits for a human: answered as an MCP task (only for a client that declared the
     /// tasks extension). The delegation row is the task.
-    Task(Delegation),
+    Task(Box<Delegation>),
 }
 
 /// The `tasks/*` requests; each passes [`Gate::task`].
@@ -258,7 +258,7 @@ impl Gate {
         caller: &AgentCaller,
         value: ToolOutput,
     ) -> Result<CallOutcome, GateError> {
-        let structured = &value.structured;
+        let structured = value.structured();
         let Some(id) = structured
             .get("delegationId")
             .and_then(Value::as_str)
@@ -267,7 +267,7 @@ impl Gate {
             return Ok(CallOutcome::Ok(value));
         };
         match self.service.agent_delegation(caller, id).await {
-            Ok(d) if d.status == DelegationStatus::Pending => Ok(CallOutcome::Task(d)),
+            Ok(d) if d.status == DelegationStatus::Pending => Ok(CallOutcome::Task(Box::new(d))),
             Ok(_) => Ok(CallOutcome::Ok(value)),
             Err(e) => Err(GateError::Internal(format!(
                 "reading the delegation back: {e}"

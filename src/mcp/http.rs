@@ -51,12 +51,17 @@ pub fn router(ctx: &HttpContext) -> Router {
         inflight: ctx.inflight.clone(),
         cut: ctx.cut.clone(),
     };
+    let handler = move || {
+        ParallaxServer::new(gate.clone(), Credential::PerRequest)
+            .with_feed(feed.clone())
+            .with_drain(drain.clone())
+    };
+    let direct = super::direct::Direct {
+        server: handler(),
+        sessions: ctx.sessions.clone(),
+    };
     let mcp = Arc::new(StreamableHttpService::new(
-        move || {
-            Ok(ParallaxServer::new(gate.clone(), Credential::PerRequest)
-                .with_feed(feed.clone())
-                .with_drain(drain.clone()))
-        },
+        move || Ok(handler()),
         ctx.sessions.clone(),
         mcp_config,
     ));
@@ -70,6 +75,7 @@ pub fn router(ctx: &HttpContext) -> Router {
             gate: state.gate.clone(),
         },
         ctx: state,
+        direct,
         mcp,
     };
     Router::new().nest_service("/mcp", Endpoint(Arc::new(pipeline)))
@@ -79,13 +85,15 @@ type McpService = StreamableHttpService<ParallaxServer, sessions::SessionRegistr
 
 /// What every `/mcp` request passes, in this order: its span (so authentication is inside it),
 /// bearer authentication, the JSON-RPC envelope (a malformed message is refused before rmcp reads
-/// it), the session's owner, and rmcp's service. Nested as plain async functions in one service
+/// it), the session's owner, and rmcp's service (or, for a plain tool call on a session, the
+/// gate directly: `mcp::direct`). Nested as plain async functions in one service
 /// (see `http::Continue`), and shared behind one `Arc`: rmcp's configuration holds the allowed
 /// hosts and origins and a cancellation token, so a clone per request allocated and locked.
 struct Pipeline {
     ctx: Arc<HttpContext>,
     envelope: super::envelope::Envelope,
     binder: sessions::Binder,
+    direct: super::direct::Direct,
     mcp: Arc<McpService>,
 }
 
@@ -95,7 +103,10 @@ impl Pipeline {
             authenticate(&self.ctx, req, |req| {
                 super::envelope::check(&self.envelope, req, |req| {
                     sessions::bind(&self.binder, req, |req| async move {
-                        self.mcp.handle(req).await.map(axum::body::Body::new)
+                        match super::direct::call(&self.direct, req).await {
+                            Ok(res) => res,
+                            Err(req) => self.mcp.handle(req).await.map(axum::body::Body::new),
+                        }
                     })
                 })
             })

@@ -2,6 +2,7 @@
 //! Only this module imports rmcp.
 
 pub mod catalogue;
+mod direct;
 pub mod envelope;
 pub mod gate;
 pub mod http;

@@ -297,7 +297,7 @@ impl ServerHandler for ParallaxServer {
                 other => ErrorData::invalid_request(other.to_string(), None),
             })?;
         Ok(ReadResourceResult::new(vec![
-            ResourceContents::text(output.text, request.uri).with_mime_type("application/json"),
+            ResourceContents::text(output.text(), request.uri).with_mime_type("application/json"),
         ])
         .into())
     }
@@ -447,19 +447,27 @@ impl ServerHandler for ParallaxServer {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let _in_flight = self.drain.as_ref().map(|d| d.inflight.enter());
-        let started = std::time::Instant::now();
-        // The label is the catalogue's name, never the caller's string.
-        let tool = super::catalogue::find(&request.name).map_or("unknown", |spec| spec.name);
-        let span = self.call_span(&ctx, tool);
-        // Boxed: rmcp spawns a task per request around this future, and the gate's future is
-        // large; spawning it inline copied it (twice) into an over-aligned allocation.
-        let (response, outcome) =
-            Box::pin(self.gated_call(request, &ctx).instrument(span.clone())).await;
-        span.record("outcome", outcome.as_str());
-        metrics::tool_call(tool, self.transport(), outcome, started.elapsed());
-        response
+        // Per request (2026-07-28) or from `initialize` (sessions); rmcp reads both.
+        let tasks = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        let span = self.call_span(&ctx, tool_label(&request.name));
+        let outcome = self
+            .call_gate(
+                span,
+                &request.name,
+                request.arguments,
+                tasks,
+                self.authenticate(&ctx),
+            )
+            .await;
+        outcome.map(call_response)
     }
+}
+
+/// A tool's name as metrics and spans label it: the catalogue's, never the caller's string.
+pub(super) fn tool_label(name: &str) -> &'static str {
+    super::catalogue::find(name).map_or("unknown", |spec| spec.name)
 }
 
 impl ParallaxServer {
@@ -489,15 +497,7 @@ impl ParallaxServer {
                 );
                 span
             });
-            tracing::info_span!(
-                parent: &parent,
-                "gate",
-                mcp.method = "tools/call",
-                tool,
-                workspace = tracing::field::Empty,
-                agent = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-            )
+            gate_span(&parent, tool)
         })
     }
 
@@ -509,50 +509,79 @@ impl ParallaxServer {
         }
     }
 
-    /// `tools/call` through the gate (cut short with an error by shutdown's drain limit), and
-    /// what became of it for metrics.
-    async fn gated_call(
+    /// `tools/call` through the gate, in `span`, counted in metrics, and cut short with an error
+    /// by shutdown's drain limit. rmcp's `call_tool` and `mcp::direct` both call the gate here.
+    /// `auth` is awaited inside the span (on stdio it checks the key).
+    pub(super) async fn call_gate(
         &self,
-        request: CallToolRequestParams,
-        ctx: &RequestContext<RoleServer>,
-    ) -> (Result<CallToolResponse, ErrorData>, metrics::CallOutcome) {
-        use metrics::CallOutcome::{Allowed, Denied, Error};
-        // Per request (2026-07-28) or from `initialize` (sessions); rmcp reads both.
-        let tasks = ctx
-            .client_capabilities()
-            .is_some_and(|c| c.supports_tasks());
-        let auth = match self.authenticate(ctx).await {
-            Ok(auth) => auth,
-            // The store failed, or a rate limit refused the call.
-            Err(e) if e.code == rmcp::model::ErrorCode::INTERNAL_ERROR => return (Err(e), Error),
-            Err(e) => return (Err(e), Denied),
+        span: tracing::Span,
+        name: &str,
+        arguments: Option<JsonObject>,
+        tasks: bool,
+        auth: impl Future<Output = Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData>>,
+    ) -> Result<CallOutcome, ErrorData> {
+        let _in_flight = self.drain.as_ref().map(|d| d.inflight.enter());
+        let started = std::time::Instant::now();
+        // Boxed: rmcp spawns a task per request around this future, and the gate's future is
+        // large; spawning it inline copied it (twice) into an over-aligned allocation.
+        let outcome = Box::pin(
+            async {
+                // The store failed, or a rate limit refused the call.
+                let auth = auth.await?;
+                let call = self.gate.call(auth, name, arguments, tasks);
+                let outcome = match &self.drain {
+                    Some(d) => tokio::select! {
+                        outcome = call => outcome,
+                        () = d.cut.cancelled() => {
+                            return Err(ErrorData::internal_error(SHUTTING_DOWN, None));
+                        }
+                    },
+                    None => call.await,
+                };
+                outcome.map_err(gate_error)
+            }
+            .instrument(span.clone()),
+        )
+        .await;
+        let counted = match &outcome {
+            Ok(CallOutcome::Ok(_) | CallOutcome::Task(_)) => metrics::CallOutcome::Allowed,
+            Ok(CallOutcome::Refused(_)) => metrics::CallOutcome::Denied,
+            Err(e) if e.code == rmcp::model::ErrorCode::INTERNAL_ERROR => {
+                metrics::CallOutcome::Error
+            }
+            Err(_) => metrics::CallOutcome::Denied,
         };
-        let call = self
-            .gate
-            .call(auth, &request.name, request.arguments, tasks);
-        let outcome = match &self.drain {
-            Some(d) => tokio::select! {
-                outcome = call => outcome,
-                () = d.cut.cancelled() => {
-                    return (Err(ErrorData::internal_error(SHUTTING_DOWN, None)), Error);
-                }
-            },
-            None => call.await,
-        };
-        match outcome {
-            Ok(CallOutcome::Ok(output)) => (Ok(tool_result(output).into()), Allowed),
-            Ok(CallOutcome::Task(d)) => (
-                Ok(CallToolResponse::Task(CreateTaskResult::new(
-                    task_of(&d).task,
-                ))),
-                Allowed,
-            ),
-            Ok(CallOutcome::Refused(message)) => (
-                Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into()),
-                Denied,
-            ),
-            Err(e @ GateError::Internal(_)) => (Err(gate_error(e)), Error),
-            Err(e) => (Err(gate_error(e)), Denied),
+        span.record("outcome", counted.as_str());
+        metrics::tool_call(
+            tool_label(name),
+            self.transport(),
+            counted,
+            started.elapsed(),
+        );
+        outcome
+    }
+}
+
+/// The span of the gate under `parent`.
+pub(super) fn gate_span(parent: &tracing::Span, tool: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        parent: parent,
+        "gate",
+        mcp.method = "tools/call",
+        tool,
+        workspace = tracing::field::Empty,
+        agent = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// What the gate let through, as `tools/call` answers it.
+pub(super) fn call_response(outcome: CallOutcome) -> CallToolResponse {
+    match outcome {
+        CallOutcome::Ok(output) => tool_result(output).into(),
+        CallOutcome::Task(d) => CallToolResponse::Task(CreateTaskResult::new(task_of(&d).task)),
+        CallOutcome::Refused(message) => {
+            CallToolResult::error(vec![ContentBlock::text(message)]).into()
         }
     }
 }
@@ -641,9 +670,10 @@ fn task_of(d: &Delegation) -> DetailedTask {
 }
 
 /// A tool's answer as MCP sends it: the structured content with its text copy.
-fn tool_result(output: super::tools::ToolOutput) -> CallToolResult {
-    let mut result = CallToolResult::success(vec![ContentBlock::text(output.text)]);
-    result.structured_content = Some(output.structured);
+pub(super) fn tool_result(output: super::tools::ToolOutput) -> CallToolResult {
+    let (structured, text) = output.into_parts();
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
     result
 }
 

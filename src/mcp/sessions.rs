@@ -596,6 +596,15 @@ impl SessionRegistry {
         self.shared.lock()
     }
 
+    /// Whether a bound session's client declared the tasks extension at `initialize`; `None`
+    /// for a session without a binding or without its `initialize` parameters.
+    pub(super) fn client_tasks(&self, id: &str) -> Option<bool> {
+        let table = self.lock();
+        table.bound.get(id)?;
+        let state = table.states.get(id)?;
+        Some(state.initialize_params.capabilities.supports_tasks())
+    }
+
     /// A GET stream for a session that never subscribed: it waits for the worker's stream
     /// (handed over on `resources/subscribe`) without keeping the session awake. `None` for a
     /// subscribed or unbound session.
@@ -786,6 +795,10 @@ impl SessionStore for SessionRegistry {
     }
 }
 
+/// Set by [`bind`] on a request whose session is the caller's.
+#[derive(Debug, Clone, Copy)]
+pub struct Owned;
+
 /// State for [`bind`].
 #[derive(Clone)]
 pub struct Binder {
@@ -795,7 +808,7 @@ pub struct Binder {
 
 /// Runs inside bearer authentication on `/mcp`: a request naming a session must come from the
 /// agent that opened it; a response that opens a session binds it to the caller.
-pub async fn bind(b: &Binder, req: Request, next: impl crate::http::Continue) -> Response {
+pub async fn bind(b: &Binder, mut req: Request, next: impl crate::http::Continue) -> Response {
     let caller = req
         .extensions()
         .get::<HttpAuth>()
@@ -816,6 +829,7 @@ pub async fn bind(b: &Binder, req: Request, next: impl crate::http::Continue) ->
                 let id: SessionId = id.into();
                 // Awake (or woken) for the whole request, so it is not put to sleep midway.
                 let _busy = b.sessions.shared.busy(&id, false);
+                req.extensions_mut().insert(Owned);
                 let deleting = req.method() == Method::DELETE;
                 if deleting && let Some(bound) = b.sessions.lock().bound.get_mut(&id) {
                     bound.deleting = true;

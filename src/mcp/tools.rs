@@ -171,20 +171,50 @@ fn ts(t: &Timestamp) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A tool's answer: its structured content and the text copy MCP asks for beside it.
+/// A tool's answer: its structured content and the text copy MCP asks for beside it. Cloned by
+/// reference: the read tool's answer is kept per work snapshot and shared by every read of it.
 #[derive(Debug, Clone)]
-pub struct ToolOutput {
-    pub structured: Value,
-    pub text: String,
+pub struct ToolOutput(std::sync::Arc<Rendered>);
+
+#[derive(Debug)]
+struct Rendered {
+    structured: Value,
+    text: String,
+    /// The answer as the wire carries it, made once by whoever sends it first (`mcp::direct`).
+    wire: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl ToolOutput {
+    pub fn structured(&self) -> &Value {
+        &self.0.structured
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0.text
+    }
+
+    /// The structured content and the text, copied only if the answer is shared.
+    pub fn into_parts(self) -> (Value, String) {
+        match std::sync::Arc::try_unwrap(self.0) {
+            Ok(r) => (r.structured, r.text),
+            Err(shared) => (shared.structured.clone(), shared.text.clone()),
+        }
+    }
+
+    /// The answer encoded by `encode` the first time it is asked for, then kept with it.
+    pub fn wire(&self, encode: impl FnOnce(&Self) -> bytes::Bytes) -> bytes::Bytes {
+        self.0.wire.get_or_init(|| encode(self)).clone()
+    }
 }
 
 /// Renders both from the output itself: writing the text from a `Value` instead walks its maps
 /// again through `fmt::Write`, which cost more than building the value.
 fn render<T: Serialize>(v: &T) -> ToolOutput {
-    ToolOutput {
+    ToolOutput(std::sync::Arc::new(Rendered {
         structured: serde_json::to_value(v).expect("tool outputs serialise"),
         text: serde_json::to_string(v).expect("tool outputs serialise"),
-    }
+        wire: std::sync::OnceLock::new(),
+    }))
 }
 
 // ---- bodies ----
@@ -195,7 +225,7 @@ pub async fn my_assignments(
     input: MyAssignmentsInput,
 ) -> ServiceResult<ToolOutput> {
     let mine = svc.my_assignments(caller, input.status).await?;
-    // Rendered once per work snapshot: repeated reads of unchanged work copy the answer.
+    // Rendered once per work snapshot: repeated reads of unchanged work share the answer.
     let answer = mine.rendered(|mine| {
         render(&MyAssignmentsOutput {
             projects: mine

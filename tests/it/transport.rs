@@ -306,10 +306,11 @@ async fn idle_sessions_sleep_and_wake_on_their_next_request() {
 }
 
 /// A stateless (2026-07-28) call that sends nothing before its answer gets it as one JSON body
-/// with its length (one write, no SSE framing), as the spec lets a server choose; a session's
-/// call still streams its answer.
+/// with its length (one write, no SSE framing), as the spec lets a server choose; so does a plain
+/// tool call on a session (`mcp::direct`), while one that rmcp must see (a progress token)
+/// streams its answer, and both answer alike.
 #[tokio::test]
-async fn a_stateless_answer_is_one_json_body_and_a_sessions_answer_streams() {
+async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session() {
     let w = world().await;
     let bot = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
     let server = in_process(&w.db.url).await;
@@ -346,7 +347,28 @@ async fn a_stateless_answer_is_one_json_body_and_a_sessions_answer_streams() {
     let session = open_session(&http, &server.url, &bot).await;
     let mut call = call;
     call["params"].as_object_mut().unwrap().remove("_meta");
+    let json_body = |res: reqwest::Response| async move {
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let answers = messages(res).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        answers.into_iter().next().unwrap()
+    };
     let res = post(&http, &server.url, &bot, Some(&session), &call)
+        .send()
+        .await
+        .unwrap();
+    let direct = json_body(res).await;
+    assert_eq!(direct["id"], 7, "{direct}");
+    assert!(
+        direct["result"]["structuredContent"]["tasks"].is_array(),
+        "{direct}"
+    );
+
+    // With a progress token the call is rmcp's: it streams, and answers the same.
+    let mut tracked = call.clone();
+    tracked["params"]["_meta"] = json!({ "progressToken": "p1" });
+    let res = post(&http, &server.url, &bot, Some(&session), &tracked)
         .send()
         .await
         .unwrap();
@@ -354,10 +376,58 @@ async fn a_stateless_answer_is_one_json_body_and_a_sessions_answer_streams() {
     let streamed = res.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(streamed.starts_with("text/event-stream"), "{streamed}");
     let answers = messages(res).await;
+    let through_rmcp = answers
+        .iter()
+        .find(|m| m["id"] == 7)
+        .unwrap_or_else(|| panic!("{answers:?}"));
+    assert_eq!(through_rmcp, &direct, "both paths answer alike");
+
+    // A string id comes back as it was sent, and a refusal, an unknown tool and bad arguments
+    // answer alike on both paths.
+    let mut named = call.clone();
+    named["id"] = json!("call-1");
+    let res = post(&http, &server.url, &bot, Some(&session), &named)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(res).await["id"], "call-1");
+    for params in [
+        json!({ "name": "agent_log_activity", "arguments": { "kind": "note", "description": "x" } }),
+        json!({ "name": "no_such_tool", "arguments": {} }),
+        json!({ "name": "agent_my_assignments", "arguments": { "status": 5 } }),
+    ] {
+        let plain = json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params });
+        let res = post(&http, &server.url, &bot, Some(&session), &plain)
+            .send()
+            .await
+            .unwrap();
+        let direct = json_body(res).await;
+        assert!(
+            direct["error"].is_object() || direct["result"]["isError"] == true,
+            "refused: {direct}"
+        );
+        let mut tracked = plain.clone();
+        tracked["params"]["_meta"] = json!({ "progressToken": 2 });
+        let res = post(&http, &server.url, &bot, Some(&session), &tracked)
+            .send()
+            .await
+            .unwrap();
+        let answers = messages(res).await;
+        let through_rmcp = answers.iter().find(|m| m["id"] == 9).unwrap();
+        assert_eq!(through_rmcp, &direct, "{params}");
+    }
+
+    // A plain call on a sleeping session is answered without waking it.
+    let sessions = server.ctx.sessions.clone();
+    eventually("the session asleep", || sessions.asleep() == 1).await;
+    let res = post(&http, &server.url, &bot, Some(&session), &call)
+        .send()
+        .await
+        .unwrap();
+    let answer = json_body(res).await;
     assert!(
-        answers
-            .iter()
-            .any(|m| m["id"] == 7 && m["result"]["structuredContent"]["tasks"].is_array()),
-        "{answers:?}"
+        answer["result"]["structuredContent"]["tasks"].is_array(),
+        "{answer}"
     );
+    assert_eq!(sessions.asleep(), 1, "still asleep");
 }
