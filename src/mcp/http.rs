@@ -32,7 +32,8 @@ pub fn router(ctx: &HttpContext) -> Router {
     };
     // A stateless (2026-07-28) request whose first message is its answer gets it as one JSON
     // body: one write, no SSE framing or priming event. A call that notifies before answering
-    // still gets a stream. Sessions (2025-11-25) always stream, as rmcp serves them.
+    // still gets a stream. On sessions (2025-11-25) rmcp streams; a plain tool call there is
+    // answered with one JSON body by `mcp::direct`.
     let mut mcp_config = StreamableHttpServerConfig::default()
         .with_json_response(true)
         .with_allowed_hosts(hosts)
