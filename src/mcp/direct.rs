@@ -15,6 +15,7 @@
 use super::envelope::RpcMessage;
 use super::server::{HttpAuth, ParallaxServer, call_response, gate_span, tool_label, tool_result};
 use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
+use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::telemetry::traces;
 use axum::body::Body;
 use axum::extract::Request;
@@ -35,6 +36,7 @@ pub struct Direct {
 
 /// A tool call this path can answer, taken from the request.
 struct Plain {
+    auth: Arc<Result<AgentCaller, AgentAuthRefusal>>,
     id: Value,
     name: String,
     arguments: Option<JsonObject>,
@@ -47,10 +49,7 @@ pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
     let Some(plain) = plain(d, &mut req) else {
         return Err(req);
     };
-    let auth = match req.extensions().get::<HttpAuth>() {
-        Some(auth) => (*auth.0).clone(),
-        None => return Err(req),
-    };
+    let auth = (*plain.auth).clone();
     let tool = tool_label(&plain.name);
     let span = traces::span(|| {
         let parent = req
@@ -107,7 +106,7 @@ fn legacy(response: CallToolResponse) -> ServerResult {
 }
 
 /// The call, if it is one this path answers exactly as rmcp would; its parameters are taken out
-/// of the request only then.
+/// of the request only then, so a request handed back to rmcp is as it came.
 fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     if req.method() != Method::POST
         || req.extensions().get::<Owned>().is_none()
@@ -115,6 +114,7 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     {
         return None;
     }
+    let auth = req.extensions().get::<HttpAuth>()?.0.clone();
     let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
     let tasks = d.sessions.client_tasks(session)?;
     let message = req.extensions().get::<RpcMessage>()?;
@@ -154,6 +154,7 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
         _ => None,
     };
     Some(Plain {
+        auth,
         id: message.id,
         name,
         arguments,
