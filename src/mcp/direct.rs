@@ -1,20 +1,27 @@
-//! `tools/call` on a 2025-11-25 session, answered by the gate without rmcp's session machinery.
+//! `tools/call` answered by the gate without rmcp's request machinery: on a 2025-11-25 session,
+//! and as a 2026-07-28 stateless request.
 //!
 //! Through rmcp, a session's request crosses four tasks (the HTTP connection, the session's
 //! worker, its service loop, the handler) and back, its answer is cloned out of the work
 //! snapshot, serialised into an SSE stream whose priming event leaves in a write of its own, and
-//! a sleeping session is woken first. Bare rmcp pays all of that too; for the read tool, whose
-//! answer is ten tasks, serialising it took a fifth of the call's instructions. Here a plain tool
-//! call (nothing rmcp has to see: no progress token, no task, no per-request protocol metadata,
-//! no `Mcp-Param-*` header) goes to the same gate as rmcp's `call_tool`
+//! a sleeping session is woken first; a stateless request is parsed a second time, checked, and
+//! served by a one-shot service with a task and a channel of its own. Bare rmcp pays all of that
+//! too; for the read tool, whose answer is ten tasks, serialising it took a fifth of the call's
+//! instructions. Here a plain tool call (nothing rmcp has to see: no progress token, no task, no
+//! `Mcp-Param-*` header; on 2026-07-28 exactly the per-request metadata and headers that version
+//! requires, well formed) goes to the same gate as rmcp's `call_tool`
 //! ([`ParallaxServer::call_gate`]: authorization, audit, metrics, spans, shutdown's drain) and is
-//! answered with one JSON body, as streamable HTTP lets a server answer any POST. The read
-//! tool's answer is encoded once per work snapshot (`ToolOutput::wire`) and copied after.
-//! Anything else, and every other method, goes on to rmcp unchanged.
+//! answered with one JSON body, as streamable HTTP lets a server answer any POST (and as rmcp
+//! answers a stateless request with `json_response`). The read tool's answer is encoded once per
+//! work snapshot and shape (`ToolOutput::wire`) and copied after. Anything else, and every other
+//! method, goes on to rmcp unchanged.
 
 use super::envelope::RpcMessage;
-use super::server::{HttpAuth, ParallaxServer, call_response, gate_span, tool_label, tool_result};
+use super::server::{
+    HttpAuth, ParallaxServer, call_response, gate_span, stdio_request_span, tool_label, tool_result,
+};
 use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
+use super::tools::Shape;
 use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::telemetry::traces;
 use axum::body::Body;
@@ -22,10 +29,13 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
+use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolResponse, JsonObject, ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerResult,
+    CallToolResponse, ClientCapabilities, ErrorCode, JsonObject, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage, ServerResult,
 };
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// What [`call`] needs: a handler to reach the gate with, and the sessions it may answer for.
@@ -37,20 +47,17 @@ pub struct Direct {
 /// A tool call this path can answer, taken from the request.
 struct Plain {
     auth: Arc<Result<AgentCaller, AgentAuthRefusal>>,
-    id: Value,
-    name: String,
-    arguments: Option<JsonObject>,
-    tasks: bool,
+    call: ToolCall,
 }
 
-/// Answers a plain `tools/call` on a bound session, or hands the request back for rmcp.
-/// Runs inside `sessions::bind`, which has checked that the session is the caller's.
+/// Answers a plain `tools/call` (on a bound session, or stateless), or hands the request back
+/// for rmcp. Runs inside `sessions::bind`, which has checked that a session is the caller's.
 pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
     let Some(plain) = plain(d, &mut req) else {
         return Err(req);
     };
     let auth = (*plain.auth).clone();
-    let tool = tool_label(&plain.name);
+    let tool = tool_label(&plain.call.name);
     let span = traces::span(|| {
         let parent = req
             .extensions()
@@ -58,37 +65,9 @@ pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
             .map_or_else(tracing::Span::current, |s| s.0.clone());
         gate_span(&parent, tool)
     });
-    let outcome = d
-        .server
-        .call_gate(span, &plain.name, plain.arguments, plain.tasks, async {
-            Ok(auth)
-        })
-        .await;
-    let body = match outcome {
-        Ok(super::gate::CallOutcome::Ok(output)) => {
-            let result = output.wire(|output| {
-                let result = legacy(CallToolResponse::from(tool_result(output.clone())));
-                Bytes::from(serde_json::to_vec(&result).expect("results serialise"))
-            });
-            let mut body = BytesMut::with_capacity(result.len() + 64);
-            body.put_slice(br#"{"jsonrpc":"2.0","id":"#);
-            serde_json::to_writer((&mut body).writer(), &plain.id).expect("ids serialise");
-            body.put_slice(br#","result":"#);
-            body.put_slice(&result);
-            body.put_u8(b'}');
-            body.freeze()
-        }
-        outcome => {
-            let id: RequestId = serde_json::from_value(plain.id).expect("checked by the envelope");
-            let message = match outcome {
-                Ok(outcome) => ServerJsonRpcMessage::response(legacy(call_response(outcome)), id),
-                Err(e) => ServerJsonRpcMessage::error(e, Some(id)),
-            };
-            Bytes::from(serde_json::to_vec(&message).expect("messages serialise"))
-        }
-    };
-    let mut res = Response::new(Body::from(body));
-    *res.status_mut() = StatusCode::OK;
+    let (status, body) = answer(&d.server, span, plain.call, async { Ok(auth) }).await;
+    let mut res = Response::new(Body::from(body.freeze()));
+    *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -96,54 +75,256 @@ pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
     Ok(res)
 }
 
-/// A result in the shape rmcp gives a session's (pre-2026-07-28) client: no `resultType`, and
-/// structured content only if it is an object.
-fn legacy(response: CallToolResponse) -> ServerResult {
+/// A tool call as this path runs it, taken out of its message.
+struct ToolCall {
+    id: Value,
+    name: String,
+    arguments: Option<JsonObject>,
+    tasks: bool,
+    shape: Shape,
+}
+
+/// Runs `call` through the gate (`auth` is awaited inside its span): the JSON-RPC answer, and
+/// the HTTP status rmcp would give it.
+async fn answer(
+    server: &ParallaxServer,
+    span: tracing::Span,
+    call: ToolCall,
+    auth: impl Future<Output = Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData>>,
+) -> (StatusCode, BytesMut) {
+    let outcome = server
+        .call_gate(span, &call.name, call.arguments, call.tasks, auth)
+        .await;
+    let shape = call.shape;
+    let mut status = StatusCode::OK;
+    let body = match outcome {
+        Ok(super::gate::CallOutcome::Ok(output)) => {
+            let result = output.wire(shape, |output| {
+                let result = shaped(CallToolResponse::from(tool_result(output.clone())), shape);
+                Bytes::from(serde_json::to_vec(&result).expect("results serialise"))
+            });
+            let mut body = BytesMut::with_capacity(result.len() + 64);
+            body.put_slice(br#"{"jsonrpc":"2.0","id":"#);
+            serde_json::to_writer((&mut body).writer(), &call.id).expect("ids serialise");
+            body.put_slice(br#","result":"#);
+            body.put_slice(&result);
+            body.put_u8(b'}');
+            body
+        }
+        outcome => {
+            let id: RequestId = serde_json::from_value(call.id).expect("checked by the envelope");
+            let message = match outcome {
+                Ok(outcome) => {
+                    ServerJsonRpcMessage::response(shaped(call_response(outcome), shape), id)
+                }
+                Err(e) => {
+                    if shape == Shape::Current {
+                        status = stateless_status(e.code);
+                    }
+                    ServerJsonRpcMessage::error(e, Some(id))
+                }
+            };
+            let mut body = BytesMut::new().writer();
+            serde_json::to_writer(&mut body, &message).expect("messages serialise");
+            body.into_inner()
+        }
+    };
+    (status, body)
+}
+
+/// stdio's plain tool calls, answered by the gate once the handshake is through. Through rmcp,
+/// a line crosses the framing pump's pipe, is parsed again into rmcp's types, runs in a handler
+/// task of its own, and its answer is cloned, serialised and piped back through the pump; here
+/// the pump hands the line over and writes the answer. The key is checked on every call, as
+/// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]). A line that is anything
+/// else (a call with a progress token or a task, per-request protocol metadata, another method)
+/// goes on to rmcp.
+pub struct Stdio {
+    server: ParallaxServer,
+    key: Arc<str>,
+    handshake: Handshake,
+}
+
+/// What a stdio session's handshake said, as far as this path needs it.
+#[derive(Default)]
+struct Handshake {
+    /// Whether the client declared the tasks extension in `initialize`; `None` before it.
+    tasks: Option<bool>,
+    /// Once the client's `notifications/initialized` has gone to rmcp, a plain call is
+    /// answered here. Before, everything is rmcp's (a session may also start without
+    /// `initialize`, on 2026-07-28's per-request metadata, which rmcp handles).
+    ready: bool,
+}
+
+/// A stdio call's trace context from its `_meta`: `traceparent`, `tracestate`.
+type Trace = (Option<String>, Option<String>);
+
+impl Stdio {
+    pub fn new(server: ParallaxServer, key: Arc<str>) -> Self {
+        Self {
+            server,
+            key,
+            handshake: Handshake::default(),
+        }
+    }
+
+    /// The framed answer to `line`, if it is a plain tool call; otherwise `None` and the line
+    /// is rmcp's (the handshake's lines are noted on their way).
+    pub fn take(&mut self, line: &[u8]) -> Option<impl Future<Output = Bytes> + Send + 'static> {
+        let (call, trace) = self.handshake.plain_call(line)?;
+        let (server, key) = (self.server.clone(), self.key.clone());
+        Some(async move {
+            let span = traces::span(|| {
+                let (parent, state) = trace;
+                let request = stdio_request_span(parent.as_deref(), state.as_deref());
+                gate_span(&request, tool_label(&call.name))
+            });
+            let auth = server.authenticate_key(&key);
+            let (_, mut body) = answer(&server, span, call, auth).await;
+            body.put_u8(b'\n');
+            body.freeze()
+        })
+    }
+}
+
+impl Handshake {
+    /// The plain tool call `line` carries, once the handshake is through; notes the
+    /// handshake's own lines.
+    fn plain_call(&mut self, line: &[u8]) -> Option<(ToolCall, Trace)> {
+        // Only a line that may matter is parsed here; rmcp parses every line anyway.
+        let sign: &[u8] = if self.ready {
+            b"tools/call"
+        } else {
+            b"initialize"
+        };
+        memchr::memmem::find(line, sign)?;
+        let mut message = super::envelope::parse(line).ok()?;
+        let method = message.get("method")?.as_str()?;
+        if !self.ready {
+            match method {
+                "initialize" if self.tasks.is_none() => {
+                    let capabilities = message.get("params")?.get("capabilities")?;
+                    self.tasks = ClientCapabilities::deserialize(capabilities)
+                        .ok()
+                        .map(|c| c.supports_tasks());
+                }
+                "notifications/initialized" => self.ready = self.tasks.is_some(),
+                _ => {}
+            }
+            return None;
+        }
+        let envelope_only = message
+            .keys()
+            .all(|k| matches!(k.as_str(), "jsonrpc" | "id" | "method" | "params"));
+        if method != "tools/call" || !envelope_only {
+            return None;
+        }
+        let (_, meta) = plain_params(message.get("id")?, message.get("params")?)?;
+        if meta.is_some_and(|m| !trace_only(m)) {
+            return None;
+        }
+        let trace = meta
+            .map(|m| {
+                let field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+                (field("traceparent"), field("tracestate"))
+            })
+            .unwrap_or_default();
+        let call = take_call(
+            message.remove("id")?,
+            message.remove("params")?,
+            self.tasks?,
+            Shape::Legacy,
+        )?;
+        Some((call, trace))
+    }
+}
+
+/// A result in the shape rmcp gives the client: for a session's (pre-2026-07-28) client no
+/// `resultType`, and structured content only if it is an object; for 2026-07-28 as it is (cache
+/// hints are for list and read results, not tool calls).
+fn shaped(response: CallToolResponse, shape: Shape) -> ServerResult {
     let mut result = ServerResult::from(response);
-    result.strip_result_type_for_legacy_peer();
-    result.strip_non_object_output_for_legacy_peer();
+    if shape == Shape::Legacy {
+        result.strip_result_type_for_legacy_peer();
+        result.strip_non_object_output_for_legacy_peer();
+    }
     result
+}
+
+/// The HTTP status rmcp gives a 2026-07-28 error answered as JSON (`jsonrpc_http_status`; the
+/// request's metadata is well formed here, so invalid parameters stay 200).
+fn stateless_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::UNSUPPORTED_PROTOCOL_VERSION
+        | ErrorCode::MISSING_REQUIRED_CLIENT_CAPABILITY
+        | ErrorCode::HEADER_MISMATCH => StatusCode::BAD_REQUEST,
+        ErrorCode::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
 }
 
 /// The call, if it is one this path answers exactly as rmcp would; its parameters are taken out
 /// of the request only then, so a request handed back to rmcp is as it came.
 fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
-    if req.method() != Method::POST
-        || req.extensions().get::<Owned>().is_none()
-        || !simple_headers(req.headers())
-    {
+    if req.method() != Method::POST || !simple_headers(req.headers()) {
         return None;
     }
     let auth = req.extensions().get::<HttpAuth>()?.0.clone();
-    let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
-    let tasks = d.sessions.client_tasks(session)?;
     let message = req.extensions().get::<RpcMessage>()?;
-    if message.method.as_deref() != Some("tools/call")
-        || !message.id.is_i64() && !message.id.is_string()
-    {
+    if message.method.as_deref() != Some("tools/call") {
         return None;
     }
-    let params = message.params.as_ref()?.as_object()?;
+    let (name, meta) = plain_params(&message.id, message.params.as_ref()?)?;
+    let (shape, tasks) = if req.extensions().get::<Owned>().is_some() {
+        // A session's call: the client's capabilities are those it gave `initialize`.
+        if !legacy_version(req.headers()) || meta.is_some_and(|m| !trace_only(m)) {
+            return None;
+        }
+        let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
+        (Shape::Legacy, d.sessions.client_tasks(session)?)
+    } else if !req.headers().contains_key(SESSION_HEADER) {
+        (Shape::Current, stateless(req.headers(), name, meta?)?)
+    } else {
+        return None;
+    };
+    let message = req.extensions_mut().remove::<RpcMessage>()?;
+    let call = take_call(message.id, message.params?, tasks, shape)?;
+    Some(Plain { auth, call })
+}
+
+/// The tool's name and `_meta` of a `tools/call` whose id and parameters this path handles as
+/// rmcp would: an integer or string id; only `name` (a string), `arguments` (an object, or
+/// none) and `_meta` (an object, or none).
+fn plain_params<'a>(
+    id: &Value,
+    params: &'a Value,
+) -> Option<(&'a str, Option<&'a Map<String, Value>>)> {
+    if !id.is_i64() && !id.is_string() {
+        return None;
+    }
+    let params = params.as_object()?;
     if !params
         .keys()
         .all(|k| matches!(k.as_str(), "name" | "arguments" | "_meta"))
     {
         return None;
     }
-    params.get("name")?.as_str()?;
+    let name = params.get("name")?.as_str()?;
     match params.get("arguments") {
         None | Some(Value::Object(_)) => {}
         Some(_) => return None,
     }
-    // Trace context only: a progress token or per-request protocol metadata is rmcp's.
-    match params.get("_meta") {
-        None => {}
-        Some(Value::Object(meta))
-            if meta.keys().all(|k| k == "traceparent" || k == "tracestate") => {}
+    let meta = match params.get("_meta") {
+        None => None,
+        Some(Value::Object(meta)) => Some(meta),
         Some(_) => return None,
-    }
-    let message = req.extensions_mut().remove::<RpcMessage>()?;
-    let Some(Value::Object(mut params)) = message.params else {
+    };
+    Some((name, meta))
+}
+
+/// The call out of parameters [`plain_params`] accepted.
+fn take_call(id: Value, params: Value, tasks: bool, shape: Shape) -> Option<ToolCall> {
+    let Value::Object(mut params) = params else {
         return None;
     };
     let Some(Value::String(name)) = params.remove("name") else {
@@ -153,17 +334,76 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
         Some(Value::Object(args)) => Some(args),
         _ => None,
     };
-    Some(Plain {
-        auth,
-        id: message.id,
+    Some(ToolCall {
+        id,
         name,
         arguments,
         tasks,
+        shape,
     })
 }
 
+/// A session's `_meta` may carry trace context only: a progress token or per-request protocol
+/// metadata is rmcp's.
+fn trace_only(meta: &Map<String, Value>) -> bool {
+    meta.keys().all(|k| k == "traceparent" || k == "tracestate")
+}
+
+/// A protocol version header naming a 2025 version, or none (a session's).
+fn legacy_version(headers: &HeaderMap) -> bool {
+    let Some(version) = headers.get("mcp-protocol-version") else {
+        return true;
+    };
+    let Ok(version) = version.to_str() else {
+        return false;
+    };
+    let known = ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .any(|v| v.as_str() == version);
+    known && version < ProtocolVersion::V_2026_07_28.as_str()
+}
+
+/// Whether the client declared the tasks extension, for a stateless (2026-07-28) call that
+/// carries everything that version asks of a request, each once and consistent: the version in
+/// its header and in `_meta`, the client's capabilities in `_meta`, and the `Mcp-Method` and
+/// `Mcp-Name` headers naming this call of a catalogue tool (which has no `Mcp-Param-*`
+/// headers). Anything else in `_meta` but the client's name and trace context, or anything
+/// unsure, is left to rmcp's checks.
+fn stateless(headers: &HeaderMap, name: &str, meta: &Map<String, Value>) -> Option<bool> {
+    let version = ProtocolVersion::V_2026_07_28.as_str();
+    let only = |header: &str| {
+        let mut values = headers.get_all(header).iter();
+        let value = values.next()?.to_str().ok()?;
+        values.next().is_none().then_some(value)
+    };
+    if only("mcp-protocol-version")? != version
+        || only("mcp-method")? != "tools/call"
+        || only("mcp-name")? != name
+        || super::catalogue::find(name).is_none()
+    {
+        return None;
+    }
+    const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+    const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    let known = meta.keys().all(|k| {
+        matches!(
+            k.as_str(),
+            PROTOCOL_VERSION
+                | CAPABILITIES
+                | "io.modelcontextprotocol/clientInfo"
+                | "traceparent"
+                | "tracestate"
+        )
+    });
+    if !known || meta.get(PROTOCOL_VERSION)?.as_str()? != version {
+        return None;
+    }
+    let capabilities = ClientCapabilities::deserialize(meta.get(CAPABILITIES)?).ok()?;
+    Some(capabilities.supports_tasks())
+}
+
 /// Headers rmcp would accept without a second look: an `Accept` naming both JSON and SSE with
-/// no parameters, a 2025 protocol version (or none), and no `Mcp-Param-*` header.
+/// no parameters, and no `Mcp-Param-*` header.
 fn simple_headers(headers: &HeaderMap) -> bool {
     let (mut json, mut sse) = (false, false);
     for value in headers.get_all(header::ACCEPT) {
@@ -178,23 +418,10 @@ fn simple_headers(headers: &HeaderMap) -> bool {
             sse |= essence.eq_ignore_ascii_case("text/event-stream");
         }
     }
-    if !(json && sse) {
-        return false;
-    }
-    if let Some(version) = headers.get("mcp-protocol-version") {
-        let Ok(version) = version.to_str() else {
-            return false;
-        };
-        let known = ProtocolVersion::KNOWN_VERSIONS
-            .iter()
-            .any(|v| v.as_str() == version);
-        if !known || version >= ProtocolVersion::V_2026_07_28.as_str() {
-            return false;
-        }
-    }
-    !headers
-        .keys()
-        .any(|name| name.as_str().starts_with("mcp-param-"))
+    json && sse
+        && !headers
+            .keys()
+            .any(|name| name.as_str().starts_with("mcp-param-"))
 }
 
 #[cfg(test)]
@@ -213,10 +440,6 @@ mod tests {
     fn only_plain_headers_take_this_path() {
         let accept = ("accept", "application/json, text/event-stream");
         assert!(simple_headers(&headers(&[accept])));
-        assert!(simple_headers(&headers(&[
-            accept,
-            ("mcp-protocol-version", "2025-11-25")
-        ])));
         // Split over two headers is still both.
         assert!(simple_headers(&headers(&[
             ("accept", "application/json"),
@@ -230,15 +453,163 @@ mod tests {
         )])));
         assert!(!simple_headers(&headers(&[
             accept,
-            ("mcp-protocol-version", "2026-07-28")
-        ])));
-        assert!(!simple_headers(&headers(&[
-            accept,
-            ("mcp-protocol-version", "1999-01-01")
-        ])));
-        assert!(!simple_headers(&headers(&[
-            accept,
             ("mcp-param-status", "todo")
         ])));
+        // A session's version header: a 2025 one, or none.
+        assert!(legacy_version(&headers(&[])));
+        assert!(legacy_version(&headers(&[(
+            "mcp-protocol-version",
+            "2025-11-25"
+        )])));
+        assert!(!legacy_version(&headers(&[(
+            "mcp-protocol-version",
+            "2026-07-28"
+        )])));
+        assert!(!legacy_version(&headers(&[(
+            "mcp-protocol-version",
+            "1999-01-01"
+        )])));
+    }
+
+    fn meta(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_stateless_call_takes_this_path_only_with_everything_its_version_asks() {
+        let tool = "agent_my_assignments";
+        let standard = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "agent_my_assignments"),
+        ];
+        let good = meta(serde_json::json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": { "name": "c", "version": "1" },
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        }));
+        assert_eq!(stateless(&headers(&standard), tool, &good), Some(false));
+        let mut tasks = good.clone();
+        tasks.insert(
+            "io.modelcontextprotocol/clientCapabilities".into(),
+            serde_json::json!({ "extensions": { "io.modelcontextprotocol/tasks": {} } }),
+        );
+        assert_eq!(stateless(&headers(&standard), tool, &tasks), Some(true));
+
+        // Each header missing, given twice, or naming something else.
+        for (i, (name, _)) in standard.iter().enumerate() {
+            let mut fewer = standard.to_vec();
+            fewer.remove(i);
+            assert_eq!(stateless(&headers(&fewer), tool, &good), None, "{name}");
+            let mut twice = standard.to_vec();
+            twice.push(standard[i]);
+            assert_eq!(
+                stateless(&headers(&twice), tool, &good),
+                None,
+                "{name} twice"
+            );
+            let mut other = standard.to_vec();
+            other[i].1 = "agent_log_activity";
+            assert_eq!(
+                stateless(&headers(&other), tool, &good),
+                None,
+                "{name} other"
+            );
+        }
+        // A tool outside the catalogue is rmcp's to answer.
+        let mut unknown = standard.to_vec();
+        unknown[2].1 = "no_such_tool";
+        assert_eq!(stateless(&headers(&unknown), "no_such_tool", &good), None);
+
+        // `_meta` without a required key, with one malformed, with a version that is not the
+        // header's, or with a key rmcp acts on.
+        for (key, value) in [
+            ("io.modelcontextprotocol/protocolVersion", Value::Null),
+            (
+                "io.modelcontextprotocol/protocolVersion",
+                "2025-11-25".into(),
+            ),
+            ("io.modelcontextprotocol/clientCapabilities", Value::Null),
+            ("io.modelcontextprotocol/clientCapabilities", "all".into()),
+            ("progressToken", 1.into()),
+            ("io.modelcontextprotocol/logLevel", "debug".into()),
+        ] {
+            let mut m = good.clone();
+            if value.is_null() {
+                m.remove(key);
+            } else {
+                m.insert(key.into(), value);
+            }
+            assert_eq!(stateless(&headers(&standard), tool, &m), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_stdio_line_takes_this_path_only_after_the_handshake_and_when_plain() {
+        let mut h = Handshake::default();
+        let plain = |h: &mut Handshake, line: Value| {
+            h.plain_call(line.to_string().as_bytes())
+                .map(|(call, trace)| (call.id, call.name, call.tasks, trace))
+        };
+        let call = serde_json::json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": { "name": "agent_my_assignments", "arguments": {} } });
+        // Before `initialize` and `notifications/initialized`, everything is rmcp's.
+        assert!(plain(&mut h, call.clone()).is_none());
+        let init = serde_json::json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": { "protocolVersion": "2025-11-25", "clientInfo": { "name": "c", "version": "1" },
+                "capabilities": { "extensions": { "io.modelcontextprotocol/tasks": {} } } } });
+        assert!(plain(&mut h, init).is_none());
+        assert!(plain(&mut h, call.clone()).is_none());
+        let initialized =
+            serde_json::json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        assert!(plain(&mut h, initialized).is_none());
+
+        let taken = plain(&mut h, call.clone()).expect("a plain call");
+        assert_eq!(taken.0, 3);
+        assert_eq!(taken.1, "agent_my_assignments");
+        assert!(taken.2, "tasks, as `initialize` declared");
+        assert_eq!(taken.3, (None, None));
+        let mut traced = call.clone();
+        traced["params"]["_meta"] = serde_json::json!({ "traceparent": "00-ab-cd-01" });
+        assert_eq!(
+            plain(&mut h, traced).unwrap().3,
+            (Some("00-ab-cd-01".to_owned()), None)
+        );
+        let mut named = call.clone();
+        named["id"] = "c-1".into();
+        assert_eq!(plain(&mut h, named).unwrap().0, "c-1");
+
+        // rmcp's: a progress token or other `_meta`, a key outside the envelope, a
+        // notification, an id that is not an integer or string, other methods, bad JSON.
+        for (path, value) in [
+            ("/params/_meta", serde_json::json!({ "progressToken": 1 })),
+            ("/params/task", serde_json::json!({})),
+            ("/params/arguments", serde_json::json!([])),
+            ("/extra", serde_json::json!(1)),
+            ("/id", Value::Null),
+            ("/id", serde_json::json!(1.5)),
+            ("/method", serde_json::json!("tools/list")),
+        ] {
+            let mut other = call.clone();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            let target = if parent.is_empty() {
+                &mut other
+            } else {
+                other.pointer_mut(parent).unwrap()
+            };
+            target[key] = value;
+            assert!(plain(&mut h, other).is_none(), "{path}");
+        }
+        assert!(h.plain_call(b"{\"method\":\"tools/call\"").is_none());
+    }
+
+    /// [`stateless`] skips rmcp's `Mcp-Param-*` check, which only annotated input schemas need.
+    #[test]
+    fn no_catalogue_tool_asks_for_parameter_headers() {
+        for spec in &super::super::catalogue::CATALOGUE {
+            let schema = Value::Object((spec.input_schema)().as_ref().clone()).to_string();
+            assert!(!schema.contains("x-mcp-header"), "{}", spec.name);
+        }
     }
 }

@@ -106,7 +106,11 @@ impl Pipeline {
                     sessions::bind(&self.binder, req, |req| async move {
                         match super::direct::call(&self.direct, req).await {
                             Ok(res) => res,
-                            Err(req) => self.mcp.handle(req).await.map(axum::body::Body::new),
+                            // Boxed: rmcp's future is large, and every request's future
+                            // (boxed by the router) would be as large, and copied whole.
+                            Err(req) => Box::pin(self.mcp.handle(req))
+                                .await
+                                .map(axum::body::Body::new),
                         }
                     })
                 })

@@ -94,8 +94,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         let stop = tokio_util::sync::CancellationToken::new();
         crate::telemetry::metrics::listen(listen, sample, stop).await?;
     }
+    let key: std::sync::Arc<str> = key.into();
     let server =
-        server::ParallaxServer::new(gate, server::Credential::Key(key.into())).with_feed(feed);
+        server::ParallaxServer::new(gate, server::Credential::Key(key.clone())).with_feed(feed);
+    let direct = direct::Stdio::new(server.clone(), key);
     let max_line = config
         .stdio
         .max_line_bytes
@@ -105,7 +107,7 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
     // through descriptors of their own, instead of a blocking-pool hand-off per read and write;
     // anything else falls back to the blocking handles.
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
-    let io = stdio::bounded(stdin, stdout, max_line);
+    let io = stdio::bounded(stdin, stdout, max_line, Some(direct));
     let running = server
         .serve((io.reader, io.writer))
         .await

@@ -138,37 +138,7 @@ impl ParallaxServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         match &self.credential {
-            Credential::Key(key) => {
-                // On stdio the key is checked per request, inside the call's span.
-                let span = crate::telemetry::traces::child_span(|| {
-                    tracing::info_span!(
-                        "authenticate",
-                        credential = "api_key",
-                        outcome = tracing::field::Empty
-                    )
-                });
-                let outcome = auth::agent(self.gate.service().store(), key)
-                    .instrument(span.clone())
-                    .await
-                    .map_err(store_error)?;
-                span.record(
-                    "outcome",
-                    if outcome.is_ok() { "allowed" } else { "denied" },
-                );
-                // Over HTTP the middleware counts requests; on stdio it is done here.
-                if let Ok(caller) = &outcome
-                    && let Err(wait) = self.gate.limiter().check(caller)
-                {
-                    metrics::rate_limited("agent");
-                    let secs = crate::http::ratelimit::retry_after_secs(wait);
-                    return Err(ErrorData::new(
-                        RATE_LIMITED,
-                        format!("rate limit exceeded: retry after {secs} s"),
-                        Some(serde_json::json!({ "retryAfterSecs": secs })),
-                    ));
-                }
-                Ok(outcome)
-            }
+            Credential::Key(key) => self.authenticate_key(key).await,
             Credential::PerRequest => {
                 let found = ctx
                     .extensions
@@ -180,6 +150,43 @@ impl ParallaxServer {
                 })
             }
         }
+    }
+}
+
+impl ParallaxServer {
+    /// stdio: checks `key` on this request, inside the call's span, and counts the request
+    /// against the agent's rate (over HTTP the middleware does both).
+    pub(super) async fn authenticate_key(
+        &self,
+        key: &str,
+    ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
+        let span = crate::telemetry::traces::child_span(|| {
+            tracing::info_span!(
+                "authenticate",
+                credential = "api_key",
+                outcome = tracing::field::Empty
+            )
+        });
+        let outcome = auth::agent(self.gate.service().store(), key)
+            .instrument(span.clone())
+            .await
+            .map_err(store_error)?;
+        span.record(
+            "outcome",
+            if outcome.is_ok() { "allowed" } else { "denied" },
+        );
+        if let Ok(caller) = &outcome
+            && let Err(wait) = self.gate.limiter().check(caller)
+        {
+            metrics::rate_limited("agent");
+            let secs = crate::http::ratelimit::retry_after_secs(wait);
+            return Err(ErrorData::new(
+                RATE_LIMITED,
+                format!("rate limit exceeded: retry after {secs} s"),
+                Some(serde_json::json!({ "retryAfterSecs": secs })),
+            ));
+        }
+        Ok(outcome)
     }
 }
 
@@ -483,19 +490,7 @@ impl ParallaxServer {
                 .map(|s| s.0.clone());
             let parent = http.unwrap_or_else(|| {
                 let meta = |key: &str| ctx.meta.get(key).and_then(|v| v.as_str());
-                let span = tracing::info_span!(
-                    "mcp.request",
-                    otel.kind = "server",
-                    mcp.transport = "stdio",
-                    mcp.method = "tools/call",
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                );
-                traces::adopt(
-                    &span,
-                    traces::remote_parent(meta("traceparent"), meta("tracestate")),
-                );
-                span
+                stdio_request_span(meta("traceparent"), meta("tracestate"))
             });
             gate_span(&parent, tool)
         })
@@ -560,6 +555,25 @@ impl ParallaxServer {
         );
         outcome
     }
+}
+
+/// A stdio tool call's request span, whose parent is the caller's `_meta.traceparent` (only
+/// while traces are exported: call it inside `traces::span`).
+pub(super) fn stdio_request_span(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> tracing::Span {
+    use crate::telemetry::traces;
+    let span = tracing::info_span!(
+        "mcp.request",
+        otel.kind = "server",
+        mcp.transport = "stdio",
+        mcp.method = "tools/call",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    traces::adopt(&span, traces::remote_parent(traceparent, tracestate));
+    span
 }
 
 /// The span of the gate under `parent`.

@@ -4,33 +4,59 @@
 //! put a pump in front of it: stdin is read in chunks, a line longer than `max_line_bytes` is never
 //! buffered whole (its bytes are dropped as they arrive) and is answered with a JSON-RPC error
 //! (`id: null`, -32600); the session goes on with the next line. The answer is written between
-//! rmcp's own messages, never inside one, by a second pump in front of stdout.
+//! rmcp's own messages, never inside one, by a second pump in front of stdout. A plain tool
+//! call is answered by the gate without rmcp (`mcp::direct::Stdio`), its answer written the
+//! same way.
 
+use super::direct;
+use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The default for `[stdio] max_line_bytes`.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Plain tool calls answered beside rmcp at once, at most (each holds a place for its answer).
+const ANSWERS_IN_FLIGHT: usize = 128;
 
 /// Pipes between the real streams and rmcp; rmcp reads `reader` and writes `writer`.
 pub struct BoundedStdio {
     pub reader: DuplexStream,
     pub writer: DuplexStream,
-    /// Finishes once everything rmcp wrote has reached the output.
+    /// Finishes once everything rmcp wrote, and every call answered beside it, has reached the
+    /// output.
     pub flushed: JoinHandle<()>,
 }
 
-pub fn bounded<R, W>(input: R, output: W, max_line_bytes: usize) -> BoundedStdio
+/// Pumps between `input`, `output` and rmcp; `direct`, if given, answers plain tool calls.
+pub fn bounded<R, W>(
+    input: R,
+    output: W,
+    max_line_bytes: usize,
+    direct: Option<direct::Stdio>,
+) -> BoundedStdio
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (to_rmcp, reader) = tokio::io::duplex(64 * 1024);
     let (writer, from_rmcp) = tokio::io::duplex(64 * 1024);
-    let (errors_tx, errors_rx) = mpsc::channel(16);
-    tokio::spawn(pump_input(input, to_rmcp, errors_tx, max_line_bytes));
-    let flushed = tokio::spawn(pump_output(from_rmcp, output, errors_rx));
+    let (answers_tx, answers_rx) = mpsc::channel(ANSWERS_IN_FLIGHT);
+    // Once rmcp has stopped, no line is read or answered any more.
+    let rmcp_done = CancellationToken::new();
+    let lines = Lines {
+        to_rmcp,
+        answers: answers_tx,
+        direct,
+    };
+    tokio::spawn(rmcp_done.clone().run_until_cancelled_owned(pump_input(
+        input,
+        lines,
+        max_line_bytes,
+    )));
+    let flushed = tokio::spawn(pump_output(from_rmcp, output, answers_rx, rmcp_done));
     BoundedStdio {
         reader,
         writer,
@@ -38,24 +64,50 @@ where
     }
 }
 
-fn too_long(max: usize) -> String {
-    serde_json::json!({
+fn too_long(max: usize) -> Bytes {
+    let mut line = serde_json::to_vec(&serde_json::json!({
         "jsonrpc": "2.0",
         "id": null,
         "error": {
             "code": -32600,
             "message": format!("message too large: a line may be at most {max} bytes; it was skipped"),
         }
-    })
-    .to_string()
+    }))
+    .expect("errors serialise");
+    line.push(b'\n');
+    line.into()
 }
 
-async fn pump_input<R: AsyncRead + Unpin>(
-    input: R,
-    mut to_rmcp: DuplexStream,
-    errors: mpsc::Sender<String>,
-    max: usize,
-) {
+/// Where a complete line goes: to rmcp, or to `direct`, whose answer (like a refusal of an
+/// overlong line) goes to the output pump through `answers`.
+struct Lines {
+    to_rmcp: DuplexStream,
+    answers: mpsc::Sender<Bytes>,
+    direct: Option<direct::Stdio>,
+}
+
+impl Lines {
+    /// `false` once rmcp is gone.
+    async fn pass(&mut self, line: &[u8]) -> bool {
+        let call = self.direct.as_mut().and_then(|d| d.take(line));
+        match call {
+            Some(call) => {
+                // A place for the answer first: with the output slow to drain, calls wait here
+                // and stdin is read no further, as rmcp stops reading when its output is full.
+                let Ok(slot) = self.answers.clone().reserve_owned().await else {
+                    return false;
+                };
+                tokio::spawn(async move {
+                    slot.send(call.await);
+                });
+                true
+            }
+            None => self.to_rmcp.write_all(line).await.is_ok(),
+        }
+    }
+}
+
+async fn pump_input<R: AsyncRead + Unpin>(input: R, mut lines: Lines, max: usize) {
     let mut input = BufReader::new(input);
     let mut line: Vec<u8> = Vec::new();
     let mut discarding = false;
@@ -80,7 +132,7 @@ async fn pump_input<R: AsyncRead + Unpin>(
                 tracing::warn!(max, "skipped an stdin line over the length limit");
                 line.clear();
                 discarding = newline.is_none();
-                if errors.send(too_long(max)).await.is_err() {
+                if lines.answers.send(too_long(max)).await.is_err() {
                     break;
                 }
                 (take, false)
@@ -91,7 +143,7 @@ async fn pump_input<R: AsyncRead + Unpin>(
         };
         input.consume(take);
         if complete {
-            if to_rmcp.write_all(&line).await.is_err() {
+            if !lines.pass(&line).await {
                 break;
             }
             line.clear();
@@ -99,43 +151,50 @@ async fn pump_input<R: AsyncRead + Unpin>(
     }
     // A trailing line without a newline is passed on; rmcp decides what it is.
     if !discarding && !line.is_empty() {
-        let _ = to_rmcp.write_all(&line).await;
+        let _ = lines.to_rmcp.write_all(&line).await;
     }
-    let _ = to_rmcp.shutdown().await;
+    let _ = lines.to_rmcp.shutdown().await;
 }
 
+/// Writes rmcp's messages and the answers made beside it, each whole, until rmcp has ended
+/// (then `rmcp_done` stops the input) and every answer still on its way has been written.
 async fn pump_output<W: AsyncWrite + Unpin>(
     from_rmcp: DuplexStream,
     mut output: W,
-    mut errors: mpsc::Receiver<String>,
+    mut answers: mpsc::Receiver<Bytes>,
+    rmcp_done: CancellationToken,
 ) {
     let mut from_rmcp = BufReader::new(from_rmcp);
     let mut line = Vec::new();
-    let mut errors_open = true;
-    loop {
+    let (mut rmcp_open, mut answers_open) = (true, true);
+    while rmcp_open || answers_open {
         tokio::select! {
             // rmcp's output is trusted and newline-framed: whole messages only.
-            read = from_rmcp.read_until(b'\n', &mut line) => {
+            read = from_rmcp.read_until(b'\n', &mut line), if rmcp_open => {
                 match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => {
+                        rmcp_open = false;
+                        rmcp_done.cancel();
+                    }
                     Ok(_) => {
                         if output.write_all(&line).await.is_err() || output.flush().await.is_err() {
-                            return;
+                            break;
                         }
                         line.clear();
                     }
                 }
             }
-            err = errors.recv(), if errors_open => match err {
-                Some(msg) => {
-                    let framed = format!("{msg}\n");
-                    if output.write_all(framed.as_bytes()).await.is_err() || output.flush().await.is_err() {
-                        return;
+            answer = answers.recv(), if answers_open => match answer {
+                Some(answer) => {
+                    if output.write_all(&answer).await.is_err() || output.flush().await.is_err() {
+                        break;
                     }
                 }
-                None => errors_open = false,
+                None => answers_open = false,
             },
         }
     }
+    // The input stops with the output, whichever way it ended.
+    rmcp_done.cancel();
     let _ = output.flush().await;
 }

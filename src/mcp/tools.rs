@@ -180,8 +180,17 @@ pub struct ToolOutput(std::sync::Arc<Rendered>);
 struct Rendered {
     structured: Value,
     text: String,
-    /// The answer as the wire carries it, made once by whoever sends it first (`mcp::direct`).
-    wire: std::sync::OnceLock<bytes::Bytes>,
+    /// The answer as the wire carries it, in each [`Shape`], made once by whoever sends it
+    /// first (`mcp::direct`).
+    wire: [std::sync::OnceLock<bytes::Bytes>; 2],
+}
+
+/// The two shapes of a tool's result on the wire: for a 2025-11-25 session (no `resultType`)
+/// and for 2026-07-28.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Legacy = 0,
+    Current = 1,
 }
 
 impl ToolOutput {
@@ -201,9 +210,12 @@ impl ToolOutput {
         }
     }
 
-    /// The answer encoded by `encode` the first time it is asked for, then kept with it.
-    pub fn wire(&self, encode: impl FnOnce(&Self) -> bytes::Bytes) -> bytes::Bytes {
-        self.0.wire.get_or_init(|| encode(self)).clone()
+    /// The answer in `shape`, encoded by `encode` the first time it is asked for, then kept
+    /// with it.
+    pub fn wire(&self, shape: Shape, encode: impl FnOnce(&Self) -> bytes::Bytes) -> bytes::Bytes {
+        self.0.wire[shape as usize]
+            .get_or_init(|| encode(self))
+            .clone()
     }
 }
 
@@ -213,7 +225,7 @@ fn render<T: Serialize>(v: &T) -> ToolOutput {
     ToolOutput(std::sync::Arc::new(Rendered {
         structured: serde_json::to_value(v).expect("tool outputs serialise"),
         text: serde_json::to_string(v).expect("tool outputs serialise"),
-        wire: std::sync::OnceLock::new(),
+        wire: Default::default(),
     }))
 }
 

@@ -663,3 +663,139 @@ fn committed_tool_schemas_match_the_code() {
         "schemas/tools has a file per tool and no stale ones"
     );
 }
+
+/// A raw stdio session: lines in, lines out.
+struct RawStdio {
+    child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    out: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawStdio {
+    async fn start(db_url: &str, key: &str) -> RawStdio {
+        let mut child = stdio_command(db_url, Some(key))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        RawStdio {
+            child,
+            stdin,
+            out: tokio::io::AsyncBufReadExt::lines(out),
+        }
+    }
+
+    async fn send(&mut self, message: &Value) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{message}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.out.next_line())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends `message` and returns the answer to it (notifications are skipped).
+    async fn ask(&mut self, message: &Value) -> Value {
+        self.send(message).await;
+        loop {
+            let m = self.next().await;
+            if m.get("method").is_none() {
+                assert_eq!(m["id"], message["id"], "{m}");
+                return m;
+            }
+        }
+    }
+}
+
+/// Over stdio, a plain call is answered by `mcp::direct::Stdio`; with a progress token in
+/// `_meta` it is rmcp's. Both answer alike: a result, a string id, a refusal, an unknown tool
+/// and bad arguments; a call before the handshake ends is rmcp's; and calls still running when
+/// stdin closes are answered before the server exits.
+#[tokio::test]
+async fn a_plain_stdio_call_answers_as_rmcp_would() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    w.assign_to_task("bot").await;
+    let mut s = RawStdio::start(&w.db.url, &key).await;
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "raw", "version": "0" } } });
+    assert!(s.ask(&init).await["result"]["protocolVersion"].is_string());
+    // Before `notifications/initialized` (rmcp answers; nothing here yet).
+    let read = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "agent_my_assignments", "arguments": {} } });
+    let early = s.ask(&read).await;
+    assert_eq!(
+        early["result"]["structuredContent"]["tasks"][0]["task"]["id"], w.task.id,
+        "{early}"
+    );
+    s.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+        .await;
+
+    for (id, params) in [
+        (json!(2), read["params"].clone()),
+        (json!("call-3"), read["params"].clone()),
+        (
+            json!(4),
+            json!({ "name": "agent_list_workspace", "arguments": {} }),
+        ),
+        (json!(5), json!({ "name": "no_such_tool", "arguments": {} })),
+        (
+            json!(6),
+            json!({ "name": "agent_my_assignments", "arguments": { "status": 5 } }),
+        ),
+    ] {
+        let plain = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
+        let direct = s.ask(&plain).await;
+        let mut tracked = plain.clone();
+        tracked["params"]["_meta"] = json!({ "progressToken": "p" });
+        let through_rmcp = s.ask(&tracked).await;
+        assert_eq!(through_rmcp, direct, "{plain}");
+        if id == 2 || id == "call-3" {
+            // The same answer rmcp gave before the handshake ended.
+            let mut expected = early.clone();
+            expected["id"] = id.clone();
+            assert_eq!(direct, expected);
+        } else {
+            assert!(
+                direct["error"].is_object() || direct["result"]["isError"] == true,
+                "refused: {direct}"
+            );
+        }
+    }
+
+    // Calls in flight when stdin closes are all answered, then the server exits cleanly.
+    for id in 100..120 {
+        let mut call = read.clone();
+        call["id"] = json!(id);
+        s.send(&call).await;
+    }
+    drop(s.stdin.take());
+    let mut answered: Vec<i64> = Vec::new();
+    for _ in 100..120 {
+        let m = s.next().await;
+        assert!(m["result"]["structuredContent"].is_object(), "{m}");
+        answered.push(m["id"].as_i64().unwrap());
+    }
+    answered.sort();
+    assert_eq!(answered, (100..120).collect::<Vec<_>>());
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

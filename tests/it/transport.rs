@@ -431,3 +431,79 @@ async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session
     );
     assert_eq!(sessions.asleep(), 1, "still asleep");
 }
+
+/// A plain 2026-07-28 call is answered by `mcp::direct`; with a progress token in `_meta` it is
+/// rmcp's. Both must answer alike, status included: a result, a string id, a client that
+/// declares tasks, a refusal, an unknown tool and bad arguments.
+#[tokio::test]
+async fn a_plain_stateless_call_answers_as_rmcp_would() {
+    let w = world().await;
+    let bot = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let server = in_process(&w.db.url).await;
+    let http = reqwest::Client::new();
+    let send = |body: Value| {
+        let name = body["params"]["name"].as_str().unwrap().to_owned();
+        let req = post(&http, &server.url, &bot, None, &body)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", name);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            assert_eq!(res.headers()["content-type"], "application/json");
+            let answers = messages(res).await;
+            assert_eq!(answers.len(), 1, "{answers:?}");
+            (status, answers.into_iter().next().unwrap())
+        }
+    };
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": { "name": "raw", "version": "0" } });
+    let mut tasks_meta = meta.clone();
+    tasks_meta["io.modelcontextprotocol/clientCapabilities"] =
+        json!({ "extensions": { "io.modelcontextprotocol/tasks": {} } });
+    let read = json!({ "name": "agent_my_assignments", "arguments": {} });
+    for (id, params, meta) in [
+        (json!(7), read.clone(), &meta),
+        (json!("call-1"), read.clone(), &meta),
+        (json!(8), read, &tasks_meta),
+        (
+            json!(9),
+            json!({ "name": "agent_list_workspace", "arguments": {} }),
+            &meta,
+        ),
+        (
+            json!(10),
+            json!({ "name": "no_such_tool", "arguments": {} }),
+            &meta,
+        ),
+        (
+            json!(11),
+            json!({ "name": "agent_my_assignments", "arguments": { "status": 5 } }),
+            &meta,
+        ),
+    ] {
+        let mut plain =
+            json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
+        plain["params"]["_meta"] = meta.clone();
+        let (status, direct) = send(plain.clone()).await;
+        assert_eq!(direct["id"], id, "{direct}");
+        let mut tracked = plain.clone();
+        tracked["params"]["_meta"]["progressToken"] = json!("p1");
+        let through_rmcp = send(tracked).await;
+        assert_eq!(through_rmcp, (status, direct.clone()), "{plain}");
+        if plain["params"]["name"] == "agent_my_assignments" && id != 11 {
+            assert!(
+                direct["result"]["structuredContent"]["tasks"].is_array(),
+                "{direct}"
+            );
+            assert_eq!(direct["result"]["resultType"], "complete", "{direct}");
+        } else {
+            assert!(
+                direct["error"].is_object() || direct["result"]["isError"] == true,
+                "refused: {direct}"
+            );
+        }
+    }
+}
