@@ -1,5 +1,5 @@
 //! `tools/call` answered by the gate without rmcp's request machinery: on a 2025-11-25 session,
-//! and as a 2026-07-28 stateless request.
+//! as a 2026-07-28 stateless request, and on stdio ([`Stdio`]).
 //!
 //! Through rmcp, a session's request crosses four tasks (the HTTP connection, the session's
 //! worker, its service loop, the handler) and back, its answer is cloned out of the work
@@ -7,9 +7,9 @@
 //! a sleeping session is woken first; a stateless request is parsed a second time, checked, and
 //! served by a one-shot service with a task and a channel of its own. Bare rmcp pays all of that
 //! too; for the read tool, whose answer is ten tasks, serialising it took a fifth of the call's
-//! instructions. Here a plain tool call (nothing rmcp has to see: no progress token, no task, no
-//! `Mcp-Param-*` header; on 2026-07-28 exactly the per-request metadata and headers that version
-//! requires, well formed) goes to the same gate as rmcp's `call_tool`
+//! instructions. Here a plain tool call (nothing rmcp has to see: no task, no `_meta` but trace
+//! context and a progress token, no `Mcp-Param-*` header; on 2026-07-28 exactly the per-request
+//! metadata and headers that version requires, well formed) goes to the same gate as rmcp's `call_tool`
 //! ([`ParallaxServer::call_gate`]: authorization, audit, metrics, spans, shutdown's drain) and is
 //! answered with one JSON body, as streamable HTTP lets a server answer any POST (and as rmcp
 //! answers a stateless request with `json_response`). The read tool's answer is encoded once per
@@ -137,7 +137,7 @@ async fn answer(
 /// task of its own, and its answer is cloned, serialised and piped back through the pump; here
 /// the pump hands the line over and writes the answer. The key is checked on every call, as
 /// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]). A line that is anything
-/// else (a call with a progress token or a task, per-request protocol metadata, another method)
+/// else (a call with a task, other `_meta` than trace context and a progress token, another method)
 /// goes on to rmcp.
 pub struct Stdio {
     server: ParallaxServer,
@@ -220,7 +220,7 @@ impl Handshake {
             return None;
         }
         let (_, meta) = plain_params(message.get("id")?, message.get("params")?)?;
-        if meta.is_some_and(|m| !trace_only(m)) {
+        if meta.is_some_and(|m| !plain_meta(m)) {
             return None;
         }
         let trace = meta
@@ -277,7 +277,7 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     let (name, meta) = plain_params(&message.id, message.params.as_ref()?)?;
     let (shape, tasks) = if req.extensions().get::<Owned>().is_some() {
         // A session's call: the client's capabilities are those it gave `initialize`.
-        if !legacy_version(req.headers()) || meta.is_some_and(|m| !trace_only(m)) {
+        if !legacy_version(req.headers()) || meta.is_some_and(|m| !plain_meta(m)) {
             return None;
         }
         let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
@@ -343,10 +343,22 @@ fn take_call(id: Value, params: Value, tasks: bool, shape: Shape) -> Option<Tool
     })
 }
 
-/// A session's `_meta` may carry trace context only: a progress token or per-request protocol
-/// metadata is rmcp's.
-fn trace_only(meta: &Map<String, Value>) -> bool {
-    meta.keys().all(|k| k == "traceparent" || k == "tracestate")
+/// A session's `_meta` may carry trace context and a progress token (which asks for progress
+/// notifications; no tool sends any, so rmcp would answer the same); per-request protocol
+/// metadata, or anything else, is rmcp's.
+fn plain_meta(meta: &Map<String, Value>) -> bool {
+    meta.iter().all(|(k, v)| match k.as_str() {
+        "traceparent" | "tracestate" => true,
+        PROGRESS_TOKEN => progress_token(v),
+        _ => false,
+    })
+}
+
+const PROGRESS_TOKEN: &str = "progressToken";
+
+/// A progress token as rmcp reads one: a string or an integer.
+fn progress_token(v: &Value) -> bool {
+    v.is_string() || v.is_i64()
 }
 
 /// A protocol version header naming a 2025 version, or none (a session's).
@@ -367,8 +379,8 @@ fn legacy_version(headers: &HeaderMap) -> bool {
 /// carries everything that version asks of a request, each once and consistent: the version in
 /// its header and in `_meta`, the client's capabilities in `_meta`, and the `Mcp-Method` and
 /// `Mcp-Name` headers naming this call of a catalogue tool (which has no `Mcp-Param-*`
-/// headers). Anything else in `_meta` but the client's name and trace context, or anything
-/// unsure, is left to rmcp's checks.
+/// headers). Anything else in `_meta` but the client's name, trace context and a progress token
+/// ([`plain_meta`]), or anything unsure, is left to rmcp's checks.
 fn stateless(headers: &HeaderMap, name: &str, meta: &Map<String, Value>) -> Option<bool> {
     let version = ProtocolVersion::V_2026_07_28.as_str();
     let only = |header: &str| {
@@ -385,15 +397,11 @@ fn stateless(headers: &HeaderMap, name: &str, meta: &Map<String, Value>) -> Opti
     }
     const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
     const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-    let known = meta.keys().all(|k| {
-        matches!(
-            k.as_str(),
-            PROTOCOL_VERSION
-                | CAPABILITIES
-                | "io.modelcontextprotocol/clientInfo"
-                | "traceparent"
-                | "tracestate"
-        )
+    let known = meta.iter().all(|(k, v)| match k.as_str() {
+        PROTOCOL_VERSION | CAPABILITIES | "io.modelcontextprotocol/clientInfo" => true,
+        "traceparent" | "tracestate" => true,
+        PROGRESS_TOKEN => progress_token(v),
+        _ => false,
     });
     if !known || meta.get(PROTOCOL_VERSION)?.as_str()? != version {
         return None;
@@ -490,6 +498,9 @@ mod tests {
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         }));
         assert_eq!(stateless(&headers(&standard), tool, &good), Some(false));
+        let mut tracked = good.clone();
+        tracked.insert("progressToken".into(), 7.into());
+        assert_eq!(stateless(&headers(&standard), tool, &tracked), Some(false));
         let mut tasks = good.clone();
         tasks.insert(
             "io.modelcontextprotocol/clientCapabilities".into(),
@@ -532,8 +543,9 @@ mod tests {
             ),
             ("io.modelcontextprotocol/clientCapabilities", Value::Null),
             ("io.modelcontextprotocol/clientCapabilities", "all".into()),
-            ("progressToken", 1.into()),
+            ("progressToken", serde_json::json!({ "n": 1 })),
             ("io.modelcontextprotocol/logLevel", "debug".into()),
+            ("example.com/x", 1.into()),
         ] {
             let mut m = good.clone();
             if value.is_null() {
@@ -576,14 +588,19 @@ mod tests {
             plain(&mut h, traced).unwrap().3,
             (Some("00-ab-cd-01".to_owned()), None)
         );
+        // A progress token asks for notifications no tool sends: still plain.
+        let mut tracked = call.clone();
+        tracked["params"]["_meta"] = serde_json::json!({ "progressToken": "p" });
+        assert!(plain(&mut h, tracked).is_some());
         let mut named = call.clone();
         named["id"] = "c-1".into();
         assert_eq!(plain(&mut h, named).unwrap().0, "c-1");
 
-        // rmcp's: a progress token or other `_meta`, a key outside the envelope, a
+        // rmcp's: other `_meta` (or a progress token rmcp cannot read), a key outside the envelope, a
         // notification, an id that is not an integer or string, other methods, bad JSON.
         for (path, value) in [
-            ("/params/_meta", serde_json::json!({ "progressToken": 1 })),
+            ("/params/_meta", serde_json::json!({ "example.com/x": 1 })),
+            ("/params/_meta", serde_json::json!({ "progressToken": [1] })),
             ("/params/task", serde_json::json!({})),
             ("/params/arguments", serde_json::json!([])),
             ("/extra", serde_json::json!(1)),

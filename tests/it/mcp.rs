@@ -721,8 +721,8 @@ impl RawStdio {
     }
 }
 
-/// Over stdio, a plain call is answered by `mcp::direct::Stdio`; with a progress token in
-/// `_meta` it is rmcp's. Both answer alike: a result, a string id, a refusal, an unknown tool
+/// Over stdio, a plain call is answered by `mcp::direct::Stdio`; with another key in `_meta`
+/// than trace context and a progress token it is rmcp's. Both answer alike: a result, a string id, a refusal, an unknown tool
 /// and bad arguments; a call before the handshake ends is rmcp's; and calls still running when
 /// stdin closes are answered before the server exits.
 #[tokio::test]
@@ -762,7 +762,7 @@ async fn a_plain_stdio_call_answers_as_rmcp_would() {
         let plain = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params });
         let direct = s.ask(&plain).await;
         let mut tracked = plain.clone();
-        tracked["params"]["_meta"] = json!({ "progressToken": "p" });
+        tracked["params"]["_meta"] = json!({ "example.com/hint": "p" });
         let through_rmcp = s.ask(&tracked).await;
         assert_eq!(through_rmcp, direct, "{plain}");
         if id == 2 || id == "call-3" {

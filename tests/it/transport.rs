@@ -365,9 +365,19 @@ async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session
         "{direct}"
     );
 
-    // With a progress token the call is rmcp's: it streams, and answers the same.
+    // A progress token asks for notifications no tool sends: still answered directly.
     let mut tracked = call.clone();
     tracked["params"]["_meta"] = json!({ "progressToken": "p1" });
+    let res = post(&http, &server.url, &bot, Some(&session), &tracked)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_body(res).await, direct);
+
+    // With `_meta` rmcp has to see (any other key) the call is rmcp's: it streams, and answers
+    // the same.
+    let mut tracked = call.clone();
+    tracked["params"]["_meta"] = json!({ "example.com/hint": "p1" });
     let res = post(&http, &server.url, &bot, Some(&session), &tracked)
         .send()
         .await
@@ -407,7 +417,7 @@ async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session
             "refused: {direct}"
         );
         let mut tracked = plain.clone();
-        tracked["params"]["_meta"] = json!({ "progressToken": 2 });
+        tracked["params"]["_meta"] = json!({ "example.com/hint": 2 });
         let res = post(&http, &server.url, &bot, Some(&session), &tracked)
             .send()
             .await
@@ -432,7 +442,7 @@ async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session
     assert_eq!(sessions.asleep(), 1, "still asleep");
 }
 
-/// A plain 2026-07-28 call is answered by `mcp::direct`; with a progress token in `_meta` it is
+/// A plain 2026-07-28 call is answered by `mcp::direct`; with another key in `_meta` it is
 /// rmcp's. Both must answer alike, status included: a result, a string id, a client that
 /// declares tasks, a refusal, an unknown tool and bad arguments.
 #[tokio::test]
@@ -490,7 +500,7 @@ async fn a_plain_stateless_call_answers_as_rmcp_would() {
         let (status, direct) = send(plain.clone()).await;
         assert_eq!(direct["id"], id, "{direct}");
         let mut tracked = plain.clone();
-        tracked["params"]["_meta"]["progressToken"] = json!("p1");
+        tracked["params"]["_meta"]["example.com/hint"] = json!("p1");
         let through_rmcp = send(tracked).await;
         assert_eq!(through_rmcp, (status, direct.clone()), "{plain}");
         if plain["params"]["name"] == "agent_my_assignments" && id != 11 {
