@@ -56,10 +56,11 @@
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also
 //!   guards the assignments resource and its subscriptions), stdio and streamable HTTP, with the
 //!   JSON-RPC envelope of `/mcp` checked first (`mcp::envelope`) and sessions bound to their
-//!   agent, capped, and put to sleep when idle (`mcp::sessions`). A plain `tools/call` (nothing
-//!   rmcp has to see) on a session, as a stateless 2026-07-28 request, or on stdio once the
-//!   handshake is through goes to the same gate without rmcp's request machinery and is
-//!   answered with one JSON body or line (`mcp::direct`); everything else is rmcp's.
+//!   agent, capped, and put to sleep when idle (`mcp::sessions`). A plain `tools/call` or
+//!   `tools/list` (nothing rmcp has to see) on a session, as a stateless 2026-07-28 request, or
+//!   on stdio once the handshake is through goes to the same gate without rmcp's request
+//!   machinery and is answered with one JSON body or line (`mcp::direct`); everything else is
+//!   rmcp's.
 //!   **The only module that imports `rmcp`.**
 //! - [`memory`]: hands the allocator's free memory back to the system, on every runtime thread
 //!   (mimalloc collects per thread); asked by `mcp::sessions` and by `http` after start-up.

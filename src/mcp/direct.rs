@@ -16,9 +16,11 @@
 //! work snapshot and shape (`ToolOutput::wire`) and copied after. Anything else, and every other
 //! method, goes on to rmcp unchanged.
 
+use super::catalogue::CATALOGUE;
 use super::envelope::RpcMessage;
 use super::server::{
-    HttpAuth, ParallaxServer, call_response, gate_span, stdio_request_span, tool_label, tool_result,
+    HttpAuth, ParallaxServer, call_response, gate_span, stdio_request_span, tool_label,
+    tool_listing, tool_result,
 };
 use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
 use super::tools::Shape;
@@ -36,36 +38,56 @@ use rmcp::model::{
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// What [`call`] needs: a handler to reach the gate with, and the sessions it may answer for.
+/// What [`call`] needs: a handler to reach the gate with, the sessions it may answer for, and
+/// its kept `tools/list` answers.
 pub struct Direct {
     pub server: ParallaxServer,
     pub sessions: Arc<SessionRegistry>,
+    pub listings: Listings,
 }
 
-/// A tool call this path can answer, taken from the request.
+/// A request this path can answer, taken from the HTTP request.
 struct Plain {
     auth: Arc<Result<AgentCaller, AgentAuthRefusal>>,
-    call: ToolCall,
+    work: Work,
 }
 
-/// Answers a plain `tools/call` (on a bound session, or stateless), or hands the request back
-/// for rmcp. Runs inside `sessions::bind`, which has checked that a session is the caller's.
+/// What this path answers.
+enum Work {
+    Call(ToolCall),
+    /// `tools/list`: the caller's tools.
+    List {
+        id: Value,
+        shape: Shape,
+    },
+}
+
+/// Answers a plain `tools/call` or `tools/list` (on a bound session, or stateless), or hands
+/// the request back for rmcp. Runs inside `sessions::bind`, which has checked that a session is
+/// the caller's.
 pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
     let Some(plain) = plain(d, &mut req) else {
         return Err(req);
     };
     let auth = (*plain.auth).clone();
-    let tool = tool_label(&plain.call.name);
-    let span = traces::span(|| {
-        let parent = req
-            .extensions()
-            .get::<traces::RequestSpan>()
-            .map_or_else(tracing::Span::current, |s| s.0.clone());
-        gate_span(&parent, tool)
-    });
-    let (status, body) = answer(&d.server, span, plain.call, async { Ok(auth) }).await;
+    let (status, body) = match plain.work {
+        Work::Call(call) => {
+            let tool = tool_label(&call.name);
+            let span = traces::span(|| {
+                let parent = req
+                    .extensions()
+                    .get::<traces::RequestSpan>()
+                    .map_or_else(tracing::Span::current, |s| s.0.clone());
+                gate_span(&parent, tool)
+            });
+            answer(&d.server, span, call, async { Ok(auth) }).await
+        }
+        Work::List { id, shape } => {
+            list(&d.server, &d.listings, id, shape, async { Ok(auth) }).await
+        }
+    };
     let mut res = Response::new(Body::from(body.freeze()));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -84,52 +106,117 @@ struct ToolCall {
     shape: Shape,
 }
 
+/// The caller's credential as the transport checked it (HTTP) or checks it now (stdio).
+type Auth = Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData>;
+
 /// Runs `call` through the gate (`auth` is awaited inside its span): the JSON-RPC answer, and
 /// the HTTP status rmcp would give it.
 async fn answer(
     server: &ParallaxServer,
     span: tracing::Span,
     call: ToolCall,
-    auth: impl Future<Output = Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData>>,
+    auth: impl Future<Output = Auth>,
 ) -> (StatusCode, BytesMut) {
     let outcome = server
         .call_gate(span, &call.name, call.arguments, call.tasks, auth)
         .await;
     let shape = call.shape;
-    let mut status = StatusCode::OK;
-    let body = match outcome {
+    match outcome {
         Ok(super::gate::CallOutcome::Ok(output)) => {
             let result = output.wire(shape, |output| {
-                let result = shaped(CallToolResponse::from(tool_result(output.clone())), shape);
+                let result = shaped(
+                    CallToolResponse::from(tool_result(output.clone())).into(),
+                    shape,
+                );
                 Bytes::from(serde_json::to_vec(&result).expect("results serialise"))
             });
-            let mut body = BytesMut::with_capacity(result.len() + 64);
-            body.put_slice(br#"{"jsonrpc":"2.0","id":"#);
-            serde_json::to_writer((&mut body).writer(), &call.id).expect("ids serialise");
-            body.put_slice(br#","result":"#);
-            body.put_slice(&result);
-            body.put_u8(b'}');
-            body
+            (StatusCode::OK, spliced(&call.id, &result))
         }
-        outcome => {
-            let id: RequestId = serde_json::from_value(call.id).expect("checked by the envelope");
-            let message = match outcome {
-                Ok(outcome) => {
-                    ServerJsonRpcMessage::response(shaped(call_response(outcome), shape), id)
-                }
-                Err(e) => {
-                    if shape == Shape::Current {
-                        status = stateless_status(e.code);
-                    }
-                    ServerJsonRpcMessage::error(e, Some(id))
-                }
-            };
-            let mut body = BytesMut::new().writer();
-            serde_json::to_writer(&mut body, &message).expect("messages serialise");
-            body.into_inner()
+        Ok(outcome) => {
+            let result = shaped(call_response(outcome).into(), shape);
+            let message = ServerJsonRpcMessage::response(result, request_id(call.id));
+            (StatusCode::OK, encoded(&message))
         }
+        Err(e) => error(call.id, e, shape),
+    }
+}
+
+/// `tools/list` answers, encoded once for each set of visible tools and each [`Shape`]: the
+/// tools' schemas are most of what a listing costs.
+pub struct Listings(Vec<[OnceLock<Bytes>; 2]>);
+
+impl Default for Listings {
+    fn default() -> Self {
+        Self(
+            (0..1usize << CATALOGUE.len())
+                .map(|_| Default::default())
+                .collect(),
+        )
+    }
+}
+
+/// Answers `tools/list` as rmcp's `list_tools` does (a refused credential is audited), with
+/// the listing kept in `listings`.
+async fn list(
+    server: &ParallaxServer,
+    listings: &Listings,
+    id: Value,
+    shape: Shape,
+    auth: impl Future<Output = Auth>,
+) -> (StatusCode, BytesMut) {
+    let caller = match auth.await {
+        Ok(auth) => server.lister(auth).await,
+        Err(e) => Err(e),
     };
-    (status, body)
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(e) => return error(id, e, shape),
+    };
+    let visible: Vec<_> = server.gate().visible_tools(&caller).collect();
+    let set = CATALOGUE
+        .iter()
+        .enumerate()
+        .filter(|(_, spec)| visible.iter().any(|v| v.name == spec.name))
+        .fold(0, |set, (i, _)| set | 1 << i);
+    let result = listings.0[set][shape as usize].get_or_init(|| {
+        let result = shaped(
+            ServerResult::ListToolsResult(tool_listing(visible.into_iter())),
+            shape,
+        );
+        Bytes::from(serde_json::to_vec(&result).expect("results serialise"))
+    });
+    (StatusCode::OK, spliced(&id, result))
+}
+
+/// `{"jsonrpc":"2.0","id":<id>,"result":<result>}`, with `result` already encoded.
+fn spliced(id: &Value, result: &[u8]) -> BytesMut {
+    let mut body = BytesMut::with_capacity(result.len() + 64);
+    body.put_slice(br#"{"jsonrpc":"2.0","id":"#);
+    serde_json::to_writer((&mut body).writer(), id).expect("ids serialise");
+    body.put_slice(br#","result":"#);
+    body.put_slice(result);
+    body.put_u8(b'}');
+    body
+}
+
+/// An error answer, with the HTTP status rmcp gives it.
+fn error(id: Value, e: ErrorData, shape: Shape) -> (StatusCode, BytesMut) {
+    let status = match shape {
+        Shape::Current => stateless_status(e.code),
+        Shape::Legacy => StatusCode::OK,
+    };
+    let message = ServerJsonRpcMessage::error(e, Some(request_id(id)));
+    (status, encoded(&message))
+}
+
+fn request_id(id: Value) -> RequestId {
+    serde_json::from_value(id).expect("an integer or a string, checked by `plain_id`")
+}
+
+fn encoded(message: &ServerJsonRpcMessage) -> BytesMut {
+    let mut body = BytesMut::new().writer();
+    serde_json::to_writer(&mut body, message).expect("messages serialise");
+    body.into_inner()
 }
 
 /// stdio's plain tool calls, answered by the gate once the handshake is through. Through rmcp,
@@ -143,6 +230,7 @@ pub struct Stdio {
     server: ParallaxServer,
     key: Arc<str>,
     handshake: Handshake,
+    listings: Arc<Listings>,
 }
 
 /// What a stdio session's handshake said, as far as this path needs it.
@@ -150,7 +238,7 @@ pub struct Stdio {
 struct Handshake {
     /// Whether the client declared the tasks extension in `initialize`; `None` before it.
     tasks: Option<bool>,
-    /// Once the client's `notifications/initialized` has gone to rmcp, a plain call is
+    /// Once the client's `notifications/initialized` has gone to rmcp, a plain request is
     /// answered here. Before, everything is rmcp's (a session may also start without
     /// `initialize`, on 2026-07-28's per-request metadata, which rmcp handles).
     ready: bool,
@@ -165,22 +253,29 @@ impl Stdio {
             server,
             key,
             handshake: Handshake::default(),
+            listings: Arc::default(),
         }
     }
 
-    /// The framed answer to `line`, if it is a plain tool call; otherwise `None` and the line
-    /// is rmcp's (the handshake's lines are noted on their way).
+    /// The framed answer to `line`, if it is a plain tool call or listing; otherwise `None` and
+    /// the line is rmcp's (the handshake's lines are noted on their way).
     pub fn take(&mut self, line: &[u8]) -> Option<impl Future<Output = Bytes> + Send + 'static> {
-        let (call, trace) = self.handshake.plain_call(line)?;
+        let (work, trace) = self.handshake.plain(line)?;
         let (server, key) = (self.server.clone(), self.key.clone());
+        let listings = self.listings.clone();
         Some(async move {
-            let span = traces::span(|| {
-                let (parent, state) = trace;
-                let request = stdio_request_span(parent.as_deref(), state.as_deref());
-                gate_span(&request, tool_label(&call.name))
-            });
             let auth = server.authenticate_key(&key);
-            let (_, mut body) = answer(&server, span, call, auth).await;
+            let (_, mut body) = match work {
+                Work::Call(call) => {
+                    let span = traces::span(|| {
+                        let (parent, state) = trace;
+                        let request = stdio_request_span(parent.as_deref(), state.as_deref());
+                        gate_span(&request, tool_label(&call.name))
+                    });
+                    answer(&server, span, call, auth).await
+                }
+                Work::List { id, shape } => list(&server, &listings, id, shape, auth).await,
+            };
             body.put_u8(b'\n');
             body.freeze()
         })
@@ -188,15 +283,11 @@ impl Stdio {
 }
 
 impl Handshake {
-    /// The plain tool call `line` carries, once the handshake is through; notes the
+    /// The plain tool call or listing `line` carries, once the handshake is through; notes the
     /// handshake's own lines.
-    fn plain_call(&mut self, line: &[u8]) -> Option<(ToolCall, Trace)> {
+    fn plain(&mut self, line: &[u8]) -> Option<(Work, Trace)> {
         // Only a line that may matter is parsed here; rmcp parses every line anyway.
-        let sign: &[u8] = if self.ready {
-            b"tools/call"
-        } else {
-            b"initialize"
-        };
+        let sign: &[u8] = if self.ready { b"tools/" } else { b"initialize" };
         memchr::memmem::find(line, sign)?;
         let mut message = super::envelope::parse(line).ok()?;
         let method = message.get("method")?.as_str()?;
@@ -216,7 +307,22 @@ impl Handshake {
         let envelope_only = message
             .keys()
             .all(|k| matches!(k.as_str(), "jsonrpc" | "id" | "method" | "params"));
-        if method != "tools/call" || !envelope_only {
+        if !envelope_only {
+            return None;
+        }
+        if method == "tools/list" {
+            let meta = list_params(message.get("id")?, message.get("params"))?;
+            if meta.is_some_and(|m| !plain_meta(m)) {
+                return None;
+            }
+            let id = message.remove("id")?;
+            let list = Work::List {
+                id,
+                shape: Shape::Legacy,
+            };
+            return Some((list, Trace::default()));
+        }
+        if method != "tools/call" {
             return None;
         }
         let (_, meta) = plain_params(message.get("id")?, message.get("params")?)?;
@@ -235,18 +341,20 @@ impl Handshake {
             self.tasks?,
             Shape::Legacy,
         )?;
-        Some((call, trace))
+        Some((Work::Call(call), trace))
     }
 }
 
 /// A result in the shape rmcp gives the client: for a session's (pre-2026-07-28) client no
-/// `resultType`, and structured content only if it is an object; for 2026-07-28 as it is (cache
-/// hints are for list and read results, not tool calls).
-fn shaped(response: CallToolResponse, shape: Shape) -> ServerResult {
-    let mut result = ServerResult::from(response);
-    if shape == Shape::Legacy {
-        result.strip_result_type_for_legacy_peer();
-        result.strip_non_object_output_for_legacy_peer();
+/// `resultType`, and structured content only if it is an object; for 2026-07-28 with cache
+/// hints on a listing (`ttlMs: 0`, `cacheScope: private` unless set).
+fn shaped(mut result: ServerResult, shape: Shape) -> ServerResult {
+    match shape {
+        Shape::Legacy => {
+            result.strip_result_type_for_legacy_peer();
+            result.strip_non_object_output_for_legacy_peer();
+        }
+        Shape::Current => result.fill_missing_cache_hints(),
     }
     result
 }
@@ -271,10 +379,15 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     }
     let auth = req.extensions().get::<HttpAuth>()?.0.clone();
     let message = req.extensions().get::<RpcMessage>()?;
-    if message.method.as_deref() != Some("tools/call") {
-        return None;
-    }
-    let (name, meta) = plain_params(&message.id, message.params.as_ref()?)?;
+    let method = message.method.as_deref()?;
+    let (name, meta) = match method {
+        "tools/call" => {
+            let (name, meta) = plain_params(&message.id, message.params.as_ref()?)?;
+            (Some(name), meta)
+        }
+        "tools/list" => (None, list_params(&message.id, message.params.as_ref())?),
+        _ => return None,
+    };
     let (shape, tasks) = if req.extensions().get::<Owned>().is_some() {
         // A session's call: the client's capabilities are those it gave `initialize`.
         if !legacy_version(req.headers()) || meta.is_some_and(|m| !plain_meta(m)) {
@@ -283,13 +396,50 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
         let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
         (Shape::Legacy, d.sessions.client_tasks(session)?)
     } else if !req.headers().contains_key(SESSION_HEADER) {
-        (Shape::Current, stateless(req.headers(), name, meta?)?)
+        (
+            Shape::Current,
+            stateless(req.headers(), method, name, meta?)?,
+        )
     } else {
         return None;
     };
+    let listing = name.is_none();
     let message = req.extensions_mut().remove::<RpcMessage>()?;
-    let call = take_call(message.id, message.params?, tasks, shape)?;
-    Some(Plain { auth, call })
+    let work = if listing {
+        Work::List {
+            id: message.id,
+            shape,
+        }
+    } else {
+        Work::Call(take_call(message.id, message.params?, tasks, shape)?)
+    };
+    Some(Plain { auth, work })
+}
+
+/// An id this path answers as rmcp would: an integer or a string.
+fn plain_id(id: &Value) -> bool {
+    id.is_i64() || id.is_string()
+}
+
+/// The `_meta` of a `tools/list` this path answers: no parameters, or only `_meta` (a cursor
+/// asks for a later page, and every tool fits on the first).
+fn list_params<'a>(
+    id: &Value,
+    params: Option<&'a Value>,
+) -> Option<Option<&'a Map<String, Value>>> {
+    if !plain_id(id) {
+        return None;
+    }
+    let Some(params) = params else {
+        return Some(None);
+    };
+    let params = params.as_object()?;
+    match params.get("_meta") {
+        _ if params.keys().any(|k| k != "_meta") => None,
+        None => Some(None),
+        Some(Value::Object(meta)) => Some(Some(meta)),
+        Some(_) => None,
+    }
 }
 
 /// The tool's name and `_meta` of a `tools/call` whose id and parameters this path handles as
@@ -299,7 +449,7 @@ fn plain_params<'a>(
     id: &Value,
     params: &'a Value,
 ) -> Option<(&'a str, Option<&'a Map<String, Value>>)> {
-    if !id.is_i64() && !id.is_string() {
+    if !plain_id(id) {
         return None;
     }
     let params = params.as_object()?;
@@ -375,24 +525,33 @@ fn legacy_version(headers: &HeaderMap) -> bool {
     known && version < ProtocolVersion::V_2026_07_28.as_str()
 }
 
-/// Whether the client declared the tasks extension, for a stateless (2026-07-28) call that
-/// carries everything that version asks of a request, each once and consistent: the version in
-/// its header and in `_meta`, the client's capabilities in `_meta`, and the `Mcp-Method` and
-/// `Mcp-Name` headers naming this call of a catalogue tool (which has no `Mcp-Param-*`
-/// headers). Anything else in `_meta` but the client's name, trace context and a progress token
+/// Whether the client declared the tasks extension, for a stateless (2026-07-28) request that
+/// carries everything that version asks of it, each once and consistent: the version in its
+/// header and in `_meta`, the client's capabilities in `_meta`, the `Mcp-Method` header naming
+/// `method`, and for a call the `Mcp-Name` header naming its catalogue tool (which has no
+/// `Mcp-Param-*` headers). Anything else in `_meta` but the client's name, trace context and a progress token
 /// ([`plain_meta`]), or anything unsure, is left to rmcp's checks.
-fn stateless(headers: &HeaderMap, name: &str, meta: &Map<String, Value>) -> Option<bool> {
+fn stateless(
+    headers: &HeaderMap,
+    method: &str,
+    name: Option<&str>,
+    meta: &Map<String, Value>,
+) -> Option<bool> {
     let version = ProtocolVersion::V_2026_07_28.as_str();
     let only = |header: &str| {
         let mut values = headers.get_all(header).iter();
         let value = values.next()?.to_str().ok()?;
         values.next().is_none().then_some(value)
     };
-    if only("mcp-protocol-version")? != version
-        || only("mcp-method")? != "tools/call"
-        || only("mcp-name")? != name
-        || super::catalogue::find(name).is_none()
-    {
+    if only("mcp-protocol-version")? != version || only("mcp-method")? != method {
+        return None;
+    }
+    // A call names a catalogue tool; a listing names nothing.
+    let named = match name {
+        Some(name) => only("mcp-name")? == name && super::catalogue::find(name).is_some(),
+        None => !headers.contains_key("mcp-name"),
+    };
+    if !named {
         return None;
     }
     const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -497,41 +656,101 @@ mod tests {
             "io.modelcontextprotocol/clientInfo": { "name": "c", "version": "1" },
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         }));
-        assert_eq!(stateless(&headers(&standard), tool, &good), Some(false));
+        assert_eq!(
+            stateless(&headers(&standard), "tools/call", Some(tool), &good),
+            Some(false)
+        );
         let mut tracked = good.clone();
         tracked.insert("progressToken".into(), 7.into());
-        assert_eq!(stateless(&headers(&standard), tool, &tracked), Some(false));
+        assert_eq!(
+            stateless(&headers(&standard), "tools/call", Some(tool), &tracked),
+            Some(false)
+        );
         let mut tasks = good.clone();
         tasks.insert(
             "io.modelcontextprotocol/clientCapabilities".into(),
             serde_json::json!({ "extensions": { "io.modelcontextprotocol/tasks": {} } }),
         );
-        assert_eq!(stateless(&headers(&standard), tool, &tasks), Some(true));
+        assert_eq!(
+            stateless(&headers(&standard), "tools/call", Some(tool), &tasks),
+            Some(true)
+        );
 
         // Each header missing, given twice, or naming something else.
         for (i, (name, _)) in standard.iter().enumerate() {
             let mut fewer = standard.to_vec();
             fewer.remove(i);
-            assert_eq!(stateless(&headers(&fewer), tool, &good), None, "{name}");
+            assert_eq!(
+                stateless(&headers(&fewer), "tools/call", Some(tool), &good),
+                None,
+                "{name}"
+            );
             let mut twice = standard.to_vec();
             twice.push(standard[i]);
             assert_eq!(
-                stateless(&headers(&twice), tool, &good),
+                stateless(&headers(&twice), "tools/call", Some(tool), &good),
                 None,
                 "{name} twice"
             );
             let mut other = standard.to_vec();
             other[i].1 = "agent_log_activity";
             assert_eq!(
-                stateless(&headers(&other), tool, &good),
+                stateless(&headers(&other), "tools/call", Some(tool), &good),
                 None,
                 "{name} other"
             );
         }
+        // A listing names no tool: the same, with `Mcp-Method: tools/list` and no `Mcp-Name`.
+        let listing = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ];
+        assert_eq!(
+            stateless(&headers(&listing), "tools/list", None, &good),
+            Some(false)
+        );
+        assert_eq!(
+            stateless(&headers(&standard[..2]), "tools/list", None, &good),
+            None,
+            "Mcp-Method names a call"
+        );
+        assert_eq!(
+            stateless(
+                &headers(&[listing[0], listing[1], standard[2]]),
+                "tools/list",
+                None,
+                &good
+            ),
+            None,
+            "a listing with Mcp-Name"
+        );
+        // A listing's parameters: none, or `_meta` alone (a cursor asks for another page).
+        let id = Value::from(1);
+        assert_eq!(list_params(&id, None), Some(None));
+        let only_meta = serde_json::json!({ "_meta": { "progressToken": 1 } });
+        assert!(list_params(&id, Some(&only_meta)).unwrap().is_some());
+        assert_eq!(
+            list_params(&id, Some(&serde_json::json!({ "cursor": "x" }))),
+            None
+        );
+        assert_eq!(
+            list_params(&id, Some(&serde_json::json!({ "_meta": 1 }))),
+            None
+        );
+        assert_eq!(list_params(&Value::Null, None), None);
+
         // A tool outside the catalogue is rmcp's to answer.
         let mut unknown = standard.to_vec();
         unknown[2].1 = "no_such_tool";
-        assert_eq!(stateless(&headers(&unknown), "no_such_tool", &good), None);
+        assert_eq!(
+            stateless(
+                &headers(&unknown),
+                "tools/call",
+                Some("no_such_tool"),
+                &good
+            ),
+            None
+        );
 
         // `_meta` without a required key, with one malformed, with a version that is not the
         // header's, or with a key rmcp acts on.
@@ -553,16 +772,20 @@ mod tests {
             } else {
                 m.insert(key.into(), value);
             }
-            assert_eq!(stateless(&headers(&standard), tool, &m), None, "{key}");
+            assert_eq!(
+                stateless(&headers(&standard), "tools/call", Some(tool), &m),
+                None,
+                "{key}"
+            );
         }
     }
 
     #[test]
     fn a_stdio_line_takes_this_path_only_after_the_handshake_and_when_plain() {
         let mut h = Handshake::default();
-        let plain = |h: &mut Handshake, line: Value| {
-            h.plain_call(line.to_string().as_bytes())
-                .map(|(call, trace)| (call.id, call.name, call.tasks, trace))
+        let plain = |h: &mut Handshake, line: Value| match h.plain(line.to_string().as_bytes()) {
+            Some((Work::Call(call), trace)) => Some((call.id, call.name, call.tasks, trace)),
+            _ => None,
         };
         let call = serde_json::json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
             "params": { "name": "agent_my_assignments", "arguments": {} } });
@@ -588,6 +811,13 @@ mod tests {
             plain(&mut h, traced).unwrap().3,
             (Some("00-ab-cd-01".to_owned()), None)
         );
+        // A listing, but not of a later page.
+        let list = serde_json::json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/list" });
+        let listed = h.plain(list.to_string().as_bytes());
+        assert!(matches!(listed, Some((Work::List { .. }, _))));
+        let mut paged = list.clone();
+        paged["params"] = serde_json::json!({ "cursor": "2" });
+        assert!(h.plain(paged.to_string().as_bytes()).is_none());
         // A progress token asks for notifications no tool sends: still plain.
         let mut tracked = call.clone();
         tracked["params"]["_meta"] = serde_json::json!({ "progressToken": "p" });
@@ -618,7 +848,7 @@ mod tests {
             target[key] = value;
             assert!(plain(&mut h, other).is_none(), "{path}");
         }
-        assert!(h.plain_call(b"{\"method\":\"tools/call\"").is_none());
+        assert!(h.plain(b"{\"method\":\"tools/call\"").is_none());
     }
 
     /// [`stateless`] skips rmcp's `Mcp-Param-*` check, which only annotated input schemas need.

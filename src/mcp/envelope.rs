@@ -63,9 +63,10 @@ pub async fn check(env: &Envelope, req: Request, next: impl crate::http::Continu
     // A subscription stream lives until the client or the server ends it: not "in flight".
     let long_lived = method.as_deref() == Some("subscriptions/listen");
     let guard = (!long_lived).then(|| env.inflight.enter());
-    // A tool call's parameters, already parsed, for `mcp::direct` (rmcp reads the body anew).
+    // The parameters of a tool call or listing, already parsed, for `mcp::direct` (rmcp reads
+    // the body anew).
     let params = match method.as_deref() {
-        Some("tools/call") => message.remove("params"),
+        Some("tools/call" | "tools/list") => message.remove("params"),
         _ => None,
     };
     parts.extensions.insert(RpcMessage {
@@ -126,7 +127,7 @@ fn is_json(req: &Request) -> bool {
 pub struct RpcMessage {
     pub method: Option<String>,
     pub id: Value,
-    /// A `tools/call`'s `params` (none for other methods).
+    /// The `params` of a `tools/call` or `tools/list` (none for other methods).
     pub params: Option<Value>,
 }
 

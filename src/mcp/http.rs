@@ -60,6 +60,7 @@ pub fn router(ctx: &HttpContext) -> Router {
     let direct = super::direct::Direct {
         server: handler(),
         sessions: ctx.sessions.clone(),
+        listings: Default::default(),
     };
     let mcp = Arc::new(StreamableHttpService::new(
         move || Ok(handler()),

@@ -154,6 +154,29 @@ impl ParallaxServer {
 }
 
 impl ParallaxServer {
+    /// The caller a `tools/list` lists for; a refused credential is audited and answered with
+    /// an error.
+    pub(super) async fn lister(
+        &self,
+        auth: Result<AgentCaller, AgentAuthRefusal>,
+    ) -> Result<AgentCaller, ErrorData> {
+        match auth {
+            Ok(caller) => Ok(caller),
+            Err(refusal) => {
+                self.gate.audit_refusal(&refusal, "tools/list").await;
+                Err(ErrorData::invalid_request(
+                    format!("unauthorized: {}", refusal.error),
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// The gate, for `mcp::direct`'s listing.
+    pub(super) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     /// stdio: checks `key` on this request, inside the call's span, and counts the request
     /// against the agent's rate (over HTTP the middleware does both).
     pub(super) async fn authenticate_key(
@@ -196,6 +219,11 @@ fn store_error(e: ServiceError) -> ErrorData {
         "the workspace store is unavailable; try again shortly",
         None,
     )
+}
+
+/// `tools/list`'s answer: these tools' definitions.
+pub(super) fn tool_listing<'a>(tools: impl Iterator<Item = &'a ToolSpec>) -> ListToolsResult {
+    ListToolsResult::with_all_items(tools.map(to_tool).collect())
 }
 
 fn to_tool(spec: &ToolSpec) -> Tool {
@@ -247,18 +275,8 @@ impl ServerHandler for ParallaxServer {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        match self.authenticate(&ctx).await? {
-            Ok(caller) => Ok(ListToolsResult::with_all_items(
-                self.gate.visible_tools(&caller).map(to_tool).collect(),
-            )),
-            Err(refusal) => {
-                self.gate.audit_refusal(&refusal, "tools/list").await;
-                Err(ErrorData::invalid_request(
-                    format!("unauthorized: {}", refusal.error),
-                    None,
-                ))
-            }
-        }
+        let caller = self.lister(self.authenticate(&ctx).await?).await?;
+        Ok(tool_listing(self.gate.visible_tools(&caller)))
     }
 
     async fn list_resources(

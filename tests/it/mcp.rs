@@ -778,6 +778,18 @@ async fn a_plain_stdio_call_answers_as_rmcp_would() {
         }
     }
 
+    // A listing answers alike on both paths.
+    let list = json!({ "jsonrpc": "2.0", "id": 7, "method": "tools/list" });
+    let direct = s.ask(&list).await;
+    assert_eq!(
+        direct["result"]["tools"].as_array().unwrap().len(),
+        3,
+        "{direct}"
+    );
+    let mut hinted = list.clone();
+    hinted["params"] = json!({ "_meta": { "example.com/hint": 1 } });
+    assert_eq!(s.ask(&hinted).await, direct);
+
     // Calls in flight when stdin closes are all answered, then the server exits cleanly.
     for id in 100..120 {
         let mut call = read.clone();

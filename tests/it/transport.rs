@@ -255,12 +255,25 @@ async fn idle_sessions_sleep_and_wake_on_their_next_request() {
     assert_eq!(list_on(&http, &server.url, &other, &s1).await.0, 404);
     assert_eq!(sessions.asleep(), 2);
 
-    // Its owner's next request wakes it, on the same session id, and gets its answer.
+    // Its owner's plain listing is answered without waking it (`mcp::direct`).
     let (status, tools) = list_on(&http, &server.url, &bot, &s1).await;
     assert_eq!(status, 200);
     assert!(
         tools.contains(&"agent_my_assignments".to_owned()),
         "{tools:?}"
+    );
+    assert_eq!(sessions.asleep(), 2, "still asleep");
+    // A request rmcp has to answer wakes it, on the same session id, and gets its answer.
+    let resources = json!({ "jsonrpc": "2.0", "id": 8, "method": "resources/list" });
+    let res = post(&http, &server.url, &bot, Some(&s1), &resources)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let msgs = messages(res).await;
+    assert!(
+        msgs.iter().any(|m| m["result"]["resources"].is_array()),
+        "{msgs:?}"
     );
     assert_eq!(sessions.asleep(), 1, "woken");
     // A call on the woken session goes through the gate as before.
@@ -427,6 +440,37 @@ async fn a_stateless_answer_is_one_json_body_and_so_is_a_plain_call_on_a_session
         assert_eq!(through_rmcp, &direct, "{params}");
     }
 
+    // A listing too: one JSON body, as rmcp's streamed one.
+    let list = json!({ "jsonrpc": "2.0", "id": 12, "method": "tools/list" });
+    let res = post(&http, &server.url, &bot, Some(&session), &list)
+        .send()
+        .await
+        .unwrap();
+    let direct = json_body(res).await;
+    let names: Vec<&str> = direct["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "agent_my_assignments",
+            "agent_update_status",
+            "agent_log_activity"
+        ],
+        "the tools a ReadTasks agent may call"
+    );
+    let mut tracked = list.clone();
+    tracked["params"] = json!({ "_meta": { "example.com/hint": 1 } });
+    let res = post(&http, &server.url, &bot, Some(&session), &tracked)
+        .send()
+        .await
+        .unwrap();
+    let answers = messages(res).await;
+    assert_eq!(answers.iter().find(|m| m["id"] == 12), Some(&direct));
+
     // A plain call on a sleeping session is answered without waking it.
     let sessions = server.ctx.sessions.clone();
     eventually("the session asleep", || sessions.asleep() == 1).await;
@@ -516,4 +560,29 @@ async fn a_plain_stateless_call_answers_as_rmcp_would() {
             );
         }
     }
+    // A listing: `Mcp-Method: tools/list`, no `Mcp-Name`, and cache hints on 2026-07-28.
+    let list = |meta: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 20, "method": "tools/list",
+            "params": { "_meta": meta } });
+        post(&http, &server.url, &bot, None, &body)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/list")
+    };
+    let res = list(meta.clone()).send().await.unwrap();
+    let status = res.status();
+    let direct = messages(res).await;
+    let mut hinted = meta.clone();
+    hinted["example.com/hint"] = json!(1);
+    let res = list(hinted).send().await.unwrap();
+    assert_eq!(
+        (res.status(), messages(res).await),
+        (status, direct.clone())
+    );
+    assert_eq!(
+        direct[0]["result"]["tools"].as_array().unwrap().len(),
+        3,
+        "{direct:?}"
+    );
+    assert_eq!(direct[0]["result"]["resultType"], "complete", "{direct:?}");
+    assert_eq!(direct[0]["result"]["cacheScope"], "private", "{direct:?}");
 }
