@@ -1,5 +1,5 @@
-//! `tools/call` answered by the gate without rmcp's request machinery: on a 2025-11-25 session,
-//! as a 2026-07-28 stateless request, and on stdio ([`Stdio`]).
+//! `tools/call` and `tools/list` answered by the gate without rmcp's request machinery: on a
+//! 2025-11-25 session, as a 2026-07-28 stateless request, and on stdio ([`Stdio`]).
 //!
 //! Through rmcp, a session's request crosses four tasks (the HTTP connection, the session's
 //! worker, its service loop, the handler) and back, its answer is cloned out of the work
@@ -13,8 +13,9 @@
 //! ([`ParallaxServer::call_gate`]: authorization, audit, metrics, spans, shutdown's drain) and is
 //! answered with one JSON body, as streamable HTTP lets a server answer any POST (and as rmcp
 //! answers a stateless request with `json_response`). The read tool's answer is encoded once per
-//! work snapshot and shape (`ToolOutput::wire`) and copied after. Anything else, and every other
-//! method, goes on to rmcp unchanged.
+//! work snapshot and shape (`ToolOutput::wire`) and copied after, and a listing once per set of
+//! visible tools and shape ([`Listings`]). Anything else, and every other method, goes on to
+//! rmcp unchanged.
 
 use super::catalogue::CATALOGUE;
 use super::envelope::RpcMessage;
