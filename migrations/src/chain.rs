@@ -33,49 +33,53 @@ pub struct Link<'a> {
 
 /// The hash the first entry of a workspace chains from (hex).
 pub fn genesis(workspace_id: &str) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(DOMAIN);
-    h.update(b"\0genesis\0");
-    bytes(&mut h, workspace_id.as_bytes());
-    h.finalize().to_hex().to_string()
+    let mut e = Vec::with_capacity(64 + workspace_id.len());
+    e.extend_from_slice(DOMAIN);
+    e.extend_from_slice(b"\0genesis\0");
+    bytes(&mut e, workspace_id.as_bytes());
+    blake3::hash(&e).to_hex().to_string()
 }
 
 /// The hash of `link` chained after `prev` (both hex).
+///
+/// The encoding is written out whole and hashed in one call: fed to the hasher field by field
+/// (some thirty updates), an entry's hash took 7.6k instructions instead of 4.8k.
 pub fn hash(prev: &str, link: &Link<'_>) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(DOMAIN);
-    h.update(b"\0entry\0");
-    bytes(&mut h, prev.as_bytes());
-    bytes(&mut h, link.workspace_id.as_bytes());
-    h.update(&link.seq.to_le_bytes());
-    bytes(&mut h, link.id.as_bytes());
-    h.update(&link.created_at_micros.to_le_bytes());
-    bytes(&mut h, link.actor_kind.as_bytes());
-    bytes(&mut h, link.actor_id.as_bytes());
-    optional(&mut h, link.agent_id);
-    bytes(&mut h, link.activity_type.as_bytes());
-    optional(&mut h, link.outcome);
-    optional(&mut h, link.project_id);
-    optional(&mut h, link.task_id);
-    optional(&mut h, link.page_id);
-    bytes(&mut h, link.description.as_bytes());
-    bytes(&mut h, link.metadata.as_bytes());
-    h.finalize().to_hex().to_string()
+    // Room for the ids, names and prefixes, and the two free-text fields.
+    let mut e = Vec::with_capacity(512 + link.description.len() + link.metadata.len());
+    e.extend_from_slice(DOMAIN);
+    e.extend_from_slice(b"\0entry\0");
+    bytes(&mut e, prev.as_bytes());
+    bytes(&mut e, link.workspace_id.as_bytes());
+    e.extend_from_slice(&link.seq.to_le_bytes());
+    bytes(&mut e, link.id.as_bytes());
+    e.extend_from_slice(&link.created_at_micros.to_le_bytes());
+    bytes(&mut e, link.actor_kind.as_bytes());
+    bytes(&mut e, link.actor_id.as_bytes());
+    optional(&mut e, link.agent_id);
+    bytes(&mut e, link.activity_type.as_bytes());
+    optional(&mut e, link.outcome);
+    optional(&mut e, link.project_id);
+    optional(&mut e, link.task_id);
+    optional(&mut e, link.page_id);
+    bytes(&mut e, link.description.as_bytes());
+    bytes(&mut e, link.metadata.as_bytes());
+    blake3::hash(&e).to_hex().to_string()
 }
 
-fn bytes(h: &mut blake3::Hasher, b: &[u8]) {
-    h.update(&(b.len() as u64).to_le_bytes());
-    h.update(b);
+/// A field: its length (8 bytes, little-endian), then its bytes.
+fn bytes(e: &mut Vec<u8>, b: &[u8]) {
+    e.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    e.extend_from_slice(b);
 }
 
-fn optional(h: &mut blake3::Hasher, v: Option<&str>) {
+/// An optional field: a presence byte, then the field if present.
+fn optional(e: &mut Vec<u8>, v: Option<&str>) {
     match v {
-        None => {
-            h.update(&[0]);
-        }
+        None => e.push(0),
         Some(s) => {
-            h.update(&[1]);
-            bytes(h, s.as_bytes());
+            e.push(1);
+            bytes(e, s.as_bytes());
         }
     }
 }
@@ -101,6 +105,41 @@ mod tests {
             description,
             metadata: "{}",
         }
+    }
+
+    /// Stored chains are verified against this encoding: it must never change under the same
+    /// `DOMAIN` tag (values recorded from the first version).
+    #[test]
+    fn the_encoding_is_stable() {
+        let g = genesis("ws-1");
+        assert_eq!(
+            g,
+            "fde1244356cabf682710994edb1001482346a2cec9eedebb98585b37531e38d0"
+        );
+        let full = Link {
+            workspace_id: "ws-1",
+            seq: 42,
+            id: "01a244ee-e6b1-769a-9de8-f3518bdc8084",
+            created_at_micros: 1_764_900_000_123_456,
+            actor_kind: "agent",
+            actor_id: "bot",
+            agent_id: Some("bot"),
+            activity_type: "tool.call",
+            outcome: Some("allowed"),
+            project_id: Some("p"),
+            task_id: Some("t"),
+            page_id: None,
+            description: "agent_my_assignments ✓",
+            metadata: r#"{"tool":"agent_my_assignments"}"#,
+        };
+        assert_eq!(
+            hash(&g, &full),
+            "f5bf85949d8e55d27b2e87d7be1af23926f08f2bcc8f4db682cb6053cb7dc463"
+        );
+        assert_eq!(
+            hash(&g, &link("", None)),
+            "96d58c4922df530789b022e6d9de42d8c45ef4d85f864a99d4f9abb839217661"
+        );
     }
 
     #[test]
