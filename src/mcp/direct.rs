@@ -73,22 +73,16 @@ pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
         return Err(req);
     };
     let auth = (*plain.auth).clone();
-    let (status, body) = match plain.work {
-        Work::Call(call) => {
-            let tool = tool_label(&call.name);
-            let span = traces::span(|| {
-                let parent = req
-                    .extensions()
-                    .get::<traces::RequestSpan>()
-                    .map_or_else(tracing::Span::current, |s| s.0.clone());
-                gate_span(&parent, tool)
-            });
-            answer(&d.server, span, call, async { Ok(auth) }).await
-        }
-        Work::List { id, shape } => {
-            list(&d.server, &d.listings, id, shape, async { Ok(auth) }).await
-        }
-    };
+    // Present only while traces are exported.
+    let request_span = req
+        .extensions()
+        .get::<traces::RequestSpan>()
+        .map(|s| s.0.clone());
+    let parent = || request_span.unwrap_or_else(tracing::Span::current);
+    let (status, body) = respond(&d.server, &d.listings, plain.work, parent, async {
+        Ok(auth)
+    })
+    .await;
     let mut res = Response::new(Body::from(body.freeze()));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -96,6 +90,75 @@ pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
         HeaderValue::from_static("application/json"),
     );
     Ok(res)
+}
+
+/// Answers `work` (`auth` is awaited inside the gate's span): the JSON-RPC answer, and the HTTP
+/// status rmcp would give it. `parent` makes the parent of a call's span, only while traces
+/// are exported.
+async fn respond(
+    server: &ParallaxServer,
+    listings: &Listings,
+    work: Work,
+    parent: impl FnOnce() -> tracing::Span,
+    auth: impl Future<Output = Auth>,
+) -> (StatusCode, BytesMut) {
+    match work {
+        Work::Call(call) => {
+            let span = traces::span(|| gate_span(&parent(), tool_label(&call.name)));
+            answer(server, span, call, auth).await
+        }
+        Work::List { id, shape } => list(server, listings, id, shape, auth).await,
+    }
+}
+
+/// A request's `_meta`, if it has one.
+type Meta<'a> = Option<&'a Map<String, Value>>;
+
+/// The tool's name (none for a listing) and `_meta` of a `tools/call` or `tools/list` whose id
+/// and parameters this path handles as rmcp would; `None` for anything else.
+fn plain_request<'a>(
+    method: &str,
+    id: &Value,
+    params: Option<&'a Value>,
+) -> Option<(Option<&'a str>, Meta<'a>)> {
+    match method {
+        "tools/call" => {
+            let (name, meta) = plain_params(id, params?)?;
+            Some((Some(name), meta))
+        }
+        "tools/list" => Some((None, list_params(id, params)?)),
+        _ => None,
+    }
+}
+
+/// The work out of a request [`plain_request`] accepted: a listing, or a call.
+fn into_work(
+    id: Value,
+    params: Option<Value>,
+    listing: bool,
+    tasks: bool,
+    shape: Shape,
+) -> Option<Work> {
+    if listing {
+        return Some(Work::List { id, shape });
+    }
+    let Value::Object(mut params) = params? else {
+        return None;
+    };
+    let Some(Value::String(name)) = params.remove("name") else {
+        return None;
+    };
+    let arguments = match params.remove("arguments") {
+        Some(Value::Object(args)) => Some(args),
+        _ => None,
+    };
+    Some(Work::Call(ToolCall {
+        id,
+        name,
+        arguments,
+        tasks,
+        shape,
+    }))
 }
 
 /// A tool call as this path runs it, taken out of its message.
@@ -266,17 +329,11 @@ impl Stdio {
         let listings = self.listings.clone();
         Some(async move {
             let auth = server.authenticate_key(&key);
-            let (_, mut body) = match work {
-                Work::Call(call) => {
-                    let span = traces::span(|| {
-                        let (parent, state) = trace;
-                        let request = stdio_request_span(parent.as_deref(), state.as_deref());
-                        gate_span(&request, tool_label(&call.name))
-                    });
-                    answer(&server, span, call, auth).await
-                }
-                Work::List { id, shape } => list(&server, &listings, id, shape, auth).await,
+            let parent = || {
+                let (parent, state) = trace;
+                stdio_request_span(parent.as_deref(), state.as_deref())
             };
+            let (_, mut body) = respond(&server, &listings, work, parent, auth).await;
             body.put_u8(b'\n');
             body.freeze()
         })
@@ -311,22 +368,7 @@ impl Handshake {
         if !envelope_only {
             return None;
         }
-        if method == "tools/list" {
-            let meta = list_params(message.get("id")?, message.get("params"))?;
-            if meta.is_some_and(|m| !plain_meta(m)) {
-                return None;
-            }
-            let id = message.remove("id")?;
-            let list = Work::List {
-                id,
-                shape: Shape::Legacy,
-            };
-            return Some((list, Trace::default()));
-        }
-        if method != "tools/call" {
-            return None;
-        }
-        let (_, meta) = plain_params(message.get("id")?, message.get("params")?)?;
+        let (name, meta) = plain_request(method, message.get("id")?, message.get("params"))?;
         if meta.is_some_and(|m| !plain_meta(m)) {
             return None;
         }
@@ -336,13 +378,15 @@ impl Handshake {
                 (field("traceparent"), field("tracestate"))
             })
             .unwrap_or_default();
-        let call = take_call(
+        let listing = name.is_none();
+        let work = into_work(
             message.remove("id")?,
-            message.remove("params")?,
+            message.remove("params"),
+            listing,
             self.tasks?,
             Shape::Legacy,
         )?;
-        Some((Work::Call(call), trace))
+        Some((work, trace))
     }
 }
 
@@ -381,14 +425,7 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     let auth = req.extensions().get::<HttpAuth>()?.0.clone();
     let message = req.extensions().get::<RpcMessage>()?;
     let method = message.method.as_deref()?;
-    let (name, meta) = match method {
-        "tools/call" => {
-            let (name, meta) = plain_params(&message.id, message.params.as_ref()?)?;
-            (Some(name), meta)
-        }
-        "tools/list" => (None, list_params(&message.id, message.params.as_ref())?),
-        _ => return None,
-    };
+    let (name, meta) = plain_request(method, &message.id, message.params.as_ref())?;
     let (shape, tasks) = if req.extensions().get::<Owned>().is_some() {
         // A session's call: the client's capabilities are those it gave `initialize`.
         if !legacy_version(req.headers()) || meta.is_some_and(|m| !plain_meta(m)) {
@@ -406,14 +443,7 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     };
     let listing = name.is_none();
     let message = req.extensions_mut().remove::<RpcMessage>()?;
-    let work = if listing {
-        Work::List {
-            id: message.id,
-            shape,
-        }
-    } else {
-        Work::Call(take_call(message.id, message.params?, tasks, shape)?)
-    };
+    let work = into_work(message.id, message.params, listing, tasks, shape)?;
     Some(Plain { auth, work })
 }
 
@@ -424,10 +454,7 @@ fn plain_id(id: &Value) -> bool {
 
 /// The `_meta` of a `tools/list` this path answers: no parameters, or only `_meta` (a cursor
 /// asks for a later page, and every tool fits on the first).
-fn list_params<'a>(
-    id: &Value,
-    params: Option<&'a Value>,
-) -> Option<Option<&'a Map<String, Value>>> {
+fn list_params<'a>(id: &Value, params: Option<&'a Value>) -> Option<Meta<'a>> {
     if !plain_id(id) {
         return None;
     }
@@ -446,10 +473,7 @@ fn list_params<'a>(
 /// The tool's name and `_meta` of a `tools/call` whose id and parameters this path handles as
 /// rmcp would: an integer or string id; only `name` (a string), `arguments` (an object, or
 /// none) and `_meta` (an object, or none).
-fn plain_params<'a>(
-    id: &Value,
-    params: &'a Value,
-) -> Option<(&'a str, Option<&'a Map<String, Value>>)> {
+fn plain_params<'a>(id: &Value, params: &'a Value) -> Option<(&'a str, Meta<'a>)> {
     if !plain_id(id) {
         return None;
     }
@@ -471,27 +495,6 @@ fn plain_params<'a>(
         Some(_) => return None,
     };
     Some((name, meta))
-}
-
-/// The call out of parameters [`plain_params`] accepted.
-fn take_call(id: Value, params: Value, tasks: bool, shape: Shape) -> Option<ToolCall> {
-    let Value::Object(mut params) = params else {
-        return None;
-    };
-    let Some(Value::String(name)) = params.remove("name") else {
-        return None;
-    };
-    let arguments = match params.remove("arguments") {
-        Some(Value::Object(args)) => Some(args),
-        _ => None,
-    };
-    Some(ToolCall {
-        id,
-        name,
-        arguments,
-        tasks,
-        shape,
-    })
 }
 
 /// A session's `_meta` may carry trace context and a progress token (which asks for progress
