@@ -708,6 +708,24 @@ impl RawStdio {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// Sends `messages` in one write and returns their answers in the order sent.
+    async fn ask_together(&mut self, messages: &[Value]) -> Vec<Value> {
+        use tokio::io::AsyncWriteExt;
+        let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(lines.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+        let mut answers = Vec::new();
+        while answers.len() < messages.len() {
+            let m = self.next().await;
+            if m.get("method").is_none() {
+                answers.push(m);
+            }
+        }
+        answers.sort_by_key(|m| messages.iter().position(|s| s["id"] == m["id"]));
+        answers
+    }
+
     /// Sends `message` and returns the answer to it (notifications are skipped).
     async fn ask(&mut self, message: &Value) -> Value {
         self.send(message).await;
@@ -718,6 +736,64 @@ impl RawStdio {
                 return m;
             }
         }
+    }
+}
+
+/// Calls read from stdin together share one read of the generations (`auth::Arrived`), made
+/// after they arrived; calls sent after a change, in a write of their own, are decided on a read
+/// made after it. Each burst here follows a change made by another process (this test's store):
+/// every call in it must see that change, none a decision from before.
+#[tokio::test]
+async fn stdio_calls_read_together_see_every_change_made_before_them() {
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    w.assign_to_task("bot").await;
+    let mut s = RawStdio::start(&w.db.url, &key).await;
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "raw", "version": "0" } } });
+    assert!(s.ask(&init).await["result"]["protocolVersion"].is_string());
+    s.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+        .await;
+    let mut next_id = 1;
+    let mut burst = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|_| {
+                next_id += 1;
+                json!({ "jsonrpc": "2.0", "id": next_id, "method": "tools/call",
+                    "params": { "name": "agent_my_assignments", "arguments": {} } })
+            })
+            .collect()
+    };
+    let task_of = |a: &Value| a["result"]["structuredContent"]["tasks"][0]["task"]["id"].clone();
+    let refusal = |a: &Value| {
+        a["error"]["message"]
+            .as_str()
+            .or(a["result"]["content"][0]["text"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let set = |p: &[Permission]| {
+        w.svc
+            .set_agent_permissions(&w.admin, "bot", PermissionSet::new(p.iter().copied()))
+    };
+
+    for round in 0..3 {
+        for a in s.ask_together(&burst(8)).await {
+            assert_eq!(task_of(&a), w.task.id, "round {round}: {a}");
+        }
+        set(&[]).await.unwrap();
+        for a in s.ask_together(&burst(8)).await {
+            assert!(
+                refusal(&a).contains("permission denied"),
+                "round {round}, read:tasks taken away: {a}"
+            );
+        }
+        set(&[Permission::ReadTasks]).await.unwrap();
+    }
+    w.svc.revoke_agent(&w.admin, "bot", "done").await.unwrap();
+    for a in s.ask_together(&burst(8)).await {
+        assert!(refusal(&a).contains("revoked"), "after revocation: {a}");
     }
 }
 
