@@ -577,6 +577,79 @@ impl HttpClient {
         }
         Ok(v["result"].take())
     }
+
+    /// As [`HttpClient::call`], for the load: the answer must be the success of this request,
+    /// and is checked without being kept ([`Answer`]).
+    async fn call_checked(&mut self, call: &Call, era: Era) -> Result<()> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let body = call.body(id, era);
+        let mut req = self.request(&body);
+        req = match era {
+            Era::Session => self.with_session(req),
+            Era::Stateless => {
+                let mut r = req
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", call.method);
+                if let Some(t) = call.tool {
+                    r = r.header("mcp-name", t);
+                }
+                r
+            }
+        };
+        let res = req.send().await?;
+        let status = res.status();
+        let body = res.bytes().await?;
+        Answer::check(message_of(&body), id)
+            .map_err(|e| format!("{} (HTTP {status}): {e}", call.method).into())
+    }
+}
+
+/// What the load generator reads of an answer: enough to know it is the success of the request
+/// it sent. The whole answer is parsed (it must be well-formed JSON), but nothing else of it is
+/// kept: building a tree of every answer cost the load generator, which shares the two cores
+/// with the server it measures, more for a larger answer than for the echo's, and so counted
+/// against the larger answer's server.
+#[derive(serde::Deserialize)]
+struct Answer {
+    id: Option<u64>,
+    error: Option<serde::de::IgnoredAny>,
+    result: Option<Outcome>,
+}
+
+#[derive(serde::Deserialize)]
+struct Outcome {
+    #[serde(rename = "isError", default)]
+    is_error: bool,
+}
+
+impl Answer {
+    fn succeeded(&self) -> bool {
+        self.error.is_none() && self.result.as_ref().is_some_and(|r| !r.is_error)
+    }
+
+    /// `Ok` when `json` answers request `id` with a result that is not an error.
+    fn check(json: &[u8], id: u64) -> std::result::Result<(), String> {
+        let shown = || String::from_utf8_lossy(&json[..json.len().min(300)]).into_owned();
+        match serde_json::from_slice::<Answer>(json) {
+            Ok(a) if a.id == Some(id) && a.succeeded() => Ok(()),
+            Ok(_) => Err(format!("request {id} failed: {}", shown())),
+            Err(_) => Err(format!("not a JSON-RPC answer: {}", shown())),
+        }
+    }
+}
+
+/// The JSON-RPC message in an HTTP answer's body: the body itself, or the SSE event carrying
+/// the answer.
+fn message_of(body: &[u8]) -> &[u8] {
+    if body.first() == Some(&b'{') {
+        return body;
+    }
+    body.split(|b| *b == b'\n')
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|d| d.trim_ascii())
+        .find(|d| d.first() == Some(&b'{') && d.windows(4).any(|w| w == b"\"id\""))
+        .unwrap_or(body)
 }
 
 // ---- load ----
@@ -627,7 +700,7 @@ async fn http_load(
             cl.open_session().await?;
         }
         // One warm-up call each: connections open, caches warm.
-        cl.call(call, era).await?;
+        cl.call_checked(call, era).await?;
         clients.push(cl);
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -640,8 +713,8 @@ async fn http_load(
             let mut s = Sample::default();
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                match cl.call(&call, era).await {
-                    Ok(_) => {
+                match cl.call_checked(&call, era).await {
+                    Ok(()) => {
                         s.calls += 1;
                         s.latencies_us.push(t.elapsed().as_micros() as u64);
                     }
@@ -742,13 +815,12 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
             Err(_) => break,
             Ok(line) => line?.ok_or("stdio server closed its output")?,
         };
-        let v: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => continue,
+        let Ok(answer) = serde_json::from_str::<Answer>(&line) else {
+            continue;
         };
-        let Some(id) = v["id"].as_u64() else { continue };
+        let Some(id) = answer.id else { continue };
         if let Some(t) = sent_at.lock().await.remove(&id) {
-            if v.get("error").is_some() || v["result"]["isError"] == true {
+            if !answer.succeeded() {
                 s.errors += 1;
                 s.first_error.get_or_insert(format!("{line:.300}"));
             } else {
