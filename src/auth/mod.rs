@@ -10,7 +10,6 @@ pub use tokens::{AgentToken, TokenRefusal, Tokens};
 
 use crate::domain::*;
 use crate::service::{ServiceError, ServiceResult};
-pub use crate::store::Arrived;
 use crate::store::{CredentialView, Seen, Store};
 
 /// A human member of a workspace, identified by the operator's CLI (`--as`) or a member token.
@@ -194,21 +193,11 @@ pub async fn agent(
     store: &Store,
     raw_key: &str,
 ) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
-    agent_arrived(store, raw_key, None).await
-}
-
-/// [`agent`] for one of the requests that `arrived` together: they share one read of the
-/// generations, begun after all of them arrived (`store::Arrived` says when that holds).
-pub async fn agent_arrived(
-    store: &Store,
-    raw_key: &str,
-    arrived: Option<&Arrived>,
-) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
     let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
     let Ok(key) = ApiKey::parse(raw_key) else {
         return refuse(AgentAuthError::Malformed, None);
     };
-    let (Some(view), seen) = store.credential_view(&key.hash(), arrived).await? else {
+    let (Some(view), seen) = store.credential_view(&key.hash()).await? else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
     if !view.key_hash.matches(&key) {

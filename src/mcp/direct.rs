@@ -25,7 +25,7 @@ use super::server::{
 };
 use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
 use super::tools::Shape;
-use crate::auth::{self, AgentAuthRefusal, AgentCaller};
+use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::telemetry::traces;
 use axum::body::Body;
 use axum::extract::Request;
@@ -322,18 +322,13 @@ impl Stdio {
     }
 
     /// The framed answer to `line`, if it is a plain tool call or listing; otherwise `None` and
-    /// the line is rmcp's (the handshake's lines are noted on their way). `arrived`: the lines
-    /// that came in with this one (see `auth::Arrived`).
-    pub fn take(
-        &mut self,
-        line: &[u8],
-        arrived: &auth::Arrived,
-    ) -> Option<impl Future<Output = Bytes> + Send + 'static> {
+    /// the line is rmcp's (the handshake's lines are noted on their way).
+    pub fn take(&mut self, line: &[u8]) -> Option<impl Future<Output = Bytes> + Send + 'static> {
         let (work, trace) = self.handshake.plain(line)?;
         let (server, key) = (self.server.clone(), self.key.clone());
-        let (listings, arrived) = (self.listings.clone(), arrived.clone());
+        let listings = self.listings.clone();
         Some(async move {
-            let auth = server.authenticate_key(&key, Some(&arrived));
+            let auth = server.authenticate_key(&key);
             let parent = || {
                 let (parent, state) = trace;
                 stdio_request_span(parent.as_deref(), state.as_deref())

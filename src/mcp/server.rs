@@ -138,7 +138,7 @@ impl ParallaxServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         match &self.credential {
-            Credential::Key(key) => self.authenticate_key(key, None).await,
+            Credential::Key(key) => self.authenticate_key(key).await,
             Credential::PerRequest => {
                 let found = ctx
                     .extensions
@@ -178,12 +178,10 @@ impl ParallaxServer {
     }
 
     /// stdio: checks `key` on this request, inside the call's span, and counts the request
-    /// against the agent's rate (over HTTP the middleware does both). `arrived`: the requests
-    /// read from stdin together with this one, which share one read of the generations.
+    /// against the agent's rate (over HTTP the middleware does both).
     pub(super) async fn authenticate_key(
         &self,
         key: &str,
-        arrived: Option<&auth::Arrived>,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         let span = crate::telemetry::traces::child_span(|| {
             tracing::info_span!(
@@ -192,7 +190,7 @@ impl ParallaxServer {
                 outcome = tracing::field::Empty
             )
         });
-        let outcome = auth::agent_arrived(self.gate.service().store(), key, arrived)
+        let outcome = auth::agent(self.gate.service().store(), key)
             .instrument(span.clone())
             .await
             .map_err(store_error)?;

@@ -9,7 +9,6 @@
 //! same way.
 
 use super::direct;
-use crate::auth::Arrived;
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::mpsc;
@@ -91,9 +90,9 @@ struct Lines {
 }
 
 impl Lines {
-    /// `false` once rmcp is gone. `arrived`: the lines that came in with this one.
-    async fn pass(&mut self, line: &[u8], arrived: &Arrived) -> bool {
-        let call = self.direct.as_mut().and_then(|d| d.take(line, arrived));
+    /// `false` once rmcp is gone.
+    async fn pass(&mut self, line: &[u8]) -> bool {
+        let call = self.direct.as_mut().and_then(|d| d.take(line));
         match call {
             Some(call) => {
                 // A place for the answer first: with the output slow to drain, calls wait here
@@ -115,12 +114,8 @@ async fn pump_input<R: AsyncRead + Unpin>(input: R, mut lines: Lines, max: usize
     let mut input = BufReader::new(input);
     let mut line: Vec<u8> = Vec::new();
     let mut discarding = false;
-    // The lines completed by one read from stdin share one read of the generations, made after
-    // that read returned (so after every one of them arrived) and before any is answered.
-    let mut arrived = Arrived::default();
     loop {
         let (take, complete) = {
-            let read = input.buffer().is_empty();
             let chunk = match input.fill_buf().await {
                 Ok([]) => break,
                 Ok(c) => c,
@@ -129,9 +124,6 @@ async fn pump_input<R: AsyncRead + Unpin>(input: R, mut lines: Lines, max: usize
                     break;
                 }
             };
-            if read {
-                arrived = Arrived::default();
-            }
             let newline = chunk.iter().position(|b| *b == b'\n');
             let take = newline.map_or(chunk.len(), |i| i + 1);
             let content = line.len() + newline.unwrap_or(chunk.len());
@@ -154,7 +146,7 @@ async fn pump_input<R: AsyncRead + Unpin>(input: R, mut lines: Lines, max: usize
         };
         input.consume(take);
         if complete {
-            if !lines.pass(&line, &arrived).await {
+            if !lines.pass(&line).await {
                 break;
             }
             line.clear();

@@ -32,14 +32,6 @@ pub struct Seen {
     pub work: i64,
 }
 
-/// Requests that have all arrived: the first of them to authenticate reads the generations, and
-/// the others use that read. It begins after each of them arrived, so for each it is as fresh as
-/// a read of its own. Make one only once its requests are in hand, and never use it for a
-/// request that arrives later, which could then be served a decision older than itself: the
-/// stdio pump makes one after each read from stdin, for the lines that read completed.
-#[derive(Clone, Default)]
-pub struct Arrived(Arc<tokio::sync::OnceCell<Seen>>);
-
 /// A stored API key with everything a request needs to decide on it.
 #[derive(Debug, Clone)]
 pub struct CredentialView {
@@ -218,41 +210,25 @@ impl Store {
         Box::pin(self.shared_reads.read(&self.db)).await
     }
 
-    /// The generations as read for requests that have `arrived`: once for all of them.
-    async fn generations_for(&self, arrived: &Arrived) -> StoreResult<Seen> {
-        arrived
-            .0
-            .get_or_try_init(|| self.generations())
-            .await
-            .copied()
-    }
-
-    /// Reads the generations (or takes the read made for `arrived`) and returns the cached
-    /// entry `pick` finds, if still valid.
+    /// Reads the generations and returns the cached entry `pick` finds, if still valid.
     async fn cached<V>(
         &self,
-        arrived: Option<&Arrived>,
         pick: impl FnOnce(&mut State) -> Option<Arc<V>>,
     ) -> StoreResult<(Option<Arc<V>>, Seen)> {
-        let seen = match arrived {
-            Some(arrived) => self.generations_for(arrived).await?,
-            None => self.generations().await?,
-        };
+        let seen = self.generations().await?;
         let mut state = self.auth.lock();
         state.sync(seen.auth);
         Ok((pick(&mut state), seen))
     }
 
-    /// The API key whose hash is `hash`, with its agent and workspace, current as of this call
-    /// (or as of the read made for the requests that `arrived` with it); and the generations
-    /// that call saw (for the work snapshot).
+    /// The API key whose hash is `hash`, with its agent and workspace, current as of this call;
+    /// and the generations that call saw (for the work snapshot).
     pub async fn credential_view(
         &self,
         hash: &KeyHash,
-        arrived: Option<&Arrived>,
     ) -> StoreResult<(Option<Arc<CredentialView>>, Seen)> {
         if let (Some(v), seen) = self
-            .cached(arrived, |s| s.by_hash.get(hash.as_str()).cloned())
+            .cached(|s| s.by_hash.get(hash.as_str()).cloned())
             .await?
         {
             return Ok((Some(v), seen));
@@ -266,7 +242,7 @@ impl Store {
         &self,
         id: &str,
     ) -> StoreResult<(Option<Arc<CredentialView>>, Seen)> {
-        if let (Some(v), seen) = self.cached(None, |s| s.by_id.get(id).cloned()).await? {
+        if let (Some(v), seen) = self.cached(|s| s.by_id.get(id).cloned()).await? {
             return Ok((Some(v), seen));
         }
         self.load_view(ViewKey::Id(id)).await
@@ -322,7 +298,7 @@ impl Store {
         email: &str,
     ) -> StoreResult<Arc<MemberView>> {
         let key = (workspace_id.to_owned(), email.to_owned());
-        if let (Some(v), _) = self.cached(None, |s| s.members.get(&key).cloned()).await? {
+        if let (Some(v), _) = self.cached(|s| s.members.get(&key).cloned()).await? {
             return Ok(v);
         }
         let tx = self.read().await?;

@@ -27,7 +27,7 @@ mod signing_keys;
 mod webhook_secrets;
 mod work_cache;
 
-pub use auth_cache::{Arrived, CredentialView, MemberView, Seen};
+pub use auth_cache::{CredentialView, MemberView, Seen};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use console::{AgentOrder, ConsoleSessionRow, LoginLinkRow};

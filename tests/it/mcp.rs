@@ -739,10 +739,10 @@ impl RawStdio {
     }
 }
 
-/// Calls read from stdin together share one read of the generations (`auth::Arrived`), made
-/// after they arrived; calls sent after a change, in a write of their own, are decided on a read
-/// made after it. Each burst here follows a change made by another process (this test's store):
-/// every call in it must see that change, none a decision from before.
+/// Calls that reach stdin together, in one write, are each decided on the store as it is after
+/// every change committed before that write: each burst here follows a change made by another
+/// process (this test's store), and every call in it must see that change, none a decision from
+/// before. It guards any sharing of the per-request generation read between such calls.
 #[tokio::test]
 async fn stdio_calls_read_together_see_every_change_made_before_them() {
     let w = world().await;
