@@ -544,10 +544,11 @@ impl HttpClient {
         }
     }
 
-    /// One request; the answer must be a JSON-RPC result without `isError`, and is returned.
-    async fn call(&mut self, call: &Call, era: Era) -> Result<Value> {
+    /// Sends `call` as the next request; its id and the answer's response.
+    async fn send(&mut self, call: &Call, era: Era) -> Result<(u64, reqwest::Response)> {
         self.next_id += 1;
-        let body = call.body(self.next_id, era);
+        let id = self.next_id;
+        let body = call.body(id, era);
         let mut req = self.request(&body);
         req = match era {
             Era::Session => self.with_session(req),
@@ -561,7 +562,12 @@ impl HttpClient {
                 r
             }
         };
-        let res = req.send().await?;
+        Ok((id, req.send().await?))
+    }
+
+    /// One request; the answer must be a JSON-RPC result without `isError`, and is returned.
+    async fn call(&mut self, call: &Call, era: Era) -> Result<Value> {
+        let (_, res) = self.send(call, era).await?;
         let status = res.status();
         let text = res.text().await?;
         let msg = text
@@ -581,23 +587,7 @@ impl HttpClient {
     /// As [`HttpClient::call`], for the load: the answer must be the success of this request,
     /// and is checked without being kept ([`Answer`]).
     async fn call_checked(&mut self, call: &Call, era: Era) -> Result<()> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let body = call.body(id, era);
-        let mut req = self.request(&body);
-        req = match era {
-            Era::Session => self.with_session(req),
-            Era::Stateless => {
-                let mut r = req
-                    .header("mcp-protocol-version", "2026-07-28")
-                    .header("mcp-method", call.method);
-                if let Some(t) = call.tool {
-                    r = r.header("mcp-name", t);
-                }
-                r
-            }
-        };
-        let res = req.send().await?;
+        let (id, res) = self.send(call, era).await?;
         let status = res.status();
         let body = res.bytes().await?;
         Answer::check(message_of(&body), id)

@@ -726,6 +726,14 @@ impl RawStdio {
         answers
     }
 
+    /// Sends `initialize` (2025-11-25, no capabilities) and checks it was answered.
+    async fn initialize(&mut self) {
+        let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "raw", "version": "0" } } });
+        assert!(self.ask(&init).await["result"]["protocolVersion"].is_string());
+    }
+
     /// Sends `message` and returns the answer to it (notifications are skipped).
     async fn ask(&mut self, message: &Value) -> Value {
         self.send(message).await;
@@ -749,10 +757,7 @@ async fn stdio_calls_read_together_see_every_change_made_before_them() {
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
     w.assign_to_task("bot").await;
     let mut s = RawStdio::start(&w.db.url, &key).await;
-    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": { "name": "raw", "version": "0" } } });
-    assert!(s.ask(&init).await["result"]["protocolVersion"].is_string());
+    s.initialize().await;
     s.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
         .await;
     let mut next_id = 1;
@@ -807,10 +812,7 @@ async fn a_plain_stdio_call_answers_as_rmcp_would() {
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
     w.assign_to_task("bot").await;
     let mut s = RawStdio::start(&w.db.url, &key).await;
-    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": { "name": "raw", "version": "0" } } });
-    assert!(s.ask(&init).await["result"]["protocolVersion"].is_string());
+    s.initialize().await;
     // Before `notifications/initialized` (rmcp answers; nothing here yet).
     let read = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": { "name": "agent_my_assignments", "arguments": {} } });
