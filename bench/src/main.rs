@@ -569,17 +569,17 @@ impl HttpClient {
     async fn call(&mut self, call: &Call, era: Era) -> Result<Value> {
         let (_, res) = self.send(call, era).await?;
         let status = res.status();
-        let text = res.text().await?;
-        let msg = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim)
-            .find(|d| d.contains("\"result\"") || d.contains("\"error\""))
-            .unwrap_or(text.trim());
-        let mut v: Value = serde_json::from_str(msg)
-            .map_err(|_| format!("HTTP {status}: not a JSON-RPC answer: {text:.200}"))?;
+        let body = res.bytes().await?;
+        let msg = message_of(&body);
+        let shown = |b: &[u8], n: usize| String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned();
+        let mut v: Value = serde_json::from_slice(msg).map_err(|_| {
+            format!(
+                "HTTP {status}: not a JSON-RPC answer: {}",
+                shown(&body, 200)
+            )
+        })?;
         if v.get("error").is_some() || v["result"]["isError"] == true {
-            return Err(format!("{} failed: {msg:.300}", call.method).into());
+            return Err(format!("{} failed: {}", call.method, shown(msg, 300)).into());
         }
         Ok(v["result"].take())
     }
@@ -629,17 +629,18 @@ impl Answer {
     }
 }
 
-/// The JSON-RPC message in an HTTP answer's body: the body itself, or the SSE event carrying
-/// the answer.
+/// The JSON-RPC answer in an HTTP answer's body: the SSE event carrying a result or an error,
+/// or else the body itself (a JSON answer).
 fn message_of(body: &[u8]) -> &[u8] {
     if body.first() == Some(&b'{') {
         return body;
     }
+    let has = |d: &[u8], s: &[u8]| d.windows(s.len()).any(|w| w == s);
     body.split(|b| *b == b'\n')
         .filter_map(|l| l.strip_prefix(b"data:"))
         .map(|d| d.trim_ascii())
-        .find(|d| d.first() == Some(&b'{') && d.windows(4).any(|w| w == b"\"id\""))
-        .unwrap_or(body)
+        .find(|d| has(d, br#""result""#) || has(d, br#""error""#))
+        .unwrap_or(body.trim_ascii())
 }
 
 // ---- load ----

@@ -501,18 +501,17 @@ fn plain_params<'a>(id: &Value, params: &'a Value) -> Option<(&'a str, Meta<'a>)
 /// notifications; no tool sends any, so rmcp would answer the same); per-request protocol
 /// metadata, or anything else, is rmcp's.
 fn plain_meta(meta: &Map<String, Value>) -> bool {
-    meta.iter().all(|(k, v)| match k.as_str() {
-        "traceparent" | "tracestate" => true,
-        PROGRESS_TOKEN => progress_token(v),
-        _ => false,
-    })
+    meta.iter().all(|(k, v)| plain_meta_entry(k, v))
 }
 
-const PROGRESS_TOKEN: &str = "progressToken";
-
-/// A progress token as rmcp reads one: a string or an integer.
-fn progress_token(v: &Value) -> bool {
-    v.is_string() || v.is_i64()
+/// A `_meta` entry any plain request may carry: trace context, or a progress token as rmcp
+/// reads one (a string or an integer).
+fn plain_meta_entry(key: &str, v: &Value) -> bool {
+    match key {
+        "traceparent" | "tracestate" => true,
+        "progressToken" => v.is_string() || v.is_i64(),
+        _ => false,
+    }
 }
 
 /// A protocol version header naming a 2025 version, or none (a session's).
@@ -560,11 +559,11 @@ fn stateless(
     }
     const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
     const CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-    let known = meta.iter().all(|(k, v)| match k.as_str() {
-        PROTOCOL_VERSION | CAPABILITIES | "io.modelcontextprotocol/clientInfo" => true,
-        "traceparent" | "tracestate" => true,
-        PROGRESS_TOKEN => progress_token(v),
-        _ => false,
+    let known = meta.iter().all(|(k, v)| {
+        matches!(
+            k.as_str(),
+            PROTOCOL_VERSION | CAPABILITIES | "io.modelcontextprotocol/clientInfo"
+        ) || plain_meta_entry(k, v)
     });
     if !known || meta.get(PROTOCOL_VERSION)?.as_str()? != version {
         return None;
