@@ -34,17 +34,14 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Runs the worker until `stop` is cancelled.
 pub async fn run(store: Store, opts: WebhookOptions, stop: CancellationToken) {
-    let client = match client() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "webhook worker not started: no TLS roots");
-            return;
-        }
-    };
+    // Built at the first delivery, not at start: loading the system's TLS roots opens and
+    // parses every certificate file (147 files on Debian), which a server that never sends a
+    // webhook has no use for.
+    let mut client = LazyClient::default();
     let wake = store.events_committed();
     loop {
         let notified = wake.notified();
-        let busy = match round(&store, &client, &opts).await {
+        let busy = match round(&store, &mut client, &opts).await {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook round failed");
@@ -66,6 +63,29 @@ pub async fn run(store: Store, opts: WebhookOptions, stop: CancellationToken) {
     }
 }
 
+/// The worker's HTTP client, once a delivery needs it.
+#[derive(Default)]
+struct LazyClient(Option<HttpClient>);
+
+impl LazyClient {
+    /// The client, built now if this is the first delivery; without TLS roots, why not (each
+    /// attempt records it, and the next round tries again).
+    fn get(&mut self) -> Result<HttpClient, String> {
+        if let Some(c) = &self.0 {
+            return Ok(c.clone());
+        }
+        match client() {
+            Ok(c) => Ok(self.0.insert(c).clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "webhooks not sent: no TLS roots");
+                Err(format!(
+                    "no TLS roots to verify the control plane with: {e}"
+                ))
+            }
+        }
+    }
+}
+
 fn client() -> std::io::Result<HttpClient> {
     let mut http = HttpConnector::new();
     // The scheme decides TLS; without this the connector refuses https URLs.
@@ -81,7 +101,11 @@ fn client() -> std::io::Result<HttpClient> {
 }
 
 /// One round: lease, send, record. Returns how many deliveries it settled or rescheduled.
-async fn round(store: &Store, client: &HttpClient, opts: &WebhookOptions) -> StoreResult<usize> {
+async fn round(
+    store: &Store,
+    client: &mut LazyClient,
+    opts: &WebhookOptions,
+) -> StoreResult<usize> {
     let t = now();
     // Long enough for the attempt and recording it; short enough that a crashed replica's
     // deliveries are soon picked up again.
@@ -91,6 +115,10 @@ async fn round(store: &Store, client: &HttpClient, opts: &WebhookOptions) -> Sto
     let claims = tx.claim_deliveries(t, lease, SCAN, MAX_CONCURRENT).await?;
     tx.commit().await?;
     let n = claims.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    let client = client.get();
     let mut tasks = tokio::task::JoinSet::new();
     for claim in claims {
         let (store, client, opts) = (store.clone(), client.clone(), opts.clone());
@@ -117,7 +145,7 @@ enum Outcome {
 
 async fn deliver(
     store: &Store,
-    client: &HttpClient,
+    client: &Result<HttpClient, String>,
     opts: &WebhookOptions,
     claim: DeliveryClaim,
 ) -> StoreResult<()> {
@@ -144,7 +172,7 @@ async fn deliver(
 
 async fn deliver_in(
     store: &Store,
-    client: &HttpClient,
+    client: &Result<HttpClient, String>,
     opts: &WebhookOptions,
     d: WebhookDelivery,
     event: Event,
@@ -169,10 +197,17 @@ async fn deliver_in(
             error: "the workspace has no webhook secret to sign with".into(),
             after: None,
         },
-        Some(url) => {
-            let traceparent = crate::telemetry::traces::traceparent(span);
-            attempt(client, opts, &url, &secrets, &d, &event, traceparent).await
-        }
+        Some(url) => match client {
+            Ok(client) => {
+                let traceparent = crate::telemetry::traces::traceparent(span);
+                attempt(client, opts, &url, &secrets, &d, &event, traceparent).await
+            }
+            Err(e) => Outcome::Retry {
+                status: None,
+                error: e.clone(),
+                after: None,
+            },
+        },
     };
 
     let t = now();

@@ -187,6 +187,17 @@ async fn deliveries(svc: &Service, w: &World) -> Vec<WebhookDelivery> {
     svc.list_deliveries(&w.admin, None).await.unwrap()
 }
 
+/// Waits until every delivery of the workspace is in `status`.
+async fn until_every_delivery_is(w: &World, status: DeliveryStatus, what: &str, timeout: Duration) {
+    eventually(what, timeout, || async {
+        deliveries(&w.svc, w)
+            .await
+            .iter()
+            .all(|d| d.status == status)
+    })
+    .await;
+}
+
 async fn request(svc: &Service, w: &World, id: &str) {
     svc.request_access(
         &w.admin,
@@ -302,15 +313,11 @@ async fn webhooks_arrive_signed_in_order_through_failures_timeouts_and_a_kill() 
     approved_agent(&w.svc, &w.admin, "bot-c", &[Permission::ReadTasks]).await;
     r.set(Mode::Ok);
     let _server = spawn(&w.db.url).await;
-    eventually(
+    until_every_delivery_is(
+        &w,
+        DeliveryStatus::Delivered,
         "every delivery after recovery",
         Duration::from_secs(20),
-        || async {
-            deliveries(&w.svc, &w)
-                .await
-                .iter()
-                .all(|d| d.status == DeliveryStatus::Delivered)
-        },
     )
     .await;
     assert_all_delivered_in_order(&w, &r).await;
@@ -505,12 +512,12 @@ async fn a_delivery_failing_past_the_give_up_age_is_marked_failed() {
     r.set(Mode::Fail);
     let _server = spawn_with(&w.db.url, &[("PARALLAX_WEBHOOK_GIVE_UP_SECS", "1")]).await;
     request(&w.svc, &w, "bot-f").await;
-    eventually("the delivery given up", Duration::from_secs(10), || async {
-        deliveries(&w.svc, &w)
-            .await
-            .iter()
-            .all(|d| d.status == DeliveryStatus::Failed)
-    })
+    until_every_delivery_is(
+        &w,
+        DeliveryStatus::Failed,
+        "the delivery given up",
+        Duration::from_secs(10),
+    )
     .await;
     let d = deliveries(&w.svc, &w).await.remove(0);
     assert!(d.attempts >= 2, "{d:?}");
@@ -519,6 +526,56 @@ async fn a_delivery_failing_past_the_give_up_age_is_marked_failed() {
     let sent = r.attempts().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(r.attempts().len(), sent);
+}
+
+/// The worker loads the system's TLS roots at its first delivery, not at start. Without any,
+/// each attempt records why and nothing is sent; a server that has them delivers what waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tls_roots_attempts_say_why_and_wait_for_a_server_that_has_them() {
+    let w = world().await;
+    let r = Receiver::start().await;
+    connect(&w, &r).await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("none.pem");
+    std::fs::write(&empty, "").unwrap();
+    let missing = dir.path().join("no-certs");
+    let mut server = spawn_with(
+        &w.db.url,
+        &[
+            ("SSL_CERT_FILE", empty.to_str().unwrap()),
+            ("SSL_CERT_DIR", missing.to_str().unwrap()),
+        ],
+    )
+    .await;
+    request(&w.svc, &w, "bot-t").await;
+    eventually(
+        "an attempt without TLS roots",
+        Duration::from_secs(10),
+        || async {
+            deliveries(&w.svc, &w).await.iter().any(|d| {
+                d.attempts >= 1
+                    && d.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("no TLS roots"))
+            })
+        },
+    )
+    .await;
+    let d = deliveries(&w.svc, &w).await.remove(0);
+    assert_eq!(d.status, DeliveryStatus::Pending, "{d:?}");
+    assert_eq!(d.last_status, None, "{d:?}");
+    assert!(r.attempts().is_empty(), "nothing may be sent without roots");
+    server.child.kill().await.unwrap();
+
+    let _server = spawn(&w.db.url).await;
+    until_every_delivery_is(
+        &w,
+        DeliveryStatus::Delivered,
+        "the delivery sent",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.processed().len(), 1);
 }
 
 // ---- SSE ----
@@ -1073,12 +1130,12 @@ async fn two_replicas_share_the_deliveries_without_sending_twice() {
         )
         .await;
     }
-    eventually("every delivery", Duration::from_secs(15), || async {
-        deliveries(&w.svc, &w)
-            .await
-            .iter()
-            .all(|d| d.status == DeliveryStatus::Delivered)
-    })
+    until_every_delivery_is(
+        &w,
+        DeliveryStatus::Delivered,
+        "every delivery",
+        Duration::from_secs(15),
+    )
     .await;
     assert_all_delivered_in_order(&w, &r).await;
     assert_eq!(r.attempts().len(), 12, "no delivery was sent twice");
