@@ -571,7 +571,6 @@ impl HttpClient {
         let status = res.status();
         let body = res.bytes().await?;
         let msg = message_of(&body);
-        let shown = |b: &[u8], n: usize| String::from_utf8_lossy(&b[..b.len().min(n)]).into_owned();
         let mut v: Value = serde_json::from_slice(msg).map_err(|_| {
             format!(
                 "HTTP {status}: not a JSON-RPC answer: {}",
@@ -620,13 +619,17 @@ impl Answer {
 
     /// `Ok` when `json` answers request `id` with a result that is not an error.
     fn check(json: &[u8], id: u64) -> std::result::Result<(), String> {
-        let shown = || String::from_utf8_lossy(&json[..json.len().min(300)]).into_owned();
         match serde_json::from_slice::<Answer>(json) {
             Ok(a) if a.id == Some(id) && a.succeeded() => Ok(()),
-            Ok(_) => Err(format!("request {id} failed: {}", shown())),
-            Err(_) => Err(format!("not a JSON-RPC answer: {}", shown())),
+            Ok(_) => Err(format!("request {id} failed: {}", shown(json, 300))),
+            Err(_) => Err(format!("not a JSON-RPC answer: {}", shown(json, 300))),
         }
     }
+}
+
+/// The first `n` bytes of an answer, for an error message.
+fn shown(body: &[u8], n: usize) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(n)]).into_owned()
 }
 
 /// The JSON-RPC answer in an HTTP answer's body: the SSE event carrying a result or an error,

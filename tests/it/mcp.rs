@@ -690,12 +690,14 @@ impl RawStdio {
     }
 
     async fn send(&mut self, message: &Value) {
+        self.write(&format!("{message}\n")).await;
+    }
+
+    /// Writes `text` to stdin in one write.
+    async fn write(&mut self, text: &str) {
         use tokio::io::AsyncWriteExt;
         let stdin = self.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{message}\n").as_bytes())
-            .await
-            .unwrap();
+        stdin.write_all(text.as_bytes()).await.unwrap();
         stdin.flush().await.unwrap();
     }
 
@@ -710,11 +712,8 @@ impl RawStdio {
 
     /// Sends `messages` in one write and returns their answers in the order sent.
     async fn ask_together(&mut self, messages: &[Value]) -> Vec<Value> {
-        use tokio::io::AsyncWriteExt;
         let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(lines.as_bytes()).await.unwrap();
-        stdin.flush().await.unwrap();
+        self.write(&lines).await;
         let mut answers = Vec::new();
         while answers.len() < messages.len() {
             let m = self.next().await;
