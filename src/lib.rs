@@ -70,6 +70,8 @@
 //!   connection caps that shed idle connections; a draining shutdown), one
 //!   router for `/mcp`, `/api/v1`, the console, `/oauth/token`, discovery and health, with the transport
 //!   limits (body size, Host/Origin) applied once for every route, and the rate limiters. The
+//!   API's and the console's routes are built at their first request (`http::OnFirstUse`), as
+//!   the router's fallback, so a server that only serves agents never maps their code. The
 //!   middleware every request passes (the edge here, `/mcp`'s pipeline in `mcp::http`) is plain
 //!   async functions nested by hand (`http::Continue`), not `from_fn` layers, which clone every
 //!   layer beneath them per request.

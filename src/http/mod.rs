@@ -441,12 +441,11 @@ pub async fn run_with(
     });
     let app = Router::new()
         .merge(mcp::http::router(&ctx))
-        .merge(crate::api::router(&ctx))
-        .merge(crate::console::router(&ctx))
         .merge(discovery_router(&ctx))
         .merge(oauth::router(&ctx))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready).with_state(ctx.clone()));
+        .route("/readyz", get(ready).with_state(ctx.clone()))
+        .fallback_service(OnFirstUse::new(ctx.clone(), humans_router));
 
     // Limits wrap everything, so no route can skip them; while draining, nothing new starts.
     let app = app.layer(axum::middleware::from_fn_with_state(
@@ -486,6 +485,65 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin API's and the console's routes: every path the routers above do not serve. Unknown
+/// paths get a plain 404, outside the console's headers, as before these routes were deferred.
+fn humans_router(ctx: &HttpContext) -> Router {
+    Router::new()
+        .merge(crate::api::router(ctx))
+        .merge(crate::console::router(ctx))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+}
+
+/// A router built at its first request instead of at start. Each of the admin API's and the
+/// console's seventy-odd handlers is code of its own, spread over the binary, and building a
+/// route runs some of it: at start that mapped a 64 kB window of the binary per handler into
+/// the memory of a server that may only ever serve agents (docs/performance.md).
+struct OnFirstUse<C>(Arc<Deferred<C>>);
+
+struct Deferred<C> {
+    ctx: C,
+    build: fn(&C) -> Router,
+    router: std::sync::OnceLock<Router>,
+}
+
+impl<C> OnFirstUse<C> {
+    fn new(ctx: C, build: fn(&C) -> Router) -> Self {
+        Self(Arc::new(Deferred {
+            ctx,
+            build,
+            router: std::sync::OnceLock::new(),
+        }))
+    }
+}
+
+// By hand: a derived Clone would ask for `C: Clone`, and axum clones a fallback per request.
+impl<C> Clone for OnFirstUse<C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<C> tower_service::Service<axum::extract::Request> for OnFirstUse<C> {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let deferred = &*self.0;
+        let mut router = (deferred.router)
+            .get_or_init(|| (deferred.build)(&deferred.ctx))
+            .clone();
+        tower_service::Service::call(&mut router, req)
+    }
 }
 
 /// Binds the Prometheus endpoint and serves it until the server closes. Gauges of this replica's
@@ -650,4 +708,50 @@ async fn resource_metadata(State(ctx): State<HttpContext>) -> Json<serde_json::V
         "bearer_methods_supported": ["header"],
         "resource_name": "parallax-mcp",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service as _;
+
+    fn counted(builds: &Arc<AtomicUsize>) -> Router {
+        builds.fetch_add(1, Ordering::SeqCst);
+        Router::new().route("/here", get(|| async { "built" }))
+    }
+
+    async fn get_path(svc: &mut OnFirstUse<Arc<AtomicUsize>>, path: &str) -> (StatusCode, String) {
+        let req = axum::extract::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = svc.call(req).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Nothing is built until a request comes, then once for every clone (each connection
+    /// serves its own clone of the app).
+    #[tokio::test]
+    async fn a_deferred_router_is_built_at_its_first_request_and_only_once() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let mut svc = OnFirstUse::new(builds.clone(), counted);
+        let mut other = svc.clone();
+        assert_eq!(builds.load(Ordering::SeqCst), 0, "not built at start");
+        assert_eq!(
+            get_path(&mut svc, "/here").await,
+            (StatusCode::OK, "built".into())
+        );
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            get_path(&mut other, "/nowhere").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get_path(&mut svc, "/here").await.0, StatusCode::OK);
+        assert_eq!(
+            builds.load(Ordering::SeqCst),
+            1,
+            "built once for every clone"
+        );
+    }
 }

@@ -586,3 +586,44 @@ async fn a_plain_stateless_call_answers_as_rmcp_would() {
     assert_eq!(direct[0]["result"]["resultType"], "complete", "{direct:?}");
     assert_eq!(direct[0]["result"]["cacheScope"], "private", "{direct:?}");
 }
+
+/// The console and the admin API are built at their first request (`http::OnFirstUse`), behind
+/// the same edge as every other route: a wrong Host is refused whether or not they are built yet,
+/// an unknown path gets a plain 404, and the console and the API then answer as themselves.
+#[tokio::test]
+async fn the_console_and_the_api_answer_behind_the_edge_when_first_asked() {
+    let w = world().await;
+    let server = spawn_http(&w.db.url).await;
+    let base = server.url.trim_end_matches("/mcp");
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{base}{path}"));
+    for path in ["/login", "/api/v1/openapi.json", "/nowhere", "/login"] {
+        let res = get(path)
+            .header("host", "evil.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "host_not_allowed", "{path}");
+    }
+    let res = get("/nowhere").send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(res.headers().get("content-security-policy").is_none());
+    assert_eq!(res.text().await.unwrap(), "");
+    for _ in 0..2 {
+        let res = get("/login").send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let csp = res.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(res.text().await.unwrap().contains("<form"));
+    }
+    let res = get("/api/v1/nowhere").send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    let res = get("/api/v1/openapi.json").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
+}
