@@ -12,8 +12,9 @@
 //! Bare also serves the read tool's answer from memory (its `answer` tool), and the read is set
 //! beside that row too: what the gate adds to the same payload.
 //! Before the load, the memory an open session holds: RSS growth over 200 sessions just opened and
-//! after 3 idle seconds (`BENCH_MEM_DEBUG=1` prints each step, `=full` adds a second batch and a
-//! wake-up of the first).
+//! after 3 idle seconds, then over 200 more on top of them, idle 3 s (what one more session costs
+//! once the process has run the code and grown the tables every session uses)
+//! (`BENCH_MEM_DEBUG=1` prints each step, `=full` adds a wake-up of the first batch).
 //! Timings are reported, never asserted. Then the console's pages are timed on the same data,
 //! with the audit trail topped up to 100,000 entries (`console.rs`).
 //!
@@ -840,13 +841,17 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
 /// client's idle keep-alive connection, 200 ms after the last was opened (`opened`), and once they
 /// have been idle 3 s (`idle`: parallax puts a session with nothing under way to sleep after a
 /// second). Also the anonymous part of each (`RssAnon`): file-backed pages (the mapped database,
-/// code run for the first time) are the process's, not the sessions'.
+/// code run for the first time) are the process's, not the sessions'. Then `n` more on top, idle
+/// 3 s (`more_idle`): the first batch also pays what the process grows once (code paged in,
+/// allocator pages, the session table), the second only what each session adds.
 #[derive(Clone, Copy)]
 struct SessionMemory {
     opened: f64,
     opened_anon: f64,
     idle: f64,
     idle_anon: f64,
+    more_idle: f64,
+    more_idle_anon: f64,
 }
 
 async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<SessionMemory> {
@@ -864,25 +869,26 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle, idle_anon) = (rss_kb(pid), anon_kb(pid));
     dbg_mem("idle", pid);
-    // BENCH_MEM_DEBUG=full: a second batch on top, then the first woken and idle again.
+    let mut more = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = HttpClient::new(url, bearer)?;
+        c.open_session().await?;
+        more.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dbg_mem("second batch opened", pid);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (more_idle, more_idle_anon) = (rss_kb(pid), anon_kb(pid));
+    dbg_mem("second batch idle", pid);
+    held.extend(more);
+    // BENCH_MEM_DEBUG=full: the first batch woken and idle again.
     if std::env::var("BENCH_MEM_DEBUG").is_ok_and(|v| v == "full") {
-        let mut more = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut c = HttpClient::new(url, bearer)?;
-            c.open_session().await?;
-            more.push(c);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        dbg_mem("second batch opened", pid);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        dbg_mem("second batch idle", pid);
-        for c in &mut held {
+        for c in &mut held[..n] {
             c.call(&Call::list(), Era::Session).await?;
         }
         dbg_mem("first batch woken", pid);
         tokio::time::sleep(Duration::from_secs(3)).await;
         dbg_mem("first batch idle again", pid);
-        held.extend(more);
         // Sessions without a connection: each client goes once its session is open.
         let anon0 = anon_kb(pid);
         for _ in 0..n {
@@ -913,6 +919,8 @@ async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Resu
         opened_anon: per(opened_anon, before_anon),
         idle: per(idle, before),
         idle_anon: per(idle_anon, before_anon),
+        more_idle: per(more_idle, idle),
+        more_idle_anon: per(more_idle_anon, idle_anon),
     })
 }
 
@@ -1411,8 +1419,8 @@ async fn main() -> Result<()> {
     println!(
         "\nper open 2025-11-25 session (RSS growth over {n}, anonymous in brackets): just opened \
          {:.1} kB [{:.1}] (bare rmcp: {:.1} kB [{:.1}]); idle 3 s: {:.1} kB [{:.1}] (bare rmcp: \
-         {:.1} kB [{:.1}]); idle RSS 3 s after start: {:.1} MB [{:.1}] \
-         (bare rmcp: {:.1} MB [{:.1}])",
+         {:.1} kB [{:.1}]); {n} more on top, idle 3 s: {:.1} kB [{:.1}] (bare rmcp: {:.1} kB \
+         [{:.1}]); idle RSS 3 s after start: {:.1} MB [{:.1}] (bare rmcp: {:.1} MB [{:.1}])",
         ours.opened,
         ours.opened_anon,
         bare.opened,
@@ -1421,6 +1429,10 @@ async fn main() -> Result<()> {
         ours.idle_anon,
         bare.idle,
         bare.idle_anon,
+        ours.more_idle,
+        ours.more_idle_anon,
+        bare.more_idle,
+        bare.more_idle_anon,
         idle_rss[0],
         idle_rss[1],
         idle_rss[2],
