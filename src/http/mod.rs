@@ -730,7 +730,7 @@ mod tests {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
-    /// Nothing is built until a request comes, then once for every clone (each connection
+    /// Nothing is built until a request comes, then once, whichever clone asks (each connection
     /// serves its own clone of the app).
     #[tokio::test]
     async fn a_deferred_router_is_built_at_its_first_request_and_only_once() {
@@ -751,7 +751,7 @@ mod tests {
         assert_eq!(
             builds.load(Ordering::SeqCst),
             1,
-            "built once for every clone"
+            "built once, whichever clone asks"
         );
     }
 }
