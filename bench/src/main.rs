@@ -854,27 +854,28 @@ struct SessionMemory {
     more_idle_anon: f64,
 }
 
-async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<SessionMemory> {
-    let (before, before_anon) = (rss_kb(pid), anon_kb(pid));
-    dbg_mem("before", pid);
-    let mut held = Vec::with_capacity(n);
+/// `n` clients, each with an open 2025-11-25 session on its own kept-alive connection.
+async fn open_sessions(url: &str, bearer: Option<&str>, n: usize) -> Result<Vec<HttpClient>> {
+    let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = HttpClient::new(url, bearer)?;
         c.open_session().await?;
-        held.push(c);
+        clients.push(c);
     }
+    Ok(clients)
+}
+
+async fn session_kb(url: &str, bearer: Option<&str>, pid: u32, n: usize) -> Result<SessionMemory> {
+    let (before, before_anon) = (rss_kb(pid), anon_kb(pid));
+    dbg_mem("before", pid);
+    let mut held = open_sessions(url, bearer, n).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (opened, opened_anon) = (rss_kb(pid), anon_kb(pid));
     dbg_mem("opened", pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle, idle_anon) = (rss_kb(pid), anon_kb(pid));
     dbg_mem("idle", pid);
-    let mut more = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut c = HttpClient::new(url, bearer)?;
-        c.open_session().await?;
-        more.push(c);
-    }
+    let more = open_sessions(url, bearer, n).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     dbg_mem("second batch opened", pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
