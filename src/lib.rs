@@ -37,7 +37,9 @@
 //!   cause) and keeps commands other than `serve` and `workspace create` from creating one.
 //!   `store::console` keeps the console's login links and sessions (hashes of their secrets only).
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
-//!   can only be constructed here, so no service runs for an unauthenticated caller. JWT
+//!   can only be constructed here, so no service runs for an unauthenticated caller; an
+//!   [`auth::Unconfirmed`] agent (PostgreSQL, from the snapshot alone) is not a caller until its
+//!   decision's audit commit or a second authentication confirms it. JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]); a token that
 //!   passed is remembered by its hash (`auth::tokens`), its expiry and key re-checked on every
 //!   use, so the signature is not checked again on every request. A console
@@ -108,7 +110,12 @@
 //!   later.
 //! - A bearer credential is re-checked against the store on every request (keys and tokens
 //!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
-//!   but serves them only after one statement shows the authorization generation unchanged. The
+//!   but serves them only after one statement shows the authorization generation unchanged, or,
+//!   on PostgreSQL, for a plain call of the read tool with an API key over HTTP, unconfirmed
+//!   (`auth::Unconfirmed`, never an `AgentCaller` outside the gate's one read) with its decision's
+//!   audit entry committed only by a statement that finds both generations unchanged
+//!   (`AuditWriter::record_checked`); otherwise nothing is written and the call is decided
+//!   again on a confirmed caller, and any other request is confirmed before it goes on. The
 //!   store's own write methods for agents, keys, workspace settings and members bump it in the
 //!   change's transaction, so a revocation applies to the next call on every replica and from
 //!   every process. Key expiry is checked against the clock on each request.

@@ -206,6 +206,42 @@ pub async fn agent(
     Ok(check_credential(&view, seen, None))
 }
 
+/// An agent authenticated from the store's snapshot without reading the generations (on
+/// PostgreSQL; see `Store::unconfirmed_credential_view`). Not an [`AgentCaller`]: services take
+/// only confirmed callers. Its one use is a decision whose audit entry commits only if the
+/// generations are still those it was made on (`AuditWriter::record_checked` with
+/// [`Unconfirmed::seen`]); anything else authenticates the credential again.
+#[derive(Debug, Clone)]
+pub struct Unconfirmed {
+    caller: AgentCaller,
+}
+
+impl Unconfirmed {
+    /// The caller as the snapshot has it. Only for a decision audited with
+    /// `AuditWriter::record_checked` on [`Unconfirmed::seen`], which makes it current.
+    pub fn caller(&self) -> &AgentCaller {
+        &self.caller
+    }
+
+    /// The generations the snapshot was read at.
+    pub fn seen(&self) -> Seen {
+        self.caller.seen
+    }
+}
+
+/// [`agent`] from the store's snapshot alone, unconfirmed: `None` when the snapshot cannot
+/// say (see `Store::unconfirmed_credential_view`) or when it refuses the key, which then goes
+/// through [`agent`] to be refused on current data and audited.
+pub fn agent_unconfirmed(store: &Store, raw_key: &str) -> Option<Unconfirmed> {
+    let key = ApiKey::parse(raw_key).ok()?;
+    let (view, seen) = store.unconfirmed_credential_view(&key.hash())?;
+    if !view.key_hash.matches(&key) {
+        return None;
+    }
+    let caller = check_credential(&view, seen, None).ok()?;
+    Some(Unconfirmed { caller })
+}
+
 /// The checks every request repeats after the credential is identified: not revoked or expired
 /// (against the clock, now), agent approved, workspace enabled. `scope` narrows the grant
 /// (access tokens).

@@ -20,8 +20,8 @@
 use super::catalogue::CATALOGUE;
 use super::envelope::RpcMessage;
 use super::server::{
-    HttpAuth, ParallaxServer, call_response, gate_span, stdio_request_span, tool_label,
-    tool_listing, tool_result,
+    HttpAuth, ParallaxServer, Pending, PendingAuth, call_response, gate_span, stdio_request_span,
+    tool_label, tool_listing, tool_result,
 };
 use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
 use super::tools::Shape;
@@ -51,8 +51,28 @@ pub struct Direct {
 
 /// A request this path can answer, taken from the HTTP request.
 struct Plain {
-    auth: Arc<Result<AgentCaller, AgentAuthRefusal>>,
+    auth: PlainAuth,
     work: Work,
+}
+
+/// How the transport left the caller's credential.
+enum PlainAuth {
+    Checked(Arc<Result<AgentCaller, AgentAuthRefusal>>),
+    /// Unconfirmed (see `PendingAuth`): only the read tool's call may be decided on it.
+    Pending(Arc<Pending>),
+}
+
+/// Whether `req` may be a plain call of the read tool, which [`call`] decides on an unconfirmed
+/// caller (`PendingAuth`): any other request has it confirmed first (`mcp::http::confirm`).
+pub fn may_decide_unconfirmed(req: &Request) -> bool {
+    req.extensions().get::<RpcMessage>().is_some_and(|m| {
+        m.method.as_deref() == Some("tools/call")
+            && m.params
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                == Some(super::catalogue::MY_ASSIGNMENTS)
+    })
 }
 
 /// What this path answers.
@@ -67,29 +87,63 @@ enum Work {
 
 /// Answers a plain `tools/call` or `tools/list` (on a bound session, or stateless), or hands
 /// the request back for rmcp. Runs inside `sessions::bind`, which has checked that a session is
-/// the caller's.
-pub async fn call(d: &Direct, mut req: Request) -> Result<Response, Request> {
+/// the caller's. A call on an unconfirmed key (`PendingAuth`) is decided on it if the gate can
+/// (`Gate::call_unconfirmed`); otherwise `confirm` authenticates the key again first, and its
+/// refusal is the answer.
+pub async fn call<C, F>(d: &Direct, mut req: Request, confirm: C) -> Result<Response, Request>
+where
+    C: FnOnce(Arc<Pending>) -> F,
+    F: Future<Output = Result<AgentCaller, Response>>,
+{
     let Some(plain) = plain(d, &mut req) else {
         return Err(req);
     };
-    let auth = (*plain.auth).clone();
     // Present only while traces are exported.
     let request_span = req
         .extensions()
         .get::<traces::RequestSpan>()
         .map(|s| s.0.clone());
-    let parent = || request_span.unwrap_or_else(tracing::Span::current);
+    let parent = || request_span.clone().unwrap_or_else(tracing::Span::current);
+    let auth = match plain.auth {
+        PlainAuth::Checked(auth) => (*auth).clone(),
+        PlainAuth::Pending(pending) => {
+            if let Work::Call(call) = &plain.work {
+                let span = traces::span(|| gate_span(&parent(), tool_label(&call.name)));
+                let decided = d
+                    .server
+                    .call_gate_unconfirmed(
+                        span,
+                        &call.name,
+                        call.arguments.as_ref(),
+                        &pending.unconfirmed,
+                    )
+                    .await;
+                if let Some(outcome) = decided {
+                    let (status, body) = answered(call.id.clone(), call.shape, outcome);
+                    return Ok(json_response(status, body));
+                }
+            }
+            match confirm(pending).await {
+                Ok(caller) => Ok(caller),
+                Err(refused) => return Ok(refused),
+            }
+        }
+    };
     let (status, body) = respond(&d.server, &d.listings, plain.work, parent, async {
         Ok(auth)
     })
     .await;
+    Ok(json_response(status, body))
+}
+
+fn json_response(status: StatusCode, body: BytesMut) -> Response {
     let mut res = Response::new(Body::from(body.freeze()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(res)
+    res
 }
 
 /// Answers `work` (`auth` is awaited inside the gate's span): the JSON-RPC answer, and the HTTP
@@ -184,7 +238,15 @@ async fn answer(
     let outcome = server
         .call_gate(span, &call.name, call.arguments, call.tasks, auth)
         .await;
-    let shape = call.shape;
+    answered(call.id, call.shape, outcome)
+}
+
+/// The JSON-RPC answer to the call with `id`, and its HTTP status.
+fn answered(
+    id: Value,
+    shape: Shape,
+    outcome: Result<super::gate::CallOutcome, ErrorData>,
+) -> (StatusCode, BytesMut) {
     match outcome {
         Ok(super::gate::CallOutcome::Ok(output)) => {
             let result = output.wire(shape, |output| {
@@ -194,14 +256,14 @@ async fn answer(
                 );
                 Bytes::from(serde_json::to_vec(&result).expect("results serialise"))
             });
-            (StatusCode::OK, spliced(&call.id, &result))
+            (StatusCode::OK, spliced(&id, &result))
         }
         Ok(outcome) => {
             let result = shaped(call_response(outcome).into(), shape);
-            let message = ServerJsonRpcMessage::response(result, request_id(call.id));
+            let message = ServerJsonRpcMessage::response(result, request_id(id));
             (StatusCode::OK, encoded(&message))
         }
-        Err(e) => error(call.id, e, shape),
+        Err(e) => error(id, e, shape),
     }
 }
 
@@ -422,7 +484,10 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     if req.method() != Method::POST || !simple_headers(req.headers()) {
         return None;
     }
-    let auth = req.extensions().get::<HttpAuth>()?.0.clone();
+    let auth = match req.extensions().get::<PendingAuth>() {
+        Some(pending) => PlainAuth::Pending(pending.0.clone()),
+        None => PlainAuth::Checked(req.extensions().get::<HttpAuth>()?.0.clone()),
+    };
     let message = req.extensions().get::<RpcMessage>()?;
     let method = message.method.as_deref()?;
     let (name, meta) = plain_request(method, &message.id, message.params.as_ref())?;

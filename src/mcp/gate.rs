@@ -3,7 +3,7 @@
 
 use super::catalogue::{self, ToolSpec};
 use super::tools::{self, ToolOutput};
-use crate::auth::{AgentAuthRefusal, AgentCaller};
+use crate::auth::{AgentAuthRefusal, AgentCaller, Unconfirmed};
 use crate::domain::{ActivityEntry, Actor, Delegation, DelegationStatus};
 use crate::http::ratelimit::AgentLimiter;
 use crate::service::{Activity, AuditWriter, Service, ServiceError};
@@ -195,6 +195,60 @@ impl Gate {
             Ok(value) if tasks && spec.name == catalogue::DELEGATE_TASK => {
                 Box::pin(self.as_task(&caller, value)).await
             }
+            result => self.finish(&caller, name, &args, result).await,
+        }
+    }
+
+    /// A call of the read tool decided on an unconfirmed caller (see [`Unconfirmed`]): allowed
+    /// when the catalogue allows it on the snapshot, and answered only once its entry has
+    /// committed with the check that the generations it was decided on are still current.
+    /// `None` when this path does not decide it (another tool, arguments the tool refuses, a
+    /// requirement not met, or generations that moved before the commit): nothing was
+    /// written, and the call goes to [`Gate::call`] with a confirmed caller.
+    pub async fn call_unconfirmed(
+        &self,
+        unconfirmed: &Unconfirmed,
+        name: &str,
+        args: Option<&Map<String, Value>>,
+    ) -> Option<Result<CallOutcome, GateError>> {
+        if name != catalogue::MY_ASSIGNMENTS {
+            return None;
+        }
+        let spec = catalogue::find(name)?;
+        let caller = unconfirmed.caller();
+        if !spec.requirement.is_met_by(caller) {
+            return None;
+        }
+        let span = tracing::Span::current();
+        span.record("workspace", caller.workspace_id());
+        span.record("agent", caller.agent_id());
+        let args = Value::Object(args.cloned().unwrap_or_default());
+        let input = parse(name, &args).ok()?;
+        let allowed = self.entry(caller, name, &args, "allowed", "");
+        let (audited, result) = tokio::join!(
+            self.audit().record_checked(allowed, unconfirmed.seen()),
+            tools::my_assignments(&self.service, caller, input)
+        );
+        match audited {
+            Ok(true) => Some(self.finish(caller, name, &args, result).await),
+            Ok(false) => None,
+            Err(e) => Some(Err(GateError::Internal(format!(
+                "audit log unavailable: {e}"
+            )))),
+        }
+    }
+
+    /// A tool body's result as the call's outcome; a failure is audited here, since the
+    /// tool's own transaction rolled back.
+    async fn finish(
+        &self,
+        caller: &AgentCaller,
+        name: &str,
+        args: &Value,
+        result: Result<ToolOutput, ServiceError>,
+    ) -> Result<CallOutcome, GateError> {
+        let entry = |outcome: &str, reason: &str| self.entry(caller, name, args, outcome, reason);
+        match result {
             Ok(value) => Ok(CallOutcome::Ok(value)),
             Err(ServiceError::Store(e)) => {
                 tracing::error!(tool = name, error = %e, "tool failed on the store");
@@ -207,7 +261,6 @@ impl Gate {
                 ))
             }
             Err(refusal) => {
-                // The tool's own transaction rolled back, so its audit entry must be written here.
                 let message = refusal.to_string();
                 self.record(entry("denied", &message)).await?;
                 Ok(CallOutcome::Refused(message))

@@ -2,7 +2,7 @@
 //! behind bearer authentication.
 
 use super::catalogue::{self, Requirement};
-use super::server::{Credential, HttpAuth, ParallaxServer};
+use super::server::{Credential, HttpAuth, ParallaxServer, Pending, PendingAuth};
 use super::sessions;
 use crate::auth;
 use crate::http::limits::refuse;
@@ -102,19 +102,57 @@ struct Pipeline {
 impl Pipeline {
     async fn run(&self, req: Request) -> Response {
         trace_request(self.envelope.max_body_bytes, req, |req| {
-            authenticate(&self.ctx, req, |req| {
-                super::envelope::check(&self.envelope, req, |req| {
-                    sessions::bind(&self.binder, req, |req| async move {
-                        match super::direct::call(&self.direct, req).await {
-                            Ok(res) => res,
-                            // Boxed: rmcp's future is large, and every request's future
-                            // (boxed by the router) would be as large, and copied whole.
-                            Err(req) => Box::pin(self.mcp.handle(req))
-                                .await
-                                .map(axum::body::Body::new),
-                        }
+            authenticate(&self.ctx, req, |req| async move {
+                let pending = req.extensions().get::<PendingAuth>().cloned();
+                let checked = std::sync::atomic::AtomicBool::new(false);
+                let res = super::envelope::check(&self.envelope, req, |req| {
+                    checked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    // A plain call of the read tool on a session of the caller's (or none)
+                    // is decided unconfirmed; anything else is confirmed here.
+                    let unconfirmed_read = |req: &Request, pending: &Pending| {
+                        super::direct::may_decide_unconfirmed(req)
+                            && self
+                                .binder
+                                .sessions
+                                .would_pass(req, pending.unconfirmed.caller())
+                    };
+                    confirm(&self.ctx, req, unconfirmed_read, |req| {
+                        sessions::bind(&self.binder, req, |req| async move {
+                            let confirm_now = |pending: Arc<Pending>| async move {
+                                confirmed(&self.ctx, &pending).await
+                            };
+                            match super::direct::call(&self.direct, req, confirm_now).await {
+                                Ok(res) => res,
+                                Err(req) => {
+                                    confirm(
+                                        &self.ctx,
+                                        req,
+                                        |_, _| false,
+                                        |req| async move {
+                                            // Boxed: rmcp's future is large, and every request's
+                                            // future (boxed by the router) would be as large, and
+                                            // copied whole.
+                                            Box::pin(self.mcp.handle(req))
+                                                .await
+                                                .map(axum::body::Body::new)
+                                        },
+                                    )
+                                    .await
+                                }
+                            }
+                        })
                     })
                 })
+                .await;
+                // The envelope refused the message before an unconfirmed key was confirmed: a
+                // refused key is answered (and audited) as such, as it is before the envelope.
+                if let Some(pending) = pending
+                    && !checked.load(std::sync::atomic::Ordering::Relaxed)
+                    && let Err(refused) = confirmed(&self.ctx, &pending.0).await
+                {
+                    return refused;
+                }
+                res
             })
         })
         .await
@@ -248,49 +286,27 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
         );
     }
     let is_key = token.starts_with(API_KEY_PREFIX);
-    let span = crate::telemetry::traces::span(|| {
-        tracing::info_span!(
-            "authenticate",
-            credential = if is_key { "api_key" } else { "access_token" },
-            outcome = tracing::field::Empty,
-        )
-    });
-    let outcome = async {
-        if is_key {
-            auth::agent(state.gate.service().store(), &token).await
-        } else {
-            state.tokens.agent(&token, &state.urls.resource).await
+    // On PostgreSQL a key the snapshot holds is taken unconfirmed, to be confirmed further on
+    // (`confirm`) or by the commit of its call's decision (`mcp::direct`).
+    let mut req = req;
+    if is_key
+        && let Some(unconfirmed) = auth::agent_unconfirmed(state.gate.service().store(), &token)
+    {
+        if let Err(wait) = state.gate.limiter().check(unconfirmed.caller()) {
+            crate::telemetry::metrics::rate_limited("agent");
+            return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
         }
+        let pending = Pending {
+            unconfirmed,
+            key: token,
+            peer,
+        };
+        req.extensions_mut().insert(PendingAuth(Arc::new(pending)));
+        return next(req).await;
     }
-    .instrument(span.clone())
-    .await;
-    span.record(
-        "outcome",
-        match &outcome {
-            Ok(Ok(_)) => "allowed",
-            Ok(Err(_)) => "denied",
-            Err(_) => "error",
-        },
-    );
-    let caller = match outcome {
-        Ok(Ok(caller)) => caller,
-        Ok(Err(refusal)) => {
-            let blocked = state.failed_auth.failed(peer, Some(&token));
-            state.gate.audit_refusal(&refusal, "http request").await;
-            if let Some(wait) = blocked {
-                crate::telemetry::metrics::rate_limited("failed_auth");
-                return oauth::too_many_requests(wait, "too many failed authentications");
-            }
-            return unauthorized(state, &refusal.error.to_string(), Some("invalid_token"));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "authentication failed on the store");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the workspace store is unavailable",
-            );
-        }
+    let caller = match verify(state, &token, peer).await {
+        Ok(caller) => caller,
+        Err(res) => return res,
     };
     if let Err(wait) = state.gate.limiter().check(&caller) {
         crate::telemetry::metrics::rate_limited("agent");
@@ -306,6 +322,100 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
     };
     req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
     next(req).await
+}
+
+/// The bearer credential checked against the store (generations read): the caller, or the
+/// answer to a refused credential (audited, counted against the address and the credential) or
+/// to a store that failed.
+async fn verify(
+    state: &HttpContext,
+    token: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Result<auth::AgentCaller, Response> {
+    let is_key = token.starts_with(API_KEY_PREFIX);
+    let span = crate::telemetry::traces::span(|| {
+        tracing::info_span!(
+            "authenticate",
+            credential = if is_key { "api_key" } else { "access_token" },
+            outcome = tracing::field::Empty,
+        )
+    });
+    let outcome = async {
+        if is_key {
+            auth::agent(state.gate.service().store(), token).await
+        } else {
+            state.tokens.agent(token, &state.urls.resource).await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.record(
+        "outcome",
+        match &outcome {
+            Ok(Ok(_)) => "allowed",
+            Ok(Err(_)) => "denied",
+            Err(_) => "error",
+        },
+    );
+    match outcome {
+        Ok(Ok(caller)) => Ok(caller),
+        Ok(Err(refusal)) => {
+            let blocked = state.failed_auth.failed(peer, Some(token));
+            state.gate.audit_refusal(&refusal, "http request").await;
+            if let Some(wait) = blocked {
+                crate::telemetry::metrics::rate_limited("failed_auth");
+                return Err(oauth::too_many_requests(
+                    wait,
+                    "too many failed authentications",
+                ));
+            }
+            Err(unauthorized(
+                state,
+                &refusal.error.to_string(),
+                Some("invalid_token"),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "authentication failed on the store");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the workspace store is unavailable",
+            ))
+        }
+    }
+}
+
+/// An unconfirmed key (`PendingAuth`) authenticated again, as [`authenticate`] would have:
+/// the caller, or the answer to a refusal.
+async fn confirmed(state: &HttpContext, pending: &Pending) -> Result<auth::AgentCaller, Response> {
+    verify(state, &pending.key, pending.peer).await
+}
+
+/// Confirms a request's unconfirmed key (see `PendingAuth`) before it goes further, unless
+/// `keep` says the request may be left to `mcp::direct`, which decides a plain call of the read
+/// tool on the unconfirmed caller. An API key is never narrower than its agent's grant, so no
+/// scope check is due, and the rate limit was counted when the key was first checked.
+async fn confirm(
+    state: &HttpContext,
+    mut req: Request,
+    keep: impl FnOnce(&Request, &Pending) -> bool,
+    next: impl Continue,
+) -> Response {
+    let Some(pending) = req.extensions().get::<PendingAuth>().cloned() else {
+        return next(req).await;
+    };
+    if keep(&req, &pending.0) {
+        return next(req).await;
+    }
+    req.extensions_mut().remove::<PendingAuth>();
+    match confirmed(state, &pending.0).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
+            next(req).await
+        }
+        Err(res) => res,
+    }
 }
 
 /// For a token narrower than the agent's grant: a `tools/call` of a tool the agent is granted

@@ -4,7 +4,7 @@
 use super::catalogue::ToolSpec;
 use super::gate::{CallOutcome, Gate, GateError, TaskAction};
 use super::resources::{self, ASSIGNMENTS_URI};
-use crate::auth::{self, AgentAuthRefusal, AgentCaller};
+use crate::auth::{self, AgentAuthRefusal, AgentCaller, Unconfirmed};
 use crate::domain::{Delegation, DelegationStatus, Timestamp};
 use crate::events::Feed;
 use crate::service::ServiceError;
@@ -53,6 +53,20 @@ pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
 /// The outcome of authenticating one HTTP request, carried in its extensions.
 #[derive(Clone)]
 pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
+
+/// In place of [`HttpAuth`], an API key the transport authenticated unconfirmed (PostgreSQL;
+/// `auth::Unconfirmed`) and the key itself: a plain call of the read tool is decided on it
+/// (`mcp::direct`), and any other request is authenticated again before it goes further
+/// (`mcp::http::confirm`). Never `Debug`: it holds the key.
+#[derive(Clone)]
+pub struct PendingAuth(pub Arc<Pending>);
+
+pub struct Pending {
+    pub unconfirmed: Unconfirmed,
+    pub key: String,
+    /// The client's address, which a refusal counts against.
+    pub peer: Option<std::net::IpAddr>,
+}
 
 /// How an HTTP server's shutdown reaches tool calls: each counts as in flight while it runs,
 /// and one still running when the drain limit passes is answered with an error.
@@ -556,7 +570,51 @@ impl ParallaxServer {
             .instrument(span.clone()),
         )
         .await;
-        let counted = match &outcome {
+        self.counted(&span, name, started, &outcome);
+        outcome
+    }
+
+    /// [`Self::call_gate`] for a plain call on an unconfirmed caller (`Gate::call_unconfirmed`):
+    /// `None`, with nothing written or counted, when that path does not decide it.
+    pub(super) async fn call_gate_unconfirmed(
+        &self,
+        span: tracing::Span,
+        name: &str,
+        arguments: Option<&JsonObject>,
+        unconfirmed: &Unconfirmed,
+    ) -> Option<Result<CallOutcome, ErrorData>> {
+        let _in_flight = self.drain.as_ref().map(|d| d.inflight.enter());
+        let started = std::time::Instant::now();
+        let outcome = Box::pin(
+            async {
+                let call = self.gate.call_unconfirmed(unconfirmed, name, arguments);
+                let outcome = match &self.drain {
+                    Some(d) => tokio::select! {
+                        outcome = call => outcome,
+                        () = d.cut.cancelled() => {
+                            return Some(Err(ErrorData::internal_error(SHUTTING_DOWN, None)));
+                        }
+                    },
+                    None => call.await,
+                };
+                Some(outcome?.map_err(gate_error))
+            }
+            .instrument(span.clone()),
+        )
+        .await?;
+        self.counted(&span, name, started, &outcome);
+        Some(outcome)
+    }
+
+    /// A call's outcome on its span and in the metrics.
+    fn counted(
+        &self,
+        span: &tracing::Span,
+        name: &str,
+        started: std::time::Instant,
+        outcome: &Result<CallOutcome, ErrorData>,
+    ) {
+        let counted = match outcome {
             Ok(CallOutcome::Ok(_) | CallOutcome::Task(_)) => metrics::CallOutcome::Allowed,
             Ok(CallOutcome::Refused(_)) => metrics::CallOutcome::Denied,
             Err(e) if e.code == rmcp::model::ErrorCode::INTERNAL_ERROR => {
@@ -571,7 +629,6 @@ impl ParallaxServer {
             counted,
             started.elapsed(),
         );
-        outcome
     }
 }
 

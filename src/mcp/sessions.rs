@@ -26,7 +26,7 @@
 //! awake one.
 
 use super::gate::Gate;
-use super::server::HttpAuth;
+use super::server::{HttpAuth, PendingAuth};
 use crate::auth::AgentCaller;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -585,6 +585,23 @@ impl SessionRegistry {
     }
 
     /// The session's owner; marks the session used now.
+    /// Whether [`bind`] would pass `req` on for `caller`: it names no session, or one of the
+    /// caller's. A request on an unconfirmed key that it would not pass on is confirmed first, so
+    /// that a refused key is refused before a session is looked up (`mcp::http::confirm`).
+    pub fn would_pass(&self, req: &Request, caller: &AgentCaller) -> bool {
+        match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
+            None => true,
+            Some(Ok(id)) => {
+                let table = self.lock();
+                table
+                    .bound
+                    .get(id)
+                    .is_some_and(|b| b.owner == Owner::of(caller))
+            }
+            Some(Err(_)) => false,
+        }
+    }
+
     fn owner(&self, id: &str) -> Option<Owner> {
         let mut table = self.lock();
         let bound = table.bound.get_mut(id)?;
@@ -809,10 +826,14 @@ pub struct Binder {
 /// Runs inside bearer authentication on `/mcp`: a request naming a session must come from the
 /// agent that opened it; a response that opens a session binds it to the caller.
 pub async fn bind(b: &Binder, mut req: Request, next: impl crate::http::Continue) -> Response {
-    let caller = req
-        .extensions()
-        .get::<HttpAuth>()
-        .and_then(|a| a.0.as_ref().as_ref().ok().cloned());
+    // An unconfirmed key's agent is its agent for good: a key never changes hands.
+    let caller = match req.extensions().get::<PendingAuth>() {
+        Some(p) => Some(p.0.unconfirmed.caller().clone()),
+        None => req
+            .extensions()
+            .get::<HttpAuth>()
+            .and_then(|a| a.0.as_ref().as_ref().ok().cloned()),
+    };
     let Some(caller) = caller else {
         // No authenticated caller: the gate refuses whatever this is; it can open no session.
         return strip_session(next(req).await);

@@ -12,20 +12,27 @@
 //! A change that is only entries (a note naming nothing) needs no job: it is submitted as entries
 //! ([`AuditWriter::append`]) and commits the way decision entries do.
 //!
+//! A decision made on an unconfirmed caller (`auth::Unconfirmed`, on PostgreSQL) is submitted
+//! with the generations it was made on ([`AuditWriter::record_checked`]): its batch commits it
+//! only if they are still current, and otherwise leaves it out and says so, so that the call is
+//! decided again on a confirmed caller. A batch with a writing tool's change in it leaves such
+//! decisions out unchecked (rare, and the call is only decided again).
+//!
 //! The batch also records when agents were last seen and keys last used, but at most once per
 //! [`TOUCH_EVERY`] for each: those timestamps are bookkeeping, not audit, and rewriting the rows on
 //! every batch would cost two more statements per commit.
 
 use super::{ServiceError, ServiceResult};
 use crate::domain::ActivityEntry;
-use crate::store::{Store, StoreError, Tx};
+use crate::store::{Seen, Store, StoreError, Tx};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 
-type Ack = oneshot::Sender<Result<(), String>>;
+/// `Ok(false)`: a checked entry left out, its generations having moved (nothing else is).
+type Ack = oneshot::Sender<Result<bool, String>>;
 
 /// A writing tool's work in a batch's transaction; `true` keeps it, `false` undoes it.
 type Job =
@@ -37,6 +44,10 @@ type Job =
 enum Work {
     /// An audit entry to commit.
     Entry(ActivityEntry),
+    /// An audit entry to commit only if the generations are still these when it commits.
+    Checked(ActivityEntry, Seen),
+    /// A checked entry its batch left out (the generations moved); it acknowledges `false`.
+    Stale,
     /// A change that is nothing but entries (a writing tool's decision and what it appends),
     /// committed together, in this order, or not at all. Left out if its caller stopped waiting
     /// before its batch was put together: it was not told of the change, as a job's caller is
@@ -95,20 +106,22 @@ impl AuditWriter {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, entries = writes, "audit batch failed");
                 }
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(result.clone());
+                for (work, ack) in batch.drain(..) {
+                    let stale = matches!(work, Work::Stale);
+                    let _ = ack.send(result.clone().map(|()| !stale));
                 }
             }
         });
         Self { tx }
     }
 
-    async fn submit(&self, work: Work) -> Result<(), ServiceError> {
+    /// `Ok(false)` only for a checked entry left out.
+    async fn submit(&self, work: Work) -> Result<bool, ServiceError> {
         let (ack, done) = oneshot::channel();
         let closed = || ServiceError::Store(StoreError::Unavailable("audit writer stopped".into()));
         self.tx.send((work, ack)).await.map_err(|_| closed())?;
         match done.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(written)) => Ok(written),
             Ok(Err(e)) => Err(ServiceError::Store(StoreError::Unavailable(format!(
                 "audit log not written: {e}"
             )))),
@@ -124,7 +137,16 @@ impl AuditWriter {
 
     /// Submits an entry and waits until it is committed.
     pub async fn record(&self, entry: ActivityEntry) -> ServiceResult<()> {
-        self.submit(Work::Entry(entry)).await
+        self.submit(Work::Entry(entry)).await.map(drop)
+    }
+
+    /// Submits the entry of a decision made on generations `seen` that were not read for it
+    /// (an unconfirmed caller) and waits for its batch: `Ok(true)` once it is committed, which
+    /// its batch does only if the store's generations are still `seen` at that commit;
+    /// `Ok(false)` if they were not, and then nothing of it was written and the decision must
+    /// be made again on a confirmed caller.
+    pub async fn record_checked(&self, entry: ActivityEntry, seen: Seen) -> ServiceResult<bool> {
+        self.submit(Work::Checked(entry, seen)).await
     }
 
     /// Commits `entries` together, in this order, in the next batch, and waits until they are
@@ -132,7 +154,7 @@ impl AuditWriter {
     /// of its own, so on a SQLite file it commits the way decision entries do. A caller that
     /// stops waiting before its batch is put together leaves nothing (see [`Work::Entries`]).
     pub async fn append(&self, entries: Vec<ActivityEntry>) -> ServiceResult<()> {
-        self.submit(Work::Entries(entries)).await
+        self.submit(Work::Entries(entries)).await.map(drop)
     }
 
     /// Runs `job` in the next batch's transaction and returns its result once that batch has
@@ -164,7 +186,7 @@ impl AuditWriter {
             // The job's own refusal stands whatever the batch did; its success only if committed.
             Ok(result) => {
                 let value = result?;
-                committed.map(|()| value)
+                committed.map(|_| value)
             }
             // The job never ran: the batch failed before it, and says why.
             Err(_) => Err(committed.err().unwrap_or_else(|| {
@@ -200,7 +222,7 @@ async fn join_running(rx: &mut mpsc::Receiver<Submission>, batch: &mut Vec<Submi
 
 /// Commits a batch in submission order (entries queued, jobs run under savepoints), and marks
 /// the agents and keys it shows in use as seen, unless this writer did so less than
-/// [`TOUCH_EVERY`] ago.
+/// [`TOUCH_EVERY`] ago. A checked entry that is left out becomes [`Work::Stale`].
 async fn write(
     store: &Store,
     batch: &mut [Submission],
@@ -209,10 +231,22 @@ async fn write(
     if !batch.iter().any(|(w, _)| matches!(w, Work::Job(_))) {
         // Decision entries alone: the store commits them in one go.
         let mut entries: Vec<ActivityEntry> = Vec::with_capacity(batch.len());
-        for (work, ack) in batch.iter_mut() {
+        // The generations the checked entries were decided on; those entries' places in the
+        // batch, and their ids.
+        let mut expect: Option<Seen> = None;
+        let mut checked: Vec<(usize, String)> = Vec::new();
+        for (i, (work, ack)) in batch.iter_mut().enumerate() {
             match std::mem::replace(work, Work::Flush) {
                 Work::Entry(e) => entries.push(e),
                 Work::Entries(es) if !ack.is_closed() => entries.extend(es),
+                Work::Checked(e, seen) if expect.is_none_or(|x| x == seen) => {
+                    expect = Some(seen);
+                    checked.push((i, e.id.clone()));
+                    entries.push(e);
+                }
+                // Decided on other generations than the batch's other checked entries: one
+                // of the two is out of date, so this one is decided again.
+                Work::Checked(..) => *work = Work::Stale,
                 _ => {}
             }
         }
@@ -220,7 +254,35 @@ async fn write(
             return Ok(());
         }
         let (agents, keys) = due_touches(&entries, touched);
-        store.append_activity(entries, (&agents, &keys)).await?;
+        let Some(back) = store
+            .append_activity(entries, (&agents, &keys), expect)
+            .await?
+        else {
+            remember(touched, agents, keys);
+            return Ok(());
+        };
+        // The generations moved: nothing was written. The checked entries are left out, the
+        // rest committed without them.
+        for (i, _) in &checked {
+            batch[*i].0 = Work::Stale;
+        }
+        let rest: Vec<ActivityEntry> = back
+            .into_iter()
+            .filter(|e| !checked.iter().any(|(_, id)| *id == e.id))
+            .collect();
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let (agents, keys) = due_touches(&rest, touched);
+        if store
+            .append_activity(rest, (&agents, &keys), None)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Unavailable(
+                "audit entries came back unwritten".into(),
+            ));
+        }
         remember(touched, agents, keys);
         return Ok(());
     }
@@ -232,6 +294,8 @@ async fn write(
             Work::Entry(e) => entries.push(e),
             Work::Entries(es) if !ack.is_closed() => entries.extend(es),
             Work::Entries(_) => {}
+            // Not checked in a batch with jobs: decided again instead.
+            Work::Checked(..) | Work::Stale => *work = Work::Stale,
             Work::Job(job) => {
                 // Entries submitted before the job are chained before its own.
                 tx.insert_activities(std::mem::take(&mut entries)).await?;

@@ -60,6 +60,8 @@ pub(super) struct AuthCache {
 struct State {
     /// The generation every entry below was read at or after; `None` before the first read.
     generation: Option<i64>,
+    /// Both generations as a request last read them (see [`Store::unconfirmed_credential_view`]).
+    last_read: Option<Seen>,
     by_hash: HashMap<String, Arc<CredentialView>>,
     by_id: HashMap<String, Arc<CredentialView>>,
     members: HashMap<(String, String), Arc<MemberView>>,
@@ -218,7 +220,37 @@ impl Store {
         let seen = self.generations().await?;
         let mut state = self.auth.lock();
         state.sync(seen.auth);
+        // Both only grow: a read that finished late must not take the pair back.
+        if state
+            .last_read
+            .is_none_or(|l| (l.auth, l.work) <= (seen.auth, seen.work))
+        {
+            state.last_read = Some(seen);
+        }
         Ok((pick(&mut state), seen))
+    }
+
+    /// On PostgreSQL, the API key whose hash is `hash` as the snapshot holds it, with the
+    /// generations a request last read, and without reading them now: **unconfirmed**. A
+    /// decision made on it stands only if its audit entry commits with a check that the
+    /// generations are still these (`AuditWriter::record_checked`), a check made by the commit's
+    /// own statement, after the request arrived; so it is as current as a read of its own, for
+    /// no round trip of its own. `None` when the snapshot cannot say: another database (a
+    /// SQLite file reads the generations on the calling thread, for less than the check would
+    /// cost), a key not in the snapshot, or a snapshot behind the generations last read.
+    pub fn unconfirmed_credential_view(
+        &self,
+        hash: &KeyHash,
+    ) -> Option<(Arc<CredentialView>, Seen)> {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return None;
+        }
+        let state = self.auth.lock();
+        let seen = state.last_read?;
+        if state.generation != Some(seen.auth) {
+            return None;
+        }
+        Some((state.by_hash.get(hash.as_str())?.clone(), seen))
     }
 
     /// The API key whose hash is `hash`, with its agent and workspace, current as of this call;

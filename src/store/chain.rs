@@ -6,7 +6,7 @@
 
 use super::direct::IntactChain;
 use super::entities::{activity, activity_chain};
-use super::{StoreError, StoreResult, Tx, convert};
+use super::{Seen, StoreError, StoreResult, Tx, convert};
 use crate::domain::*;
 use chrono::{DateTime, SubsecRound, Utc};
 use migrations::chain;
@@ -165,11 +165,14 @@ impl KnownHeads {
 }
 
 /// Moves a workspace's head from ($4, $5) to ($1, $2) and inserts the rows chained after it,
-/// in one statement; if the head is elsewhere, `head` is empty and so is the insert. Arrays, not
+/// in one statement; if the head is elsewhere, or the generations are not ($20, $21) when they
+/// are given, `head` is empty and so is the insert. Arrays, not
 /// a `VALUES` list, so that one prepared statement serves every batch size.
 const APPEND_AFTER_HEAD: &str = "WITH head AS (\
      UPDATE activity_chains SET last_seq = $1, last_hash = $2 \
-     WHERE workspace_id = $3 AND last_seq = $4 AND last_hash = $5 RETURNING workspace_id) \
+     WHERE workspace_id = $3 AND last_seq = $4 AND last_hash = $5 \
+     AND ($20::int8 IS NULL OR EXISTS (SELECT 1 FROM auth_generation g \
+     WHERE g.id = 1 AND g.value = $20 AND g.work = $21)) RETURNING workspace_id) \
      INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, activity_type, \
      outcome, description, metadata, project_id, task_id, page_id, created_at, seq, hash) \
      SELECT u.id, head.workspace_id, u.actor_kind, u.actor_id, u.agent_id, u.activity_type, \
@@ -183,11 +186,13 @@ const APPEND_AFTER_HEAD: &str = "WITH head AS (\
 
 impl super::Store {
     /// On PostgreSQL, commits one workspace's `entries` in one statement after the head this
-    /// process last committed (see [`KnownHeads`]). Gives them back, untouched, when it cannot:
-    /// another database, several workspaces, no known head, or a head that moved.
+    /// process last committed (see [`KnownHeads`]), and with `expect`, only if the generations
+    /// are still those. Gives them back, untouched, when it cannot: another database, several
+    /// workspaces, no known head, a head that moved, or generations that did.
     pub(super) async fn append_after_known_head(
         &self,
         entries: Vec<ActivityEntry>,
+        expect: Option<Seen>,
     ) -> StoreResult<Option<Vec<ActivityEntry>>> {
         use sea_orm::sqlx;
         let Some(first) = entries.first() else {
@@ -234,6 +239,8 @@ impl super::Store {
             .bind(rows.iter().map(|m| m.created_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|m| m.seq).collect::<Vec<_>>())
             .bind(optional(|m| &m.hash))
+            .bind(expect.map(|s| s.auth))
+            .bind(expect.map(|s| s.work))
             .execute(lease.conn())
             .await;
         let inserted = lease.done(inserted)?.rows_affected();
@@ -241,7 +248,8 @@ impl super::Store {
             self.known_heads.learn([(ws, seq + n, head)]);
             return Ok(None);
         }
-        // Another writer moved the head: nothing was written (one statement, all or nothing).
+        // Another writer moved the head, or the generations moved: nothing was written (one
+        // statement, all or nothing), and the transaction tells which.
         self.known_heads.forget(&ws);
         Ok(Some(entries))
     }

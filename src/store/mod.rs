@@ -685,28 +685,45 @@ impl Store {
     /// as seen. On a SQLite file the whole transaction runs on this thread when it cannot wait
     /// (the file's write lock is free), else in one hand-off to a blocking thread
     /// (`direct::DirectWriter`); elsewhere it is a transaction like any other.
+    ///
+    /// With `expect`, the entries commit only if the generations are still those when the commit
+    /// reads them (decisions made on an unconfirmed caller, see
+    /// [`Store::unconfirmed_credential_view`]); if not, nothing is written and the entries come
+    /// back. A SQLite file's writer never checks, so there they always come back (no unconfirmed
+    /// caller is made there).
     pub async fn append_activity(
         &self,
         entries: Vec<ActivityEntry>,
         touches: Touches<'_>,
-    ) -> StoreResult<()> {
+        expect: Option<Seen>,
+    ) -> StoreResult<Option<Vec<ActivityEntry>>> {
         let Some(writer) = self.direct_writer.get().cloned() else {
             let entries = match touches {
-                ([], []) => match self.append_after_known_head(entries).await? {
+                ([], []) => match self.append_after_known_head(entries, expect).await? {
                     Some(entries) => entries,
-                    None => return Ok(()),
+                    None => return Ok(None),
                 },
                 _ => entries,
             };
             let tx = self.write().await?;
+            // Read inside the transaction that commits the entries: after every request whose
+            // decision they record arrived.
+            if let Some(expect) = expect
+                && tx.read_generations().await? != expect
+            {
+                return Ok(Some(entries));
+            }
             tx.insert_activities(entries).await?;
             tx.mark_seen(touches).await?;
-            return tx.commit().await;
+            return tx.commit().await.map(|()| None);
         };
+        if expect.is_some() {
+            return Ok(Some(entries));
+        }
         let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
         let turn = self.writer_turn().await?;
         let entries = match span.in_scope(|| writer.try_append(entries, touches)) {
-            Ok(written) => return written,
+            Ok(written) => return written.map(|()| None),
             Err(entries) => entries,
         };
         let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
@@ -716,7 +733,9 @@ impl Store {
         })
         .instrument(span)
         .await;
-        written.map_err(|e| StoreError::Unavailable(format!("audit append stopped: {e}")))?
+        written
+            .map_err(|e| StoreError::Unavailable(format!("audit append stopped: {e}")))?
+            .map(|()| None)
     }
 
     pub async fn close(self) {

@@ -396,3 +396,189 @@ async fn work_changed_by_the_cli_shows_in_the_very_next_read() {
 async fn work_changed_on_another_replica_shows_in_the_very_next_read() {
     no_stale_work(Via::Replica).await;
 }
+
+/// On PostgreSQL a key the snapshot holds is taken without reading the generations
+/// (`auth::agent_unconfirmed`), and a decision made on it stands only if its entry commits while
+/// they are still the ones it was made on (`AuditWriter::record_checked`). A change committed on
+/// another replica in between leaves the entry out, writes nothing of it, and the key checked
+/// again sees the change. On SQLite no key is taken unconfirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_current() {
+    use crate::support::*;
+    use parallax_mcp::auth::{self, AgentAuthError};
+    use parallax_mcp::domain::{ActivityEntry, ActorKind, new_id};
+
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let s = seed_workspace(&svc, "acme").await;
+    let read = [Permission::ReadTasks];
+    let (_, key) = approved_agent(&svc, &s.admin, "reader", &read).await;
+    approved_agent(&svc, &s.admin, "bystander", &read).await;
+    // A second store on the same database: another replica.
+    let replica = db.service().await;
+    let replica_admin = member(&replica, "acme", "admin").await;
+
+    // A confirmed authentication puts the key in the snapshot.
+    agent_caller(&svc, &key).await;
+    let Some(unconfirmed) = auth::agent_unconfirmed(svc.store(), key.expose()) else {
+        assert!(
+            !db.is_postgres(),
+            "on PostgreSQL a key the snapshot holds is taken unconfirmed"
+        );
+        return;
+    };
+    assert!(db.is_postgres(), "only PostgreSQL takes keys unconfirmed");
+    assert_eq!(unconfirmed.caller().agent_id(), "reader");
+    let entry = |what: &str| ActivityEntry {
+        id: new_id(),
+        workspace_id: s.ws().to_owned(),
+        actor_kind: ActorKind::Agent,
+        actor_id: "reader".into(),
+        agent_id: Some("reader".into()),
+        activity_type: "tool.call".into(),
+        outcome: Some("allowed".into()),
+        description: what.into(),
+        metadata: json!({ "tool": "agent_my_assignments" }),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    let writer = svc.writer();
+    assert!(
+        writer
+            .record_checked(entry("current"), unconfirmed.seen())
+            .await
+            .unwrap(),
+        "nothing changed: the decision commits"
+    );
+
+    // Another agent revoked on the replica: the generations move, so the entry is left out.
+    replica
+        .revoke_agent(&replica_admin, "bystander", "test")
+        .await
+        .unwrap();
+    assert!(
+        !writer
+            .record_checked(entry("stale"), unconfirmed.seen())
+            .await
+            .unwrap(),
+        "a decision made before a committed change must not stand"
+    );
+    // Entries that were not checked commit beside it as ever.
+    writer.record(entry("unchecked")).await.unwrap();
+
+    // Checked again, the key is still good, and decisions on the new snapshot commit.
+    agent_caller(&svc, &key).await;
+    let again = auth::agent_unconfirmed(svc.store(), key.expose()).expect("in the snapshot");
+    assert_ne!(again.seen(), unconfirmed.seen());
+    assert!(
+        writer
+            .record_checked(entry("again"), again.seen())
+            .await
+            .unwrap()
+    );
+
+    // The key's own agent revoked on the replica: the snapshot still holds the key approved,
+    // but nothing decided on it stands, and the key checked again is refused.
+    replica
+        .revoke_agent(&replica_admin, "reader", "test")
+        .await
+        .unwrap();
+    let stale = auth::agent_unconfirmed(svc.store(), key.expose()).expect("still in the snapshot");
+    assert!(
+        !writer
+            .record_checked(entry("after revocation"), stale.seen())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        agent_refusal(&svc, key.expose()).await,
+        AgentAuthError::KeyRevoked
+    );
+    assert!(
+        auth::agent_unconfirmed(svc.store(), key.expose()).is_none(),
+        "a refused key is not served unconfirmed"
+    );
+
+    let described: Vec<String> = all_activity(&svc, s.ws())
+        .await
+        .into_iter()
+        .filter(|e| e.activity_type == "tool.call")
+        .map(|e| e.description)
+        .collect();
+    for kept in ["current", "unchecked", "again"] {
+        assert!(
+            described.iter().any(|d| d == kept),
+            "{kept} missing: {described:?}"
+        );
+    }
+    for left in ["stale", "after revocation"] {
+        assert!(
+            !described.iter().any(|d| d == left),
+            "{left} written: {described:?}"
+        );
+    }
+    let report = svc.verify_chain(&s.workspace, None).await.unwrap();
+    assert!(report.intact, "{report:?}");
+}
+
+/// A key revoked by another process while this server's snapshot still holds it (on PostgreSQL
+/// it is taken unconfirmed at first): whatever the first request after the change — the read
+/// tool on its session or without one, a message the envelope refuses, another method, a new
+/// session — the answer is the refused key's 401, and the refusal is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_elsewhere_is_refused_before_its_request_is_looked_at() {
+    use crate::transport::{init_body, open_session, post};
+    let w = world().await;
+    let ws = w.admin.workspace().id.clone();
+    let read = [Permission::ReadTasks, Permission::ReadProjects];
+    let server = spawn_http(&w.db.url).await;
+    let changer = Changer::new(Via::Cli, &w.db.url).await;
+    let http = reqwest::Client::new();
+    let read_call = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "agent_my_assignments", "arguments": {} } });
+    let cases = [
+        ("the read tool on its session", true, read_call.clone()),
+        ("the read tool without a session", false, read_call.clone()),
+        (
+            "a message the envelope refuses",
+            true,
+            json!("not a message"),
+        ),
+        (
+            "another method",
+            true,
+            json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/list" }),
+        ),
+        ("a new session", false, init_body("2025-11-25")),
+    ];
+    for (i, (what, on_session, body)) in cases.iter().enumerate() {
+        // Each case is the first request after its own revocation: the first refusal brings
+        // the snapshot up to date.
+        let agent = format!("reader-{i}");
+        let key = approved_agent(&w.svc, &w.admin, &agent, &read).await;
+        let session = open_session(&http, &server.url, &key).await;
+        for _ in 0..2 {
+            let res = post(&http, &server.url, &key, Some(&session), &read_call)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{what}: warming up");
+        }
+        changer.revoke(&agent).await;
+        let before = crate::support::activity_of(&w.svc, &ws, "auth.refused")
+            .await
+            .len();
+        let session = on_session.then_some(session.as_str());
+        let res = post(&http, &server.url, &key, session, body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{what}");
+        let after = crate::support::activity_of(&w.svc, &ws, "auth.refused")
+            .await
+            .len();
+        assert_eq!(after, before + 1, "{what}: the refusal is audited");
+    }
+}
