@@ -233,6 +233,9 @@ impl Unconfirmed {
 /// say (see `Store::unconfirmed_credential_view`) or when it refuses the key, which then goes
 /// through [`agent`] to be refused on current data and audited.
 pub fn agent_unconfirmed(store: &Store, raw_key: &str) -> Option<Unconfirmed> {
+    if !store.takes_keys_unconfirmed() {
+        return None;
+    }
     let key = ApiKey::parse(raw_key).ok()?;
     let (view, seen) = store.unconfirmed_credential_view(&key.hash())?;
     if !view.key_hash.matches(&key) {

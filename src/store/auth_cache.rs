@@ -230,6 +230,11 @@ impl Store {
         Ok((pick(&mut state), seen))
     }
 
+    /// Whether [`Store::unconfirmed_credential_view`] can answer at all: on PostgreSQL.
+    pub fn takes_keys_unconfirmed(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
     /// On PostgreSQL, the API key whose hash is `hash` as the snapshot holds it, with the
     /// generations a request last read, and without reading them now: **unconfirmed**. A
     /// decision made on it stands only if its audit entry commits with a check that the
@@ -242,7 +247,7 @@ impl Store {
         &self,
         hash: &KeyHash,
     ) -> Option<(Arc<CredentialView>, Seen)> {
-        if self.db.get_database_backend() != DbBackend::Postgres {
+        if !self.takes_keys_unconfirmed() {
             return None;
         }
         let state = self.auth.lock();
