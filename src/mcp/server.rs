@@ -61,6 +61,8 @@ pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
 #[derive(Clone)]
 pub struct PendingAuth(pub Arc<Pending>);
 
+/// What [`PendingAuth`] carries: the unconfirmed caller, and what authenticating it again
+/// takes.
 pub struct Pending {
     pub unconfirmed: Unconfirmed,
     pub key: String,
