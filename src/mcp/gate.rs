@@ -229,6 +229,9 @@ impl Gate {
             self.audit().record_checked(allowed, unconfirmed.seen()),
             tools::my_assignments(&self.service, caller, input)
         );
+        if let Ok(committed) = audited {
+            crate::telemetry::metrics::unconfirmed_decision(committed);
+        }
         match audited {
             Ok(true) => Some(self.finish(caller, name, &args, result).await),
             Ok(false) => None,

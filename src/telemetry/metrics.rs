@@ -28,6 +28,7 @@ const RATE_LIMITED: &str = "parallax_rate_limited_total";
 const AUDIT_BATCH_SIZE: &str = "parallax_audit_batch_entries";
 const AUDIT_COMMIT_DURATION: &str = "parallax_audit_commit_duration_seconds";
 const AUDIT_BATCH_FAILURES: &str = "parallax_audit_batch_failures_total";
+const UNCONFIRMED_DECISIONS: &str = "parallax_unconfirmed_decisions_total";
 const OUTBOX_BACKLOG: &str = "parallax_outbox_backlog_events";
 const OUTBOX_OLDEST_AGE: &str = "parallax_outbox_oldest_undelivered_age_seconds";
 const WEBHOOK_DELIVERIES: &str = "parallax_webhook_deliveries_total";
@@ -108,6 +109,18 @@ pub fn audit_batch(entries: usize, took: Duration, ok: bool) {
     if !ok {
         counter!(AUDIT_BATCH_FAILURES).increment(1);
     }
+}
+
+/// One decision made on an unconfirmed key (PostgreSQL; `auth::Unconfirmed`): `committed` when
+/// its audit commit found the generations unchanged, `decided_again` when they had moved and the
+/// call went on to be decided on a confirmed caller.
+pub fn unconfirmed_decision(committed: bool) {
+    let outcome = if committed {
+        "committed"
+    } else {
+        "decided_again"
+    };
+    counter!(UNCONFIRMED_DECISIONS, "outcome" => outcome).increment(1);
 }
 
 /// One webhook attempt settled as `result`: `delivered`, `retry`, `failed` (given up) or

@@ -82,7 +82,7 @@ fn allowed_label(key: &str, value: &str) -> bool {
     ];
     match key {
         "tool" => tools.contains(&value),
-        "outcome" => ["allowed", "denied", "error"].contains(&value),
+        "outcome" => ["allowed", "denied", "error", "committed", "decided_again"].contains(&value),
         "transport" => ["http", "stdio"].contains(&value),
         "reason" => [
             "malformed",
@@ -188,6 +188,10 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
     for _ in 0..3 {
         ok(&client, "agent_my_assignments", json!({})).await;
     }
+    // Another agent approved: the authorization generation moves, so on PostgreSQL the next read,
+    // decided on the snapshot, is decided again on the store, and still answered.
+    approved_agent(&w.svc, &w.admin, "bystander", &[Permission::ReadTasks]).await;
+    ok(&client, "agent_my_assignments", json!({})).await;
     for _ in 0..2 {
         refused(&client, "agent_list_workspace", json!({})).await;
     }
@@ -225,8 +229,18 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
             calls,
             &[("tool", "agent_my_assignments"), ("outcome", "allowed")]
         ),
-        3.0
+        4.0
     );
+    // Only PostgreSQL takes keys unconfirmed: the three reads on a current snapshot commit as
+    // decided, the fourth is decided again.
+    let unconfirmed = "parallax_unconfirmed_decisions_total";
+    let (committed, again) = if w.db.is_postgres() {
+        (3.0, 1.0)
+    } else {
+        (0.0, 0.0)
+    };
+    assert_eq!(delta(unconfirmed, &[("outcome", "committed")]), committed);
+    assert_eq!(delta(unconfirmed, &[("outcome", "decided_again")]), again);
     assert_eq!(
         delta(
             calls,
@@ -251,14 +265,14 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         .filter(|((n, _), _)| n == calls)
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total, 6.0, "no other call was counted");
+    assert_eq!(total, 7.0, "no other call was counted");
     let latency = "parallax_tool_call_duration_seconds_count";
     assert_eq!(
         delta(
             latency,
             &[("tool", "agent_my_assignments"), ("transport", "http")]
         ),
-        3.0
+        4.0
     );
     assert_eq!(
         delta(
@@ -276,7 +290,7 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
                 ("le", "+Inf")
             ]
         ),
-        3.0
+        4.0
     );
     let refusals = "parallax_auth_refusals_total";
     assert_eq!(delta(refusals, &[("reason", "missing_credential")]), 1.0);
@@ -285,8 +299,8 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         delta("parallax_rate_limited_total", &[("limit", "failed_auth")]),
         1.0
     );
-    // 6 decisions were audited (3 allowed, 3 denied), in one or more batches.
-    assert!(delta("parallax_audit_batch_entries_sum", &[]) >= 6.0);
+    // 7 decisions were audited (4 allowed, 3 denied), in one or more batches.
+    assert!(delta("parallax_audit_batch_entries_sum", &[]) >= 7.0);
     assert!(delta("parallax_audit_batch_entries_count", &[]) >= 1.0);
     assert!(delta("parallax_audit_commit_duration_seconds_count", &[]) >= 1.0);
     assert!(after.get("parallax_db_pool_max_connections", &[]) >= 1.0);
