@@ -229,12 +229,14 @@ impl Gate {
             self.audit().record_checked(allowed, unconfirmed.seen()),
             tools::my_assignments(&self.service, caller, input)
         );
-        if let Ok(committed) = audited {
-            crate::telemetry::metrics::unconfirmed_decision(committed);
-        }
         match audited {
-            Ok(true) => Some(self.finish(caller, name, &args, result).await),
-            Ok(false) => None,
+            Ok(committed) => {
+                crate::telemetry::metrics::unconfirmed_decision(committed);
+                if !committed {
+                    return None;
+                }
+                Some(self.finish(caller, name, &args, result).await)
+            }
             Err(e) => Some(Err(GateError::Internal(format!(
                 "audit log unavailable: {e}"
             )))),

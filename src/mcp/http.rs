@@ -102,57 +102,59 @@ struct Pipeline {
 impl Pipeline {
     async fn run(&self, req: Request) -> Response {
         trace_request(self.envelope.max_body_bytes, req, |req| {
-            authenticate(&self.ctx, req, |req| async move {
-                let pending = req.extensions().get::<PendingAuth>().cloned();
-                let checked = std::sync::atomic::AtomicBool::new(false);
-                let res = super::envelope::check(&self.envelope, req, |req| {
-                    checked.store(true, std::sync::atomic::Ordering::Relaxed);
-                    // A plain call of the read tool on a session of the caller's (or none)
-                    // is decided unconfirmed; anything else is confirmed here.
-                    let unconfirmed_read = |req: &Request, pending: &Pending| {
-                        super::direct::may_decide_unconfirmed(req)
-                            && self
-                                .binder
-                                .sessions
-                                .would_pass(req, pending.unconfirmed.caller())
-                    };
-                    confirm(&self.ctx, req, unconfirmed_read, |req| {
-                        sessions::bind(&self.binder, req, |req| async move {
-                            let confirm_now = |pending: Arc<Pending>| async move {
-                                confirmed(&self.ctx, &pending).await
-                            };
-                            match super::direct::call(&self.direct, req, confirm_now).await {
-                                Ok(res) => res,
-                                Err(req) => {
-                                    confirm(
-                                        &self.ctx,
-                                        req,
-                                        |_, _| false,
-                                        |req| async move {
-                                            // Boxed: rmcp's future is large, and every request's
-                                            // future (boxed by the router) would be as large, and
-                                            // copied whole.
-                                            Box::pin(self.mcp.handle(req))
-                                                .await
-                                                .map(axum::body::Body::new)
-                                        },
-                                    )
-                                    .await
-                                }
-                            }
-                        })
-                    })
-                })
-                .await;
-                // The envelope refused the message before an unconfirmed key was confirmed: a
-                // refused key is answered (and audited) as such, as it is before the envelope.
-                if let Some(pending) = pending
-                    && !checked.load(std::sync::atomic::Ordering::Relaxed)
-                    && let Err(refused) = confirmed(&self.ctx, &pending.0).await
-                {
-                    return refused;
+            authenticate(&self.ctx, req, |req| self.enveloped(req))
+        })
+        .await
+    }
+
+    /// The envelope check, then [`Self::past_envelope`]. If the envelope refuses the message
+    /// before an unconfirmed key was confirmed, the key is checked then: a refused key is
+    /// answered (and audited) as such, as it is when the key is checked before the envelope.
+    async fn enveloped(&self, req: Request) -> Response {
+        let pending = req.extensions().get::<PendingAuth>().cloned();
+        let passed = std::sync::atomic::AtomicBool::new(false);
+        let res = super::envelope::check(&self.envelope, req, |req| {
+            passed.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.past_envelope(req)
+        })
+        .await;
+        if let Some(pending) = pending
+            && !passed.load(std::sync::atomic::Ordering::Relaxed)
+            && let Err(refused) = confirmed(&self.ctx, &pending.0).await
+        {
+            return refused;
+        }
+        res
+    }
+
+    /// An unconfirmed key confirmed unless the request is a plain call of the read tool on a
+    /// session of the caller's (or none); then the session's owner, and `mcp::direct` or rmcp
+    /// (which is never given an unconfirmed key).
+    async fn past_envelope(&self, req: Request) -> Response {
+        let unconfirmed_read = |req: &Request, pending: &Pending| {
+            super::direct::may_decide_unconfirmed(req)
+                && self
+                    .binder
+                    .sessions
+                    .would_pass(req, pending.unconfirmed.caller())
+        };
+        confirm(&self.ctx, req, unconfirmed_read, |req| {
+            sessions::bind(&self.binder, req, |req| async move {
+                let confirm_now =
+                    |pending: Arc<Pending>| async move { confirmed(&self.ctx, &pending).await };
+                match super::direct::call(&self.direct, req, confirm_now).await {
+                    Ok(res) => res,
+                    Err(req) => {
+                        // Boxed: rmcp's future is large, and every request's future (boxed by
+                        // the router) would be as large, and copied whole.
+                        let rmcp = |req| async move {
+                            Box::pin(self.mcp.handle(req))
+                                .await
+                                .map(axum::body::Body::new)
+                        };
+                        confirm(&self.ctx, req, |_, _| false, rmcp).await
+                    }
                 }
-                res
             })
         })
         .await
@@ -292,9 +294,8 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
     if is_key
         && let Some(unconfirmed) = auth::agent_unconfirmed(state.gate.service().store(), &token)
     {
-        if let Err(wait) = state.gate.limiter().check(unconfirmed.caller()) {
-            crate::telemetry::metrics::rate_limited("agent");
-            return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
+        if let Some(res) = over_rate(state, unconfirmed.caller()) {
+            return res;
         }
         let pending = Pending {
             unconfirmed,
@@ -308,9 +309,8 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
         Ok(caller) => caller,
         Err(res) => return res,
     };
-    if let Err(wait) = state.gate.limiter().check(&caller) {
-        crate::telemetry::metrics::rate_limited("agent");
-        return oauth::too_many_requests(wait, "rate limit exceeded for this agent");
+    if let Some(res) = over_rate(state, &caller) {
+        return res;
     }
     let mut req = if caller.is_narrowed() {
         match scope_check(state, &caller, req).await {
@@ -322,6 +322,17 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
     };
     req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
     next(req).await
+}
+
+/// The agent's request rate, counted once per request: the 429 (with `Retry-After`) when this
+/// request is over it.
+fn over_rate(state: &HttpContext, caller: &auth::AgentCaller) -> Option<Response> {
+    let wait = state.gate.limiter().check(caller).err()?;
+    crate::telemetry::metrics::rate_limited("agent");
+    Some(oauth::too_many_requests(
+        wait,
+        "rate limit exceeded for this agent",
+    ))
 }
 
 /// The bearer credential checked against the store (generations read): the caller, or the

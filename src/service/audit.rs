@@ -232,16 +232,16 @@ async fn write(
         // Decision entries alone: the store commits them in one go.
         let mut entries: Vec<ActivityEntry> = Vec::with_capacity(batch.len());
         // The generations the checked entries were decided on; those entries' places in the
-        // batch, and their ids.
+        // batch and in `entries`.
         let mut expect: Option<Seen> = None;
-        let mut checked: Vec<(usize, String)> = Vec::new();
+        let mut checked: Vec<(usize, usize)> = Vec::new();
         for (i, (work, ack)) in batch.iter_mut().enumerate() {
             match std::mem::replace(work, Work::Flush) {
                 Work::Entry(e) => entries.push(e),
                 Work::Entries(es) if !ack.is_closed() => entries.extend(es),
                 Work::Checked(e, seen) if expect.is_none_or(|x| x == seen) => {
                     expect = Some(seen);
-                    checked.push((i, e.id.clone()));
+                    checked.push((i, entries.len()));
                     entries.push(e);
                 }
                 // Decided on other generations than the batch's other checked entries: one
@@ -261,14 +261,16 @@ async fn write(
             remember(touched, agents, keys);
             return Ok(());
         };
-        // The generations moved: nothing was written. The checked entries are left out, the
-        // rest committed without them.
+        // The generations moved: nothing was written, and the entries came back as they went.
+        // The checked entries are left out, the rest committed without them.
         for (i, _) in &checked {
             batch[*i].0 = Work::Stale;
         }
         let rest: Vec<ActivityEntry> = back
             .into_iter()
-            .filter(|e| !checked.iter().any(|(_, id)| *id == e.id))
+            .enumerate()
+            .filter(|(at, _)| !checked.iter().any(|(_, c)| c == at))
+            .map(|(_, e)| e)
             .collect();
         if rest.is_empty() {
             return Ok(());
