@@ -68,6 +68,11 @@ impl Owner {
             agent_id: caller.agent_id().to_owned(),
         }
     }
+
+    /// `Owner::of(caller) == *self`, without building one.
+    fn is(&self, caller: &AgentCaller) -> bool {
+        self.workspace_id == caller.workspace_id() && self.agent_id == caller.agent_id()
+    }
 }
 
 /// rmcp's in-memory session manager plus the owner of each session, and the sleeping sessions.
@@ -584,7 +589,6 @@ impl SessionRegistry {
         self.lock().bound.values().filter(|b| b.asleep).count()
     }
 
-    /// The session's owner; marks the session used now.
     /// Whether [`bind`] would pass `req` on for `caller`: it names no session, or one of the
     /// caller's. A request on an unconfirmed key that it would not pass on is confirmed first, so
     /// that a refused key is refused before a session is looked up (`mcp::http::confirm`).
@@ -593,15 +597,13 @@ impl SessionRegistry {
             None => true,
             Some(Ok(id)) => {
                 let table = self.lock();
-                table
-                    .bound
-                    .get(id)
-                    .is_some_and(|b| b.owner == Owner::of(caller))
+                table.bound.get(id).is_some_and(|b| b.owner.is(caller))
             }
             Some(Err(_)) => false,
         }
     }
 
+    /// The session's owner; marks the session used now.
     fn owner(&self, id: &str) -> Option<Owner> {
         let mut table = self.lock();
         let bound = table.bound.get_mut(id)?;
