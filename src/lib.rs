@@ -52,7 +52,9 @@
 //!   `service::audit` is the group committer: the gate's decision entries and the writing tools'
 //!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
 //!   batch, and nobody is answered before their batch has committed. Before committing, it yields
-//!   so that calls already running can join the batch. A change that is only entries (a note
+//!   so that calls already running can join the batch. Under `serve` it runs on a thread and
+//!   runtime of its own, so that a commit's answer is taken up at once, not behind the workers'
+//!   tasks; under `stdio` it shares the one thread. A change that is only entries (a note
 //!   that names nothing, or one of the caller's tasks as its work snapshot shows them) is
 //!   submitted as entries, not as a job, and commits as decisions do.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also

@@ -5,7 +5,7 @@
 //! Here a connection is pinged only after it sat idle, and one that failed is dropped, so the
 //! next use opens another.
 
-use super::{StoreResult, sqlx_error};
+use super::{StoreError, StoreResult, sqlx_error};
 use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard};
@@ -47,7 +47,17 @@ impl Dedicated {
             *held = None;
         }
         if held.is_none() {
-            let conn = pool.acquire().await.map_err(sqlx_error)?.detach();
+            // Opened with the pool's options rather than taken from it: a connection's socket
+            // answers to the runtime that opened it, and the audit writer runs on a runtime of
+            // its own (`service::audit`), which must not wait on the workers' to hear back.
+            let options = pool.connect_options();
+            let conn = tokio::time::timeout(
+                pool.options().get_acquire_timeout(),
+                PgConnection::connect_with(&options),
+            )
+            .await
+            .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
+            .map_err(sqlx_error)?;
             *held = Some(Held {
                 conn,
                 used: Instant::now(),
