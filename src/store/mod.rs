@@ -571,28 +571,35 @@ impl Store {
 
     /// Round-trips to the database, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
-        let mut result = Ok(());
-        for _ in 0..self.probe_tries() {
-            result = self.db.ping().await;
-            if result.is_ok() {
-                break;
-            }
-        }
-        result.map_err(|e| StoreError::Unavailable(preflight::strip_source_line(&e.to_string())))
+        self.probe(|| self.db.ping())
+            .await
+            .map_err(|e| StoreError::Unavailable(preflight::strip_source_line(&e.to_string())))
     }
 
-    /// How many times a readiness probe asks. On PostgreSQL, a pooled connection whose backend
-    /// is gone (a restart, a killed backend) fails its first use and is closed as it is released;
-    /// it says nothing of the database, so a probe asks again, once for each connection the pool
-    /// may hold and once more, and reports a failure only when a fresh connection fails too.
-    fn probe_tries(&self) -> u32 {
-        match self.db.get_database_backend() {
+    /// Runs a readiness probe's `once` until it succeeds or has failed as often as a dead
+    /// connection can explain. On PostgreSQL, a pooled connection whose backend is gone (a
+    /// restart, a killed backend) fails its first use and is closed as it is released; it says
+    /// nothing of the database, so a probe asks again, once for each connection the pool may hold
+    /// and once more, and reports a failure only when a fresh connection fails too.
+    async fn probe<E, F: Future<Output = Result<(), E>>>(
+        &self,
+        mut once: impl FnMut() -> F,
+    ) -> Result<(), E> {
+        let tries = match self.db.get_database_backend() {
             DbBackend::Postgres => {
                 let pool = self.db.get_postgres_connection_pool();
                 pool.options().get_max_connections() + 1
             }
             _ => 1,
+        };
+        let mut result = once().await;
+        for _ in 1..tries {
+            if result.is_ok() {
+                break;
+            }
+            result = once().await;
         }
+        result
     }
 
     /// Commits a write that touches the database file, for readiness: on SQLite it rewrites the
@@ -600,14 +607,7 @@ impl Store {
     /// while the store cannot commit (disk full, read-only file, I/O error, lock timeout); on
     /// PostgreSQL it asks again as [`Store::ping`] does.
     pub async fn probe_write(&self) -> StoreResult<()> {
-        let mut result = Ok(());
-        for _ in 0..self.probe_tries() {
-            result = self.probe_write_once().await;
-            if result.is_ok() {
-                break;
-            }
-        }
-        result
+        self.probe(|| self.probe_write_once()).await
     }
 
     async fn probe_write_once(&self) -> StoreResult<()> {
