@@ -52,9 +52,10 @@
 //!   `service::audit` is the group committer: the gate's decision entries and the writing tools'
 //!   changes (each under a savepoint, so one refusal is undone alone) share one transaction per
 //!   batch, and nobody is answered before their batch has committed. Before committing, it yields
-//!   so that calls already running can join the batch. Under `serve` it runs on a thread and
-//!   runtime of its own, so that a commit's answer is taken up at once, not behind the workers'
-//!   tasks; under `stdio` it shares the one thread. A change that is only entries (a note
+//!   so that calls already running can join the batch. Under `serve` on PostgreSQL it runs on a
+//!   thread and runtime of its own, so that a commit's answer is taken up at once, not behind
+//!   the workers' tasks; on SQLite (whose commit is no round trip) it is a task on the workers,
+//!   and under `stdio` it shares the one thread. A change that is only entries (a note
 //!   that names nothing, or one of the caller's tasks as its work snapshot shows them) is
 //!   submitted as entries, not as a job, and commits as decisions do.
 //! - [`mcp`]: the MCP server (rmcp) — tool catalogue, the one `call_tool` gate (which also

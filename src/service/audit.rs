@@ -79,18 +79,21 @@ pub struct AuditWriter {
 impl AuditWriter {
     /// Starts the writer. It stops when every handle is dropped.
     ///
-    /// On a runtime with worker threads (`serve`), it runs on a thread and runtime of its own.
-    /// On the workers, a commit's answer waited behind every task ready to run (and its turns
-    /// behind them again) before the next batch went out, and the database sat idle meanwhile:
-    /// on PostgreSQL at c = 16, 0.30 ms between one commit's answer and the next batch, as long
-    /// as half the commit itself (docs/performance.md). On a thread of its own the kernel runs it
-    /// as soon as the answer arrives. A single-threaded runtime (`stdio`) keeps it, since stdio
-    /// runs on one thread so that a call does not cross threads.
+    /// On PostgreSQL under a runtime with worker threads (`serve`), it runs on a thread and
+    /// runtime of its own. On the workers, a commit's answer waited behind every task ready to run
+    /// (and its turns behind them again) before the next batch went out, and the database sat
+    /// idle meanwhile: at c = 16, 0.30 ms between one commit's answer and the next batch, as long
+    /// as half the commit itself; on a thread of its own the kernel runs it as soon as the answer
+    /// arrives (docs/performance.md). On SQLite a commit is no round trip, and there the thread
+    /// cost more than it saved: each batch then crossed threads twice, and reads at c = 16 took
+    /// a fifth more CPU. A single-threaded runtime (`stdio`) keeps it, since stdio runs on one
+    /// thread so that a call does not cross threads.
     pub fn spawn(store: Store) -> Self {
         let (tx, rx) = mpsc::channel::<Submission>(4096);
+        let own_thread = store.is_postgres()
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
         let run = run(store, rx);
-        let own_thread = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread;
         if !own_thread {
             tokio::spawn(run);
             return Self { tx };

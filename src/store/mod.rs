@@ -519,6 +519,11 @@ impl Store {
             .collect())
     }
 
+    /// Whether the database is a PostgreSQL server, whose commits are round trips.
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Postgres
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self.db.get_database_backend() {
             DbBackend::Sqlite => "sqlite",
