@@ -94,28 +94,31 @@ impl AuditWriter {
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
         let run = run(store, rx);
-        if !own_thread {
-            tokio::spawn(run);
-            return Self { tx };
-        }
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                tracing::warn!(error = %e, "the audit writer runs on the workers");
-                tokio::spawn(run);
-                return Self { tx };
+        let runtime = own_thread
+            .then(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .inspect_err(|e| {
+                        tracing::warn!(error = %e, "the audit writer runs on the workers");
+                    })
+                    .ok()
+            })
+            .flatten();
+        match runtime {
+            // Without its thread the writer is gone, and every call is refused, not answered
+            // unaudited.
+            Some(runtime) => {
+                if let Err(e) = std::thread::Builder::new()
+                    .name("parallax-audit".into())
+                    .spawn(move || runtime.block_on(run))
+                {
+                    tracing::error!(error = %e, "cannot start the audit writer's thread");
+                }
             }
-        };
-        // Without its thread the writer is gone, and every call is refused, not answered
-        // unaudited.
-        if let Err(e) = std::thread::Builder::new()
-            .name("parallax-audit".into())
-            .spawn(move || runtime.block_on(run))
-        {
-            tracing::error!(error = %e, "cannot start the audit writer's thread");
+            None => {
+                tokio::spawn(run);
+            }
         }
         Self { tx }
     }

@@ -232,7 +232,7 @@ impl Store {
 
     /// Whether [`Store::unconfirmed_credential_view`] can answer at all: on PostgreSQL.
     pub fn takes_keys_unconfirmed(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Postgres
+        self.is_postgres()
     }
 
     /// On PostgreSQL, the API key whose hash is `hash` as the snapshot holds it, with the
