@@ -199,9 +199,7 @@ impl super::Store {
             return Ok(None);
         };
         let ws = first.workspace_id.clone();
-        if self.db.get_database_backend() != sea_orm::DbBackend::Postgres
-            || entries.iter().any(|e| e.workspace_id != ws)
-        {
+        if !self.is_postgres() || entries.iter().any(|e| e.workspace_id != ws) {
             return Ok(Some(entries));
         }
         let Some((seq, hash)) = self.known_heads.get(&ws) else {

@@ -32,7 +32,7 @@ impl Store {
     /// until `stop`. Does nothing on SQLite (one process's commits wake it directly; other
     /// processes are seen by polling).
     pub fn listen_for_replicas(&self, stop: CancellationToken) {
-        if self.db.get_database_backend() != DbBackend::Postgres {
+        if !self.is_postgres() {
             return;
         }
         let pool = self.db.get_postgres_connection_pool().clone();
