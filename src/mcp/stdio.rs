@@ -21,8 +21,11 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Plain tool calls answered beside rmcp at once, at most (each holds a place for its answer).
 const ANSWERS_IN_FLIGHT: usize = 128;
 
-/// Answers ready together are written together, up to about this many bytes.
+/// Answers ready together are written together, up to about this many bytes,
 const BATCH_BYTES: usize = 256 * 1024;
+
+/// and this many answers (one `writev`, well below the kernel's 1,024 buffers).
+const BATCH_ANSWERS: usize = 64;
 
 /// Pipes between the real streams and rmcp; rmcp reads `reader` and writes `writer`.
 pub struct BoundedStdio {
@@ -169,6 +172,7 @@ async fn pump_output<W: AsyncWrite + Unpin>(
 ) {
     let mut from_rmcp = BufReader::new(from_rmcp);
     let mut line = Vec::new();
+    let mut ready: Vec<Bytes> = Vec::new();
     let (mut rmcp_open, mut answers_open) = (true, true);
     while rmcp_open || answers_open {
         tokio::select! {
@@ -192,16 +196,20 @@ async fn pump_output<W: AsyncWrite + Unpin>(
                     // Every answer ready now leaves in one write: a write per answer woke the
                     // client for each (a fifth of the server's profile with 32 in flight; this
                     // halved the pump's share, though CPU per call did not move beyond noise).
-                    let mut batch: Option<Vec<u8>> = None;
-                    while batch.as_ref().map_or(answer.len(), Vec::len) < BATCH_BYTES
+                    // A vectored write, as copying the answers into one buffer first took 2-3%
+                    // of the server's CPU at W = 32.
+                    let mut bytes = answer.len();
+                    ready.push(answer);
+                    while bytes < BATCH_BYTES
+                        && ready.len() < BATCH_ANSWERS
                         && let Ok(more) = answers.try_recv()
                     {
-                        batch
-                            .get_or_insert_with(|| answer.to_vec())
-                            .extend_from_slice(&more);
+                        bytes += more.len();
+                        ready.push(more);
                     }
-                    let out = batch.as_deref().unwrap_or(&answer);
-                    if output.write_all(out).await.is_err() || output.flush().await.is_err() {
+                    let written = write_all(&mut output, &ready).await;
+                    ready.clear();
+                    if written.is_err() || output.flush().await.is_err() {
                         break;
                     }
                 }
@@ -212,4 +220,86 @@ async fn pump_output<W: AsyncWrite + Unpin>(
     // The input stops with the output, whichever way it ended.
     rmcp_done.cancel();
     let _ = output.flush().await;
+}
+
+/// Writes every buffer of `bufs`, in order, in as few vectored writes as `output` takes.
+async fn write_all<W: AsyncWrite + Unpin>(output: &mut W, bufs: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> =
+        bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = output.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most `step` bytes a write, vectored or not, as a full pipe may.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.step {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_written_in_part_arrive_whole_and_in_order() {
+        let answers: Vec<Bytes> = (0..20)
+            .map(|i| Bytes::from(format!("{{\"id\":{i},\"result\":{{}}}}\n")))
+            .collect();
+        let mut out = Trickle {
+            got: Vec::new(),
+            step: 7,
+        };
+        write_all(&mut out, &answers).await.unwrap();
+        assert_eq!(out.got, answers.concat());
+    }
 }
