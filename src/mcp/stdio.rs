@@ -21,10 +21,10 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
 /// Plain tool calls answered beside rmcp at once, at most (each holds a place for its answer).
 const ANSWERS_IN_FLIGHT: usize = 128;
 
-/// Answers ready together are written together, up to about this many bytes,
+/// Answers ready together are written together, up to about this many bytes in one write.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// and this many answers (one `writev`, well below the kernel's 1,024 buffers).
+/// The most answers one write takes: one `writev` buffer each, well below the kernel's 1,024.
 const BATCH_ANSWERS: usize = 64;
 
 /// Pipes between the real streams and rmcp; rmcp reads `reader` and writes `writer`.
