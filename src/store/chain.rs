@@ -188,7 +188,8 @@ impl super::Store {
     /// On PostgreSQL, commits one workspace's `entries` in one statement after the head this
     /// process last committed (see [`KnownHeads`]), and with `expect`, only if the generations
     /// are still those. Gives them back, untouched, when it cannot: another database, several
-    /// workspaces, no known head, a head that moved, or generations that did.
+    /// workspaces, no known head, a head that moved, generations that did, or a connection that
+    /// was gone.
     pub(super) async fn append_after_known_head(
         &self,
         entries: Vec<ActivityEntry>,
@@ -241,6 +242,17 @@ impl super::Store {
             .bind(expect.map(|s| s.work))
             .execute(lease.conn())
             .await;
+        if let Err(e) = &inserted
+            && super::connection_lost(e)
+        {
+            // The connection went (dropped with the unfinished lease). The transaction path sends
+            // the batch again after the head it reads; had this statement committed after all,
+            // the entries' ids would refuse them there, so nothing is written twice.
+            tracing::debug!(error = %e, "the appending connection was gone; appending through the pool");
+            drop(lease);
+            self.known_heads.forget(&ws);
+            return Ok(Some(entries));
+        }
         let inserted = lease.done(inserted)?.rows_affected();
         if inserted == n as u64 {
             self.known_heads.learn([(ws, seq + n, head)]);

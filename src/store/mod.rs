@@ -86,6 +86,31 @@ fn sqlx_error(e: sea_orm::sqlx::Error) -> StoreError {
     }
 }
 
+/// Whether `e` says the connection is gone: a socket error, or PostgreSQL ending the session
+/// (class 57P: an administrator, a crash or a shutdown; class 08: a connection exception). A
+/// statement that failed so may have run or not; a `BEGIN` that failed so left nothing behind.
+fn connection_lost(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::Io(_) => true,
+        E::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// [`connection_lost`] for an error SeaORM passed on.
+fn db_connection_lost(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr::SqlxError;
+    match e {
+        DbErr::Conn(SqlxError(e)) | DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) => {
+            connection_lost(e)
+        }
+        _ => false,
+    }
+}
+
 impl From<DbErr> for StoreError {
     fn from(e: DbErr) -> Self {
         let text = preflight::strip_source_line(&e.to_string());
@@ -667,7 +692,30 @@ impl Store {
         let span = crate::telemetry::traces::child_span(|| {
             tracing::info_span!("store.begin", mode = "read")
         });
-        Ok(self.tx(self.db.begin().instrument(span).await?))
+        let tx = match self.db.get_database_backend() {
+            DbBackend::Postgres => self.begin_live().instrument(span).await?,
+            _ => self.db.begin().instrument(span).await?,
+        };
+        Ok(self.tx(tx))
+    }
+
+    /// A transaction begun on PostgreSQL. A pooled connection whose backend is gone (a restart,
+    /// a killed backend, a proxy that dropped it) fails its first use and is closed as it is
+    /// released; that says nothing of the database and must not fail a call. A `BEGIN` that
+    /// failed so left nothing behind, so it is sent again on another connection, once for each
+    /// connection the pool may hold: the last try gets a new one.
+    async fn begin_live(&self) -> Result<DatabaseTransaction, DbErr> {
+        let pool = self.db.get_postgres_connection_pool();
+        let mut dead = 0;
+        loop {
+            match self.db.begin().await {
+                Err(e) if dead < pool.options().get_max_connections() && db_connection_lost(&e) => {
+                    dead += 1;
+                    tracing::debug!(error = %e, "a pooled connection was gone; beginning on another");
+                }
+                begun => return begun,
+            }
+        }
     }
 
     /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
@@ -692,7 +740,7 @@ impl Store {
                         .await?;
                     (tx, Some(turn))
                 }
-                _ => (self.db.begin().await?, None),
+                _ => (self.begin_live().await?, None),
             })
         };
         let (tx, turn) = begin.instrument(span).await?;

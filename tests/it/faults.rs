@@ -436,6 +436,62 @@ async fn postgres_backends_killed_and_statements_timed_out_lose_nothing_acknowle
     drop(server);
 }
 
+/// A backend killed between calls (PostgreSQL restarted, a proxy that drops idle connections)
+/// costs no call: the server's connections die unseen, a transaction whose `BEGIN` finds its
+/// connection gone begins on another, and an audit batch whose connection is gone is appended
+/// through the pool. Each round kills every backend, then calls the read tool (the audit
+/// writer's append), lists the workspace (a read transaction), writes a note and reads again,
+/// all within the second after which an idle connection is pinged before use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_backend_killed_between_calls_fails_no_call() {
+    let db = TestDb::new().await;
+    if !db.is_postgres() {
+        return; // PostgreSQL only.
+    }
+    let (svc, ws, key) = seeded(db.store().await).await;
+    let server = spawn_http(&db.url).await;
+    let admin = admin_conn(&db).await;
+    let client = http_client(&server.url, &key, ProtocolVersion::V_2025_11_25).await;
+    let mut logged = Vec::new();
+    for round in 0..5 {
+        // Every connection the server holds has just been used.
+        crate::support::server::ok(&client, "agent_my_assignments", json!({})).await;
+        kill_backends(&admin).await;
+        let tools = [
+            "agent_my_assignments",
+            "agent_list_workspace",
+            "agent_log_activity",
+            "agent_my_assignments",
+        ];
+        for (i, tool) in tools.into_iter().enumerate() {
+            let args = if tool == "agent_log_activity" {
+                json!({ "type": "note", "description": format!("round {round}") })
+            } else {
+                json!({})
+            };
+            let res = call(&client, tool, args)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, call {i} ({tool}) failed: {e}"));
+            assert_ne!(res.is_error, Some(true), "round {round}, {tool}: {res:?}");
+            if tool == "agent_log_activity" {
+                let id = res.structured_content.as_ref().unwrap()["activityId"]
+                    .as_str()
+                    .expect("an activityId");
+                logged.push(id.to_owned());
+            }
+        }
+    }
+    let stored: HashSet<String> = all_activity(&svc, &ws)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    for id in &logged {
+        assert!(stored.contains(id), "acknowledged note {id} is stored");
+    }
+    drop(server);
+}
+
 // ---- 2. idle sockets ----
 
 /// `n` sockets that never send a byte, from `127.0.0.2…` (spread over addresses like a botnet
