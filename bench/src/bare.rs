@@ -2,7 +2,7 @@
 //! authentication, no store: what an MCP call costs before any gate.
 //!
 //!     bare-echo http 127.0.0.1:0 [ANSWER]   # prints "listening on http://ADDR/mcp"
-//!     bare-echo stdio
+//!     bare-echo stdio [ANSWER]
 //!
 //! With `ANSWER` (a file holding a JSON object, read at the first call), a second tool, `answer`,
 //! returns that object as its structured content, as a server keeping a tool's answer in memory
@@ -37,6 +37,13 @@ struct Answer {
 }
 
 impl Answer {
+    fn at(path: &str) -> Arc<Answer> {
+        Arc::new(Answer {
+            path: path.into(),
+            value: std::sync::OnceLock::new(),
+        })
+    }
+
     fn get(&self) -> Result<&Value, ErrorData> {
         let read = || -> Result<Value, String> {
             let text = std::fs::read_to_string(&self.path).map_err(|e| e.to_string())?;
@@ -116,19 +123,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("stdio") => {
             // rmcp's pipe transport, as `parallax-mcp stdio` uses: the baseline gets the same
             // reads and writes on the IO reactor, not a blocking-pool hand-off per message.
-            let running = Echo { answer: None }
-                .serve(rmcp::transport::stdio_pipes())
-                .await?;
+            let running = Echo {
+                answer: args.get(1).map(|path| Answer::at(path)),
+            }
+            .serve(rmcp::transport::stdio_pipes())
+            .await?;
             running.waiting().await?;
         }
         Some("http") => {
             let addr = args.get(1).map(String::as_str).unwrap_or("127.0.0.1:0");
-            let answer = args.get(2).map(|path| {
-                Arc::new(Answer {
-                    path: path.into(),
-                    value: std::sync::OnceLock::new(),
-                })
-            });
+            let answer = args.get(2).map(|path| Answer::at(path));
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let service = StreamableHttpService::new(
                 move || {
@@ -149,7 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             axum::serve(listener, app).await?;
         }
-        _ => return Err("usage: bare-echo http [ADDR [ANSWER]] | bare-echo stdio".into()),
+        _ => return Err("usage: bare-echo http [ADDR [ANSWER]] | bare-echo stdio [ANSWER]".into()),
     }
     Ok(())
 }

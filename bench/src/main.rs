@@ -9,8 +9,8 @@
 //! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
 //! measures the bare baselines and then every parallax row, so the machine's noise hits both.
 //! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
-//! Bare also serves the read tool's answer from memory (its `answer` tool), and the read is set
-//! beside that row too: what the gate adds to the same payload.
+//! Bare also serves the read tool's answer from memory (its `answer` tool, over HTTP and stdio),
+//! and the read is set beside those rows too: what the gate adds to the same payload.
 //! Before the load, the memory an open session holds: RSS growth over 200 sessions just opened and
 //! after 3 idle seconds, then over 200 more on top of them, idle 3 s (what one more session costs
 //! once the process has run the code and grown the tables every session uses)
@@ -949,6 +949,9 @@ async fn access_token(mcp_url: &str, key: &str) -> Result<String> {
 /// The bare row serving the read tool's answer, and the read row compared with it.
 const SAME_ANSWER: &str = "bare rmcp, the read tool's answer from memory";
 const READ: &str = "agent_my_assignments, API key";
+/// The same pair on stdio.
+const SAME_ANSWER_STDIO: &str = "bare rmcp, the read tool's answer from memory, stdio";
+const READ_STDIO: &str = "stdio, agent_my_assignments";
 
 /// The median over repetitions of `f(ours) / f(base)`, each rep against its own baseline.
 fn rep_ratio(ours: &[Sample], base: &[Sample], f: &dyn Fn(&Sample) -> f64) -> f64 {
@@ -1253,7 +1256,24 @@ async fn main() -> Result<()> {
             ));
         }
     }
-    for w in if o.smoke { vec![2] } else { vec![1, 32] } {
+    for w in o.c(&[1, 32]) {
+        let (bin, answer, call) = (
+            bare_bin.clone(),
+            answer_file.clone(),
+            Call::tool("answer", json!({})),
+        );
+        jobs.push((
+            SAME_ANSWER_STDIO.to_owned(),
+            w,
+            Baseline::Stdio(w),
+            Box::new(move || {
+                let mut cmd = Command::new(&bin);
+                cmd.arg("stdio").arg(&answer);
+                Measure::Stdio(cmd, call.clone())
+            }),
+        ));
+    }
+    for w in o.c(&[1, 32]) {
         let (bin, db, key, read) = (
             target.bin.to_owned(),
             target.db.to_owned(),
@@ -1261,7 +1281,7 @@ async fn main() -> Result<()> {
             read.clone(),
         );
         jobs.push((
-            format!("stdio, agent_my_assignments, W={w}"),
+            format!("{READ_STDIO}, W={w}"),
             w,
             Baseline::Stdio(w),
             Box::new(move || {
@@ -1404,15 +1424,23 @@ async fn main() -> Result<()> {
         );
     }
     // The read beside bare serving the same answer, rep by rep.
-    for c in o.c(&[16, 64]) {
+    let http = o
+        .c(&[16, 64])
+        .into_iter()
+        .map(|c| (READ, READ.to_owned(), SAME_ANSWER, "c", c));
+    let stdio = o.c(&[1, 32]).into_iter().map(|w| {
+        let label = format!("{READ_STDIO}, W={w}");
+        (READ_STDIO, label, SAME_ANSWER_STDIO, "W", w)
+    });
+    for (name, read_label, same_label, what, c) in http.chain(stdio) {
         let find = |label: &str| rows.iter().find(|r| r.label == label && r.c == c);
-        let (Some(read), Some(same)) = (find(READ), find(SAME_ANSWER)) else {
+        let (Some(read), Some(same)) = (find(&read_label), find(same_label)) else {
             continue;
         };
         let ratio = |f: &dyn Fn(&Sample) -> f64| rep_ratio(&read.samples, &same.samples, f);
         println!(
-            "\n{READ}, c = {c}, against bare rmcp returning the same answer: {:.2}× its calls/s, \
-             p99 {:.1}×, CPU per call {:.1}×",
+            "\n{name}, {what} = {c}, against bare rmcp returning the same answer: {:.2}× its \
+             calls/s, p99 {:.1}×, CPU per call {:.1}×",
             ratio(&Sample::per_sec),
             ratio(&|s: &Sample| s.pct(0.99)),
             ratio(&Sample::cpu_per_call_us),
