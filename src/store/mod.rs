@@ -615,13 +615,7 @@ impl Store {
         &self,
         mut once: impl FnMut() -> F,
     ) -> Result<(), E> {
-        let tries = match self.db.get_database_backend() {
-            DbBackend::Postgres => {
-                let pool = self.db.get_postgres_connection_pool();
-                pool.options().get_max_connections() + 1
-            }
-            _ => 1,
-        };
+        let tries = self.dead_connections_possible() + 1;
         let mut result = once().await;
         for _ in 1..tries {
             if result.is_ok() {
@@ -692,24 +686,34 @@ impl Store {
         let span = crate::telemetry::traces::child_span(|| {
             tracing::info_span!("store.begin", mode = "read")
         });
-        let tx = match self.db.get_database_backend() {
-            DbBackend::Postgres => self.begin_live().instrument(span).await?,
-            _ => self.db.begin().instrument(span).await?,
-        };
-        Ok(self.tx(tx))
+        Ok(self.tx(self.begin_live().instrument(span).await?))
     }
 
-    /// A transaction begun on PostgreSQL. A pooled connection whose backend is gone (a restart,
-    /// a killed backend, a proxy that dropped it) fails its first use and is closed as it is
-    /// released; that says nothing of the database and must not fail a call. A `BEGIN` that
-    /// failed so left nothing behind, so it is sent again on another connection, once for each
-    /// connection the pool may hold: the last try gets a new one.
+    /// How many pooled connections may have lost their backend unseen: on PostgreSQL, as many
+    /// as the pool may hold (a restart or a killed backend ends them all); none on SQLite, whose
+    /// connections are files.
+    fn dead_connections_possible(&self) -> u32 {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => self
+                .db
+                .get_postgres_connection_pool()
+                .options()
+                .get_max_connections(),
+            _ => 0,
+        }
+    }
+
+    /// A transaction begun on the pool. On PostgreSQL a pooled connection whose backend is gone
+    /// (a restart, a killed backend, a proxy that dropped it) fails its first use and is closed
+    /// as it is released; that says nothing of the database and must not fail a call. A `BEGIN`
+    /// that failed so left nothing behind, so it is sent again on another connection, once for
+    /// each connection the pool may hold: the last try gets a new one.
     async fn begin_live(&self) -> Result<DatabaseTransaction, DbErr> {
-        let pool = self.db.get_postgres_connection_pool();
+        let may_be_dead = self.dead_connections_possible();
         let mut dead = 0;
         loop {
             match self.db.begin().await {
-                Err(e) if dead < pool.options().get_max_connections() && db_connection_lost(&e) => {
+                Err(e) if dead < may_be_dead && db_connection_lost(&e) => {
                     dead += 1;
                     tracing::debug!(error = %e, "a pooled connection was gone; beginning on another");
                 }
