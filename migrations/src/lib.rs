@@ -1,6 +1,8 @@
 //! Schema migrations for parallax-mcp.
 //!
-//! Written with SeaQuery builders only, so one migration runs unchanged on SQLite and PostgreSQL.
+//! Written with SeaQuery builders, so one migration runs unchanged on SQLite and PostgreSQL; the
+//! one exception (`m20261206_100000_activity_workspace_key`) changes a table's key, which each
+//! database does its own way.
 //! Migrations never import the application's entities: the schema here is the source of truth.
 
 pub use sea_orm_migration::prelude::*;
@@ -23,6 +25,7 @@ mod m20261203_400000_activity_indexes;
 mod m20261204_100000_activity_partial_indexes;
 mod m20261204_200000_activity_unchained_index;
 mod m20261205_100000_activity_actor_index;
+mod m20261206_100000_activity_workspace_key;
 
 pub struct Migrator;
 
@@ -46,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_100000_activity_partial_indexes::Migration),
             Box::new(m20261204_200000_activity_unchained_index::Migration),
             Box::new(m20261205_100000_activity_actor_index::Migration),
+            Box::new(m20261206_100000_activity_workspace_key::Migration),
         ]
     }
 }

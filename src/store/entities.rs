@@ -198,9 +198,11 @@ pub mod activity {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "activity")]
     pub struct Model {
+        /// Keyed by (workspace, id): every read names its workspace.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub workspace_id: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
-        pub workspace_id: String,
         pub actor_kind: String,
         pub actor_id: String,
         pub agent_id: Option<String>,

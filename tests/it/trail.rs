@@ -388,6 +388,23 @@ async fn a_filter_on_an_actor_finds_all_its_entries_through_two_indexes() {
     let by_others = format!(
         r#"SELECT "activity"."id" FROM "activity" WHERE "activity"."workspace_id" = '{ws}' AND "activity"."actor_id" = 'bot' AND ("actor_kind" <> 'agent' OR "agent_id" IS NULL OR "agent_id" <> "actor_id") ORDER BY "activity"."id" DESC LIMIT 50"#
     );
+    if w.db.is_postgres() {
+        // PostgreSQL plans from statistics: on a handful of rows, reading the workspace's key
+        // backwards and filtering costs the same as any index. A trail where the actor is a few
+        // entries among thousands (those of another agent, whose seqs are out of the way) asks
+        // the planner what it would do on a real one.
+        exec(
+            &conn,
+            &format!(
+                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
+                 activity_type, outcome, description, metadata, created_at, seq, hash) \
+                 SELECT 'filler-' || g, '{ws}', 'agent', 'other', 'other', 'tool.call', \
+                 'allowed', '', '{{}}', now(), 1000000 + g, 'x' FROM generate_series(1, 5000) g"
+            ),
+        )
+        .await;
+        exec(&conn, "ANALYZE activity").await;
+    }
     for (query, index) in [
         (by_agent, "ix_activity_agent"),
         (by_others, "ix_activity_actor"),
@@ -656,6 +673,130 @@ async fn the_migration_chains_entries_written_before_it() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["headSeq"], 4);
     assert_eq!(report["verified"], 4);
+}
+
+/// Every activity row, each as one line of all its columns, in (workspace, id) order.
+async fn activity_rows(conn: &DatabaseConnection) -> Vec<String> {
+    let sql = "SELECT id || '|' || workspace_id || '|' || actor_kind || '|' || actor_id || '|' || \
+               COALESCE(agent_id, '-') || '|' || activity_type || '|' || COALESCE(outcome, '-') || \
+               '|' || description || '|' || metadata || '|' || COALESCE(project_id, '-') || '|' || \
+               COALESCE(task_id, '-') || '|' || COALESCE(page_id, '-') || '|' || created_at || \
+               '|' || COALESCE(seq, -1) || '|' || COALESCE(hash, '-') AS r \
+               FROM activity ORDER BY workspace_id, id";
+    conn.query_all_raw(Statement::from_string(
+        conn.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.try_get::<String>("", "r").unwrap())
+    .collect()
+}
+
+/// The activity table's indexes, name and definition, and its own definition on SQLite.
+async fn activity_schema(conn: &DatabaseConnection) -> Vec<String> {
+    let sql = match conn.get_database_backend() {
+        DbBackend::Sqlite => {
+            "SELECT type || ' ' || name || ': ' || sql AS d FROM sqlite_master \
+             WHERE tbl_name = 'activity' AND sql IS NOT NULL ORDER BY type, name"
+        }
+        _ => {
+            "SELECT 'index ' || indexname || ': ' || indexdef AS d FROM pg_indexes \
+             WHERE tablename = 'activity' ORDER BY indexname"
+        }
+    };
+    conn.query_all_raw(Statement::from_string(
+        conn.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.try_get::<String>("", "d").unwrap())
+    .collect()
+}
+
+/// The migration that keys the activity table by (workspace, id) keeps every row as it was and
+/// every other index, drops the index the key makes redundant, and leaves a chain that verifies
+/// and goes on growing.
+#[tokio::test]
+async fn keying_the_trail_by_workspace_keeps_every_entry_and_the_chain() {
+    let db = TestDb::new().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    const KEYED: &str = "m20261206_100000_activity_workspace_key";
+    let pending = store.pending_migrations().await.unwrap();
+    let at = pending.iter().position(|m| m == KEYED).unwrap();
+    store.migrate_steps(at as u32).await.unwrap();
+    // A trail written by the service on the schema before: tasks and an agent's approval.
+    let svc = Service::new(store.clone());
+    let s = seed_workspace(&svc, "acme").await;
+    for i in 0..20 {
+        svc.create_task(&s.admin, &s.project.id, &format!("task {i}"), "")
+            .await
+            .unwrap();
+    }
+    approved_agent(&svc, &s.admin, "bot", &[Permission::ReadTasks]).await;
+    let conn = raw(&db).await;
+    let before = activity_rows(&conn).await;
+    let schema_before = activity_schema(&conn).await;
+    assert!(before.len() > 20, "{before:?}");
+    assert!(
+        schema_before
+            .iter()
+            .any(|d| d.contains("ix_activity_workspace")),
+        "{schema_before:?}"
+    );
+
+    assert_eq!(store.migrate_steps(1).await.unwrap(), [KEYED]);
+    assert_eq!(activity_rows(&conn).await, before);
+    let schema = activity_schema(&conn).await;
+    let kept: Vec<&String> = schema_before
+        .iter()
+        .filter(|d| d.starts_with("index ") && !d.contains("ix_activity_workspace"))
+        .filter(|d| !d.contains("activity_pkey") && !d.contains("sqlite_autoindex"))
+        .collect();
+    for d in &kept {
+        assert!(schema.contains(d), "{d} is gone: {schema:?}");
+    }
+    assert!(kept.len() >= 8, "{kept:?}");
+    assert!(
+        !schema.iter().any(|d| d.contains("ix_activity_workspace")),
+        "{schema:?}"
+    );
+    let key = match conn.get_database_backend() {
+        DbBackend::Sqlite => r#"PRIMARY KEY ("workspace_id", "id"))"#,
+        _ => "activity_pkey ON public.activity USING btree (workspace_id, id)",
+    };
+    assert!(schema.iter().any(|d| d.contains(key)), "{schema:?}");
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    let head = report["headSeq"].as_i64().unwrap();
+    assert_eq!(head, before.len() as i64, "{report}");
+
+    // The chain goes on from where it was, through the pool and the audit writer alike.
+    svc.create_task(&s.admin, &s.project.id, "after", "")
+        .await
+        .unwrap();
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["headSeq"], head + 1, "{report}");
+    // An id appears once per workspace, as before.
+    let first = before[0].split('|').next().unwrap().to_owned();
+    let dup = conn
+        .execute_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!(
+                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, activity_type, \
+                 description, metadata, created_at) SELECT id, workspace_id, actor_kind, \
+                 actor_id, activity_type, description, metadata, created_at FROM activity \
+                 WHERE id = '{first}'"
+            ),
+        ))
+        .await;
+    assert!(dup.is_err(), "a second row with id {first} was written");
+    store.migrate().await.unwrap();
+    store.close().await;
 }
 
 // ---- grants that expire ----
