@@ -795,6 +795,28 @@ async fn keying_the_trail_by_workspace_keeps_every_entry_and_the_chain() {
         ))
         .await;
     assert!(dup.is_err(), "a second row with id {first} was written");
+
+    // Down and up again: the rows stay as they are each way, and so does the chain.
+    use migrations::MigratorTrait;
+    let after = activity_rows(&conn).await;
+    migrations::Migrator::down(&conn, Some(1)).await.unwrap();
+    assert_eq!(activity_rows(&conn).await, after);
+    // Indexes by their definitions (SQLite keeps a table's own text as it was last written).
+    let indexes = |schema: Vec<String>| -> Vec<String> {
+        schema
+            .into_iter()
+            .filter(|d| d.starts_with("index "))
+            .collect()
+    };
+    assert_eq!(
+        indexes(activity_schema(&conn).await),
+        indexes(schema_before.clone())
+    );
+    migrations::Migrator::up(&conn, Some(1)).await.unwrap();
+    assert_eq!(activity_rows(&conn).await, after);
+    assert_eq!(activity_schema(&conn).await, schema);
+    let (code, report) = verify(&db, &[]).await;
+    assert_eq!(code, 0, "{report}");
     store.migrate().await.unwrap();
     store.close().await;
 }
