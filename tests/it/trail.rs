@@ -683,15 +683,7 @@ async fn activity_rows(conn: &DatabaseConnection) -> Vec<String> {
                COALESCE(task_id, '-') || '|' || COALESCE(page_id, '-') || '|' || created_at || \
                '|' || COALESCE(seq, -1) || '|' || COALESCE(hash, '-') AS r \
                FROM activity ORDER BY workspace_id, id";
-    conn.query_all_raw(Statement::from_string(
-        conn.get_database_backend(),
-        sql.to_owned(),
-    ))
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.try_get::<String>("", "r").unwrap())
-    .collect()
+    texts(conn, sql, "r").await
 }
 
 /// The activity table's indexes, name and definition, and its own definition on SQLite.
@@ -706,6 +698,11 @@ async fn activity_schema(conn: &DatabaseConnection) -> Vec<String> {
              WHERE tablename = 'activity' ORDER BY indexname"
         }
     };
+    texts(conn, sql, "d").await
+}
+
+/// The text column `column` of every row `sql` returns.
+async fn texts(conn: &DatabaseConnection, sql: &str, column: &str) -> Vec<String> {
     conn.query_all_raw(Statement::from_string(
         conn.get_database_backend(),
         sql.to_owned(),
@@ -713,7 +710,7 @@ async fn activity_schema(conn: &DatabaseConnection) -> Vec<String> {
     .await
     .unwrap()
     .iter()
-    .map(|row| row.try_get::<String>("", "d").unwrap())
+    .map(|row| row.try_get::<String>("", column).unwrap())
     .collect()
 }
 
