@@ -31,38 +31,38 @@ impl MigrationTrait for Migration {
     }
 
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        match m.get_database_backend() {
-            DbBackend::Sqlite => rebuild(m, true).await,
-            _ => {
-                let db = m.get_connection();
-                db.execute_unprepared(r#"ALTER TABLE "activity" DROP CONSTRAINT "activity_pkey""#)
-                    .await?;
-                db.execute_unprepared(
-                    r#"ALTER TABLE "activity" ADD CONSTRAINT "activity_pkey" PRIMARY KEY ("workspace_id", "id")"#,
-                )
-                .await?;
-                db.execute_unprepared(r#"DROP INDEX "ix_activity_workspace""#)
-                    .await
-                    .map(drop)
-            }
-        }
+        set_key(m, true).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        match m.get_database_backend() {
-            DbBackend::Sqlite => rebuild(m, false).await,
-            _ => {
-                let db = m.get_connection();
-                db.execute_unprepared(r#"ALTER TABLE "activity" DROP CONSTRAINT "activity_pkey""#)
-                    .await?;
-                db.execute_unprepared(
-                    r#"ALTER TABLE "activity" ADD CONSTRAINT "activity_pkey" PRIMARY KEY ("id")"#,
-                )
-                .await?;
-                db.execute_unprepared(WORKSPACE_INDEX).await.map(drop)
-            }
-        }
+        set_key(m, false).await
     }
+}
+
+/// Keys `activity` by (workspace, id) and drops the index that makes redundant
+/// (`by_workspace`), or keys it by `id` again beside that index.
+async fn set_key(m: &SchemaManager<'_>, by_workspace: bool) -> Result<(), DbErr> {
+    if m.get_database_backend() == DbBackend::Sqlite {
+        return rebuild(m, by_workspace).await;
+    }
+    let db = m.get_connection();
+    let key = if by_workspace {
+        r#""workspace_id", "id""#
+    } else {
+        r#""id""#
+    };
+    db.execute_unprepared(r#"ALTER TABLE "activity" DROP CONSTRAINT "activity_pkey""#)
+        .await?;
+    db.execute_unprepared(&format!(
+        r#"ALTER TABLE "activity" ADD CONSTRAINT "activity_pkey" PRIMARY KEY ({key})"#
+    ))
+    .await?;
+    let index = if by_workspace {
+        r#"DROP INDEX "ix_activity_workspace""#
+    } else {
+        WORKSPACE_INDEX
+    };
+    db.execute_unprepared(index).await.map(drop)
 }
 
 /// The (workspace, id) index the new key makes redundant.
