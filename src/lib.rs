@@ -38,7 +38,7 @@
 //!   `store::console` keeps the console's login links and sessions (hashes of their secrets only).
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller; an
-//!   [`auth::Unconfirmed`] agent (PostgreSQL, from the snapshot alone) is not a caller until its
+//!   [`auth::Unconfirmed`] agent (from the snapshot alone) is not a caller until its
 //!   decision's audit commit or a second authentication confirms it. JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]); a token that
 //!   passed is remembered by its hash (`auth::tokens`), its expiry and key re-checked on every
@@ -114,10 +114,10 @@
 //! - A bearer credential is re-checked against the store on every request (keys and tokens
 //!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
 //!   but serves them only after one statement shows the authorization generation unchanged, or,
-//!   on PostgreSQL, for a plain call of the read tool with an API key over HTTP, unconfirmed
+//!   for a plain call of the read tool with an API key (over HTTP or stdio), unconfirmed
 //!   (`auth::Unconfirmed`, never an `AgentCaller` outside the gate's one read) with its decision's
-//!   audit entry committed only by a statement that finds both generations unchanged
-//!   (`AuditWriter::record_checked`); otherwise nothing is written and the call is decided
+//!   audit entry committed only by a transaction that finds both generations unchanged under
+//!   its write lock (`AuditWriter::record_checked`); otherwise nothing is written and the call is decided
 //!   again on a confirmed caller, and any other request is confirmed before it goes on. The
 //!   store's own write methods for agents, keys, workspace settings and members bump it in the
 //!   change's transaction, so a revocation applies to the next call on every replica and from

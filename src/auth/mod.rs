@@ -206,8 +206,8 @@ pub async fn agent(
     Ok(check_credential(&view, seen, None))
 }
 
-/// An agent authenticated from the store's snapshot without reading the generations (on
-/// PostgreSQL; see `Store::unconfirmed_credential_view`). Not an [`AgentCaller`]: services take
+/// An agent authenticated from the store's snapshot without reading the generations (see
+/// `Store::unconfirmed_credential_view`). Not an [`AgentCaller`]: services take
 /// only confirmed callers. Its one use is a decision whose audit entry commits only if the
 /// generations are still those it was made on (`AuditWriter::record_checked` with
 /// [`Unconfirmed::seen`]); anything else authenticates the credential again.
@@ -233,9 +233,6 @@ impl Unconfirmed {
 /// say (see `Store::unconfirmed_credential_view`) or when it refuses the key, which then goes
 /// through [`agent`] to be refused on current data and audited.
 pub fn agent_unconfirmed(store: &Store, raw_key: &str) -> Option<Unconfirmed> {
-    if !store.takes_keys_unconfirmed() {
-        return None;
-    }
     let key = ApiKey::parse(raw_key).ok()?;
     let (view, seen) = store.unconfirmed_credential_view(&key.hash())?;
     if !view.key_hash.matches(&key) {

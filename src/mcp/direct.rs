@@ -349,7 +349,9 @@ fn encoded(message: &ServerJsonRpcMessage) -> BytesMut {
 /// a line crosses the framing pump's pipe, is parsed again into rmcp's types, runs in a handler
 /// task of its own, and its answer is cloned, serialised and piped back through the pump; here
 /// the pump hands the line over and writes the answer. The key is checked on every call, as
-/// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]). A line that is anything
+/// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]); a call of the read tool is
+/// decided on the key as the store's snapshot holds it and stands only if its audit commit finds
+/// the snapshot current (`Gate::call_unconfirmed`), as over HTTP. A line that is anything
 /// else (a call with a task, other `_meta` than trace context and a progress token, another method)
 /// goes on to rmcp.
 pub struct Stdio {
@@ -392,11 +394,37 @@ impl Stdio {
         // Boxed where it is made: the call's state is kilobytes, and unboxed it was copied as it
         // went into its task and again as the task finished (a few per cent of CPU at W = 32).
         Some(Box::pin(async move {
-            let auth = server.authenticate_key(&key);
-            let parent = || {
-                let (parent, state) = trace;
-                stdio_request_span(parent.as_deref(), state.as_deref())
-            };
+            let parent = || stdio_request_span(trace.0.as_deref(), trace.1.as_deref());
+            // A call of the read tool is decided on the key as the snapshot holds it, as over
+            // HTTP, when the snapshot can say; the rate is counted then, and not again if the
+            // call is decided again on the key checked now.
+            let mut count = true;
+            if let Work::Call(call) = &work
+                && call.name == super::catalogue::MY_ASSIGNMENTS
+                && let Some(unconfirmed) = server.key_unconfirmed(&key)
+            {
+                count = false;
+                let decided = match unconfirmed {
+                    Ok(unconfirmed) => {
+                        let span = traces::span(|| gate_span(&parent(), tool_label(&call.name)));
+                        server
+                            .call_gate_unconfirmed(
+                                span,
+                                &call.name,
+                                call.arguments.as_ref(),
+                                &unconfirmed,
+                            )
+                            .await
+                    }
+                    Err(over_rate) => Some(Err(over_rate)),
+                };
+                if let Some(outcome) = decided {
+                    let (_, mut body) = answered(call.id.clone(), call.shape, outcome);
+                    body.put_u8(b'\n');
+                    return body.freeze();
+                }
+            }
+            let auth = server.check_key(&key, count);
             let (_, mut body) = respond(&server, &listings, work, parent, auth).await;
             body.put_u8(b'\n');
             body.freeze()

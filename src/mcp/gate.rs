@@ -225,9 +225,11 @@ impl Gate {
         let args = Value::Object(args.cloned().unwrap_or_default());
         let input = parse(name, &args).ok()?;
         let allowed = self.entry(caller, name, &args, "allowed", "");
+        let service =
+            crate::telemetry::traces::span(|| tracing::info_span!("service", tool = spec.name));
         let (audited, result) = tokio::join!(
             self.audit().record_checked(allowed, unconfirmed.seen()),
-            tools::my_assignments(&self.service, caller, input)
+            tools::my_assignments(&self.service, caller, input).instrument(service)
         );
         match audited {
             Ok(committed) => {

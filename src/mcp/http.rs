@@ -288,8 +288,8 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
         );
     }
     let is_key = token.starts_with(API_KEY_PREFIX);
-    // On PostgreSQL a key the snapshot holds is taken unconfirmed, to be confirmed further on
-    // (`confirm`) or by the commit of its call's decision (`mcp::direct`).
+    // A key the snapshot holds is taken unconfirmed, to be confirmed further on (`confirm`) or
+    // by the commit of its call's decision (`mcp::direct`).
     let mut req = req;
     if is_key
         && let Some(unconfirmed) = auth::agent_unconfirmed(state.gate.service().store(), &token)

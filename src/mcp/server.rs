@@ -54,8 +54,8 @@ pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
 #[derive(Clone)]
 pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
 
-/// In place of [`HttpAuth`], an API key the transport authenticated unconfirmed (PostgreSQL;
-/// `auth::Unconfirmed`) and the key itself: a plain call of the read tool is decided on it
+/// In place of [`HttpAuth`], an API key the transport authenticated unconfirmed
+/// (`auth::Unconfirmed`) and the key itself: a plain call of the read tool is decided on it
 /// (`mcp::direct`), and any other request is authenticated again before it goes further
 /// (`mcp::http::confirm`). Never `Debug`: it holds the key.
 #[derive(Clone)]
@@ -199,6 +199,16 @@ impl ParallaxServer {
         &self,
         key: &str,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
+        self.check_key(key, true).await
+    }
+
+    /// [`Self::authenticate_key`]; `count` is false for a request already counted against the
+    /// agent's rate on its unconfirmed caller ([`Self::key_unconfirmed`]).
+    pub(super) async fn check_key(
+        &self,
+        key: &str,
+        count: bool,
+    ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         let span = crate::telemetry::traces::child_span(|| {
             tracing::info_span!(
                 "authenticate",
@@ -214,18 +224,31 @@ impl ParallaxServer {
             "outcome",
             if outcome.is_ok() { "allowed" } else { "denied" },
         );
-        if let Ok(caller) = &outcome
-            && let Err(wait) = self.gate.limiter().check(caller)
-        {
-            metrics::rate_limited("agent");
-            let secs = crate::http::ratelimit::retry_after_secs(wait);
-            return Err(ErrorData::new(
-                RATE_LIMITED,
-                format!("rate limit exceeded: retry after {secs} s"),
-                Some(serde_json::json!({ "retryAfterSecs": secs })),
-            ));
+        if count && let Ok(caller) = &outcome {
+            self.count_rate(caller)?;
         }
         Ok(outcome)
+    }
+
+    /// stdio: `key` as the store's snapshot holds it, unconfirmed (`auth::agent_unconfirmed`),
+    /// with the request counted against the agent's rate: `None` when the snapshot cannot say.
+    pub(super) fn key_unconfirmed(&self, key: &str) -> Option<Result<Unconfirmed, ErrorData>> {
+        let unconfirmed = auth::agent_unconfirmed(self.gate.service().store(), key)?;
+        Some(self.count_rate(unconfirmed.caller()).map(|()| unconfirmed))
+    }
+
+    /// Counts a request against `caller`'s rate: the error that refuses it when over.
+    fn count_rate(&self, caller: &AgentCaller) -> Result<(), ErrorData> {
+        let Err(wait) = self.gate.limiter().check(caller) else {
+            return Ok(());
+        };
+        metrics::rate_limited("agent");
+        let secs = crate::http::ratelimit::retry_after_secs(wait);
+        Err(ErrorData::new(
+            RATE_LIMITED,
+            format!("rate limit exceeded: retry after {secs} s"),
+            Some(serde_json::json!({ "retryAfterSecs": secs })),
+        ))
     }
 }
 

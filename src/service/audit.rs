@@ -12,7 +12,7 @@
 //! A change that is only entries (a note naming nothing) needs no job: it is submitted as entries
 //! ([`AuditWriter::append`]) and commits the way decision entries do.
 //!
-//! A decision made on an unconfirmed caller (`auth::Unconfirmed`, on PostgreSQL) is submitted
+//! A decision made on an unconfirmed caller (`auth::Unconfirmed`) is submitted
 //! with the generations it was made on ([`AuditWriter::record_checked`]): its batch commits it
 //! only if they are still current, and otherwise leaves it out and says so, so that the call is
 //! decided again on a confirmed caller. A batch with a writing tool's change in it leaves such

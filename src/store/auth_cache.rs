@@ -230,26 +230,19 @@ impl Store {
         Ok((pick(&mut state), seen))
     }
 
-    /// Whether [`Store::unconfirmed_credential_view`] can answer at all: on PostgreSQL.
-    pub fn takes_keys_unconfirmed(&self) -> bool {
-        self.is_postgres()
-    }
-
-    /// On PostgreSQL, the API key whose hash is `hash` as the snapshot holds it, with the
-    /// generations a request last read, and without reading them now: **unconfirmed**. A
-    /// decision made on it stands only if its audit entry commits with a check that the
-    /// generations are still these (`AuditWriter::record_checked`), a check made by the commit's
-    /// own statement, after the request arrived; so it is as current as a read of its own, for
-    /// no round trip of its own. `None` when the snapshot cannot say: another database (a
-    /// SQLite file reads the generations on the calling thread, for less than the check would
-    /// cost), a key not in the snapshot, or a snapshot behind the generations last read.
+    /// The API key whose hash is `hash` as the snapshot holds it, with the generations a
+    /// request last read, and without reading them now: **unconfirmed**. A decision made on it
+    /// stands only if its audit entry commits with a check that the generations are still these
+    /// (`AuditWriter::record_checked`), a check made inside the commit's own transaction (on
+    /// PostgreSQL its one statement, on a SQLite file under its write lock), after the request
+    /// arrived; so it is as current as a read of its own, for no read of its own (a round trip
+    /// on PostgreSQL; on SQLite a read transaction and its two locks of the shared-memory
+    /// index). `None` when the snapshot cannot say: a key not in the snapshot, or a snapshot
+    /// behind the generations last read.
     pub fn unconfirmed_credential_view(
         &self,
         hash: &KeyHash,
     ) -> Option<(Arc<CredentialView>, Seen)> {
-        if !self.takes_keys_unconfirmed() {
-            return None;
-        }
         let state = self.auth.lock();
         let seen = state.last_read?;
         if state.generation != Some(seen.auth) {

@@ -335,12 +335,15 @@ impl DirectWriter {
     }
 
     /// Chains and inserts `entries` and marks `touches` in one transaction, on this thread,
-    /// waiting for another process's write as long as the pool would.
+    /// waiting for another process's write as long as the pool would. With `expect`, only if
+    /// the generations are still those when the transaction reads them; if not, nothing is
+    /// written and `entries` come back (see `Store::append_activity`).
     pub(super) fn append(
         &self,
         entries: Vec<ActivityEntry>,
         touches: Touches<'_>,
-    ) -> StoreResult<()> {
+        expect: Option<Seen>,
+    ) -> StoreResult<Option<Vec<ActivityEntry>>> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let conn = match slot.take() {
             Some(conn) => conn,
@@ -348,7 +351,7 @@ impl DirectWriter {
         };
         let written = begin(&conn)
             .map_err(store_error)
-            .and_then(|()| append(&conn, entries, touches));
+            .and_then(|()| append(&conn, entries, touches, expect));
         self.keep(&mut slot, conn, written)
     }
 
@@ -363,7 +366,8 @@ impl DirectWriter {
         &self,
         entries: Vec<ActivityEntry>,
         touches: Touches<'_>,
-    ) -> Result<StoreResult<()>, Vec<ActivityEntry>> {
+        expect: Option<Seen>,
+    ) -> Result<StoreResult<Option<Vec<ActivityEntry>>>, Vec<ActivityEntry>> {
         let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = slot.take() else {
             return Err(entries);
@@ -374,7 +378,7 @@ impl DirectWriter {
             .and_then(|()| conn.busy_timeout(super::WRITER_WAIT));
         match begun {
             Ok(()) => {
-                let written = append(&conn, entries, touches);
+                let written = append(&conn, entries, touches, expect);
                 Ok(self.keep(&mut slot, conn, written))
             }
             // Another process holds the write lock: wait for it off the runtime's threads.
@@ -386,16 +390,16 @@ impl DirectWriter {
         }
     }
 
-    /// Puts `conn` back for the next batch after a clean commit (after a failure its state is
-    /// unknown, so it is closed), and counts the commit.
+    /// Puts `conn` back for the next batch after a clean commit or rollback (after a failure
+    /// its state is unknown, so it is closed), and counts a commit.
     fn keep(
         &self,
         slot: &mut Option<Connection>,
         conn: Connection,
-        written: StoreResult<()>,
-    ) -> StoreResult<()> {
-        if written.is_ok() {
-            if !self.committed() {
+        written: StoreResult<Option<Vec<ActivityEntry>>>,
+    ) -> StoreResult<Option<Vec<ActivityEntry>>> {
+        if let Ok(back) = &written {
+            if back.is_none() && !self.committed() {
                 // No checkpoint thread: SQLite checkpoints as it commits.
                 let _ = conn.pragma_update(None, "wal_autocheckpoint", 1000);
             }
@@ -473,14 +477,26 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
 }
 
-/// The rest of a batch's transaction, after [`begin`]. A failure leaves the transaction open;
-/// the caller then closes the connection, which rolls it back.
+/// The rest of a batch's transaction, after [`begin`]: `entries` back, with nothing written,
+/// if the generations are not `expect`. A failure leaves the transaction open; the caller then
+/// closes the connection, which rolls it back.
 fn append(
     conn: &Connection,
     entries: Vec<ActivityEntry>,
     (agents, keys): Touches<'_>,
-) -> StoreResult<()> {
+    expect: Option<Seen>,
+) -> StoreResult<Option<Vec<ActivityEntry>>> {
     let tx = conn;
+    // Read under the write lock, after every request whose decision the entries record arrived:
+    // any change committed before this commit, by any process, shows.
+    if let Some(expect) = expect
+        && read(tx).map_err(store_error)? != expect
+    {
+        tx.prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]))
+            .map_err(store_error)?;
+        return Ok(Some(entries));
+    }
     for (ws, entries) in chain::by_workspace(entries) {
         let n = entries.len() as i64;
         let (last_seq, last_hash) = tx
@@ -545,7 +561,7 @@ fn append(
     }
     tx.prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
-        .map(drop)
+        .map(|_| None)
         .map_err(store_error)
 }
 

@@ -776,8 +776,7 @@ impl Store {
     /// With `expect`, the entries commit only if the generations are still those when the commit
     /// reads them (decisions made on an unconfirmed caller, see
     /// [`Store::unconfirmed_credential_view`]); if not, nothing is written and the entries come
-    /// back. A SQLite file's writer never checks, so there they always come back (no unconfirmed
-    /// caller is made there).
+    /// back.
     pub async fn append_activity(
         &self,
         entries: Vec<ActivityEntry>,
@@ -804,25 +803,20 @@ impl Store {
             tx.mark_seen(touches).await?;
             return tx.commit().await.map(|()| None);
         };
-        if expect.is_some() {
-            return Ok(Some(entries));
-        }
         let span = crate::telemetry::traces::child_span(|| tracing::info_span!("store.commit"));
         let turn = self.writer_turn().await?;
-        let entries = match span.in_scope(|| writer.try_append(entries, touches)) {
-            Ok(written) => return written.map(|()| None),
+        let entries = match span.in_scope(|| writer.try_append(entries, touches, expect)) {
+            Ok(written) => return written,
             Err(entries) => entries,
         };
         let (agents, keys) = (touches.0.to_vec(), touches.1.to_vec());
         let written = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            writer.append(entries, (&agents, &keys))
+            writer.append(entries, (&agents, &keys), expect)
         })
         .instrument(span)
         .await;
-        written
-            .map_err(|e| StoreError::Unavailable(format!("audit append stopped: {e}")))?
-            .map(|()| None)
+        written.map_err(|e| StoreError::Unavailable(format!("audit append stopped: {e}")))?
     }
 
     pub async fn close(self) {

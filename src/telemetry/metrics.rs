@@ -111,7 +111,7 @@ pub fn audit_batch(entries: usize, took: Duration, ok: bool) {
     }
 }
 
-/// One decision made on an unconfirmed key (PostgreSQL; `auth::Unconfirmed`): `committed` when
+/// One decision made on an unconfirmed key (`auth::Unconfirmed`): `committed` when
 /// its audit commit found the generations unchanged, `decided_again` when they had moved and the
 /// call went on to be decided on a confirmed caller.
 pub fn unconfirmed_decision(committed: bool) {

@@ -246,7 +246,23 @@ async fn member_status(http: &reqwest::Client, url: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-async fn no_stale_decision(via: Via) {
+/// How the agents' clients reach the server: a session over HTTP, or a `stdio` process of
+/// their own on the same database.
+#[derive(Clone, Copy)]
+enum Over {
+    Http,
+    Stdio,
+}
+
+/// A client of `key`'s agent: on the server at `url`, or over stdio on `db_url`.
+async fn connect(over: Over, url: &str, db_url: &str, key: &str) -> Client {
+    match over {
+        Over::Http => http_client(url, key, ProtocolVersion::V_2025_11_25).await,
+        Over::Stdio => stdio_client(db_url, key).await,
+    }
+}
+
+async fn no_stale_decision(via: Via, over: Over) {
     let w = world().await;
     let read = [Permission::ReadTasks, Permission::ReadProjects];
     let revoked = approved_agent(&w.svc, &w.admin, "revoked", &read).await;
@@ -265,17 +281,17 @@ async fn no_stale_decision(via: Via) {
 
     let server = spawn_http(&w.db.url).await;
     let changer = Changer::new(via, &w.db.url).await;
-    let v = ProtocolVersion::V_2025_11_25;
+    let agent = |key| connect(over, &server.url, &w.db.url, key);
     let http = reqwest::Client::new();
 
     // Revocation.
-    let client = http_client(&server.url, &revoked, v.clone()).await;
+    let client = agent(&revoked).await;
     works(&client).await;
     changer.revoke("revoked").await;
     refused_now(&client, "revoke").await;
 
     // A permission change: the grant loses read:tasks.
-    let client = http_client(&server.url, &narrowed, v.clone()).await;
+    let client = agent(&narrowed).await;
     works(&client).await;
     changer
         .set_permissions("narrowed", &["read:projects"])
@@ -290,7 +306,7 @@ async fn no_stale_decision(via: Via) {
     );
 
     // A key rotation: the old key stops working.
-    let client = http_client(&server.url, &rotated, v.clone()).await;
+    let client = agent(&rotated).await;
     works(&client).await;
     changer.rotate_key("rotated").await;
     refused_now(&client, "rotate key").await;
@@ -306,7 +322,7 @@ async fn no_stale_decision(via: Via) {
     );
 
     // Disabling the workspace: every agent in it is refused.
-    let client = http_client(&server.url, &last, v).await;
+    let client = agent(&last).await;
     works(&client).await;
     changer.disable_workspace().await;
     refused_now(&client, "workspace disabled").await;
@@ -314,12 +330,19 @@ async fn no_stale_decision(via: Via) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_the_cli_apply_to_the_very_next_call() {
-    no_stale_decision(Via::Cli).await;
+    no_stale_decision(Via::Cli, Over::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_on_another_replica_apply_to_the_very_next_call() {
-    no_stale_decision(Via::Replica).await;
+    no_stale_decision(Via::Replica, Over::Http).await;
+}
+
+/// stdio decides the read tool on the key as its snapshot holds it, as HTTP does: the same
+/// changes by another process still apply to its very next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_stdio_call() {
+    no_stale_decision(Via::Cli, Over::Stdio).await;
 }
 
 /// The agent's assigned tasks as `(id, status)`, read twice so the second is served warm; both
@@ -346,13 +369,13 @@ async fn my_tasks(client: &Client) -> Vec<(String, String)> {
     seen.pop().unwrap()
 }
 
-async fn no_stale_work(via: Via) {
+async fn no_stale_work(via: Via, over: Over) {
     let w = world().await;
     let read = [Permission::ReadTasks, Permission::ReadProjects];
     let worker = approved_agent(&w.svc, &w.admin, "worker", &read).await;
     let server = spawn_http(&w.db.url).await;
     let changer = Changer::new(via, &w.db.url).await;
-    let client = http_client(&server.url, &worker, ProtocolVersion::V_2025_11_25).await;
+    let client = connect(over, &server.url, &w.db.url, &worker).await;
     let task = w.task.id.clone();
 
     assert_eq!(my_tasks(&client).await, vec![], "not assigned yet");
@@ -389,19 +412,24 @@ async fn no_stale_work(via: Via) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_changed_by_the_cli_shows_in_the_very_next_read() {
-    no_stale_work(Via::Cli).await;
+    no_stale_work(Via::Cli, Over::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_changed_by_the_cli_shows_in_the_very_next_stdio_read() {
+    no_stale_work(Via::Cli, Over::Stdio).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_changed_on_another_replica_shows_in_the_very_next_read() {
-    no_stale_work(Via::Replica).await;
+    no_stale_work(Via::Replica, Over::Http).await;
 }
 
-/// On PostgreSQL a key the snapshot holds is taken without reading the generations
+/// A key the snapshot holds is taken without reading the generations
 /// (`auth::agent_unconfirmed`), and a decision made on it stands only if its entry commits while
 /// they are still the ones it was made on (`AuditWriter::record_checked`). A change committed on
-/// another replica in between leaves the entry out, writes nothing of it, and the key checked
-/// again sees the change. On SQLite no key is taken unconfirmed.
+/// another replica in between (on SQLite, another store on the same file: another process)
+/// leaves the entry out, writes nothing of it, and the key checked again sees the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_current() {
     use crate::support::*;
@@ -420,14 +448,8 @@ async fn a_decision_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_cur
 
     // A confirmed authentication puts the key in the snapshot.
     agent_caller(&svc, &key).await;
-    let Some(unconfirmed) = auth::agent_unconfirmed(svc.store(), key.expose()) else {
-        assert!(
-            !db.is_postgres(),
-            "on PostgreSQL a key the snapshot holds is taken unconfirmed"
-        );
-        return;
-    };
-    assert!(db.is_postgres(), "only PostgreSQL takes keys unconfirmed");
+    let unconfirmed = auth::agent_unconfirmed(svc.store(), key.expose())
+        .expect("a key the snapshot holds is taken unconfirmed");
     assert_eq!(unconfirmed.caller().agent_id(), "reader");
     let entry = |what: &str| ActivityEntry {
         id: new_id(),
@@ -523,8 +545,8 @@ async fn a_decision_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_cur
     assert!(report.intact, "{report:?}");
 }
 
-/// A key revoked by another process while this server's snapshot still holds it (on PostgreSQL
-/// it is taken unconfirmed at first): whatever the first request after the change — the read
+/// A key revoked by another process while this server's snapshot still holds it (it is taken
+/// unconfirmed at first): whatever the first request after the change — the read
 /// tool on its session or without one, a message the envelope refuses, another method, a new
 /// session — the answer is the refused key's 401, and the refusal is audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,7 +188,7 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
     for _ in 0..3 {
         ok(&client, "agent_my_assignments", json!({})).await;
     }
-    // Another agent approved: the authorization generation moves, so on PostgreSQL the next read,
+    // Another agent approved: the authorization generation moves, so the next read,
     // decided on the snapshot, is decided again on the store, and still answered.
     approved_agent(&w.svc, &w.admin, "bystander", &[Permission::ReadTasks]).await;
     ok(&client, "agent_my_assignments", json!({})).await;
@@ -231,16 +231,11 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         ),
         4.0
     );
-    // Only PostgreSQL takes keys unconfirmed: the three reads on a current snapshot commit as
-    // decided, the fourth is decided again.
+    // Keys are taken unconfirmed: the three reads on a current snapshot commit as decided, the
+    // fourth is decided again.
     let unconfirmed = "parallax_unconfirmed_decisions_total";
-    let (committed, again) = if w.db.is_postgres() {
-        (3.0, 1.0)
-    } else {
-        (0.0, 0.0)
-    };
-    assert_eq!(delta(unconfirmed, &[("outcome", "committed")]), committed);
-    assert_eq!(delta(unconfirmed, &[("outcome", "decided_again")]), again);
+    assert_eq!(delta(unconfirmed, &[("outcome", "committed")]), 3.0);
+    assert_eq!(delta(unconfirmed, &[("outcome", "decided_again")]), 1.0);
     assert_eq!(
         delta(
             calls,
@@ -846,32 +841,64 @@ async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
         ),
         1.0
     );
+    // `stdio` checked the key as it started, so the read was decided on the snapshot's key and
+    // stood when its audit commit found the snapshot current.
+    assert_eq!(
+        scraped.get(
+            "parallax_unconfirmed_decisions_total",
+            &[("outcome", "committed")]
+        ),
+        1.0
+    );
 
-    // Traces: the `_meta` parent, then the gate and the key check inside it.
+    // A call of another tool checks the key as it goes (refused here: the agent may only read
+    // tasks), under a trace of its own.
+    let (trace_b, parent_b) = ("7bf92f3577b34da6a3ce929d0e0e4736", "20f067aa0ba902b7");
+    let meta: rmcp::model::RequestMetaObject = serde_json::from_value(json!({
+        "traceparent": format!("00-{trace_b}-{parent_b}-01")
+    }))
+    .unwrap();
+    let mut params = rmcp::model::CallToolRequestParams::new("agent_list_workspace")
+        .with_arguments(serde_json::Map::new());
+    params.meta = Some(meta);
+    let refused = client.call_tool(params).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+
+    // Traces: the `_meta` parent, then the gate with the tool inside it; for the other tool,
+    // the key check inside the gate.
     let spans = spans_until(&mut spans_rx, |spans| {
-        ["mcp.request", "gate", "authenticate", "service"]
+        let has = |name: &str, trace: &str| {
+            spans
+                .iter()
+                .any(|s| s.name == name && hex(&s.trace_id) == trace)
+        };
+        ["mcp.request", "gate", "service"]
             .iter()
-            .all(|n| {
-                spans
-                    .iter()
-                    .any(|s| s.name == *n && hex(&s.trace_id) == trace)
-            })
+            .all(|n| has(n, trace))
+            && ["mcp.request", "gate", "authenticate"]
+                .iter()
+                .all(|n| has(n, trace_b))
     })
     .await;
-    let one = |name: &str| {
+    let one = |name: &str, trace: &str| {
         spans
             .iter()
             .find(|s| s.name == name && hex(&s.trace_id) == trace)
             .unwrap_or_else(|| panic!("no {name} span"))
     };
-    let request = one("mcp.request");
+    let request = one("mcp.request", trace);
     assert_eq!(hex(&request.parent_span_id), parent);
     assert_eq!(attr(request, "mcp.transport").as_deref(), Some("stdio"));
-    let gate = one("gate");
+    let gate = one("gate", trace);
     assert_eq!(gate.parent_span_id, request.span_id);
     assert_eq!(attr(gate, "outcome").as_deref(), Some("allowed"));
     assert_eq!(attr(gate, "agent").as_deref(), Some("stdio-agent"));
-    assert_eq!(one("authenticate").parent_span_id, gate.span_id);
-    assert_eq!(one("service").parent_span_id, gate.span_id);
+    assert_eq!(one("service", trace).parent_span_id, gate.span_id);
+    let request_b = one("mcp.request", trace_b);
+    assert_eq!(hex(&request_b.parent_span_id), parent_b);
+    let gate_b = one("gate", trace_b);
+    assert_eq!(gate_b.parent_span_id, request_b.span_id);
+    assert_eq!(attr(gate_b, "outcome").as_deref(), Some("denied"));
+    assert_eq!(one("authenticate", trace_b).parent_span_id, gate_b.span_id);
     let _ = client.cancel().await;
 }
