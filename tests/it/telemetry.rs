@@ -810,15 +810,19 @@ async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
     let client = rmcp::ServiceExt::serve(rmcp::model::ClientConfig::default(), transport)
         .await
         .expect("stdio handshake");
+    // A call of `tool` with no arguments, its `_meta` carrying the caller's trace context.
+    let traced = |tool: &str, trace: &str, parent: &str| {
+        let meta: rmcp::model::RequestMetaObject = serde_json::from_value(json!({
+            "traceparent": format!("00-{trace}-{parent}-01")
+        }))
+        .unwrap();
+        let mut params = rmcp::model::CallToolRequestParams::new(tool.to_owned())
+            .with_arguments(serde_json::Map::new());
+        params.meta = Some(meta);
+        client.call_tool(params)
+    };
     let (trace, parent) = ("6bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
-    let meta: rmcp::model::RequestMetaObject = serde_json::from_value(json!({
-        "traceparent": format!("00-{trace}-{parent}-01")
-    }))
-    .unwrap();
-    let mut params = rmcp::model::CallToolRequestParams::new("agent_my_assignments")
-        .with_arguments(serde_json::Map::new());
-    params.meta = Some(meta);
-    let result = client.call_tool(params).await.unwrap();
+    let result = traced("agent_my_assignments", trace, parent).await.unwrap();
     assert_ne!(result.is_error, Some(true));
 
     // Metrics: this process's session and call, as stdio.
@@ -854,14 +858,9 @@ async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
     // A call of another tool checks the key as it goes (refused here: the agent may only read
     // tasks), under a trace of its own.
     let (trace_b, parent_b) = ("7bf92f3577b34da6a3ce929d0e0e4736", "20f067aa0ba902b7");
-    let meta: rmcp::model::RequestMetaObject = serde_json::from_value(json!({
-        "traceparent": format!("00-{trace_b}-{parent_b}-01")
-    }))
-    .unwrap();
-    let mut params = rmcp::model::CallToolRequestParams::new("agent_list_workspace")
-        .with_arguments(serde_json::Map::new());
-    params.meta = Some(meta);
-    let refused = client.call_tool(params).await.unwrap();
+    let refused = traced("agent_list_workspace", trace_b, parent_b)
+        .await
+        .unwrap();
     assert_eq!(refused.is_error, Some(true));
 
     // Traces: the `_meta` parent, then the gate with the tool inside it; for the other tool,
