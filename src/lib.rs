@@ -111,17 +111,17 @@
 //!   stored as they are and `serve` says so once. A master key that does not open the stored
 //!   secrets is a configuration error at start (`Store::with_master_key`), never a failed check
 //!   later.
-//! - A bearer credential is re-checked against the store on every request (keys and tokens
-//!   alike): the store keeps credentials, their agents and workspaces, and members in memory,
-//!   but serves them only after one statement shows the authorization generation unchanged, or,
-//!   for a plain call of the read tool with an API key (over HTTP or stdio), unconfirmed
-//!   (`auth::Unconfirmed`, never an `AgentCaller` outside the gate's one read) with its decision's
-//!   audit entry committed only by a transaction that finds both generations unchanged under
-//!   its write lock (`AuditWriter::record_checked`); otherwise nothing is written and the call is decided
-//!   again on a confirmed caller, and any other request is confirmed before it goes on. The
-//!   store's own write methods for agents, keys, workspace settings and members bump it in the
-//!   change's transaction, so a revocation applies to the next call on every replica and from
-//!   every process. Key expiry is checked against the clock on each request.
+//! - A bearer credential is re-checked against the store on every request (keys and tokens alike):
+//!   the store keeps credentials, their agents and workspaces, and members in memory, but serves
+//!   them only after one statement shows the authorization generation unchanged, or, for a plain
+//!   call of the read tool with an API key (over HTTP or stdio) or an access token that passed
+//!   before, unconfirmed (`auth::Unconfirmed`, never an `AgentCaller` outside the gate's one read)
+//!   with its decision's audit entry committed only by a transaction that finds both generations
+//!   unchanged under its write lock (`AuditWriter::record_checked`); otherwise nothing is written
+//!   and the call is decided again on a confirmed caller, and any other request is confirmed before
+//!   it goes on. The store's own write methods for agents, keys, workspace settings and members
+//!   bump it in the change's transaction, so a revocation applies to the next call on every replica
+//!   and from every process. Key expiry is checked against the clock on each request.
 //! - An agent's work (assignments, their tasks and projects) is served from memory only as of
 //!   the work generation the request read with its credential: the store's writes of projects,
 //!   tasks and assignments bump it in their transaction, so a read never misses a committed

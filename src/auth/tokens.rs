@@ -493,6 +493,30 @@ impl Tokens {
         Ok(check_credential(&view, seen, Some(scope)))
     }
 
+    /// [`Tokens::agent`] from what is in memory alone, unconfirmed (see
+    /// [`super::agent_unconfirmed`]): a token verified before (its expiry and key checked now),
+    /// whose credential the store's snapshot holds. `None` when memory cannot say, when it
+    /// refuses the token, or when the token's scope is narrower than the grant (such a caller
+    /// is checked against the scope before anything else, which an unconfirmed one skips).
+    pub fn agent_unconfirmed(&self, bearer: &str, resource: &str) -> Option<super::Unconfirmed> {
+        if bearer.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let hash = Verified::hash(bearer, AGENT_TYP, resource);
+        let claims = self
+            .inner
+            .verified
+            .get(&hash, &self.keys(), Utc::now().timestamp())?;
+        let (cid, scope) = (claims.cid.as_deref()?, claims.scope.as_deref()?);
+        let scope = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>()).ok()?;
+        let (view, seen) = self.inner.store.unconfirmed_credential_view_by_id(cid)?;
+        if view.credential.workspace_id != claims.ws || view.credential.agent_id != claims.sub {
+            return None;
+        }
+        let caller = check_credential(&view, seen, Some(scope)).ok()?;
+        (!caller.is_narrowed()).then_some(super::Unconfirmed { caller })
+    }
+
     /// Signature, algorithm, type, key and claims, or what an earlier verification of the same
     /// token found (see [`Verified`]). Never panics on any input.
     async fn verify(

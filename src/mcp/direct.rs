@@ -62,17 +62,22 @@ enum PlainAuth {
     Pending(Arc<Pending>),
 }
 
-/// Whether `req` may be a plain call of the read tool, which [`call`] decides on an unconfirmed
-/// caller (`PendingAuth`): any other request has it confirmed first (`mcp::http::confirm`).
-pub fn may_decide_unconfirmed(req: &Request) -> bool {
-    req.extensions().get::<RpcMessage>().is_some_and(|m| {
-        m.method.as_deref() == Some("tools/call")
-            && m.params
-                .as_ref()
-                .and_then(|p| p.get("name"))
-                .and_then(Value::as_str)
-                == Some(super::catalogue::MY_ASSIGNMENTS)
-    })
+/// Whether `req` may be a plain call of the read tool that the unconfirmed `caller` may make,
+/// which [`call`] decides on it (`PendingAuth`): any other request has it confirmed first
+/// (`mcp::http::confirm`, which also checks a token's scope when the confirmed caller's grant
+/// turns out wider than the token).
+pub fn may_decide_unconfirmed(req: &Request, caller: &AgentCaller) -> bool {
+    let allowed = super::catalogue::find(super::catalogue::MY_ASSIGNMENTS)
+        .is_some_and(|spec| spec.requirement.is_met_by(caller));
+    allowed
+        && req.extensions().get::<RpcMessage>().is_some_and(|m| {
+            m.method.as_deref() == Some("tools/call")
+                && m.params
+                    .as_ref()
+                    .and_then(|p| p.get("name"))
+                    .and_then(Value::as_str)
+                    == Some(super::catalogue::MY_ASSIGNMENTS)
+        })
 }
 
 /// What this path answers.

@@ -132,7 +132,7 @@ impl Pipeline {
     /// (which is never given an unconfirmed key).
     async fn past_envelope(&self, req: Request) -> Response {
         let unconfirmed_read = |req: &Request, pending: &Pending| {
-            super::direct::may_decide_unconfirmed(req)
+            super::direct::may_decide_unconfirmed(req, pending.unconfirmed.caller())
                 && self
                     .binder
                     .sessions
@@ -288,12 +288,16 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
         );
     }
     let is_key = token.starts_with(API_KEY_PREFIX);
-    // A key the snapshot holds is taken unconfirmed, to be confirmed further on (`confirm`) or
-    // by the commit of its call's decision (`mcp::direct`).
+    // A key the snapshot holds, or a token verified before whose credential it holds, is taken
+    // unconfirmed, to be confirmed further on (`confirm`) or by the commit of its call's
+    // decision (`mcp::direct`).
     let mut req = req;
-    if is_key
-        && let Some(unconfirmed) = auth::agent_unconfirmed(state.gate.service().store(), &token)
-    {
+    let unconfirmed = if is_key {
+        auth::agent_unconfirmed(state.gate.service().store(), &token)
+    } else {
+        state.tokens.agent_unconfirmed(&token, &state.urls.resource)
+    };
+    if let Some(unconfirmed) = unconfirmed {
         if let Some(res) = over_rate(state, unconfirmed.caller()) {
             return res;
         }
@@ -405,8 +409,10 @@ async fn confirmed(state: &HttpContext, pending: &Pending) -> Result<auth::Agent
 
 /// Confirms a request's unconfirmed key (see `PendingAuth`) before it goes further, unless
 /// `keep` says the request may be left to `mcp::direct`, which decides a plain call of the read
-/// tool on the unconfirmed caller. An API key is never narrower than its agent's grant, so no
-/// scope check is due, and the rate limit was counted when the key was first checked.
+/// tool on the unconfirmed caller. The rate limit was counted when the key was first checked.
+/// A caller taken unconfirmed was not narrower than its agent's grant (an API key never is; a
+/// narrower token is not taken so); if the confirmed one is (the grant grew meanwhile), its
+/// scope is checked as [`authenticate`] would.
 async fn confirm(
     state: &HttpContext,
     mut req: Request,
@@ -420,13 +426,18 @@ async fn confirm(
         return next(req).await;
     }
     req.extensions_mut().remove::<PendingAuth>();
-    match confirmed(state, &pending.0).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
-            next(req).await
-        }
-        Err(res) => res,
+    let caller = match confirmed(state, &pending.0).await {
+        Ok(caller) => caller,
+        Err(res) => return res,
+    };
+    if caller.is_narrowed() {
+        req = match scope_check(state, &caller, req).await {
+            Ok(req) => req,
+            Err(res) => return res,
+        };
     }
+    req.extensions_mut().insert(HttpAuth(Arc::new(Ok(caller))));
+    next(req).await
 }
 
 /// For a token narrower than the agent's grant: a `tools/call` of a tool the agent is granted

@@ -243,12 +243,29 @@ impl Store {
         &self,
         hash: &KeyHash,
     ) -> Option<(Arc<CredentialView>, Seen)> {
+        self.unconfirmed(|s| s.by_hash.get(hash.as_str()).cloned())
+    }
+
+    /// [`Store::unconfirmed_credential_view`] for the API key with id `id` (an access token's
+    /// credential).
+    pub fn unconfirmed_credential_view_by_id(
+        &self,
+        id: &str,
+    ) -> Option<(Arc<CredentialView>, Seen)> {
+        self.unconfirmed(|s| s.by_id.get(id).cloned())
+    }
+
+    /// The entry `pick` finds in a snapshot that is as of the generations last read, with them.
+    fn unconfirmed(
+        &self,
+        pick: impl FnOnce(&State) -> Option<Arc<CredentialView>>,
+    ) -> Option<(Arc<CredentialView>, Seen)> {
         let state = self.auth.lock();
         let seen = state.last_read?;
         if state.generation != Some(seen.auth) {
             return None;
         }
-        Some((state.by_hash.get(hash.as_str())?.clone(), seen))
+        Some((pick(&state)?, seen))
     }
 
     /// The API key whose hash is `hash`, with its agent and workspace, current as of this call;

@@ -700,6 +700,46 @@ async fn a_narrowed_token_gets_insufficient_scope_for_what_it_left_out() {
     client.cancel().await.unwrap();
 }
 
+/// A token whose credential the server's snapshot holds is taken without reading the store
+/// first; when the agent's grant has grown past the token's scope meanwhile (changed by another
+/// store on the database), the token is narrower than the grant, and a call outside its scope
+/// still gets the scope challenge, not an ordinary refusal.
+#[tokio::test]
+async fn a_grant_grown_past_a_tokens_scope_elsewhere_gets_insufficient_scope() {
+    let f = fixture().await;
+    f.w.svc
+        .set_agent_permissions(
+            &f.w.admin,
+            "bot",
+            PermissionSet::new([Permission::ReadTasks]),
+        )
+        .await
+        .unwrap();
+    // Its scope is the grant as it is now: read:tasks.
+    let token = f.access_token(None).await;
+    // Checked once, the token's credential is in the snapshot.
+    assert_eq!(f.mcp(&token).await.status(), 200);
+    f.w.svc
+        .set_agent_permissions(
+            &f.w.admin,
+            "bot",
+            PermissionSet::new([Permission::ReadTasks, Permission::ReadAgents]),
+        )
+        .await
+        .unwrap();
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "agent_list_workspace", "arguments": {} }
+    });
+    let res = f.mcp_as(&f.http, &f.server.url, &token, call).await;
+    assert_eq!(res.status(), 403);
+    let challenge = www_authenticate(&res);
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_scope\", scope=\"read:agents\""),
+        "{challenge}"
+    );
+}
+
 #[tokio::test]
 async fn rotating_the_signing_key_keeps_issued_tokens_valid() {
     let f = fixture().await;

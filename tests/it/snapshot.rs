@@ -246,11 +246,12 @@ async fn member_status(http: &reqwest::Client, url: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-/// How the agents' clients reach the server: a session over HTTP, or a `stdio` process of
-/// their own on the same database.
+/// How the agents' clients reach the server: a session over HTTP with the key or with an access
+/// token minted from it, or a `stdio` process of their own on the same database.
 #[derive(Clone, Copy)]
 enum Over {
     Http,
+    Token,
     Stdio,
 }
 
@@ -258,8 +259,28 @@ enum Over {
 async fn connect(over: Over, url: &str, db_url: &str, key: &str) -> Client {
     match over {
         Over::Http => http_client(url, key, ProtocolVersion::V_2025_11_25).await,
+        Over::Token => {
+            let token = access_token(url, key).await;
+            http_client(url, &token, ProtocolVersion::V_2025_11_25).await
+        }
         Over::Stdio => stdio_client(db_url, key).await,
     }
+}
+
+/// An access token for `key` from the token endpoint of the server at `url`, its scope the
+/// whole grant.
+async fn access_token(url: &str, key: &str) -> String {
+    let form = [("grant_type", "client_credentials"), ("client_secret", key)];
+    let res = reqwest::Client::new()
+        .post(format!("{}/oauth/token", url.trim_end_matches("/mcp")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
 }
 
 async fn no_stale_decision(via: Via, over: Over) {
@@ -336,6 +357,23 @@ async fn changes_made_by_the_cli_apply_to_the_very_next_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_on_another_replica_apply_to_the_very_next_call() {
     no_stale_decision(Via::Replica, Over::Http).await;
+}
+
+/// An access token's read is decided on its credential as the snapshot holds it, as a key's is:
+/// the same changes still apply to its very next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_call_with_a_token() {
+    no_stale_decision(Via::Cli, Over::Token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_on_another_replica_apply_to_the_very_next_call_with_a_token() {
+    no_stale_decision(Via::Replica, Over::Token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_changed_by_the_cli_shows_in_the_very_next_read_with_a_token() {
+    no_stale_work(Via::Cli, Over::Token).await;
 }
 
 /// stdio decides the read tool on the key as its snapshot holds it, as HTTP does: the same
