@@ -11,7 +11,7 @@ use parallax_mcp::service::Service;
 use parallax_mcp::store::{MasterKey, Store};
 use rmcp::model::ProtocolVersion;
 use sea_orm::{ConnectionTrait, Database, Statement};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -72,26 +72,6 @@ async fn run(db: &TestDb, env: &[(&str, &str)], args: &[&str]) -> (i32, String, 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-async fn access_token(url: &str, key: &str) -> String {
-    let origin = url.trim_end_matches("/mcp");
-    let res = reqwest::Client::new()
-        .post(format!("{origin}/oauth/token"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("client_secret", key),
-            ])
-            .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -267,22 +267,6 @@ async fn connect(over: Over, url: &str, db_url: &str, key: &str) -> Client {
     }
 }
 
-/// An access token for `key` from the token endpoint of the server at `url`, its scope the
-/// whole grant.
-async fn access_token(url: &str, key: &str) -> String {
-    let form = [("grant_type", "client_credentials"), ("client_secret", key)];
-    let res = reqwest::Client::new()
-        .post(format!("{}/oauth/token", url.trim_end_matches("/mcp")))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(form).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
 async fn no_stale_decision(via: Via, over: Over) {
     let w = world().await;
     let read = [Permission::ReadTasks, Permission::ReadProjects];

@@ -187,6 +187,28 @@ pub async fn http_client(url: &str, key: &str, version: ProtocolVersion) -> Clie
         .expect("connect over HTTP")
 }
 
+/// An access token for `key` from the token endpoint of the server whose `/mcp` is at `url`, its
+/// scope the whole grant.
+pub async fn access_token(url: &str, key: &str) -> String {
+    let origin = url.trim_end_matches("/mcp");
+    let res = reqwest::Client::new()
+        .post(format!("{origin}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("grant_type", "client_credentials"),
+                ("client_secret", key),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
 pub fn stdio_command(db_url: &str, key: Option<&str>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(["--database-url", db_url, "stdio"])
