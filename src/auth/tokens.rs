@@ -14,7 +14,7 @@ use super::{AgentAuthError, AgentAuthRefusal, AgentCaller, MemberCaller, check_c
 use crate::config::{AuthConfig, MAX_TOKEN_TTL};
 use crate::domain::PermissionSet;
 use crate::service::{ServiceError, ServiceResult};
-use crate::store::{SigningKeyRow, Store, StoreError};
+use crate::store::{CredentialView, SigningKeyRow, Store, StoreError};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
@@ -87,6 +87,23 @@ struct Claims {
     cid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+}
+
+impl Claims {
+    /// The credential and the scope an agent token's claims name, or why they name none.
+    fn credential(&self) -> Result<(&str, PermissionSet), &'static str> {
+        let (Some(cid), Some(scope)) = (&self.cid, &self.scope) else {
+            return Err("access token without a credential or scope");
+        };
+        let scope = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>())
+            .map_err(|_| "access token with an unknown scope")?;
+        Ok((cid, scope))
+    }
+
+    /// Whether `view` is the credential of the workspace and agent these claims name.
+    fn names(&self, view: &CredentialView) -> bool {
+        view.credential.workspace_id == self.ws && view.credential.agent_id == self.sub
+    }
 }
 
 struct Key {
@@ -474,17 +491,12 @@ impl Tokens {
             Ok(c) => c,
             Err(r) => return refuse(r.reason),
         };
-        let (Some(cid), Some(scope)) = (&claims.cid, &claims.scope) else {
-            return refuse("access token without a credential or scope".into());
-        };
-        let Ok(scope) = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>())
-        else {
-            return refuse("access token with an unknown scope".into());
+        let (cid, scope) = match claims.credential() {
+            Ok(named) => named,
+            Err(reason) => return refuse(reason.into()),
         };
         let (view, seen) = self.inner.store.credential_view_by_id(cid).await?;
-        let Some(view) = view.filter(|v| {
-            v.credential.workspace_id == claims.ws && v.credential.agent_id == claims.sub
-        }) else {
+        let Some(view) = view.filter(|v| claims.names(v)) else {
             return Ok(Err(AgentAuthRefusal {
                 error: AgentAuthError::UnknownKey,
                 owner: None,
@@ -507,10 +519,9 @@ impl Tokens {
             .inner
             .verified
             .get(&hash, &self.keys(), Utc::now().timestamp())?;
-        let (cid, scope) = (claims.cid.as_deref()?, claims.scope.as_deref()?);
-        let scope = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>()).ok()?;
+        let (cid, scope) = claims.credential().ok()?;
         let (view, seen) = self.inner.store.unconfirmed_credential_view_by_id(cid)?;
-        if view.credential.workspace_id != claims.ws || view.credential.agent_id != claims.sub {
+        if !claims.names(&view) {
             return None;
         }
         let caller = check_credential(&view, seen, Some(scope)).ok()?;
