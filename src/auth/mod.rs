@@ -227,6 +227,20 @@ impl Unconfirmed {
     pub fn seen(&self) -> Seen {
         self.caller.seen
     }
+
+    /// The caller confirmed by one read of the generations, for a request that is not decided
+    /// unconfirmed: `None` when the authorization generation moved since the snapshot was
+    /// read, and the credential must be authenticated again. While it has not moved, the
+    /// snapshot's entry is what authenticating again would read, and the key was checked
+    /// against it when it was taken; so this is [`agent`] (or `Tokens::agent`) without hashing
+    /// and looking up the credential a second time.
+    pub async fn confirm(&self, store: &Store) -> ServiceResult<Option<AgentCaller>> {
+        let seen = store.read_and_note_generations().await?;
+        Ok((seen.auth == self.caller.seen.auth).then(|| AgentCaller {
+            seen,
+            ..self.caller.clone()
+        }))
+    }
 }
 
 /// [`agent`] from the store's snapshot alone, unconfirmed: `None` when the snapshot cannot

@@ -309,7 +309,7 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
         req.extensions_mut().insert(PendingAuth(Arc::new(pending)));
         return next(req).await;
     }
-    let caller = match verify(state, &token, peer).await {
+    let caller = match verify(state, &token, peer, None).await {
         Ok(caller) => caller,
         Err(res) => return res,
     };
@@ -341,11 +341,13 @@ fn over_rate(state: &HttpContext, caller: &auth::AgentCaller) -> Option<Response
 
 /// The bearer credential checked against the store (generations read): the caller, or the
 /// answer to a refused credential (audited, counted against the address and the credential) or
-/// to a store that failed.
+/// to a store that failed. `taken` is the caller the credential was taken unconfirmed as, which
+/// the generations read confirm unless they moved (`Unconfirmed::confirm`).
 async fn verify(
     state: &HttpContext,
     token: &str,
     peer: Option<std::net::IpAddr>,
+    taken: Option<&auth::Unconfirmed>,
 ) -> Result<auth::AgentCaller, Response> {
     let is_key = token.starts_with(API_KEY_PREFIX);
     let span = crate::telemetry::traces::span(|| {
@@ -356,6 +358,11 @@ async fn verify(
         )
     });
     let outcome = async {
+        if let Some(taken) = taken
+            && let Some(caller) = taken.confirm(state.gate.service().store()).await?
+        {
+            return Ok(Ok(caller));
+        }
         if is_key {
             auth::agent(state.gate.service().store(), token).await
         } else {
@@ -401,10 +408,16 @@ async fn verify(
     }
 }
 
-/// An unconfirmed key (`PendingAuth`) authenticated again, as [`authenticate`] would have:
-/// the caller, or the answer to a refusal.
+/// An unconfirmed key (`PendingAuth`) confirmed by a read of the generations, else
+/// authenticated again as [`authenticate`] would have: the caller, or the answer to a refusal.
 async fn confirmed(state: &HttpContext, pending: &Pending) -> Result<auth::AgentCaller, Response> {
-    verify(state, &pending.key, pending.peer).await
+    verify(
+        state,
+        &pending.key,
+        pending.peer,
+        Some(&pending.unconfirmed),
+    )
+    .await
 }
 
 /// Confirms a request's unconfirmed key (see `PendingAuth`) before it goes further, unless

@@ -212,6 +212,13 @@ impl Store {
         Box::pin(self.shared_reads.read(&self.db)).await
     }
 
+    /// Both generations read now, and noted as the last read (see
+    /// [`Store::unconfirmed_credential_view`]): what confirming an unconfirmed caller reads.
+    pub async fn read_and_note_generations(&self) -> StoreResult<Seen> {
+        let (_, seen) = self.cached(|_| None::<Arc<CredentialView>>).await?;
+        Ok(seen)
+    }
+
     /// Reads the generations and returns the cached entry `pick` finds, if still valid.
     async fn cached<V>(
         &self,
