@@ -39,7 +39,8 @@
 //! - [`auth`]: turns credentials into callers. [`auth::MemberCaller`] and [`auth::AgentCaller`]
 //!   can only be constructed here, so no service runs for an unauthenticated caller; an
 //!   [`auth::Unconfirmed`] agent (from the snapshot alone) is not a caller until its
-//!   decision's audit commit or a second authentication confirms it. JWT
+//!   decision's audit commit, or a generation read that finds the snapshot current, confirms
+//!   it (else it is authenticated again). JWT
 //!   cryptography is our `ring` provider for jsonwebtoken ([`auth::jwt_crypto`]); a token that
 //!   passed is remembered by its hash (`auth::tokens`), its expiry and key re-checked on every
 //!   use, so the signature is not checked again on every request. A console

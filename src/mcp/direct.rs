@@ -93,7 +93,7 @@ enum Work {
 /// Answers a plain `tools/call` or `tools/list` (on a bound session, or stateless), or hands
 /// the request back for rmcp. Runs inside `sessions::bind`, which has checked that a session is
 /// the caller's. A call on an unconfirmed key (`PendingAuth`) is decided on it if the gate can
-/// (`Gate::call_unconfirmed`); otherwise `confirm` authenticates the key again first, and its
+/// (`Gate::call_unconfirmed`); otherwise `confirm` confirms the key first, and its
 /// refusal is the answer.
 pub async fn call<C, F>(d: &Direct, mut req: Request, confirm: C) -> Result<Response, Request>
 where
