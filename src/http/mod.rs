@@ -458,6 +458,8 @@ pub async fn run_with(
 
     // What start-up allocated and dropped (migrations, snapshots, configuration) goes back to
     // the system now, not whenever the allocator gets round to it: most of it was on this thread.
+    // So do the pages SQLite cached while starting.
+    crate::store::release_cache_memory();
     crate::memory::release_free_memory();
     tracing::info!(%addr, "parallax-mcp listening on http://{addr}/mcp");
     let draining = ctx.draining.clone();

@@ -31,7 +31,7 @@ pub use auth_cache::{CredentialView, MemberView, Seen};
 pub use chain::{ChainHead, ChainedEntry, genesis_hash};
 pub use checkpoints::{AuditKeyRow, CheckpointCandidate, CheckpointRow};
 pub use console::{AgentOrder, ConsoleSessionRow, LoginLinkRow};
-pub use direct::IntactChain;
+pub use direct::{IntactChain, release_cache_memory};
 pub use inbound::InboundReceipt;
 pub use oidc_logins::PendingOidcLogin;
 pub use outbox::{DeliveryAttempt, DeliveryClaim};
