@@ -404,6 +404,7 @@ impl Stdio {
             // HTTP, when the snapshot can say; the rate is counted then, and not again if the
             // call is decided again on the key checked now.
             let mut count = true;
+            let mut checked = None;
             if let Work::Call(call) = &work
                 && call.name == super::catalogue::MY_ASSIGNMENTS
                 && let Some(unconfirmed) = server.key_unconfirmed(&key)
@@ -421,7 +422,15 @@ impl Stdio {
                             )
                             .await
                     }
-                    Err(over_rate) => Some(Err(over_rate)),
+                    // Over its rate: the key is checked now first, so that a key refused
+                    // since is answered (and audited) as refused, not as over its rate.
+                    Err(over_rate) => match server.check_key(&key, false).await {
+                        Ok(Ok(_)) => Some(Err(over_rate)),
+                        auth => {
+                            checked = Some(auth);
+                            None
+                        }
+                    },
                 };
                 if let Some(outcome) = decided {
                     let (_, mut body) = answered(call.id.clone(), call.shape, outcome);
@@ -429,7 +438,12 @@ impl Stdio {
                     return body.freeze();
                 }
             }
-            let auth = server.check_key(&key, count);
+            let auth = async {
+                match checked {
+                    Some(auth) => auth,
+                    None => server.check_key(&key, count).await,
+                }
+            };
             let (_, mut body) = respond(&server, &listings, work, parent, auth).await;
             body.put_u8(b'\n');
             body.freeze()

@@ -299,7 +299,12 @@ async fn authenticate(state: &HttpContext, req: Request, next: impl Continue) ->
     };
     if let Some(unconfirmed) = unconfirmed {
         if let Some(res) = over_rate(state, unconfirmed.caller()) {
-            return res;
+            // Confirmed first, so that a credential refused since is answered (and audited) as
+            // refused, as it is when it is checked before its rate.
+            return match verify(state, &token, peer, Some(&unconfirmed)).await {
+                Ok(_) => res,
+                Err(refused) => refused,
+            };
         }
         let pending = Pending {
             unconfirmed,

@@ -626,3 +626,91 @@ async fn a_key_revoked_elsewhere_is_refused_before_its_request_is_looked_at() {
         assert_eq!(after, before + 1, "{what}: the refusal is audited");
     }
 }
+
+/// A key revoked by another process while its agent is over its rate, and while this server's
+/// snapshot still holds it: the next request is refused as revoked and audited, over HTTP (with
+/// the key and with a token: 401, not 429) and over stdio (not the rate limit's error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_elsewhere_while_over_its_rate_is_refused_as_revoked() {
+    use crate::transport::{open_session, post};
+    let w = world().await;
+    let ws = w.admin.workspace().id.clone();
+    let read = [Permission::ReadTasks, Permission::ReadProjects];
+    crate::support::set(
+        &w.svc,
+        &w.admin,
+        &[("rate_limit_per_minute", "1"), ("rate_limit_burst", "6")],
+    )
+    .await;
+    let server = spawn_http(&w.db.url).await;
+    let changer = Changer::new(Via::Cli, &w.db.url).await;
+    let http = reqwest::Client::new();
+    let refusals = || async {
+        crate::support::activity_of(&w.svc, &ws, "auth.refused")
+            .await
+            .len()
+    };
+    let read_call = json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "agent_my_assignments", "arguments": {} } });
+    for (agent, with_token) in [("keyed", false), ("tokened", true)] {
+        let key = approved_agent(&w.svc, &w.admin, agent, &read).await;
+        let bearer = if with_token {
+            access_token(&server.url, &key).await
+        } else {
+            key
+        };
+        let session = open_session(&http, &server.url, &bearer).await;
+        let mut statuses = Vec::new();
+        while statuses.last() != Some(&429) && statuses.len() < 10 {
+            let res = post(&http, &server.url, &bearer, Some(&session), &read_call)
+                .send()
+                .await
+                .unwrap();
+            statuses.push(res.status().as_u16());
+        }
+        assert_eq!(statuses.last(), Some(&429), "{agent}: {statuses:?}");
+        assert!(statuses.contains(&200), "{agent}: {statuses:?}");
+        changer.revoke(agent).await;
+        let before = refusals().await;
+        let res = post(&http, &server.url, &bearer, Some(&session), &read_call)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{agent}");
+        assert_eq!(
+            refusals().await,
+            before + 1,
+            "{agent}: the refusal is audited"
+        );
+    }
+
+    let key = approved_agent(&w.svc, &w.admin, "piped", &read).await;
+    let client = stdio_client(&w.db.url, &key).await;
+    let mut limited = false;
+    for _ in 0..10 {
+        match call(&client, "agent_my_assignments", json!({})).await {
+            Ok(res) => assert_ne!(res.is_error, Some(true), "{res:?}"),
+            Err(rmcp::ServiceError::McpError(e)) if e.code.0 == -32029 => {
+                limited = true;
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(limited, "stdio: the rate limit was never reached");
+    changer.revoke("piped").await;
+    let before = refusals().await;
+    match call(&client, "agent_my_assignments", json!({})).await {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_ne!(e.code.0, -32029, "stdio: refused as over its rate: {e:?}")
+        }
+        Err(e) => panic!("{e:?}"),
+        Ok(res) => assert_eq!(res.is_error, Some(true), "stdio: served: {res:?}"),
+    }
+    assert_eq!(
+        refusals().await,
+        before + 1,
+        "stdio: the refusal is audited"
+    );
+    client.cancel().await.unwrap();
+}
