@@ -346,8 +346,8 @@ fn over_rate(state: &HttpContext, caller: &auth::AgentCaller) -> Option<Response
 
 /// The bearer credential checked against the store (generations read): the caller, or the
 /// answer to a refused credential (audited, counted against the address and the credential) or
-/// to a store that failed. `taken` is the caller the credential was taken unconfirmed as, which
-/// the generations read confirm unless they moved (`Unconfirmed::confirm`).
+/// to a store that failed. `taken` is the caller the credential was taken unconfirmed as: the
+/// read of the generations confirms it unless they moved (`Unconfirmed::confirm`).
 async fn verify(
     state: &HttpContext,
     token: &str,
