@@ -8,7 +8,8 @@
 //! drives both with a load generator that opens real MCP sessions (one connection and session per
 //! client), stateless 2026-07-28 requests and stdio pipes. Repetitions are interleaved: every rep
 //! measures the bare baselines and then every parallax row, so the machine's noise hits both.
-//! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), and the ratios to bare.
+//! Reported per row: calls/s, p50/p99, server CPU per call (from `/proc`), the ratios to bare, and
+//! the load generator's own CPU per call (it shares the cores with the servers).
 //! Bare also serves the read tool's answer from memory (its `answer` tool, over HTTP and stdio),
 //! and the read is set beside those rows too: what the gate adds to the same payload.
 //! Before the load, the memory an open session holds: RSS growth over 200 sessions just opened and
@@ -655,6 +656,9 @@ struct Sample {
     errors: u64,
     elapsed: Duration,
     cpu: Duration,
+    /// CPU the load generator (this process) spent over the window: it shares the cores with the
+    /// server, so a row whose answers cost it more to check runs slower for that too.
+    load_cpu: Duration,
     latencies_us: Vec<u64>,
     first_error: Option<String>,
 }
@@ -674,6 +678,10 @@ impl Sample {
 
     fn cpu_per_call_us(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / (self.calls.max(1) as f64)
+    }
+
+    fn load_cpu_per_call_us(&self) -> f64 {
+        self.load_cpu.as_secs_f64() * 1e6 / (self.calls.max(1) as f64)
     }
 }
 
@@ -700,6 +708,7 @@ async fn http_load(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = cpu_time(pid);
+    let load0 = cpu_time(std::process::id());
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for mut cl in clients {
@@ -736,6 +745,7 @@ async fn http_load(
     }
     total.elapsed = t0.elapsed();
     total.cpu = cpu_time(pid).saturating_sub(cpu0);
+    total.load_cpu = cpu_time(std::process::id()).saturating_sub(load0);
     total.latencies_us.sort_unstable();
     Ok(total)
 }
@@ -802,6 +812,7 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
         })
     };
     let cpu0 = cpu_time(pid);
+    let load0 = cpu_time(std::process::id());
     let t0 = Instant::now();
     let deadline = t0 + window;
     let mut s = Sample::default();
@@ -827,6 +838,7 @@ async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -
     }
     s.elapsed = t0.elapsed();
     s.cpu = cpu_time(pid).saturating_sub(cpu0);
+    s.load_cpu = cpu_time(std::process::id()).saturating_sub(load0);
     stop.store(true, Ordering::Relaxed);
     let _ = tx.try_send(());
     drop(tx);
@@ -1386,9 +1398,10 @@ async fn main() -> Result<()> {
         }
     );
     println!(
-        "| call | c | calls/s | × bare | p50 ms | p99 ms | p99 × bare | CPU/call µs | CPU × bare |"
+        "| call | c | calls/s | × bare | p50 ms | p99 ms | p99 × bare | CPU/call µs | CPU × bare \
+         | load gen µs |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut baselines: Vec<_> = bare_rows.into_iter().collect();
     baselines.sort_by_key(|(k, _)| format!("{k:?}"));
     for (k, samples) in &baselines {
@@ -1401,17 +1414,18 @@ async fn main() -> Result<()> {
             Baseline::Http(c) | Baseline::Stateless(c) | Baseline::Stdio(c) => c,
         };
         println!(
-            "| {label} | {c} | {:.0} | 1 | {:.2} | {:.2} | 1 | {:.0} | 1 |",
+            "| {label} | {c} | {:.0} | 1 | {:.2} | {:.2} | 1 | {:.0} | 1 | {:.0} |",
             median(samples.iter().map(Sample::per_sec).collect()),
             median(samples.iter().map(|s| s.pct(0.5)).collect()),
             median(samples.iter().map(|s| s.pct(0.99)).collect()),
             median(samples.iter().map(Sample::cpu_per_call_us).collect()),
+            median(samples.iter().map(Sample::load_cpu_per_call_us).collect()),
         );
     }
     for row in &rows {
         let ratio = |f: &dyn Fn(&Sample) -> f64| rep_ratio(&row.samples, &row.bare, f);
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} |",
             row.label,
             row.c,
             median(row.samples.iter().map(Sample::per_sec).collect()),
@@ -1421,6 +1435,12 @@ async fn main() -> Result<()> {
             ratio(&|s: &Sample| s.pct(0.99)),
             median(row.samples.iter().map(Sample::cpu_per_call_us).collect()),
             ratio(&Sample::cpu_per_call_us),
+            median(
+                row.samples
+                    .iter()
+                    .map(Sample::load_cpu_per_call_us)
+                    .collect()
+            ),
         );
     }
     // The read beside bare serving the same answer, rep by rep.
