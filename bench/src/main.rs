@@ -126,27 +126,34 @@ const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [-
 
 // ---- binaries and the CLI ----
 
-/// `parallax-mcp` and `bare-echo` beside this binary; under `cargo run` the server is built
-/// first with the same profile, so the numbers are never those of a stale binary.
+/// `parallax-mcp` and `bare-echo` beside this binary. Under `cargo run` both are built first, in
+/// this binary's profile, so the numbers are never those of a stale or missing binary: `cargo run`
+/// builds only the binary it runs. Each package is built on its own, so the server has the
+/// features `cargo build -p parallax-mcp` gives it, as installed, not the bench's.
 fn binaries() -> Result<(PathBuf, PathBuf)> {
     let me = std::env::current_exe()?;
     let dir = me.parent().ok_or("no directory for the bench binary")?;
     if let Ok(cargo) = std::env::var("CARGO") {
-        let release = dir.ends_with("release");
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "parallax-mcp",
-            "--bin",
-            "parallax-mcp",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        if !cmd.status()?.success() {
-            return Err("building parallax-mcp failed".into());
+        let profile = profile_of(dir).ok_or("no cargo profile for the bench binary's directory")?;
+        for (package, bin) in [
+            ("parallax-mcp", "parallax-mcp"),
+            ("parallax-bench", "bare-echo"),
+        ] {
+            let built = std::process::Command::new(&cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "--profile",
+                    profile,
+                    "-p",
+                    package,
+                    "--bin",
+                    bin,
+                ])
+                .status()?;
+            if !built.success() {
+                return Err(format!("building {bin} failed").into());
+            }
         }
     }
     let server = dir.join("parallax-mcp");
@@ -161,6 +168,14 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
         }
     }
     Ok((server, bare))
+}
+
+/// The cargo profile whose binaries are in `dir` (`target/<profile>`, `debug` being `dev`'s).
+fn profile_of(dir: &std::path::Path) -> Option<&str> {
+    match dir.file_name()?.to_str()? {
+        "debug" => Some("dev"),
+        profile => Some(profile),
+    }
 }
 
 struct Cli {
@@ -1518,4 +1533,21 @@ async fn main() -> Result<()> {
         return Err(format!("{} measurement(s) saw failed calls", failures.len()).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_of;
+    use std::path::Path;
+
+    #[test]
+    fn the_profile_is_named_by_the_binaries_directory() {
+        assert_eq!(profile_of(Path::new("/w/target/debug")), Some("dev"));
+        assert_eq!(profile_of(Path::new("/w/target/release")), Some("release"));
+        assert_eq!(profile_of(Path::new("target/profiling")), Some("profiling"));
+        assert_eq!(
+            profile_of(Path::new("/w/target/x86_64-unknown-linux-gnu/release")),
+            Some("release")
+        );
+    }
 }
