@@ -394,6 +394,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
+    // No request before the event feed knows where it starts (see `Feed::ready`).
+    ctx.feed.ready().await;
     if let Some(listen) = &ctx.opts.metrics_listen {
         serve_metrics(&ctx, listen).await?;
     }

@@ -872,6 +872,38 @@ mod mcp_notify {
             .id
     }
 
+    /// The feed's first poll only takes where each workspace stands, so servers wait for it
+    /// (`Feed::ready`) before taking a request: an event committed the moment a subscriber could
+    /// exist is carried, never taken as already there. (Before, a listener that subscribed and
+    /// was assigned before that first poll ran heard nothing.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_feed_carries_an_event_committed_as_soon_as_it_is_ready() {
+        let w = world().await;
+        approved_agent(&w.svc, &w.admin, "bot-f", &[Permission::ReadTasks]).await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Polls an hour apart: only the first poll and the commit's wake-up can carry it.
+        let feed = parallax_mcp::events::Feed::start(
+            w.svc.store().clone(),
+            Duration::from_secs(3600),
+            stop.clone(),
+        );
+        feed.ready().await;
+        let mut events = feed.subscribe();
+        assign(&w, "bot-f").await;
+        let carried = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let e = events.recv().await.expect("the feed goes on");
+                if e.event_type == EventType::TaskAssigned {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the assignment is carried");
+        assert_eq!(carried.agent_id.as_deref(), Some("bot-f"));
+        stop.cancel();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[allow(deprecated)] // resources/subscribe is the 2025-11-25 way
     async fn a_subscribed_agent_is_notified_of_assignments_2025_11_25() {
