@@ -101,32 +101,32 @@ impl EventOptions {
 #[derive(Clone, Debug)]
 pub struct Feed {
     tx: broadcast::Sender<Arc<Event>>,
-    /// `true` once the first poll has taken where each workspace stands (see [`Feed::ready`]).
-    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Feed {
-    /// Starts the poller; it stops when `stop` is cancelled.
-    pub fn start(store: Store, poll: Duration, stop: CancellationToken) -> Feed {
+    /// Starts the poller, once its first poll has taken where each workspace stands: an event
+    /// committed before that poll is taken as already there and never broadcast, so servers make
+    /// the feed before they take a request, and a feed carries every event committed after it
+    /// exists. The poller stops when `stop` is cancelled.
+    pub async fn start(store: Store, poll: Duration, stop: CancellationToken) -> Feed {
         let (tx, _) = broadcast::channel(1024);
-        let (polled, ready) = tokio::sync::watch::channel(false);
-        let feed = Feed {
-            tx: tx.clone(),
-            ready,
-        };
         // On PostgreSQL other replicas' commits wake the feed too (LISTEN/NOTIFY).
         store.listen_for_replicas(stop.clone());
+        let mut seen: Option<HashMap<String, i64>> = None;
+        // A first poll that fails does not hold the server back: the next one that succeeds
+        // takes the starting point instead.
+        if let Err(e) = poll_once(&store, &tx, &mut seen).await {
+            tracing::warn!(error = %e, "event feed poll failed");
+        }
+        let feed = Feed { tx: tx.clone() };
         tokio::spawn(async move {
             let wake = store.events_committed();
-            let mut seen: Option<HashMap<String, i64>> = None;
             loop {
+                // Before the poll, so that a commit during it wakes the next one.
                 let notified = wake.notified();
                 if let Err(e) = poll_once(&store, &tx, &mut seen).await {
                     tracing::warn!(error = %e, "event feed poll failed");
                 }
-                // After a failed first poll too: the server starts, and the next poll that
-                // succeeds takes the starting point instead.
-                polled.send_replace(true);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = notified => {}
@@ -140,15 +140,6 @@ impl Feed {
     /// New events from now on. A lagging receiver gets `Lagged` and must re-read the store.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
-    }
-
-    /// Waits for the first poll, which only takes where each workspace stands: an event committed
-    /// before it is taken as already there and never broadcast. Servers wait for this before they
-    /// take a request, so nobody can subscribe before the feed carries what is new.
-    pub async fn ready(&self) {
-        let mut ready = self.ready.clone();
-        // An error means the poller is gone (the feed stopped): nothing more to wait for.
-        let _ = ready.wait_for(|polled| *polled).await;
     }
 }
 

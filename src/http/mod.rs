@@ -338,7 +338,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tokens = Tokens::load(store.clone(), &opts.auth).await?;
-    let mut ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens);
+    let mut ctx = HttpContext::new(Service::new(store), listener.local_addr()?, opts, tokens).await;
     let callback = format!("{}{}", ctx.urls.origin, crate::console::oidc::CALLBACK_PATH);
     ctx.oidc = crate::auth::oidc::Oidc::from_config(&ctx.opts.oidc, &callback)
         .map_err(|e| ServeError::Config(e.to_string()))?
@@ -347,8 +347,9 @@ pub async fn run(
 }
 
 impl HttpContext {
-    /// The shared context for a server bound to `addr`.
-    pub fn new(
+    /// The shared context for a server bound to `addr`, once its event feed has started (see
+    /// [`Feed::start`]).
+    pub async fn new(
         service: Service,
         addr: std::net::SocketAddr,
         opts: HttpOptions,
@@ -359,7 +360,8 @@ impl HttpContext {
             service.store().clone(),
             opts.events.poll_interval,
             closing.clone(),
-        );
+        )
+        .await;
         let sessions = Arc::new(SessionRegistry::new(SessionLimits {
             per_agent: opts.max_sessions_per_agent,
             global: opts.max_sessions,
@@ -394,8 +396,6 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    // No request before the event feed knows where it starts (see `Feed::ready`).
-    ctx.feed.ready().await;
     if let Some(listen) = &ctx.opts.metrics_listen {
         serve_metrics(&ctx, listen).await?;
     }

@@ -84,9 +84,8 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         gate.service().store().clone(),
         crate::events::EventOptions::from_config(config).poll_interval,
         tokio_util::sync::CancellationToken::new(),
-    );
-    // No line is read before the feed knows where it starts (see `Feed::ready`).
-    feed.ready().await;
+    )
+    .await;
     if let Some(listen) = &config.metrics.listen {
         let store = gate.service().store().clone();
         let sample: crate::telemetry::metrics::Sampler = std::sync::Arc::new(move || {

@@ -872,12 +872,12 @@ mod mcp_notify {
             .id
     }
 
-    /// The feed's first poll only takes where each workspace stands, so servers wait for it
-    /// (`Feed::ready`) before taking a request: an event committed the moment a subscriber could
-    /// exist is carried, never taken as already there. (Before, a listener that subscribed and
-    /// was assigned before that first poll ran heard nothing.)
+    /// The feed's first poll only takes where each workspace stands, so `Feed::start` returns
+    /// after it (and servers start the feed before they take a request): an event committed the
+    /// moment a subscriber could exist is carried, never taken as already there. (Before, a
+    /// listener that subscribed and was assigned before that first poll ran heard nothing.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_feed_carries_an_event_committed_as_soon_as_it_is_ready() {
+    async fn the_feed_carries_an_event_committed_as_soon_as_it_has_started() {
         let w = world().await;
         approved_agent(&w.svc, &w.admin, "bot-f", &[Permission::ReadTasks]).await;
         let stop = tokio_util::sync::CancellationToken::new();
@@ -886,8 +886,8 @@ mod mcp_notify {
             w.svc.store().clone(),
             Duration::from_secs(3600),
             stop.clone(),
-        );
-        feed.ready().await;
+        )
+        .await;
         let mut events = feed.subscribe();
         assign(&w, "bot-f").await;
         let carried = tokio::time::timeout(Duration::from_secs(5), async {

@@ -133,7 +133,8 @@ pub async fn in_process(db_url: &str) -> InProcess {
         addr,
         opts,
         tokens,
-    );
+    )
+    .await;
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     tokio::spawn(http::run_with(ctx.clone(), listener, async move {
