@@ -72,6 +72,9 @@
 //!   (mimalloc collects per thread); asked by `mcp::sessions` and by `http` after start-up.
 //! - [`events`]: the outbox delivered — the feed of committed events (seq order per workspace),
 //!   the signed webhook worker, and the server-sent event stream the API serves to members.
+//!   `Feed::start` returns after its first poll has taken where each workspace's events stand,
+//!   and `serve` and `stdio` start the feed before they take a request: an event committed after
+//!   a client subscribed is then always carried, never taken for one that was already there.
 //! - [`http`]: the HTTP server — its own accept loop (first-byte, header and idle timeouts;
 //!   connection caps that shed idle connections; a draining shutdown), one
 //!   router for `/mcp`, `/api/v1`, the console, `/oauth/token`, discovery and health, with the transport
