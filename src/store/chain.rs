@@ -130,13 +130,16 @@ pub(super) fn chain_rows(
 /// Chain heads as this process last committed them, by workspace. On PostgreSQL a batch of
 /// entries for a workspace found here commits in one statement that moves the head only if it is
 /// still this one ([`super::Store::append_after_known_head`]), instead of a transaction of five
-/// round trips that reads it first. A head another writer moved since is no harm: the statement
-/// then changes nothing and the batch takes the transaction.
+/// round trips that reads it first; a transaction on either database, and a SQLite file's
+/// direct writer (`direct::DirectWriter`), move a head found here with one `UPDATE` guarded by
+/// it, instead of an upsert that reads the head and an update that writes its hash back. A head
+/// another writer moved since is no harm: the statement then changes nothing and the head is
+/// read as it is.
 #[derive(Default)]
 pub(super) struct KnownHeads(Mutex<HashMap<String, (i64, String)>>);
 
 impl KnownHeads {
-    fn get(&self, ws: &str) -> Option<(i64, String)> {
+    pub(super) fn get(&self, ws: &str) -> Option<(i64, String)> {
         self.0.lock().ok()?.get(ws).cloned()
     }
 
@@ -157,7 +160,7 @@ impl KnownHeads {
         }
     }
 
-    fn forget(&self, ws: &str) {
+    pub(super) fn forget(&self, ws: &str) {
         if let Ok(mut known) = self.0.lock() {
             known.remove(ws);
         }
@@ -306,70 +309,104 @@ impl Tx {
         }
     }
 
-    /// Chains and inserts the queued entries, one statement per workspace.
+    /// Chains and inserts the queued entries: per workspace, the head moved (one guarded update
+    /// when it is known, else an upsert that reads it and an update) and one insert.
     pub(super) async fn flush_activity(&self) -> StoreResult<()> {
         let pending = std::mem::take(&mut *self.queue()?);
         if pending.is_empty() {
             return Ok(());
         }
         for (ws, entries) in by_workspace(pending) {
-            let n = entries.len() as i64;
-            // Creating or advancing the head row locks it until commit (PostgreSQL; SQLite has
-            // one writer), so the hash it returns is one no other writer can move meanwhile.
-            let upsert = Query::insert()
-                .into_table(activity_chain::Entity)
-                .columns([
-                    activity_chain::Column::WorkspaceId,
-                    activity_chain::Column::LastSeq,
-                    activity_chain::Column::LastHash,
-                    activity_chain::Column::PrunedSeq,
-                ])
-                .values_panic([
-                    ws.clone().into(),
-                    n.into(),
-                    chain::genesis(&ws).into(),
-                    0i64.into(),
-                ])
-                .on_conflict(
-                    OnConflict::column(activity_chain::Column::WorkspaceId)
-                        .value(
-                            activity_chain::Column::LastSeq,
-                            Expr::col((activity_chain::Entity, activity_chain::Column::LastSeq))
-                                .add(n),
-                        )
-                        .to_owned(),
-                )
-                .returning(Query::returning().columns([
-                    activity_chain::Column::LastSeq,
-                    activity_chain::Column::LastHash,
-                ]))
-                .to_owned();
-            let head = self
-                .tx
-                .query_one(&upsert)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
-            let last_seq: i64 = head.try_get("", "last_seq")?;
-            let last_hash: String = head.try_get("", "last_hash")?;
-            let (models, prev) = chain_rows(last_seq, last_hash, &entries)?;
+            let (models, last_seq, prev) = match self.after_known_head(&ws, &entries).await? {
+                Some(moved) => moved,
+                None => self.after_head_read(&ws, &entries).await?,
+            };
             let models = models.into_iter().map(IntoActiveModel::into_active_model);
             activity::Entity::insert_many(models)
                 .exec_without_returning(&self.tx)
                 .await?;
-            // Only PostgreSQL's one-statement appends use the heads (a SQLite file's batches
-            // take the direct writer, which reads the head in its own transaction).
-            if self.tx.get_database_backend() == sea_orm::DbBackend::Postgres
-                && let Ok(mut chained) = self.chained.lock()
-            {
-                chained.push((ws.clone(), last_seq, prev.clone()));
+            // Made known at commit, for the next batch's one-statement append.
+            if let Ok(mut chained) = self.chained.lock() {
+                chained.push((ws, last_seq, prev));
             }
-            activity_chain::Entity::update_many()
-                .col_expr(activity_chain::Column::LastHash, Expr::value(prev))
-                .filter(activity_chain::Column::WorkspaceId.eq(ws.as_str()))
-                .exec(&self.tx)
-                .await?;
         }
         Ok(())
+    }
+
+    /// `entries` chained after the head this process last committed for `ws` (see
+    /// [`KnownHeads`]), moved past them by one update that also locks it until commit, with the
+    /// new head (seq, hash); `None`, having changed nothing, when no head is known or the head is
+    /// no longer that one.
+    async fn after_known_head(
+        &self,
+        ws: &str,
+        entries: &[ActivityEntry],
+    ) -> StoreResult<Option<(Vec<activity::Model>, i64, String)>> {
+        let Some((seq, hash)) = self.known_heads.get(ws) else {
+            return Ok(None);
+        };
+        let n = entries.len() as i64;
+        let (models, head) = chain_rows(seq + n, hash.clone(), entries)?;
+        let moved = activity_chain::Entity::update_many()
+            .col_expr(activity_chain::Column::LastSeq, Expr::value(seq + n))
+            .col_expr(activity_chain::Column::LastHash, Expr::value(head.clone()))
+            .filter(activity_chain::Column::WorkspaceId.eq(ws))
+            .filter(activity_chain::Column::LastSeq.eq(seq))
+            .filter(activity_chain::Column::LastHash.eq(hash))
+            .exec(&self.tx)
+            .await?;
+        if moved.rows_affected == 1 {
+            return Ok(Some((models, seq + n, head)));
+        }
+        self.known_heads.forget(ws);
+        Ok(None)
+    }
+
+    /// `entries` chained after `ws`'s head as this transaction reads it, with the new head.
+    async fn after_head_read(
+        &self,
+        ws: &str,
+        entries: &[ActivityEntry],
+    ) -> StoreResult<(Vec<activity::Model>, i64, String)> {
+        let n = entries.len() as i64;
+        // Creating or advancing the head row locks it until commit (PostgreSQL; SQLite has
+        // one writer), so the hash it returns is one no other writer can move meanwhile.
+        let upsert = Query::insert()
+            .into_table(activity_chain::Entity)
+            .columns([
+                activity_chain::Column::WorkspaceId,
+                activity_chain::Column::LastSeq,
+                activity_chain::Column::LastHash,
+                activity_chain::Column::PrunedSeq,
+            ])
+            .values_panic([ws.into(), n.into(), chain::genesis(ws).into(), 0i64.into()])
+            .on_conflict(
+                OnConflict::column(activity_chain::Column::WorkspaceId)
+                    .value(
+                        activity_chain::Column::LastSeq,
+                        Expr::col((activity_chain::Entity, activity_chain::Column::LastSeq)).add(n),
+                    )
+                    .to_owned(),
+            )
+            .returning(Query::returning().columns([
+                activity_chain::Column::LastSeq,
+                activity_chain::Column::LastHash,
+            ]))
+            .to_owned();
+        let head = self
+            .tx
+            .query_one(&upsert)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("no activity chain for {ws}")))?;
+        let last_seq: i64 = head.try_get("", "last_seq")?;
+        let last_hash: String = head.try_get("", "last_hash")?;
+        let (models, prev) = chain_rows(last_seq, last_hash, entries)?;
+        activity_chain::Entity::update_many()
+            .col_expr(activity_chain::Column::LastHash, Expr::value(prev.clone()))
+            .filter(activity_chain::Column::WorkspaceId.eq(ws))
+            .exec(&self.tx)
+            .await?;
+        Ok((models, last_seq, prev))
     }
 
     /// The workspace's chain head, if it ever had an entry.

@@ -10,8 +10,10 @@
 //! which reports the fault the usual way.
 
 use super::auth_cache::{READ_GENERATIONS, Seen};
+use super::entities::activity;
 use super::{StoreError, StoreResult, Touches, chain};
 use crate::domain::ActivityEntry;
+use chain::KnownHeads;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
@@ -257,7 +259,11 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
 /// same rows the pool would (the chain's rows from `chain::chain_rows`, timestamps as sqlx
 /// encodes them), takes its turn in the store's writer queue like any writer, and waits for
 /// other processes as long as the pool's busy timeout. A connection that fails is closed; the
-/// next batch opens another.
+/// next batch opens another. A workspace's head that this process committed last (the store's
+/// `chain::KnownHeads`) is moved by one `UPDATE` that changes it only if it is still that head,
+/// instead of an upsert that reads it and an update that writes its hash back: 8k of a lone
+/// read's 172k instructions. If another process moved it, the update changes nothing and the
+/// head is read as before.
 ///
 /// Its commits do not checkpoint the WAL themselves: SQLite's automatic checkpoint runs inside
 /// the commit that crosses 1,000 pages and syncs the database file there, while every call in
@@ -267,6 +273,8 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
 pub(super) struct DirectWriter {
     path: PathBuf,
     conn: Mutex<Option<Connection>>,
+    /// The store's chain heads, which every commit of this process makes known.
+    heads: Arc<KnownHeads>,
     commits: AtomicU32,
     /// Asks the checkpoint thread for a checkpoint; `None` if it could not start.
     checkpoints: Option<SyncSender<()>>,
@@ -293,7 +301,11 @@ pub(super) const WAL_SIZE_LIMIT: i64 = 4 * RESTART_AFTER * (4096 + 24);
 impl DirectWriter {
     /// A writer for the file at `path`; `writers` is the store's writer queue, which the
     /// checkpoint thread joins to hold commits back while it copies the WAL's last frames.
-    pub(super) fn new(path: PathBuf, writers: Arc<tokio::sync::Mutex<()>>) -> DirectWriter {
+    pub(super) fn new(
+        path: PathBuf,
+        writers: Arc<tokio::sync::Mutex<()>>,
+        heads: Arc<KnownHeads>,
+    ) -> DirectWriter {
         // One pending request at most: a checkpoint asked for while one runs covers both.
         let (checkpoints, due) = sync_channel(1);
         let at = path.clone();
@@ -306,6 +318,7 @@ impl DirectWriter {
         DirectWriter {
             path,
             conn: Mutex::default(),
+            heads,
             commits: AtomicU32::new(0),
             checkpoints: spawned.ok().map(|_| checkpoints),
         }
@@ -355,7 +368,7 @@ impl DirectWriter {
         };
         let written = begin(&conn)
             .map_err(store_error)
-            .and_then(|()| append(&conn, entries, touches, expect));
+            .and_then(|()| append(&conn, &self.heads, entries, touches, expect));
         self.keep(&mut slot, conn, written)
     }
 
@@ -382,7 +395,7 @@ impl DirectWriter {
             .and_then(|()| conn.busy_timeout(super::WRITER_WAIT));
         match begun {
             Ok(()) => {
-                let written = append(&conn, entries, touches, expect);
+                let written = append(&conn, &self.heads, entries, touches, expect);
                 Ok(self.keep(&mut slot, conn, written))
             }
             // Another process holds the write lock: wait for it off the runtime's threads.
@@ -418,6 +431,13 @@ impl DirectWriter {
     pub(super) fn committed(&self) -> bool {
         let n = self.commits.fetch_add(1, Ordering::Relaxed);
         n % CHECKPOINT_EVERY != CHECKPOINT_EVERY - 1 || self.ask_for_checkpoint()
+    }
+
+    /// Rows changed through this writer's connection since it opened (its inserts and updates).
+    #[cfg(test)]
+    pub(super) fn total_changes(&self) -> u64 {
+        let slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map_or(0, Connection::total_changes)
     }
 
     /// Whether a checkpoint thread runs, so a connection may leave checkpoints to it.
@@ -483,9 +503,11 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// The rest of a batch's transaction, after [`begin`]: `entries` back, with nothing written,
 /// if the generations are not `expect`. A failure leaves the transaction open; the caller then
-/// closes the connection, which rolls it back.
+/// closes the connection, which rolls it back. The heads it moves are made known once it
+/// commits.
 fn append(
     conn: &Connection,
+    heads: &KnownHeads,
     entries: Vec<ActivityEntry>,
     (agents, keys): Touches<'_>,
     expect: Option<Seen>,
@@ -501,8 +523,14 @@ fn append(
             .map_err(store_error)?;
         return Ok(Some(entries));
     }
+    let mut moved = Vec::new();
     for (ws, entries) in chain::by_workspace(entries) {
         let n = entries.len() as i64;
+        if let Some((rows, last_seq, head)) = after_known_head(tx, heads, &ws, &entries)? {
+            insert_rows(tx, &rows)?;
+            moved.push((ws, last_seq, head));
+            continue;
+        }
         let (last_seq, last_hash) = tx
             .prepare_cached(
                 "INSERT INTO activity_chains (workspace_id, last_seq, last_hash, pruned_seq) \
@@ -517,39 +545,11 @@ fn append(
             })
             .map_err(store_error)?;
         let (rows, head) = chain::chain_rows(last_seq, last_hash, &entries)?;
-        let mut insert = tx
-            .prepare_cached(
-                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
-                 activity_type, outcome, description, metadata, project_id, task_id, page_id, \
-                 created_at, seq, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )
-            .map_err(store_error)?;
-        for m in &rows {
-            insert
-                .execute(params![
-                    m.id,
-                    m.workspace_id,
-                    m.actor_kind,
-                    m.actor_id,
-                    m.agent_id,
-                    m.activity_type,
-                    m.outcome,
-                    m.description,
-                    m.metadata,
-                    m.project_id,
-                    m.task_id,
-                    m.page_id,
-                    timestamp(&m.created_at),
-                    m.seq,
-                    m.hash,
-                ])
-                .map_err(store_error)?;
-        }
-        drop(insert);
+        insert_rows(tx, &rows)?;
         tx.prepare_cached("UPDATE activity_chains SET last_hash = ?1 WHERE workspace_id = ?2")
             .and_then(|mut s| s.execute(params![head, ws]))
             .map_err(store_error)?;
+        moved.push((ws, last_seq, head));
     }
     for (ws, agent, at) in agents {
         tx.prepare_cached(
@@ -565,8 +565,72 @@ fn append(
     }
     tx.prepare_cached("COMMIT")
         .and_then(|mut s| s.execute([]))
-        .map(|_| None)
-        .map_err(store_error)
+        .map_err(store_error)?;
+    heads.learn(moved);
+    Ok(None)
+}
+
+/// `entries` chained after workspace `ws`'s head as this process last committed it, with the
+/// head already moved past them in this transaction, and the new head (seq, hash); `None` when
+/// no head is known or the head is no longer that one (another process wrote since), having
+/// changed nothing. One statement where reading the head and writing it back takes two.
+fn after_known_head(
+    tx: &Connection,
+    heads: &KnownHeads,
+    ws: &str,
+    entries: &[ActivityEntry],
+) -> StoreResult<Option<(Vec<activity::Model>, i64, String)>> {
+    let Some((seq, hash)) = heads.get(ws) else {
+        return Ok(None);
+    };
+    let n = entries.len() as i64;
+    let (rows, head) = chain::chain_rows(seq + n, hash.clone(), entries)?;
+    let moved = tx
+        .prepare_cached(
+            "UPDATE activity_chains SET last_seq = ?1, last_hash = ?2 \
+             WHERE workspace_id = ?3 AND last_seq = ?4 AND last_hash = ?5",
+        )
+        .and_then(|mut s| s.execute(params![seq + n, head, ws, seq, hash]))
+        .map_err(store_error)?;
+    if moved == 1 {
+        return Ok(Some((rows, seq + n, head)));
+    }
+    heads.forget(ws);
+    Ok(None)
+}
+
+/// Inserts chained `rows` (from `chain::chain_rows`).
+fn insert_rows(tx: &Connection, rows: &[activity::Model]) -> StoreResult<()> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
+             activity_type, outcome, description, metadata, project_id, task_id, page_id, \
+             created_at, seq, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .map_err(store_error)?;
+    for m in rows {
+        insert
+            .execute(params![
+                m.id,
+                m.workspace_id,
+                m.actor_kind,
+                m.actor_id,
+                m.agent_id,
+                m.activity_type,
+                m.outcome,
+                m.description,
+                m.metadata,
+                m.project_id,
+                m.task_id,
+                m.page_id,
+                timestamp(&m.created_at),
+                m.seq,
+                m.hash,
+            ])
+            .map_err(store_error)?;
+    }
+    Ok(())
 }
 
 /// Frees SQLite's page caches, of every connection in the process (the pool's, the direct

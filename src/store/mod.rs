@@ -424,7 +424,11 @@ impl Store {
             && let Some(reader) = direct::DirectReader::open(file.clone().into())
         {
             let _ = self.direct.set(reader);
-            let writer = Arc::new(direct::DirectWriter::new(file.into(), self.writers.clone()));
+            let writer = Arc::new(direct::DirectWriter::new(
+                file.into(),
+                self.writers.clone(),
+                self.known_heads.clone(),
+            ));
             // The pool's writer connection leaves checkpoints to the direct writer's thread as
             // well: the one open now, and any it opens later (`connect_options`).
             if writer.checkpoints_apart() {
@@ -1743,5 +1747,108 @@ mod tests {
                 assert_eq!(o.get_max_lifetime(), Some(None), "{url}");
             }
         }
+    }
+
+    /// The direct writer and the pool's transactions move a head this store knows with one
+    /// guarded statement; a head another process moved (here a second store on the file) is
+    /// read instead; each makes the head it leaves known to the other; the chain stays whole.
+    #[tokio::test]
+    async fn the_direct_writer_appends_after_known_heads_and_reads_moved_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("heads.db").display()
+        );
+        let (a, b) = (
+            Store::open(&url).await.unwrap(),
+            Store::open(&url).await.unwrap(),
+        );
+        assert!(a.direct_writer.get().is_some() && b.direct_writer.get().is_some());
+        let entries = |n: usize| -> Vec<ActivityEntry> {
+            (0..n)
+                .map(|i| {
+                    crate::service::Activity::new("ws_heads", &Actor::System, "test.entry")
+                        .description(&format!("entry {i}"))
+                        .build()
+                })
+                .collect()
+        };
+        let head_in_file = |store: &Store| {
+            let store = store.clone();
+            async move {
+                let tx = store.read().await.unwrap();
+                let h = tx.chain_head("ws_heads").await.unwrap().unwrap();
+                (h.last_seq, h.last_hash)
+            }
+        };
+        let append = |store: &Store, n| {
+            let store = store.clone();
+            async move {
+                let back = store.append_activity(entries(n), (&[], &[]), None).await;
+                assert!(back.unwrap().is_none());
+            }
+        };
+        // Rows an append of `n` entries changed through `a`'s direct writer: `n` inserts and
+        // one update of the head when it was known, an upsert and an update more when it was
+        // read.
+        let changed_by = |n: usize| {
+            let a = a.clone();
+            async move {
+                let writer = a.direct_writer.get().unwrap();
+                let before = writer.total_changes();
+                append(&a, n).await;
+                writer.total_changes() - before
+            }
+        };
+        // The first append reads the head (there is none yet); the next ones know it.
+        append(&a, 2).await;
+        assert_eq!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        assert_eq!(changed_by(3).await, 3 + 1);
+        assert_eq!(head_in_file(&a).await.0, 5);
+        assert_eq!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        // Another process moves the head: `a`'s guard finds it moved, reads it, and learns.
+        append(&b, 1).await;
+        assert_ne!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        assert_eq!(changed_by(2).await, 2 + 2);
+        assert_eq!(head_in_file(&a).await.0, 8);
+        assert_eq!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        // The same through `a`'s pool, whose writer is one connection: a commit there moves a
+        // known head with one update too, and makes the head it leaves known.
+        let pool_changes = || {
+            let a = a.clone();
+            async move {
+                let tx = a.write().await.unwrap();
+                let total = sea_orm::Statement::from_string(
+                    DbBackend::Sqlite,
+                    "SELECT total_changes() AS n",
+                );
+                let row = tx.tx.query_one_raw(total).await.unwrap().unwrap();
+                row.try_get::<i64>("", "n").unwrap()
+            }
+        };
+        let pool_append = |n: usize| {
+            let a = a.clone();
+            async move {
+                let tx = a.write().await.unwrap();
+                tx.insert_activities(entries(n)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        let before = pool_changes().await;
+        pool_append(1).await;
+        assert_eq!(pool_changes().await - before, 1 + 1);
+        assert_eq!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        append(&b, 1).await;
+        let before = pool_changes().await;
+        pool_append(2).await;
+        assert_eq!(pool_changes().await - before, 2 + 2);
+        assert_eq!(a.known_heads.get("ws_heads"), Some(head_in_file(&a).await));
+        assert_eq!(changed_by(1).await, 1 + 1);
+        let chain = a
+            .intact_chain("ws_heads", None)
+            .await
+            .expect("an intact chain");
+        assert_eq!(chain.verified, 13);
+        assert_eq!(chain.head.map(|h| h.last_seq), Some(13));
     }
 }
