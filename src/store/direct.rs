@@ -261,9 +261,9 @@ fn read(conn: &Connection) -> rusqlite::Result<Seen> {
 /// other processes as long as the pool's busy timeout. A connection that fails is closed; the
 /// next batch opens another. A workspace's head that this process committed last (the store's
 /// `chain::KnownHeads`) is moved by one `UPDATE` that changes it only if it is still that head,
-/// instead of an upsert that reads it and an update that writes its hash back: 8k of a lone
-/// read's 172k instructions. If another process moved it, the update changes nothing and the
-/// head is read as before.
+/// instead of an upsert that reads it and an update that writes its hash back: 9-10k of a lone
+/// read's 172-174k instructions. If another process moved it, the update changes nothing and
+/// the head is read as before.
 ///
 /// Its commits do not checkpoint the WAL themselves: SQLite's automatic checkpoint runs inside
 /// the commit that crosses 1,000 pages and syncs the database file there, while every call in
