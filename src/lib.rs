@@ -102,6 +102,9 @@
 //! - [`config`]: layered configuration — file, then `PARALLAX_*` variables, then flags. Every
 //!   key is defined once in `config::schema`; the README table, `parallax.example.toml` and
 //!   `config check` are generated from it (`config::reference`).
+//! - `build.rs` (not a module): a release build links the functions `src/link.order` lists (what
+//!   the server runs as it starts and answers, written by `parallax-bench --link-order`) first,
+//!   so an idle server maps little of its code, and has the linker strip the binary.
 //!
 //! ## Invariants
 //!

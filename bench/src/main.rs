@@ -24,10 +24,13 @@
 //! label contains it, or one of its `|`-separated parts; `--only sessions` matches no row:
 //! session memory alone), `--smoke`,
 //! `--instructions` (instead of timing, count each row's instructions per call in the server
-//! under valgrind's callgrind: repeatable on a noisy machine; `instructions.rs`).
+//! under valgrind's callgrind: repeatable on a noisy machine; `instructions.rs`),
+//! `--link-order` (instead of timing, write `src/link.order`, the functions the server runs as it
+//! starts and answers, which the linker puts first in the release binary; `link_order.rs`).
 
 mod console;
 mod instructions;
+mod link_order;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -57,6 +60,8 @@ struct Opts {
     only: Option<String>,
     /// Count instructions under callgrind instead of timing (`instructions.rs`).
     instructions: bool,
+    /// Write the server's link order instead of timing (`link_order.rs`).
+    link_order: bool,
 }
 
 impl Opts {
@@ -77,6 +82,7 @@ impl Opts {
             smoke: false,
             only: None,
             instructions: false,
+            link_order: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -93,6 +99,7 @@ impl Opts {
                 "--smoke" => o.smoke = true,
                 "--only" => o.only = Some(value("--only")?),
                 "--instructions" => o.instructions = true,
+                "--link-order" => o.link_order = true,
                 "-h" | "--help" => {
                     println!("{}", USAGE);
                     std::process::exit(0);
@@ -122,15 +129,16 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--only TEXT] [--instructions] [--smoke]";
+const USAGE: &str = "usage: parallax-bench [--reps N] [--secs S] [--agents N] [--tasks N] [--postgres URL] [--only TEXT] [--instructions] [--link-order] [--smoke]";
 
 // ---- binaries and the CLI ----
 
 /// `parallax-mcp` and `bare-echo` beside this binary. Under `cargo run` both are built first, in
 /// this binary's profile, so the numbers are never those of a stale or missing binary: `cargo run`
 /// builds only the binary it runs. Each package is built on its own, so the server has the
-/// features `cargo build -p parallax-mcp` gives it, as installed, not the bench's.
-fn binaries() -> Result<(PathBuf, PathBuf)> {
+/// features `cargo build -p parallax-mcp` gives it, as installed, not the bench's. With `symbols`
+/// the server keeps its symbols (`PARALLAX_LINK_SYMBOLS`, read by its `build.rs`).
+fn binaries(symbols: bool) -> Result<(PathBuf, PathBuf)> {
     let me = std::env::current_exe()?;
     let dir = me.parent().ok_or("no directory for the bench binary")?;
     if let Ok(cargo) = std::env::var("CARGO") {
@@ -139,7 +147,13 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
             ("parallax-mcp", "parallax-mcp"),
             ("parallax-bench", "bare-echo"),
         ] {
-            let built = std::process::Command::new(&cargo)
+            let mut build = std::process::Command::new(&cargo);
+            if symbols {
+                build.env("PARALLAX_LINK_SYMBOLS", "1");
+            } else {
+                build.env_remove("PARALLAX_LINK_SYMBOLS");
+            }
+            let built = build
                 .args([
                     "build",
                     "--quiet",
@@ -1042,7 +1056,7 @@ struct Target<'a> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let o = Opts::parse()?;
-    let (server_bin, bare_bin) = binaries()?;
+    let (server_bin, bare_bin) = binaries(o.link_order)?;
     let dir = tempfile::tempdir()?;
     let sqlite = format!(
         "sqlite://{}?mode=rwc",
@@ -1055,6 +1069,9 @@ async fn main() -> Result<()> {
     let key = seed(&cli, &o).await?;
     if o.instructions {
         return instructions::run(&o, &server_bin, &bare_bin, &cli, &key).await;
+    }
+    if o.link_order {
+        return link_order::run(o.smoke, &server_bin, &cli, &key).await;
     }
 
     let serve = |db: &str| {
