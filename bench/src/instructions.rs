@@ -29,17 +29,7 @@ struct Counted {
 
 /// The bench's `--instructions` run, on a database `seed` filled; prints its own table.
 pub async fn run(o: &Opts, server_bin: &Path, bare_bin: &Path, cli: &Cli, key: &str) -> Result<()> {
-    for tool in ["valgrind", "callgrind_control"] {
-        let found = std::process::Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            return Err(
-                format!("--instructions needs {tool} on the PATH (Debian: valgrind)").into(),
-            );
-        }
-    }
+    need_valgrind("--instructions")?;
     let (warm, counted) = if o.smoke { (5, 10) } else { (50, 250) };
     let dir = tempfile::Builder::new()
         .prefix("parallax-callgrind-")
@@ -322,7 +312,22 @@ async fn calls(
     Ok(back)
 }
 
-async fn control(args: &[&str]) -> Result<()> {
+/// An error naming `mode` unless valgrind and `callgrind_control` are on the PATH.
+pub(super) fn need_valgrind(mode: &str) -> Result<()> {
+    for tool in ["valgrind", "callgrind_control"] {
+        let found = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Err(format!("{mode} needs {tool} on the PATH (Debian: valgrind)").into());
+        }
+    }
+    Ok(())
+}
+
+/// `callgrind_control ARGS`, which must succeed.
+pub(super) async fn control(args: &[&str]) -> Result<()> {
     let out = Command::new("callgrind_control")
         .args(args)
         .output()

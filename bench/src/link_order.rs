@@ -18,13 +18,13 @@
 //! added, then stdio's. Functions it names that a later build no longer has are skipped by the
 //! linker, so a stale file costs memory, never correctness.
 
+use super::instructions::control;
 use super::{Call, Cli, Era, HttpClient, Result, Server};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// Calls of each kind the HTTP clients make: enough to run what a first call runs once and
@@ -34,13 +34,7 @@ const CALLS: usize = 3;
 /// Writes the link order into the server's package, from a server built with symbols; with
 /// `smoke` (CI, on a debug build), into a temporary file, checked and deleted.
 pub async fn run(smoke: bool, server_bin: &Path, cli: &Cli, key: &str) -> Result<()> {
-    let found = std::process::Command::new("callgrind_control")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        return Err("--link-order needs valgrind on the PATH (Debian: valgrind)".into());
-    }
+    super::instructions::need_valgrind("--link-order")?;
     let symbols = std::process::Command::new("nm")
         .arg(server_bin)
         .output()
@@ -73,9 +67,9 @@ pub async fn run(smoke: bool, server_bin: &Path, cli: &Cli, key: &str) -> Result
     // connections) has run by then.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = server.pid().to_string();
-    dump(&pid).await?;
+    control(&["-d", &pid]).await?;
     http_calls(&server.url, key).await?;
-    dump(&pid).await?;
+    control(&["-d", &pid]).await?;
     drop(server);
 
     // A stdio server, from start to end of input: its one dump is written as it exits.
@@ -145,18 +139,6 @@ fn callgrind(out: &Path, bin: &Path) -> Command {
     cmd
 }
 
-async fn dump(pid: &str) -> Result<()> {
-    let done = Command::new("callgrind_control")
-        .args(["-d", pid])
-        .stdout(Stdio::null())
-        .status()
-        .await?;
-    if !done.success() {
-        return Err(format!("callgrind_control -d {pid} failed").into());
-    }
-    Ok(())
-}
-
 /// Every kind of call a client makes over HTTP, each `CALLS` times.
 async fn http_calls(url: &str, key: &str) -> Result<()> {
     let token = super::access_token(url, key).await?;
@@ -204,37 +186,23 @@ async fn stdio_calls(out: &Path, server_bin: &Path, cli: &Cli, key: &str) -> Res
     let mut cmd = callgrind(out, server_bin);
     cmd.args(["--database-url", &cli.db, "stdio"])
         .env("PARALLAX_API_KEY", key)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let mut input = child.stdin.take().ok_or("stdin")?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
+        .env_remove("RUST_LOG");
+    let wait = Duration::from_secs(120);
+    let (mut child, mut input, mut lines) = super::stdio_start(cmd, wait).await?;
     let read = Call::tool("agent_my_assignments", json!({}));
-    let mut requests = vec![
-        json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": { "name": "parallax-bench", "version": "0" } } }),
-        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
-    ];
-    requests.extend((1..=CALLS as u64).map(|id| read.body(id, Era::Session)));
-    for request in requests {
-        let answered = request.get("id").is_some();
+    for id in 1..=CALLS as u64 {
+        let request = read.body(id, Era::Session);
         input.write_all(format!("{request}\n").as_bytes()).await?;
-        if answered {
-            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-                .await
-                .map_err(|_| "the stdio server did not answer under callgrind")??
-                .ok_or("the stdio server closed its output")?;
-            if !line.contains("\"result\"") || line.contains("\"isError\":true") {
-                return Err(format!("stdio call failed: {line:.300}").into());
-            }
+        let line = tokio::time::timeout(wait, lines.next_line())
+            .await
+            .map_err(|_| "the stdio server did not answer under callgrind")??
+            .ok_or("the stdio server closed its output")?;
+        if !line.contains("\"result\"") || line.contains("\"isError\":true") {
+            return Err(format!("stdio call failed: {line:.300}").into());
         }
     }
     drop(input);
-    let ended = tokio::time::timeout(Duration::from_secs(120), child.wait())
+    let ended = tokio::time::timeout(wait, child.wait())
         .await
         .map_err(|_| "the stdio server did not exit at the end of its input")??;
     if !ended.success() {

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, Error>;
@@ -780,43 +780,48 @@ async fn http_load(
 }
 
 /// A stdio server with `w` requests in flight on its one pipe.
-async fn stdio_load(mut cmd: Command, call: &Call, w: usize, window: Duration) -> Result<Sample> {
+/// The answers a stdio server writes, line by line.
+type StdioLines = tokio::io::Lines<BufReader<ChildStdout>>;
+
+/// A stdio MCP server started from `cmd` (killed when dropped), its handshake done: `initialize`
+/// answered with a result within `wait`, then `notifications/initialized` sent.
+async fn stdio_start(mut cmd: Command, wait: Duration) -> Result<(Child, ChildStdin, StdioLines)> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().unwrap_or(0);
     let mut stdin = child.stdin.take().ok_or("stdin")?;
     let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
-    let send = |v: Value| {
-        let mut line = v.to_string();
-        line.push('\n');
-        line
-    };
+    let initialize = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "parallax-bench", "version": "0" } } });
     stdin
-        .write_all(
-            send(
-                json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": { "name": "parallax-bench", "version": "0" } } }),
-            )
-            .as_bytes(),
-        )
+        .write_all(format!("{initialize}\n").as_bytes())
         .await?;
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let first = tokio::time::timeout(wait, lines.next_line())
         .await
         .map_err(|_| "stdio server did not answer initialize")??
         .ok_or("stdio server closed before answering initialize")?;
     if !first.contains("\"result\"") {
         return Err(format!("initialize failed: {first:.300}").into());
     }
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     stdin
-        .write_all(
-            send(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).as_bytes(),
-        )
+        .write_all(format!("{initialized}\n").as_bytes())
         .await?;
+    Ok((child, stdin, lines))
+}
+
+async fn stdio_load(cmd: Command, call: &Call, w: usize, window: Duration) -> Result<Sample> {
+    let (mut child, mut stdin, mut lines) = stdio_start(cmd, Duration::from_secs(30)).await?;
+    let pid = child.id().unwrap_or(0);
+    let send = |v: Value| {
+        let mut line = v.to_string();
+        line.push('\n');
+        line
+    };
 
     let sent_at: Arc<tokio::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
