@@ -175,7 +175,10 @@ fn binaries(symbols: bool) -> Result<(PathBuf, PathBuf)> {
     for b in [&server, &bare] {
         if !b.exists() {
             return Err(format!(
-                "{} not found: build it with `cargo build --workspace --bins` (same profile)",
+                "{} not found: build `-p parallax-mcp` and `-p parallax-bench` in this binary's \
+                 profile, each on its own (built together, the server's dependencies get the \
+                 bench's features too, which renames them, and a release server loses its \
+                 link order)",
                 b.display()
             )
             .into());
@@ -1225,7 +1228,8 @@ async fn main() -> Result<()> {
         &key,
         target.server,
     ));
-    for c in o.c(&[16, 64]) {
+    // From c = 1 too: a lone read's CPU beside what the same answer costs bare rmcp alone.
+    for c in o.c(&[1, 16, 64]) {
         let (url, pid, call) = (
             bare.url.clone(),
             bare.pid(),
@@ -1482,7 +1486,7 @@ async fn main() -> Result<()> {
     }
     // The read beside bare serving the same answer, rep by rep.
     let http = o
-        .c(&[16, 64])
+        .c(&[1, 16, 64])
         .into_iter()
         .map(|c| (READ, READ.to_owned(), SAME_ANSWER, "c", c));
     let stdio = o.c(&[1, 32]).into_iter().map(|w| {
