@@ -197,9 +197,7 @@ async fn stdio_calls(out: &Path, server_bin: &Path, cli: &Cli, key: &str) -> Res
             .await
             .map_err(|_| "the stdio server did not answer under callgrind")??
             .ok_or("the stdio server closed its output")?;
-        if !line.contains("\"result\"") || line.contains("\"isError\":true") {
-            return Err(format!("stdio call failed: {line:.300}").into());
-        }
+        super::Answer::check(line.as_bytes(), id).map_err(|e| format!("stdio: {e}"))?;
     }
     drop(input);
     let ended = tokio::time::timeout(wait, child.wait())
@@ -220,8 +218,8 @@ fn functions(dump: &Path, bin: &Path) -> Result<Vec<String>> {
     let mut objects = std::collections::HashMap::new();
     let mut names = std::collections::HashMap::new();
     let mut in_bin = false;
+    // In the dump's order, repeats included: `run` keeps each name's first place.
     let mut found = Vec::new();
-    let mut seen = HashSet::new();
     let split = |rest: &str| -> Option<(String, Option<String>)> {
         let rest = rest.strip_prefix('(')?;
         let (id, name) = rest.split_once(')')?;
@@ -256,7 +254,6 @@ fn functions(dump: &Path, bin: &Path) -> Result<Vec<String>> {
                     && let Some(name) = names.get(&id)
                     && !name.starts_with("0x")
                     && !name.starts_with('(')
-                    && seen.insert(name.clone())
                 {
                     found.push(name.clone());
                 }

@@ -782,7 +782,6 @@ async fn http_load(
     Ok(total)
 }
 
-/// A stdio server with `w` requests in flight on its one pipe.
 /// The answers a stdio server writes, line by line.
 type StdioLines = tokio::io::Lines<BufReader<ChildStdout>>;
 
@@ -807,9 +806,7 @@ async fn stdio_start(mut cmd: Command, wait: Duration) -> Result<(Child, ChildSt
         .await
         .map_err(|_| "stdio server did not answer initialize")??
         .ok_or("stdio server closed before answering initialize")?;
-    if !first.contains("\"result\"") {
-        return Err(format!("initialize failed: {first:.300}").into());
-    }
+    Answer::check(first.as_bytes(), 0).map_err(|e| format!("initialize: {e}"))?;
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     stdin
         .write_all(format!("{initialized}\n").as_bytes())
@@ -817,6 +814,7 @@ async fn stdio_start(mut cmd: Command, wait: Duration) -> Result<(Child, ChildSt
     Ok((child, stdin, lines))
 }
 
+/// A stdio server with `w` requests in flight on its one pipe.
 async fn stdio_load(cmd: Command, call: &Call, w: usize, window: Duration) -> Result<Sample> {
     let (mut child, mut stdin, mut lines) = stdio_start(cmd, Duration::from_secs(30)).await?;
     let pid = child.id().unwrap_or(0);
