@@ -197,10 +197,11 @@ pub async fn agent(
     let Ok(key) = ApiKey::parse(raw_key) else {
         return refuse(AgentAuthError::Malformed, None);
     };
-    let (Some(view), seen) = store.credential_view(&key.hash()).await? else {
+    let hash = key.hash();
+    let (Some(view), seen) = store.credential_view(&hash).await? else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
-    if !view.key_hash.matches(&key) {
+    if !view.key_hash.matches(&hash) {
         return refuse(AgentAuthError::UnknownKey, None);
     }
     Ok(check_credential(&view, seen, None))
@@ -248,8 +249,9 @@ impl Unconfirmed {
 /// through [`agent`] to be refused on current data and audited.
 pub fn agent_unconfirmed(store: &Store, raw_key: &str) -> Option<Unconfirmed> {
     let key = ApiKey::parse(raw_key).ok()?;
-    let (view, seen) = store.unconfirmed_credential_view(&key.hash())?;
-    if !view.key_hash.matches(&key) {
+    let hash = key.hash();
+    let (view, seen) = store.unconfirmed_credential_view(&hash)?;
+    if !view.key_hash.matches(&hash) {
         return None;
     }
     let caller = check_credential(&view, seen, None).ok()?;
@@ -264,39 +266,54 @@ pub(crate) fn check_credential(
     seen: Seen,
     scope: Option<PermissionSet>,
 ) -> Result<AgentCaller, AgentAuthRefusal> {
-    let refuse = |error, owner| Err(AgentAuthRefusal { error, owner });
     let cred = &view.credential;
-    let owner = Some((cred.workspace_id.clone(), cred.agent_id.clone()));
+    // The owner is named in a refusal only: a call that passes copies nothing for it.
+    let refuse = |error| {
+        Err(AgentAuthRefusal {
+            error,
+            owner: Some((cred.workspace_id.clone(), cred.agent_id.clone())),
+        })
+    };
     if cred.revoked_at.is_some() {
-        return refuse(AgentAuthError::KeyRevoked, owner);
+        return refuse(AgentAuthError::KeyRevoked);
     }
     if cred.expires_at.is_some_and(|exp| exp <= chrono::Utc::now()) {
-        return refuse(AgentAuthError::KeyExpired, owner);
+        return refuse(AgentAuthError::KeyExpired);
     }
     let Some(agent) = &view.agent else {
-        return refuse(AgentAuthError::UnknownKey, None);
+        return Err(AgentAuthRefusal {
+            error: AgentAuthError::UnknownKey,
+            owner: None,
+        });
     };
     if agent.status != AgentStatus::Approved {
-        return refuse(AgentAuthError::NotApproved(agent.status), owner);
+        return refuse(AgentAuthError::NotApproved(agent.status));
     }
     // Time-based, so it holds at the instant of expiry on every replica, before anyone records it;
     // a cached agent can never outlive its grant.
     let at = chrono::Utc::now();
     if agent.access_expired(at) {
-        return refuse(AgentAuthError::AccessExpired, owner);
+        return refuse(AgentAuthError::AccessExpired);
     }
-    // Temporary permissions that are still running count as granted for this request.
-    let granted = agent.permissions_at(at);
-    let agent = if granted == agent.granted_permissions {
-        agent.clone()
-    } else {
-        let mut now = Agent::clone(agent);
-        now.granted_permissions = granted;
-        std::sync::Arc::new(now)
+    // Temporary permissions that are still running count as granted for this request. Most
+    // agents have none running, and then the grant is used as it is, without a new set.
+    let running = agent
+        .temporary_permissions
+        .iter()
+        .any(|t| t.expires_at > at);
+    let granted = running.then(|| agent.permissions_at(at));
+    let agent = match granted {
+        None => agent.clone(),
+        Some(granted) if granted == agent.granted_permissions => agent.clone(),
+        Some(granted) => {
+            let mut now = Agent::clone(agent);
+            now.granted_permissions = granted;
+            std::sync::Arc::new(now)
+        }
     };
     // A key whose workspace is gone cannot be used; refuse it like a disabled workspace.
     let Some(ws) = view.workspace.as_ref().filter(|ws| ws.settings.enabled) else {
-        return refuse(AgentAuthError::WorkspaceDisabled, owner);
+        return refuse(AgentAuthError::WorkspaceDisabled);
     };
     Ok(AgentCaller {
         agent,

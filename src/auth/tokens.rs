@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// `typ` of a member token.
@@ -87,6 +87,9 @@ struct Claims {
     cid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// `scope` parsed, once: a token verified before is asked for it on every request.
+    #[serde(skip)]
+    parsed_scope: OnceLock<Option<PermissionSet>>,
 }
 
 impl Claims {
@@ -95,8 +98,10 @@ impl Claims {
         let (Some(cid), Some(scope)) = (&self.cid, &self.scope) else {
             return Err("access token without a credential or scope");
         };
-        let scope = PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>())
-            .map_err(|_| "access token with an unknown scope")?;
+        let parsed = self.parsed_scope.get_or_init(|| {
+            PermissionSet::parse_all(&scope.split_whitespace().collect::<Vec<_>>()).ok()
+        });
+        let scope = parsed.clone().ok_or("access token with an unknown scope")?;
         Ok((cid, scope))
     }
 
@@ -186,7 +191,10 @@ struct VerifiedToken {
 
 impl Verified {
     fn hash(token: &str, typ: &str, aud: &str) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("parallax-mcp verified token v1");
+        // The context's key is derived once, not on every request.
+        static CONTEXT: LazyLock<blake3::Hasher> =
+            LazyLock::new(|| blake3::Hasher::new_derive_key("parallax-mcp verified token v1"));
+        let mut h = CONTEXT.clone();
         for part in [typ, aud, token] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
@@ -406,6 +414,7 @@ impl Tokens {
             email: None,
             cid: None,
             scope: None,
+            parsed_scope: OnceLock::new(),
         })
     }
 

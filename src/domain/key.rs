@@ -1,6 +1,7 @@
 use super::ParseError;
 use rand::Rng;
 use std::fmt;
+use std::sync::LazyLock;
 
 const PREFIX: &str = "mcp_agent_";
 const BODY_LEN: usize = 40;
@@ -81,18 +82,36 @@ impl KeyHash {
         &self.0
     }
 
-    /// Constant-time equality, for checking a stored hash against a presented key.
-    pub fn matches(&self, key: &ApiKey) -> bool {
-        match blake3::Hash::from_hex(&self.0) {
+    /// Constant-time equality, for checking a stored hash against a presented key's (the
+    /// key is hashed once, for the lookup and this check both).
+    pub fn matches(&self, presented: &KeyHash) -> bool {
+        match (
+            blake3::Hash::from_hex(&self.0),
+            blake3::Hash::from_hex(&presented.0),
+        ) {
             // blake3::Hash compares in constant time.
-            Ok(stored) => stored == blake3::hash(key.0.as_bytes()),
-            Err(_) => false,
+            (Ok(stored), Ok(presented)) => stored == presented,
+            _ => false,
         }
     }
 }
 
+const CHECKSUM_CONTEXT: &str = "parallax-mcp api key checksum v1";
+
+/// `blake3::derive_key(CHECKSUM_CONTEXT, body)`, with the context's key derived once rather than
+/// for every key checked.
+fn checksum_digest(body: &str) -> [u8; 32] {
+    static CONTEXT: LazyLock<blake3::Hasher> =
+        LazyLock::new(|| blake3::Hasher::new_derive_key(CHECKSUM_CONTEXT));
+    *CONTEXT
+        .clone()
+        .update(body.as_bytes())
+        .finalize()
+        .as_bytes()
+}
+
 fn checksum(body: &str) -> String {
-    let digest = blake3::derive_key("parallax-mcp api key checksum v1", body.as_bytes());
+    let digest = checksum_digest(body);
     let mut n = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
     (0..CHECK_LEN)
         .map(|_| {
@@ -112,9 +131,20 @@ mod tests {
         let key = ApiKey::generate();
         let parsed = ApiKey::parse(key.expose()).unwrap();
         assert_eq!(parsed, key);
-        assert!(key.hash().matches(&parsed));
-        assert!(!key.hash().matches(&ApiKey::generate()));
+        assert!(key.hash().matches(&parsed.hash()));
+        assert!(!key.hash().matches(&ApiKey::generate().hash()));
+        assert!(!key.hash().matches(&KeyHash::from_stored("not hex".into())));
         assert_eq!(key.hash().as_str().len(), 64);
+    }
+
+    #[test]
+    fn the_checksum_is_blake3_derive_key() {
+        // Keys already issued carry checksums made with `blake3::derive_key`.
+        let body = "0123456789abcdefghijABCDEFGHIJ0123456789";
+        assert_eq!(
+            checksum_digest(body),
+            blake3::derive_key(CHECKSUM_CONTEXT, body.as_bytes())
+        );
     }
 
     #[test]
