@@ -9,7 +9,7 @@
 //! allowed domains, and finds the member. It returns identities; sessions are the console's.
 
 use crate::config::{ConfigError, OidcConfig};
-use crate::domain::{Email, Member, Workspace};
+use crate::domain::{Email, Member, Workspace, constant_time_eq};
 use crate::store::{PendingOidcLogin, Store, StoreError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -505,15 +505,6 @@ impl Oidc {
 /// The hash stored for a `state`: the state itself is only ever in the browser's URL.
 fn state_hash(state: &str) -> String {
     blake3::hash(state.as_bytes()).to_hex().to_string()
-}
-
-/// Compares two hashes without an early exit.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// A token endpoint failure in one line: the provider's error code and description, if any.

@@ -83,17 +83,20 @@ impl KeyHash {
     }
 
     /// Constant-time equality, for checking a stored hash against a presented key's (the
-    /// key is hashed once, for the lookup and this check both).
+    /// key is hashed once, for the lookup and this check both). Both are blake3's lowercase hex,
+    /// as the lookup compares them.
     pub fn matches(&self, presented: &KeyHash) -> bool {
-        match (
-            blake3::Hash::from_hex(&self.0),
-            blake3::Hash::from_hex(&presented.0),
-        ) {
-            // blake3::Hash compares in constant time.
-            (Ok(stored), Ok(presented)) => stored == presented,
-            _ => false,
-        }
+        constant_time_eq(&self.0, &presented.0)
     }
+}
+
+/// Compares two hashes without an early exit.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 const CHECKSUM_CONTEXT: &str = "parallax-mcp api key checksum v1";
@@ -134,6 +137,9 @@ mod tests {
         assert!(key.hash().matches(&parsed.hash()));
         assert!(!key.hash().matches(&ApiKey::generate().hash()));
         assert!(!key.hash().matches(&KeyHash::from_stored("not hex".into())));
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "abcd"));
         assert_eq!(key.hash().as_str().len(), 64);
     }
 

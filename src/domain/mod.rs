@@ -15,7 +15,7 @@ mod webhook;
 
 pub use grant::{grant_end, parse_duration};
 pub use ids::{AgentId, Email, RecordId, WorkspaceSlug, new_id};
-pub use key::{ApiKey, KeyHash};
+pub use key::{ApiKey, KeyHash, constant_time_eq};
 pub use permission::{Permission, PermissionSet};
 pub use records::*;
 pub use settings::{SETTING_KEYS, WorkspaceSettings};

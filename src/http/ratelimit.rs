@@ -196,7 +196,7 @@ impl FailedAuthLimiter {
     /// How long `credential` is still refused, from any address, without being checked.
     pub fn credential_blocked(&self, credential: &str) -> Option<Duration> {
         // Nearly always nothing is blocked: then the credential is not hashed (an access token
-        // is a kilobyte or so, and this runs on every request).
+        // is 500 bytes or more, and this runs on every request).
         if lock(&self.0.blocked).is_empty() {
             return None;
         }
@@ -242,7 +242,7 @@ mod failed_auth_tests {
     async fn a_failing_credential_is_blocked_and_a_neighbour_is_not() {
         let limiter = FailedAuthLimiter::new(1, 3);
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        // Nothing blocked yet: not even hashed.
+        // Nothing is blocked yet.
         assert!(limiter.credential_blocked("mcp_agent_revoked").is_none());
         let answers: Vec<bool> = (0..5)
             .map(|_| {
