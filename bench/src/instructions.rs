@@ -3,10 +3,11 @@
 //! Timings on a shared machine move by tens of per cent from one run to the next; an instruction
 //! count hardly does (the same binary and load give the same count to about 0.1% on a machine
 //! doing nothing else; with builds or tests beside it, calls batch into commits differently and a
-//! row moves by up to a few per cent). Both servers run under `valgrind --tool=callgrind` with instrumentation off; for
-//! each row, clients open their sessions and warm up, then instrumentation is switched on
-//! (`callgrind_control -i on`) for a fixed number of calls, off again, and the counts dumped. Only
-//! the server process is counted: not the load generator, not PostgreSQL.
+//! row moves by up to a few per cent). Both servers run under `valgrind --tool=callgrind` with
+//! instrumentation off; for each row, clients open their sessions and warm up, then
+//! instrumentation is switched on (`callgrind_control -i on`) for a fixed number of calls, off
+//! again, and the counts dumped. Only the server process is counted: not the load generator, not
+//! PostgreSQL.
 //!
 //! The dumps are kept (the path is printed), so `callgrind_annotate --inclusive=yes FILE` shows
 //! where a row's instructions went. SQLite only (`--postgres` is not counted here). Bare is

@@ -301,15 +301,13 @@ pub(crate) fn check_credential(
         .temporary_permissions
         .iter()
         .any(|t| t.expires_at > at);
-    let granted = running.then(|| agent.permissions_at(at));
-    let agent = match granted {
-        None => agent.clone(),
-        Some(granted) if granted == agent.granted_permissions => agent.clone(),
-        Some(granted) => {
+    let agent = match running.then(|| agent.permissions_at(at)) {
+        Some(granted) if granted != agent.granted_permissions => {
             let mut now = Agent::clone(agent);
             now.granted_permissions = granted;
             std::sync::Arc::new(now)
         }
+        _ => agent.clone(),
     };
     // A key whose workspace is gone cannot be used; refuse it like a disabled workspace.
     let Some(ws) = view.workspace.as_ref().filter(|ws| ws.settings.enabled) else {
