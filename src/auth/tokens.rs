@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// `typ` of a member token.
@@ -39,7 +39,8 @@ const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How many times start-up or rotation retries after losing a race to another replica.
 const RACE_RETRIES: usize = 5;
-/// Verified tokens remembered at most; the memo is emptied when it is full.
+/// Verified tokens remembered at most; the memo is emptied when it is full. Each entry keeps the
+/// token, which this server signed (about 600 bytes), so the memo stays under a few megabytes.
 const VERIFIED_MAX: usize = 4096;
 
 /// Why a token was refused. The reason never contains the token.
@@ -173,55 +174,70 @@ struct Inner {
     verified: Verified,
 }
 
-/// Tokens that passed verification, by a hash of the type and audience asked for and the token.
-/// Verifying the same token again would give the same claims: what is signed cannot change, and
-/// a key id names one secret (it is derived from it). What can change is checked on every use:
-/// the clock against `exp` and `nbf`, and whether the key is still one we verify with. A token
-/// that fails either is verified afresh, which refuses it with the reason. Refusals are never
-/// remembered. Signature checks cost more than the rest of a request's authentication.
+/// Tokens that passed verification, found by their signature and then compared whole, with the
+/// type and audience they were verified for. Verifying the same token again would give the same
+/// claims: what is signed cannot change, and a key id names one secret (it is derived from it).
+/// What can change is checked on every use: the clock against `exp` and `nbf`, and whether the
+/// key is still one we verify with. A token that fails either is verified afresh, which refuses
+/// it with the reason. Refusals are never remembered. Signature checks cost more than the rest of
+/// a request's authentication, and hashing a whole token (500 bytes and more) was most of what
+/// the memo itself cost, so the map is keyed by the signature's 43 characters instead.
 #[derive(Default)]
 struct Verified {
-    by_hash: std::sync::Mutex<HashMap<[u8; 32], VerifiedToken>>,
+    by_signature: std::sync::Mutex<HashMap<Box<str>, VerifiedToken>>,
 }
 
 struct VerifiedToken {
+    /// The whole token, compared in constant time: a forged payload under a copied signature
+    /// finds the entry but does not match it.
+    token: Box<str>,
+    typ: &'static str,
+    aud: Box<str>,
     kid: Arc<str>,
     claims: Arc<Claims>,
 }
 
-impl Verified {
-    fn hash(token: &str, typ: &str, aud: &str) -> [u8; 32] {
-        // The context's key is derived once, not on every request.
-        static CONTEXT: LazyLock<blake3::Hasher> =
-            LazyLock::new(|| blake3::Hasher::new_derive_key("parallax-mcp verified token v1"));
-        let mut h = CONTEXT.clone();
-        for part in [typ, aud, token] {
-            h.update(&(part.len() as u64).to_le_bytes());
-            h.update(part.as_bytes());
-        }
-        *h.finalize().as_bytes()
-    }
+/// A compact JWS's last segment (the whole string when it has no dot; such a string is never
+/// verified, so never found).
+fn signature_of(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(_, sig)| sig)
+}
 
-    /// The claims of a token verified before, if its key is in `keys` and `now` is inside its
-    /// validity (with the leeway, as jsonwebtoken checks it).
-    fn get(&self, hash: &[u8; 32], keys: &KeySet, now: i64) -> Option<Arc<Claims>> {
-        let map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = map.get(hash)?;
+impl Verified {
+    /// The claims of `token` verified before for `typ` and `aud`, if its key is in `keys` and
+    /// `now` is inside its validity (with the leeway, as jsonwebtoken checks it).
+    fn get(
+        &self,
+        token: &str,
+        typ: &'static str,
+        aud: &str,
+        keys: &KeySet,
+        now: i64,
+    ) -> Option<Arc<Claims>> {
+        let map = self.by_signature.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = map.get(signature_of(token))?;
+        let same = crate::domain::constant_time_eq(&hit.token, token)
+            && hit.typ == typ
+            && *hit.aud == *aud;
         let leeway = LEEWAY_SECS as i64;
-        let current = hit.claims.exp >= now - leeway
+        let current = same
+            && hit.claims.exp >= now - leeway
             && hit.claims.nbf <= now + leeway
             && keys.by_kid.contains_key(&*hit.kid);
         current.then(|| hit.claims.clone())
     }
 
-    fn put(&self, hash: [u8; 32], kid: &str, claims: Arc<Claims>) {
-        let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
+    fn put(&self, token: &str, typ: &'static str, aud: &str, kid: &str, claims: Arc<Claims>) {
+        let mut map = self.by_signature.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= VERIFIED_MAX {
             map.clear();
         }
         map.insert(
-            hash,
+            signature_of(token).into(),
             VerifiedToken {
+                token: token.into(),
+                typ,
+                aud: aud.into(),
                 kid: kid.into(),
                 claims,
             },
@@ -523,11 +539,13 @@ impl Tokens {
         if bearer.len() > MAX_TOKEN_LEN {
             return None;
         }
-        let hash = Verified::hash(bearer, AGENT_TYP, resource);
-        let claims = self
-            .inner
-            .verified
-            .get(&hash, &self.keys(), Utc::now().timestamp())?;
+        let claims = self.inner.verified.get(
+            bearer,
+            AGENT_TYP,
+            resource,
+            &self.keys(),
+            Utc::now().timestamp(),
+        )?;
         let (cid, scope) = claims.credential().ok()?;
         let (view, seen) = self.inner.store.unconfirmed_credential_view_by_id(cid)?;
         if !claims.names(&view) {
@@ -542,15 +560,15 @@ impl Tokens {
     async fn verify(
         &self,
         token: &str,
-        typ: &str,
+        typ: &'static str,
         aud: &str,
     ) -> ServiceResult<Result<Arc<Claims>, TokenRefusal>> {
         if token.len() > MAX_TOKEN_LEN {
             return refusal("token too long");
         }
-        let hash = Verified::hash(token, typ, aud);
         let verified = &self.inner.verified;
-        if let Some(claims) = verified.get(&hash, &self.keys(), Utc::now().timestamp()) {
+        let now = Utc::now().timestamp();
+        if let Some(claims) = verified.get(token, typ, aud, &self.keys(), now) {
             return Ok(Ok(claims));
         }
         let (kid, claims) = match self.verify_signed(token, typ, aud).await? {
@@ -558,7 +576,7 @@ impl Tokens {
             Err(r) => return Ok(Err(r)),
         };
         let claims = Arc::new(claims);
-        verified.put(hash, &kid, claims.clone());
+        verified.put(token, typ, aud, &kid, claims.clone());
         Ok(Ok(claims))
     }
 

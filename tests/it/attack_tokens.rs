@@ -556,6 +556,81 @@ async fn forged_stale_and_misdirected_tokens_are_refused() {
     );
 }
 
+/// The server remembers tokens it verified, found by their signature. A token that reuses a
+/// remembered token's signature under another payload, or the same token asked for as another
+/// type, must still be verified in full and refused.
+#[tokio::test]
+async fn a_remembered_tokens_signature_does_not_pass_another_payload() {
+    let f = fixture().await;
+    let token = f.access_token(Some("read:tasks")).await;
+    // Twice: the second use is answered from the memo.
+    for _ in 0..2 {
+        assert_eq!(f.mcp(&token).await.status(), 200);
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims: Value = serde_json::from_slice(&engine.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["scope"], "read:tasks");
+
+    // The same signature under a widened scope, another agent, a later expiry.
+    let forged = |k: &str, v: Value| {
+        let mut c = claims.clone();
+        c[k] = v;
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(c.to_string().as_bytes()),
+            parts[2]
+        )
+    };
+    for (what, token) in [
+        (
+            "widened scope",
+            forged("scope", json!("read:tasks write:tasks")),
+        ),
+        ("another agent", forged("sub", json!("someone-else"))),
+        ("later expiry", forged("exp", json!(now() + 86_400))),
+    ] {
+        let res = f.mcp(&token).await;
+        assert_refused_for(res, what, "bad token signature").await;
+    }
+
+    // The remembered token still passes, and one process's memo keeps types apart: a token
+    // remembered as an access token is not a member token.
+    assert_eq!(f.mcp(&token).await.status(), 200);
+    let tokens = Tokens::load(f.w.svc.store().clone(), &AuthConfig::default())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(tokens.agent(&token, &f.server.url).await.unwrap().is_ok());
+    }
+    let refusal = tokens.member(&token).await.unwrap().unwrap_err();
+    assert!(
+        refusal.reason.contains("wrong token type"),
+        "{}",
+        refusal.reason
+    );
+    // Nor for another resource than the one it was minted for.
+    let refusal = tokens.agent(&token, "http://elsewhere/mcp").await.unwrap();
+    assert!(
+        refusal.is_err(),
+        "a token for one resource passed for another"
+    );
+    // The type alone keeps them apart too: an access token whose audience is the admin API's,
+    // remembered as an access token for it, is still not a member token.
+    let admin = parallax_mcp::auth::tokens::MEMBER_AUDIENCE;
+    let mut for_admin = f.claims();
+    for_admin["aud"] = json!(admin);
+    let for_admin = f.sign_hs256(&for_admin);
+    assert!(tokens.agent(&for_admin, admin).await.unwrap().is_ok());
+    let refusal = tokens.member(&for_admin).await.unwrap().unwrap_err();
+    assert!(
+        refusal.reason.contains("wrong token type"),
+        "{}",
+        refusal.reason
+    );
+}
+
 #[tokio::test]
 async fn tokens_of_a_revoked_agent_or_key_are_refused_on_the_next_request() {
     let f = fixture().await;
