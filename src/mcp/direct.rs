@@ -23,7 +23,7 @@ use super::server::{
     HttpAuth, ParallaxServer, Pending, PendingAuth, call_response, gate_span, stdio_request_span,
     tool_label, tool_listing, tool_result,
 };
-use super::sessions::{Owned, SESSION_HEADER, SessionRegistry};
+use super::sessions::{Owned, SESSION_HEADER};
 use super::tools::Shape;
 use crate::auth::{AgentAuthRefusal, AgentCaller};
 use crate::telemetry::traces;
@@ -41,11 +41,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::sync::{Arc, OnceLock};
 
-/// What [`call`] needs: a handler to reach the gate with, the sessions it may answer for, and
-/// its kept `tools/list` answers.
+/// What [`call`] needs: a handler to reach the gate with, and its kept `tools/list` answers. A
+/// session's call is answered here when [`super::sessions::bind`] found it the caller's.
 pub struct Direct {
     pub server: ParallaxServer,
-    pub sessions: Arc<SessionRegistry>,
     pub listings: Listings,
 }
 
@@ -100,7 +99,7 @@ where
     C: FnOnce(Arc<Pending>) -> F,
     F: Future<Output = Result<AgentCaller, Response>>,
 {
-    let Some(plain) = plain(d, &mut req) else {
+    let Some(plain) = plain(&mut req) else {
         return Err(req);
     };
     // Present only while traces are exported.
@@ -529,7 +528,7 @@ fn stateless_status(code: ErrorCode) -> StatusCode {
 
 /// The call, if it is one this path answers exactly as rmcp would; its parameters are taken out
 /// of the request only then, so a request handed back to rmcp is as it came.
-fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
+fn plain(req: &mut Request) -> Option<Plain> {
     if req.method() != Method::POST || !simple_headers(req.headers()) {
         return None;
     }
@@ -540,13 +539,12 @@ fn plain(d: &Direct, req: &mut Request) -> Option<Plain> {
     let message = req.extensions().get::<RpcMessage>()?;
     let method = message.method.as_deref()?;
     let (name, meta) = plain_request(method, &message.id, message.params.as_ref())?;
-    let (shape, tasks) = if req.extensions().get::<Owned>().is_some() {
+    let (shape, tasks) = if let Some(owned) = req.extensions().get::<Owned>() {
         // A session's call: the client's capabilities are those it gave `initialize`.
         if !legacy_version(req.headers()) || meta.is_some_and(|m| !plain_meta(m)) {
             return None;
         }
-        let session = req.headers().get(SESSION_HEADER)?.to_str().ok()?;
-        (Shape::Legacy, d.sessions.client_tasks(session)?)
+        (Shape::Legacy, owned.tasks?)
     } else if !req.headers().contains_key(SESSION_HEADER) {
         (
             Shape::Current,

@@ -59,7 +59,6 @@ pub fn router(ctx: &HttpContext) -> Router {
     };
     let direct = super::direct::Direct {
         server: handler(),
-        sessions: ctx.sessions.clone(),
         listings: Default::default(),
     };
     let mcp = Arc::new(StreamableHttpService::new(

@@ -603,25 +603,36 @@ impl SessionRegistry {
         }
     }
 
-    /// The session's owner; marks the session used now.
-    fn owner(&self, id: &str) -> Option<Owner> {
+    /// What a request naming session `id` finds, under one lock: the caller's own session (then
+    /// used now and busy until the returned guard drops, with whether its client declared the
+    /// tasks extension), another agent's, or none.
+    fn claim(&self, id: &SessionId, caller: &AgentCaller) -> Claim {
         let mut table = self.lock();
-        let bound = table.bound.get_mut(id)?;
+        let Some(bound) = table.bound.get_mut(id) else {
+            return Claim::Unknown;
+        };
+        if !bound.owner.is(caller) {
+            return Claim::Other {
+                same_workspace: bound.owner.workspace_id == caller.workspace_id(),
+            };
+        }
         bound.last_used = Instant::now();
-        Some(bound.owner.clone())
+        bound.busy += 1;
+        let busy = Busy {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            request: false,
+            ended: false,
+        };
+        let tasks = table
+            .states
+            .get(id)
+            .map(|state| state.initialize_params.capabilities.supports_tasks());
+        Claim::Mine(busy, Owned { tasks })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.shared.lock()
-    }
-
-    /// Whether a bound session's client declared the tasks extension at `initialize`; `None`
-    /// for a session without a binding or without its `initialize` parameters.
-    pub(super) fn client_tasks(&self, id: &str) -> Option<bool> {
-        let table = self.lock();
-        table.bound.get(id)?;
-        let state = table.states.get(id)?;
-        Some(state.initialize_params.capabilities.supports_tasks())
     }
 
     /// A GET stream for a session that never subscribed: it waits for the worker's stream
@@ -816,7 +827,18 @@ impl SessionStore for SessionRegistry {
 
 /// Set by [`bind`] on a request whose session is the caller's.
 #[derive(Debug, Clone, Copy)]
-pub struct Owned;
+pub struct Owned {
+    /// Whether the session's client declared the tasks extension at `initialize`; `None` when
+    /// its `initialize` parameters are not kept.
+    pub tasks: Option<bool>,
+}
+
+/// See [`SessionRegistry::claim`].
+enum Claim {
+    Mine(Busy, Owned),
+    Other { same_workspace: bool },
+    Unknown,
+}
 
 /// State for [`bind`].
 #[derive(Clone)]
@@ -840,19 +862,16 @@ pub async fn bind(b: &Binder, mut req: Request, next: impl crate::http::Continue
         // No authenticated caller: the gate refuses whatever this is; it can open no session.
         return strip_session(next(req).await);
     };
-    let owner = Owner::of(&caller);
     let session = match req.headers().get(SESSION_HEADER).map(HeaderValue::to_str) {
         None => None,
-        Some(Ok(id)) => Some(id.to_owned()),
+        Some(Ok(id)) => Some(SessionId::from(id)),
         Some(Err(_)) => return session_not_found(),
     };
     if let Some(id) = session {
-        match b.sessions.owner(&id) {
-            Some(o) if o == owner => {
-                let id: SessionId = id.into();
-                // Awake (or woken) for the whole request, so it is not put to sleep midway.
-                let _busy = b.sessions.shared.busy(&id, false);
-                req.extensions_mut().insert(Owned);
+        match b.sessions.claim(&id, &caller) {
+            // Awake (or woken) for the whole request, so it is not put to sleep midway.
+            Claim::Mine(_busy, owned) => {
+                req.extensions_mut().insert(owned);
                 let deleting = req.method() == Method::DELETE;
                 if deleting && let Some(bound) = b.sessions.lock().bound.get_mut(&id) {
                     bound.deleting = true;
@@ -864,12 +883,12 @@ pub async fn bind(b: &Binder, mut req: Request, next: impl crate::http::Continue
                 }
                 return res;
             }
-            Some(other) => {
+            Claim::Other { same_workspace } => {
                 tracing::warn!(
-                    agent = %owner.agent_id,
+                    agent = %caller.agent_id(),
                     "refused a request on another agent's MCP session"
                 );
-                let reason = if other.workspace_id == owner.workspace_id {
+                let reason = if same_workspace {
                     "session belongs to another agent"
                 } else {
                     "session belongs to another workspace"
@@ -880,9 +899,10 @@ pub async fn bind(b: &Binder, mut req: Request, next: impl crate::http::Continue
                 return session_not_found();
             }
             // Unknown (or already closed): nothing to bind to.
-            None => return session_not_found(),
+            Claim::Unknown => return session_not_found(),
         }
     }
+    let owner = Owner::of(&caller);
     let opens = req
         .extensions()
         .get::<super::envelope::RpcMessage>()
