@@ -295,19 +295,14 @@ pub(crate) fn check_credential(
     if agent.access_expired(at) {
         return refuse(AgentAuthError::AccessExpired);
     }
-    // Temporary permissions that are still running count as granted for this request. Most
-    // agents have none running, and then the grant is used as it is, without a new set.
-    let running = agent
-        .temporary_permissions
-        .iter()
-        .any(|t| t.expires_at > at);
-    let agent = match running.then(|| agent.permissions_at(at)) {
-        Some(granted) if granted != agent.granted_permissions => {
+    // Temporary permissions that are still running count as granted for this request.
+    let agent = match agent.permissions_at(at) {
+        Some(granted) => {
             let mut now = Agent::clone(agent);
             now.granted_permissions = granted;
             std::sync::Arc::new(now)
         }
-        _ => agent.clone(),
+        None => agent.clone(),
     };
     // A key whose workspace is gone cannot be used; refuse it like a disabled workspace.
     let Some(ws) = view.workspace.as_ref().filter(|ws| ws.settings.enabled) else {

@@ -108,16 +108,19 @@ impl Agent {
         self.access_expires_at.is_some_and(|end| end <= at)
     }
 
-    /// What the agent may use at `at`: the grant plus the temporary permissions still running.
-    pub fn permissions_at(&self, at: Timestamp) -> PermissionSet {
-        PermissionSet::new(
-            self.granted_permissions.iter().chain(
-                self.temporary_permissions
-                    .iter()
-                    .filter(|t| t.expires_at > at)
-                    .map(|t| t.permission),
-            ),
-        )
+    /// What the agent may use at `at`, when it is more than the grant: the grant plus the
+    /// temporary permissions still running. `None` when they add nothing, so the grant is used
+    /// as it is (most agents have none running, and this runs on every request).
+    pub fn permissions_at(&self, at: Timestamp) -> Option<PermissionSet> {
+        let mut running = self
+            .temporary_permissions
+            .iter()
+            .filter(|t| t.expires_at > at)
+            .map(|t| t.permission)
+            .peekable();
+        running.peek()?;
+        let set = PermissionSet::new(self.granted_permissions.iter().chain(running));
+        (set != self.granted_permissions).then_some(set)
     }
 }
 

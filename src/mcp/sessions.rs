@@ -304,13 +304,18 @@ impl Shared {
     fn busy(self: &Arc<Self>, id: &SessionId, request: bool) -> Option<Busy> {
         let mut table = self.lock();
         let b = table.bound.get_mut(id)?;
+        Some(self.busy_bound(b, id, request))
+    }
+
+    /// [`Shared::busy`] for a binding found under a lock already held.
+    fn busy_bound(self: &Arc<Self>, b: &mut Bound, id: &SessionId, request: bool) -> Busy {
         b.busy += 1;
-        Some(Busy {
+        Busy {
             shared: self.clone(),
             id: id.clone(),
             request,
             ended: false,
-        })
+        }
     }
 
     /// Forgets a session: its binding and its `initialize` parameters.
@@ -617,13 +622,7 @@ impl SessionRegistry {
             };
         }
         bound.last_used = Instant::now();
-        bound.busy += 1;
-        let busy = Busy {
-            shared: self.shared.clone(),
-            id: id.clone(),
-            request: false,
-            ended: false,
-        };
+        let busy = self.shared.busy_bound(bound, id, false);
         let tasks = table
             .states
             .get(id)
