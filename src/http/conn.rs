@@ -32,6 +32,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tower_http::add_extension::AddExtension;
 
@@ -118,8 +119,9 @@ pub async fn serve(
                 res = conn => if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 },
-                // Only idle connections are shed: no request is lost.
-                () = shed.cancelled() => tracing::debug!(%peer, "idle connection closed to make room"),
+                // Only idle connections are shed: no request is lost. The sender goes only with
+                // the connection's entry, after this select has ended, or with the signal.
+                Ok(()) = shed => tracing::debug!(%peer, "idle connection closed to make room"),
             }
             open.remove(id);
         });
@@ -157,7 +159,9 @@ struct RegistryState {
 struct OpenConn {
     address: IpAddr,
     clock: Arc<ConnClock>,
-    shed: CancellationToken,
+    /// Closes the connection. A oneshot rather than a cancellation token: the connection's task
+    /// polls it at every wake-up, and a token's poll takes a mutex.
+    shed: oneshot::Sender<()>,
 }
 
 impl Registry {
@@ -173,21 +177,21 @@ impl Registry {
         self.lock().per_address.get(&address).copied().unwrap_or(0)
     }
 
-    fn add(&self, address: IpAddr, clock: Arc<ConnClock>) -> (u64, CancellationToken) {
+    fn add(&self, address: IpAddr, clock: Arc<ConnClock>) -> (u64, oneshot::Receiver<()>) {
         let mut s = self.lock();
         s.next_id += 1;
         let id = s.next_id;
-        let shed = CancellationToken::new();
+        let (shed, closed) = oneshot::channel();
         s.conns.insert(
             id,
             OpenConn {
                 address,
                 clock,
-                shed: shed.clone(),
+                shed,
             },
         );
         *s.per_address.entry(address).or_default() += 1;
-        (id, shed)
+        (id, closed)
     }
 
     fn remove(&self, id: u64) {
@@ -215,7 +219,7 @@ impl Registry {
         };
         if let Some(c) = s.conns.remove(&id) {
             forget_one(&mut s.per_address, c.address);
-            c.shed.cancel();
+            let _ = c.shed.send(());
         }
         true
     }
