@@ -20,7 +20,10 @@
 //!   it), rows identical to the pool's, and to walk the audit chain when it is verified, the
 //!   pool walking it again only to name a problem; the WAL checkpoints of both SQLite writers run on a
 //!   thread of their own, never inside a commit, and once the WAL is long that thread takes the
-//!   writers' turn briefly so the next commit starts it over).
+//!   writers' turn briefly so the next commit starts it over). Every connection this process
+//!   opens on a SQLite file writes a commit's WAL frames in one system call (`store::wal_vfs`, a
+//!   VFS over SQLite's own that wraps only WAL files and holds nothing past the commit's last
+//!   frame).
 //!   Every query is scoped to one workspace; a `Tx` dropped without commit rolls back. On a
 //!   SQLite file, writers take turns in order on one dedicated connection, so its page cache
 //!   stays warm between the audit writer's commits. Also owns

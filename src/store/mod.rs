@@ -24,6 +24,7 @@ mod outbox;
 pub mod preflight;
 mod sealed;
 mod signing_keys;
+mod wal_vfs;
 mod webhook_secrets;
 mod work_cache;
 
@@ -320,9 +321,15 @@ fn connect_options(
         // WAL lets readers run beside the single writer; the busy timeout makes writers queue
         // instead of failing; foreign keys are off by default in SQLite.
         let size = if url.contains(":memory:") { 1 } else { 8 };
+        // A commit's WAL frames go to the file in one write (`wal_vfs`).
+        let vfs = (!url.contains(":memory:")).then(wal_vfs::name).flatten();
         opts.max_connections(connections.unwrap_or(size))
             .min_connections(1)
             .map_sqlx_sqlite_opts(move |o| {
+                let o = match vfs {
+                    Some(vfs) => o.vfs(vfs),
+                    None => o,
+                };
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(WRITER_WAIT)
