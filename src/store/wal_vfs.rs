@@ -103,12 +103,12 @@ struct Run {
 }
 
 /// What the next contiguous write is expected to be.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Next {
     /// A frame's header (or nothing gathered).
     Header,
-    /// The page of a frame whose header was just gathered; `commit` if that header marks the
-    /// transaction's last frame.
+    /// The page of a frame whose header was just gathered (so the run is never empty then);
+    /// `commit` if that header marks the transaction's last frame.
     Page { commit: bool },
 }
 
@@ -204,19 +204,32 @@ unsafe fn flush(wal: &mut WalFile, methods: &ffi::sqlite3_io_methods) -> c_int {
     let run = &mut wal.run;
     // SAFETY: the buffer is valid for its length, which MAX_GATHERED keeps within c_int.
     let rc = unsafe {
-        methods.xWrite.expect("a file writes")(
+        write_through(
             wal.real,
+            methods,
             run.buf.as_ptr().cast(),
             run.buf.len() as c_int,
             run.at,
         )
     };
-    #[cfg(test)]
-    tests::count_write();
     run.buf.clear();
     run.buf.shrink_to(KEEP_CAPACITY);
     run.next = Next::Header;
     rc
+}
+
+/// One write to the default VFS's file.
+unsafe fn write_through(
+    real: *mut ffi::sqlite3_file,
+    methods: &ffi::sqlite3_io_methods,
+    data: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    #[cfg(test)]
+    tests::count_write();
+    // SAFETY: `data` holds `amount` bytes, as the caller was given or gathered them.
+    unsafe { methods.xWrite.expect("a file writes")(real, data, amount, offset) }
 }
 
 unsafe extern "C" fn write(
@@ -233,7 +246,7 @@ unsafe extern "C" fn write(
         let follows = offset == run.end;
         let gathered = match run.next {
             // A frame's page right after its gathered header.
-            Next::Page { commit } if follows && !run.buf.is_empty() => {
+            Next::Page { commit } if follows => {
                 run.buf.extend_from_slice(bytes);
                 run.end = offset + i64::from(amount);
                 run.next = Next::Header;
@@ -262,9 +275,7 @@ unsafe extern "C" fn write(
                 if rc != ffi::SQLITE_OK {
                     return rc;
                 }
-                let rc = methods.xWrite.expect("a file writes")(wal.real, data, amount, offset);
-                #[cfg(test)]
-                tests::count_write();
+                let rc = write_through(wal.real, methods, data, amount, offset);
                 wal.run.end = offset + i64::from(amount);
                 rc
             }
@@ -380,167 +391,44 @@ unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_i
     }
 }
 
-// The VFS's other methods are the default VFS's, called with the default VFS.
-
-unsafe extern "C" fn delete(vfs: *mut ffi::sqlite3_vfs, name: *const c_char, sync: c_int) -> c_int {
-    // SAFETY: forwards SQLite's own arguments to the VFS this one wraps.
-    unsafe {
-        let root = root(vfs);
-        (*root).xDelete.expect("deletes")(root, name, sync)
-    }
-}
-
-unsafe extern "C" fn access(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    flags: c_int,
-    out: *mut c_int,
-) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xAccess.expect("checks access")(root, name, flags, out)
-    }
-}
-
-unsafe extern "C" fn full_pathname(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    len: c_int,
-    out: *mut c_char,
-) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xFullPathname.expect("resolves paths")(root, name, len, out)
-    }
-}
-
-unsafe extern "C" fn dl_open(vfs: *mut ffi::sqlite3_vfs, name: *const c_char) -> *mut c_void {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root)
-            .xDlOpen
-            .map_or(std::ptr::null_mut(), |f| f(root, name))
-    }
-}
-
-unsafe extern "C" fn dl_error(vfs: *mut ffi::sqlite3_vfs, len: c_int, out: *mut c_char) {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        if let Some(f) = (*root).xDlError {
-            f(root, len, out);
+/// Defines each VFS method as the default VFS's own, called with the default VFS (`$missing`
+/// when it has none).
+macro_rules! forward_to_root {
+    ($($name:ident => $method:ident($($arg:ident: $ty:ty),*) -> $ret:ty, $missing:expr;)*) => {$(
+        unsafe extern "C" fn $name(vfs: *mut ffi::sqlite3_vfs, $($arg: $ty),*) -> $ret {
+            // SAFETY: forwards SQLite's own arguments to the VFS this one wraps.
+            unsafe {
+                let root = root(vfs);
+                match (*root).$method {
+                    Some(f) => f(root, $($arg),*),
+                    None => $missing,
+                }
+            }
         }
-    }
+    )*};
 }
 
-unsafe extern "C" fn dl_sym(
-    vfs: *mut ffi::sqlite3_vfs,
-    handle: *mut c_void,
-    symbol: *const c_char,
-) -> Option<unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char)> {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xDlSym.and_then(|f| f(root, handle, symbol))
-    }
-}
-
-unsafe extern "C" fn dl_close(vfs: *mut ffi::sqlite3_vfs, handle: *mut c_void) {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        if let Some(f) = (*root).xDlClose {
-            f(root, handle);
-        }
-    }
-}
-
-unsafe extern "C" fn randomness(vfs: *mut ffi::sqlite3_vfs, len: c_int, out: *mut c_char) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xRandomness.expect("has randomness")(root, len, out)
-    }
-}
-
-unsafe extern "C" fn sleep(vfs: *mut ffi::sqlite3_vfs, micros: c_int) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xSleep.expect("sleeps")(root, micros)
-    }
-}
-
-unsafe extern "C" fn current_time(vfs: *mut ffi::sqlite3_vfs, out: *mut f64) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xCurrentTime.expect("tells the time")(root, out)
-    }
-}
-
-unsafe extern "C" fn get_last_error(
-    vfs: *mut ffi::sqlite3_vfs,
-    len: c_int,
-    out: *mut c_char,
-) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xGetLastError.map_or(0, |f| f(root, len, out))
-    }
-}
-
-unsafe extern "C" fn current_time_int64(vfs: *mut ffi::sqlite3_vfs, out: *mut i64) -> c_int {
-    // SAFETY: as `delete`; the default VFS (version 3) has it.
-    unsafe {
-        let root = root(vfs);
-        match (*root).xCurrentTimeInt64 {
-            Some(f) => f(root, out),
-            None => ffi::SQLITE_ERROR,
-        }
-    }
-}
-
-unsafe extern "C" fn set_system_call(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    call: ffi::sqlite3_syscall_ptr,
-) -> c_int {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root)
-            .xSetSystemCall
-            .map_or(ffi::SQLITE_NOTFOUND, |f| f(root, name, call))
-    }
-}
-
-unsafe extern "C" fn get_system_call(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-) -> ffi::sqlite3_syscall_ptr {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root).xGetSystemCall.and_then(|f| f(root, name))
-    }
-}
-
-unsafe extern "C" fn next_system_call(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-) -> *const c_char {
-    // SAFETY: as `delete`.
-    unsafe {
-        let root = root(vfs);
-        (*root)
-            .xNextSystemCall
-            .map_or(std::ptr::null(), |f| f(root, name))
-    }
+// The VFS's methods other than opening a file.
+forward_to_root! {
+    delete => xDelete(name: *const c_char, sync: c_int) -> c_int, ffi::SQLITE_IOERR_DELETE;
+    access => xAccess(name: *const c_char, flags: c_int, out: *mut c_int) -> c_int,
+        ffi::SQLITE_IOERR_ACCESS;
+    full_pathname => xFullPathname(name: *const c_char, len: c_int, out: *mut c_char) -> c_int,
+        ffi::SQLITE_ERROR;
+    dl_open => xDlOpen(name: *const c_char) -> *mut c_void, std::ptr::null_mut();
+    dl_error => xDlError(len: c_int, out: *mut c_char) -> (), ();
+    dl_sym => xDlSym(handle: *mut c_void, symbol: *const c_char)
+        -> Option<unsafe extern "C" fn(*mut ffi::sqlite3_vfs, *mut c_void, *const c_char)>, None;
+    dl_close => xDlClose(handle: *mut c_void) -> (), ();
+    randomness => xRandomness(len: c_int, out: *mut c_char) -> c_int, 0;
+    sleep => xSleep(micros: c_int) -> c_int, 0;
+    current_time => xCurrentTime(out: *mut f64) -> c_int, ffi::SQLITE_ERROR;
+    get_last_error => xGetLastError(len: c_int, out: *mut c_char) -> c_int, 0;
+    current_time_int64 => xCurrentTimeInt64(out: *mut i64) -> c_int, ffi::SQLITE_ERROR;
+    set_system_call => xSetSystemCall(name: *const c_char, call: ffi::sqlite3_syscall_ptr)
+        -> c_int, ffi::SQLITE_NOTFOUND;
+    get_system_call => xGetSystemCall(name: *const c_char) -> ffi::sqlite3_syscall_ptr, None;
+    next_system_call => xNextSystemCall(name: *const c_char) -> *const c_char, std::ptr::null();
 }
 
 #[cfg(test)]
