@@ -90,13 +90,12 @@ impl KeyHash {
     }
 }
 
-/// Compares two hashes without an early exit.
+/// Compares two hashes without an early exit on their contents (their lengths are public):
+/// `subtle` keeps the optimiser from turning the comparison back into one that stops at the
+/// first difference.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 const CHECKSUM_CONTEXT: &str = "parallax-mcp api key checksum v1";
