@@ -746,6 +746,25 @@ impl RawStdio {
     }
 }
 
+/// The read tool's ten-task answer is about 6.6 kB, so Linux's default 64 kB pipe holds ten: the
+/// server widens the pipe on its stdout, so that the answers ready together leave in one write
+/// instead of one for every pipeful, each waking the client (`mcp::stdio::widen_output_pipe`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn stdio_widens_the_pipe_its_answers_leave_by() {
+    use std::os::fd::AsRawFd;
+    let w = world().await;
+    let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
+    let mut s = RawStdio::start(&w.db.url, &key).await;
+    let fd = s.out.get_ref().get_ref().as_raw_fd();
+    // SAFETY: F_GETPIPE_SZ reads the capacity of the pipe behind our own descriptor.
+    let capacity = || unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    s.initialize().await;
+    // 1 MB where the system allows it (Linux's default limit), else one batch of answers.
+    let widened = capacity();
+    assert!(widened >= 256 * 1024, "stdout's pipe holds {widened} bytes");
+}
+
 /// Calls that reach stdin together, in one write, are each decided on the store as it is after
 /// every change committed before that write: each burst here follows a change made by another
 /// process (this test's store), and every call in it must see that change, none a decision from
