@@ -104,10 +104,10 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         .max_line_bytes
         .unwrap_or(stdio::DEFAULT_MAX_LINE_BYTES);
     let _session = crate::telemetry::metrics::stdio_session_opened();
+    stdio::widen_output_pipe();
     // On Linux, pipes (how agent runtimes spawn us) are read and written on the IO reactor
     // through descriptors of their own, instead of a blocking-pool hand-off per read and write;
     // anything else falls back to the blocking handles.
-    stdio::widen_output_pipe();
     let (stdin, stdout) = rmcp::transport::stdio_pipes();
     let io = stdio::bounded(stdin, stdout, max_line, Some(direct));
     let running = server

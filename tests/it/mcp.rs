@@ -756,12 +756,11 @@ async fn stdio_widens_the_pipe_its_answers_leave_by() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", &[Permission::ReadTasks]).await;
     let mut s = RawStdio::start(&w.db.url, &key).await;
+    s.initialize().await;
     let fd = s.out.get_ref().get_ref().as_raw_fd();
     // SAFETY: F_GETPIPE_SZ reads the capacity of the pipe behind our own descriptor.
-    let capacity = || unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
-    s.initialize().await;
+    let widened = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
     // 1 MB where the system allows it (Linux's default limit), else one batch of answers.
-    let widened = capacity();
     assert!(widened >= 256 * 1024, "stdout's pipe holds {widened} bytes");
 }
 
