@@ -320,9 +320,10 @@ fn connect_options(
     if url.starts_with("sqlite:") {
         // WAL lets readers run beside the single writer; the busy timeout makes writers queue
         // instead of failing; foreign keys are off by default in SQLite.
-        let size = if url.contains(":memory:") { 1 } else { 8 };
+        let in_memory = url.contains(":memory:");
+        let size = if in_memory { 1 } else { 8 };
         // A commit's WAL frames go to the file in one write (`wal_vfs`).
-        let vfs = (!url.contains(":memory:")).then(wal_vfs::name).flatten();
+        let vfs = (!in_memory).then(wal_vfs::name).flatten();
         opts.max_connections(connections.unwrap_or(size))
             .min_connections(1)
             .map_sqlx_sqlite_opts(move |o| {
