@@ -193,15 +193,36 @@ pub async fn agent(
     store: &Store,
     raw_key: &str,
 ) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
+    agent_presented(store, &PresentedKey::new(raw_key)).await
+}
+
+/// An API key as its client presented it, reduced to what authenticating it takes: its hash,
+/// or that it is malformed. The secret itself is not kept. A stdio session's key is fixed for
+/// the life of the process, so it is parsed and hashed once there, not on every call (about 3,200
+/// instructions of a lone stdio read's 126,000); what the key may do is still looked up on
+/// every call.
+#[derive(Debug, Clone)]
+pub struct PresentedKey(Option<KeyHash>);
+
+impl PresentedKey {
+    pub fn new(raw_key: &str) -> Self {
+        Self(ApiKey::parse(raw_key).ok().map(|key| key.hash()))
+    }
+}
+
+/// [`agent`] for a key already parsed and hashed.
+pub async fn agent_presented(
+    store: &Store,
+    key: &PresentedKey,
+) -> ServiceResult<Result<AgentCaller, AgentAuthRefusal>> {
     let refuse = |error, owner| Ok(Err(AgentAuthRefusal { error, owner }));
-    let Ok(key) = ApiKey::parse(raw_key) else {
+    let Some(hash) = &key.0 else {
         return refuse(AgentAuthError::Malformed, None);
     };
-    let hash = key.hash();
-    let (Some(view), seen) = store.credential_view(&hash).await? else {
+    let (Some(view), seen) = store.credential_view(hash).await? else {
         return refuse(AgentAuthError::UnknownKey, None);
     };
-    if !view.key_hash.matches(&hash) {
+    if !view.key_hash.matches(hash) {
         return refuse(AgentAuthError::UnknownKey, None);
     }
     Ok(check_credential(&view, seen, None))
@@ -248,10 +269,14 @@ impl Unconfirmed {
 /// say (see `Store::unconfirmed_credential_view`) or when it refuses the key, which then goes
 /// through [`agent`] to be refused on current data and audited.
 pub fn agent_unconfirmed(store: &Store, raw_key: &str) -> Option<Unconfirmed> {
-    let key = ApiKey::parse(raw_key).ok()?;
-    let hash = key.hash();
-    let (view, seen) = store.unconfirmed_credential_view(&hash)?;
-    if !view.key_hash.matches(&hash) {
+    agent_unconfirmed_presented(store, &PresentedKey::new(raw_key))
+}
+
+/// [`agent_unconfirmed`] for a key already parsed and hashed.
+pub fn agent_unconfirmed_presented(store: &Store, key: &PresentedKey) -> Option<Unconfirmed> {
+    let hash = key.0.as_ref()?;
+    let (view, seen) = store.unconfirmed_credential_view(hash)?;
+    if !view.key_hash.matches(hash) {
         return None;
     }
     let caller = check_credential(&view, seen, None).ok()?;

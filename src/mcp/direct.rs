@@ -360,7 +360,7 @@ fn encoded(message: &ServerJsonRpcMessage) -> BytesMut {
 /// goes on to rmcp.
 pub struct Stdio {
     server: ParallaxServer,
-    key: Arc<str>,
+    key: Arc<crate::auth::PresentedKey>,
     handshake: Handshake,
     listings: Arc<Listings>,
 }
@@ -380,7 +380,7 @@ struct Handshake {
 type Trace = (Option<String>, Option<String>);
 
 impl Stdio {
-    pub fn new(server: ParallaxServer, key: Arc<str>) -> Self {
+    pub fn new(server: ParallaxServer, key: Arc<crate::auth::PresentedKey>) -> Self {
         Self {
             server,
             key,

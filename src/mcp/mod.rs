@@ -95,7 +95,8 @@ pub async fn serve_stdio(config: &Config) -> Result<(), ServeError> {
         let stop = tokio_util::sync::CancellationToken::new();
         crate::telemetry::metrics::listen(listen, sample, stop).await?;
     }
-    let key: std::sync::Arc<str> = key.into();
+    // Only the key's hash stays: the secret itself goes with this function's copy of it.
+    let key = std::sync::Arc::new(crate::auth::PresentedKey::new(&key));
     let server =
         server::ParallaxServer::new(gate, server::Credential::Key(key.clone())).with_feed(feed);
     let direct = direct::Stdio::new(server.clone(), key);

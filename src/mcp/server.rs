@@ -28,9 +28,9 @@ use tracing::Instrument;
 /// Where the caller's credential comes from.
 #[derive(Clone)]
 pub enum Credential {
-    /// stdio: the key from `PARALLAX_API_KEY`, re-checked on every request so a revocation applies
-    /// to the very next call.
-    Key(Arc<str>),
+    /// stdio: the key from `PARALLAX_API_KEY`, parsed and hashed once, and looked up again on
+    /// every request so a revocation applies to the very next call.
+    Key(Arc<auth::PresentedKey>),
     /// HTTP: the transport's middleware authenticated the bearer on this very request and put
     /// the outcome in the request's extensions.
     PerRequest,
@@ -197,7 +197,7 @@ impl ParallaxServer {
     /// against the agent's rate (over HTTP the middleware does both).
     pub(super) async fn authenticate_key(
         &self,
-        key: &str,
+        key: &auth::PresentedKey,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         self.check_key(key, true).await
     }
@@ -206,7 +206,7 @@ impl ParallaxServer {
     /// agent's rate on its unconfirmed caller ([`Self::key_unconfirmed`]).
     pub(super) async fn check_key(
         &self,
-        key: &str,
+        key: &auth::PresentedKey,
         count: bool,
     ) -> Result<Result<AgentCaller, AgentAuthRefusal>, ErrorData> {
         let span = crate::telemetry::traces::child_span(|| {
@@ -216,7 +216,7 @@ impl ParallaxServer {
                 outcome = tracing::field::Empty
             )
         });
-        let outcome = auth::agent(self.gate.service().store(), key)
+        let outcome = auth::agent_presented(self.gate.service().store(), key)
             .instrument(span.clone())
             .await
             .map_err(store_error)?;
@@ -232,8 +232,11 @@ impl ParallaxServer {
 
     /// stdio: `key` as the store's snapshot holds it, unconfirmed (`auth::agent_unconfirmed`),
     /// with the request counted against the agent's rate: `None` when the snapshot cannot say.
-    pub(super) fn key_unconfirmed(&self, key: &str) -> Option<Result<Unconfirmed, ErrorData>> {
-        let unconfirmed = auth::agent_unconfirmed(self.gate.service().store(), key)?;
+    pub(super) fn key_unconfirmed(
+        &self,
+        key: &auth::PresentedKey,
+    ) -> Option<Result<Unconfirmed, ErrorData>> {
+        let unconfirmed = auth::agent_unconfirmed_presented(self.gate.service().store(), key)?;
         Some(self.count_rate(unconfirmed.caller()).map(|()| unconfirmed))
     }
 
