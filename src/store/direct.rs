@@ -602,35 +602,81 @@ fn after_known_head(
 }
 
 /// Inserts chained `rows` (from `chain::chain_rows`).
+/// How many rows one `INSERT` of [`insert_rows`] carries: a batch goes out in as few statements
+/// as these sizes allow, so that at most three statements are cached for it. One statement opens
+/// its cursors on the table and its indexes once for all its rows, and a cursor left on the last
+/// leaf it wrote takes the next row there without descending from the root again.
+const ROWS_PER_INSERT: [usize; 3] = [32, 8, 1];
+
+/// Values each row binds.
+const INSERT_COLUMNS: usize = 15;
+
+/// The `INSERT` of `n` rows of the activity table.
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        ROWS_PER_INSERT.map(|n| {
+            let rows: Vec<String> = (0..n)
+                .map(|r| {
+                    let at = r * INSERT_COLUMNS;
+                    let values: Vec<String> = (1..=INSERT_COLUMNS)
+                        .map(|c| format!("?{}", at + c))
+                        .collect();
+                    format!("({})", values.join(", "))
+                })
+                .collect();
+            format!(
+                "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
+                 activity_type, outcome, description, metadata, project_id, task_id, page_id, \
+                 created_at, seq, hash) VALUES {}",
+                rows.join(", ")
+            )
+        })
+    });
+    let i = ROWS_PER_INSERT
+        .iter()
+        .position(|&size| size == n)
+        .expect("a size of ROWS_PER_INSERT");
+    &sql[i]
+}
+
 fn insert_rows(tx: &Connection, rows: &[activity::Model]) -> StoreResult<()> {
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO activity (id, workspace_id, actor_kind, actor_id, agent_id, \
-             activity_type, outcome, description, metadata, project_id, task_id, page_id, \
-             created_at, seq, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )
-        .map_err(store_error)?;
-    for m in rows {
-        insert
-            .execute(params![
-                m.id,
-                m.workspace_id,
-                m.actor_kind,
-                m.actor_id,
-                m.agent_id,
-                m.activity_type,
-                m.outcome,
-                m.description,
-                m.metadata,
-                m.project_id,
-                m.task_id,
-                m.page_id,
-                timestamp(&m.created_at),
-                m.seq,
-                m.hash,
-            ])
-            .map_err(store_error)?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = ROWS_PER_INSERT
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .expect("the last size is one row");
+        let (now, later) = rest.split_at(n);
+        let mut insert = tx.prepare_cached(insert_sql(n)).map_err(store_error)?;
+        for (r, m) in now.iter().enumerate() {
+            let at = r * INSERT_COLUMNS;
+            let created_at = timestamp(&m.created_at);
+            let values: [&dyn rusqlite::ToSql; INSERT_COLUMNS] = [
+                &m.id,
+                &m.workspace_id,
+                &m.actor_kind,
+                &m.actor_id,
+                &m.agent_id,
+                &m.activity_type,
+                &m.outcome,
+                &m.description,
+                &m.metadata,
+                &m.project_id,
+                &m.task_id,
+                &m.page_id,
+                &created_at,
+                &m.seq,
+                &m.hash,
+            ];
+            for (c, value) in values.into_iter().enumerate() {
+                insert
+                    .raw_bind_parameter(at + c + 1, value)
+                    .map_err(store_error)?;
+            }
+        }
+        insert.raw_execute().map_err(store_error)?;
+        rest = later;
     }
     Ok(())
 }
