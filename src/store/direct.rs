@@ -601,7 +601,6 @@ fn after_known_head(
     Ok(None)
 }
 
-/// Inserts chained `rows` (from `chain::chain_rows`).
 /// How many rows one `INSERT` of [`insert_rows`] carries: a batch goes out in as few statements
 /// as these sizes allow, so that at most three statements are cached for it. One statement opens
 /// its cursors on the table and its indexes once for all its rows, and a cursor left on the last
@@ -640,6 +639,7 @@ fn insert_sql(n: usize) -> &'static str {
     &sql[i]
 }
 
+/// Inserts chained `rows` (from `chain::chain_rows`), in order.
 fn insert_rows(tx: &Connection, rows: &[activity::Model]) -> StoreResult<()> {
     let mut rest = rows;
     while !rest.is_empty() {
