@@ -610,9 +610,9 @@ const ROWS_PER_INSERT: [usize; 3] = [32, 8, 1];
 /// Values each row binds.
 const INSERT_COLUMNS: usize = 15;
 
-/// The `INSERT` of `n` rows of the activity table.
-fn insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+/// The `INSERT` of `ROWS_PER_INSERT[size]` rows of the activity table.
+fn insert_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
         ROWS_PER_INSERT.map(|n| {
             let rows: Vec<String> = (0..n)
@@ -632,23 +632,20 @@ fn insert_sql(n: usize) -> &'static str {
             )
         })
     });
-    let i = ROWS_PER_INSERT
-        .iter()
-        .position(|&size| size == n)
-        .expect("a size of ROWS_PER_INSERT");
-    &sql[i]
+    &sql[size]
 }
 
 /// Inserts chained `rows` (from `chain::chain_rows`), in order.
 fn insert_rows(tx: &Connection, rows: &[activity::Model]) -> StoreResult<()> {
     let mut rest = rows;
     while !rest.is_empty() {
-        let n = ROWS_PER_INSERT
+        let (size, n) = ROWS_PER_INSERT
             .into_iter()
-            .find(|&n| n <= rest.len())
+            .enumerate()
+            .find(|&(_, n)| n <= rest.len())
             .expect("the last size is one row");
         let (now, later) = rest.split_at(n);
-        let mut insert = tx.prepare_cached(insert_sql(n)).map_err(store_error)?;
+        let mut insert = tx.prepare_cached(insert_sql(size)).map_err(store_error)?;
         for (r, m) in now.iter().enumerate() {
             let at = r * INSERT_COLUMNS;
             let created_at = timestamp(&m.created_at);
