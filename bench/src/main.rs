@@ -37,9 +37,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -814,70 +814,75 @@ async fn stdio_start(mut cmd: Command, wait: Duration) -> Result<(Child, ChildSt
     Ok((child, stdin, lines))
 }
 
-/// A stdio server with `w` requests in flight on its one pipe.
+/// A stdio server with `w` requests in flight on its one pipe. One task reads the answers and
+/// sends the requests: each read's answers are checked together and their replacements leave in
+/// one write, as a client with many calls in flight would send them. A task per direction, with a
+/// write per request and a `String` per answer, cost this process 18–20 µs of CPU per read tool
+/// call at W = 32 (11–13 µs this way), on the cores the server shares with it.
 async fn stdio_load(cmd: Command, call: &Call, w: usize, window: Duration) -> Result<Sample> {
-    let (mut child, mut stdin, mut lines) = stdio_start(cmd, Duration::from_secs(30)).await?;
+    let (mut child, mut stdin, lines) = stdio_start(cmd, Duration::from_secs(30)).await?;
+    let mut output = lines.into_inner();
     let pid = child.id().unwrap_or(0);
-    let send = |v: Value| {
-        let mut line = v.to_string();
-        line.push('\n');
-        line
+    let mut sent_at: HashMap<u64, Instant> = HashMap::with_capacity(w);
+    let mut next = 1u64;
+    let mut send = |n: usize, sent_at: &mut HashMap<u64, Instant>| -> Result<Vec<u8>> {
+        let mut requests = Vec::with_capacity(n * 256);
+        let now = Instant::now();
+        for _ in 0..n {
+            serde_json::to_writer(&mut requests, &call.body(next, Era::Session))?;
+            requests.push(b'\n');
+            sent_at.insert(next, now);
+            next += 1;
+        }
+        Ok(requests)
     };
 
-    let sent_at: Arc<tokio::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(1));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(w);
-    for _ in 0..w {
-        tx.send(()).await?;
-    }
-    let writer = {
-        let (sent_at, stop, next, call) =
-            (sent_at.clone(), stop.clone(), next.clone(), call.clone());
-        tokio::spawn(async move {
-            while rx.recv().await.is_some() && !stop.load(Ordering::Relaxed) {
-                let id = next.fetch_add(1, Ordering::Relaxed);
-                sent_at.lock().await.insert(id, Instant::now());
-                let line = send(call.body(id, Era::Session));
-                if stdin.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
-            }
-            stdin
-        })
-    };
     let cpu0 = cpu_time(pid);
     let load0 = cpu_time(std::process::id());
     let t0 = Instant::now();
     let deadline = t0 + window;
     let mut s = Sample::default();
-    while Instant::now() < deadline {
-        let line = match tokio::time::timeout_at(deadline.into(), lines.next_line()).await {
-            Err(_) => break,
-            Ok(line) => line?.ok_or("stdio server closed its output")?,
-        };
-        let Ok(answer) = serde_json::from_str::<Answer>(&line) else {
-            continue;
-        };
-        let Some(id) = answer.id else { continue };
-        if let Some(t) = sent_at.lock().await.remove(&id) {
-            if !answer.succeeded() {
-                s.errors += 1;
-                s.first_error.get_or_insert(format!("{line:.300}"));
-            } else {
+    let first = send(w, &mut sent_at)?;
+    stdin.write_all(&first).await?;
+    let mut answers: Vec<u8> = Vec::with_capacity(1 << 20);
+    loop {
+        answers.reserve(256 * 1024);
+        let read = tokio::time::timeout_at(deadline.into(), output.read_buf(&mut answers));
+        let Ok(read) = read.await else { break };
+        if read? == 0 {
+            return Err("stdio server closed its output".into());
+        }
+        let (mut start, mut freed) = (0, 0);
+        while let Some(end) = answers[start..].iter().position(|b| *b == b'\n') {
+            let line = &answers[start..start + end];
+            start += end + 1;
+            let Ok(answer) = serde_json::from_slice::<Answer>(line) else {
+                continue;
+            };
+            let Some(t) = answer.id.and_then(|id| sent_at.remove(&id)) else {
+                continue;
+            };
+            if answer.succeeded() {
                 s.calls += 1;
                 s.latencies_us.push(t.elapsed().as_micros() as u64);
+            } else {
+                s.errors += 1;
+                s.first_error.get_or_insert_with(|| shown(line, 300));
             }
-            let _ = tx.try_send(());
+            freed += 1;
+        }
+        answers.drain(..start);
+        if freed > 0 {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let more = send(freed, &mut sent_at)?;
+            stdin.write_all(&more).await?;
         }
     }
     s.elapsed = t0.elapsed();
     s.cpu = cpu_time(pid).saturating_sub(cpu0);
     s.load_cpu = cpu_time(std::process::id()).saturating_sub(load0);
-    stop.store(true, Ordering::Relaxed);
-    let _ = tx.try_send(());
-    drop(tx);
-    let stdin = writer.await?;
     drop(stdin);
     let _ = child.kill().await;
     s.latencies_us.sort_unstable();
