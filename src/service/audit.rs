@@ -69,7 +69,7 @@ const MAX_BATCH: usize = 512;
 /// client with 32 calls in flight got all 32 answers at once and sent its next 32 only then, the
 /// server idle while the client read them and the client idle while the server worked. Two
 /// batches of 16 let each side work on one half while the other works on the other: at W = 32,
-/// 0.45–0.51× bare's calls/s became 0.66–0.79× (docs/performance.md), at the same CPU per call.
+/// 0.44–0.53× bare's calls/s became 0.62–0.69× (docs/performance.md), at the same CPU per call.
 const ONE_THREAD_BATCH: usize = 16;
 
 /// An agent's `last_seen_at` and a key's `last_used_at` are rewritten at most this often.

@@ -904,8 +904,8 @@ async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
 
 /// On stdio the calls, the audit commit and the answers share one thread, and a batch's answers
 /// leave only once it has committed: a burst of 32 calls is committed in batches of at most 16,
-/// so the client has the first answers to work on while the rest commit (at W = 32, 0.45–0.51×
-/// bare rmcp's calls/s in one batch, 0.66–0.79× in two). Every call is still answered, and its
+/// so the client has the first answers to work on while the rest commit (at W = 32, 0.44–0.53×
+/// bare rmcp's calls/s in one batch, 0.62–0.69× in two). Every call is still answered, and its
 /// audit entry is committed before its answer.
 #[tokio::test]
 async fn stdio_commits_a_burst_of_calls_in_batches_of_at_most_sixteen() {
