@@ -220,7 +220,7 @@ impl AuditWriter {
 /// The writer's loop: batches what is submitted (at most `cap` at once), commits it, and
 /// acknowledges each submitter.
 async fn run(store: Store, mut rx: mpsc::Receiver<Submission>, cap: usize) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(cap);
     let mut touched = Touched::new();
     while rx.recv_many(&mut batch, cap).await > 0 {
         join_running(&mut rx, &mut batch, cap).await;
