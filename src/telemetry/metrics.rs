@@ -43,7 +43,8 @@ const BUILD_INFO: &str = "parallax_build_info";
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Upper bounds of the audit batch sizes (the writer commits at most 512 entries at once).
+/// Upper bounds of the audit batch sizes (the writer commits at most 512 entries at once, 16 under
+/// `stdio`).
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// The MCP transport a call came over.
