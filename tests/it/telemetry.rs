@@ -787,17 +787,18 @@ async fn json_logs_carry_the_trace_and_span_ids_of_the_request() {
     let _ = child.kill().await;
 }
 
+/// A free local address for the metrics listener.
+fn free_metrics_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
 #[tokio::test]
 async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "stdio-agent", &[Permission::ReadTasks]).await;
     let (endpoint, mut spans_rx) = otlp_receiver().await;
-    // A free port for the metrics listener.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = free_metrics_addr();
     let mut cmd = stdio_command(&w.db.url, Some(&key));
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
@@ -909,56 +910,28 @@ async fn stdio_serves_metrics_and_continues_the_trace_in_meta() {
 /// audit entry is committed before its answer.
 #[tokio::test]
 async fn stdio_commits_a_burst_of_calls_in_batches_of_at_most_sixteen() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "burst", &[Permission::ReadTasks]).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let metrics = format!("127.0.0.1:{port}");
-    let mut child = stdio_command(&w.db.url, Some(&key))
-        .env("PARALLAX_METRICS_LISTEN", &metrics)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut send = async |messages: &[serde_json::Value]| {
-        let text: String = messages.iter().map(|m| format!("{m}\n")).collect();
-        stdin.write_all(text.as_bytes()).await.unwrap();
-    };
-    send(&[
-        json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": { "name": "burst", "version": "0" } } }),
-    ])
-    .await;
-    let first = lines.next_line().await.unwrap().unwrap();
-    assert!(first.contains("\"result\""), "{first}");
-    let burst: Vec<serde_json::Value> =
-        std::iter::once(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
-            .chain((1..=32).map(|id| {
-                json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+    let metrics = free_metrics_addr();
+    let mut cmd = stdio_command(&w.db.url, Some(&key));
+    cmd.env("PARALLAX_METRICS_LISTEN", &metrics);
+    let mut s = RawStdio::spawn(cmd);
+    s.initialize().await;
+    s.send(&json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }))
+        .await;
+    let burst: Vec<serde_json::Value> = (1..=32)
+        .map(|id| {
+            json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
                 "params": { "name": "agent_my_assignments", "arguments": {} } })
-            }))
-            .collect();
+        })
+        .collect();
     // One write: the 32 calls reach the server together.
-    send(&burst).await;
-    let mut answered = std::collections::BTreeSet::new();
-    while answered.len() < 32 {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("every call answered")
-            .unwrap()
-            .expect("stdout open");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["result"]["isError"], false, "{line}");
-        answered.insert(v["id"].as_u64().unwrap());
+    let answers = s.ask_together(&burst).await;
+    for a in &answers {
+        assert_eq!(a["result"]["isError"], false, "{a}");
     }
+    let answered: std::collections::BTreeSet<u64> =
+        answers.iter().map(|a| a["id"].as_u64().unwrap()).collect();
     assert_eq!(answered, (1..=32).collect());
 
     let scraped = scrape(&format!("http://{metrics}/metrics")).await;
@@ -976,5 +949,4 @@ async fn stdio_commits_a_burst_of_calls_in_batches_of_at_most_sixteen() {
         .filter(|e| e.outcome.as_deref() == Some("allowed"))
         .count();
     assert_eq!(calls, 32);
-    let _ = child.kill().await;
 }

@@ -11,7 +11,7 @@ use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -217,6 +217,93 @@ pub fn stdio_command(db_url: &str, key: Option<&str>) -> tokio::process::Command
         cmd.env("PARALLAX_API_KEY", k);
     }
     cmd
+}
+
+/// A raw stdio session: lines in, lines out.
+pub struct RawStdio {
+    pub child: tokio::process::Child,
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub out: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawStdio {
+    pub async fn start(db_url: &str, key: &str) -> RawStdio {
+        Self::spawn(stdio_command(db_url, Some(key)))
+    }
+
+    /// `cmd` (a `stdio_command`, maybe with more settings) with its stdin and stdout piped.
+    pub fn spawn(mut cmd: tokio::process::Command) -> RawStdio {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        RawStdio {
+            child,
+            stdin,
+            out: tokio::io::AsyncBufReadExt::lines(out),
+        }
+    }
+
+    pub async fn send(&mut self, message: &Value) {
+        self.write(&format!("{message}\n")).await;
+    }
+
+    /// Writes `text` to stdin in one write.
+    pub async fn write(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    pub async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.out.next_line())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends `messages` in one write and returns their answers in the order sent.
+    pub async fn ask_together(&mut self, messages: &[Value]) -> Vec<Value> {
+        let lines: String = messages.iter().map(|m| format!("{m}\n")).collect();
+        self.write(&lines).await;
+        let mut answers = Vec::new();
+        while answers.len() < messages.len() {
+            let m = self.next().await;
+            if m.get("method").is_none() {
+                answers.push(m);
+            }
+        }
+        answers.sort_by_key(|m| messages.iter().position(|s| s["id"] == m["id"]));
+        answers
+    }
+
+    /// Sends `initialize` (2025-11-25, no capabilities) and checks it was answered.
+    pub async fn initialize(&mut self) {
+        let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "raw", "version": "0" } } });
+        assert!(self.ask(&init).await["result"]["protocolVersion"].is_string());
+    }
+
+    /// Sends `message` and returns the answer to it (notifications are skipped).
+    pub async fn ask(&mut self, message: &Value) -> Value {
+        self.send(message).await;
+        loop {
+            let m = self.next().await;
+            if m.get("method").is_none() {
+                assert_eq!(m["id"], message["id"], "{m}");
+                return m;
+            }
+        }
+    }
 }
 
 pub async fn stdio_client(db_url: &str, key: &str) -> Client {
