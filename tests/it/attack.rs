@@ -11,9 +11,8 @@ use parallax_mcp::service::Service;
 use proptest::prelude::*;
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The workspace's state without the audit entries of refusals (outcome `denied`): equal before
@@ -993,41 +992,23 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
 async fn an_oversized_stdio_line_is_skipped_with_an_error_and_the_session_goes_on() {
     let w = world().await;
     let key = approved_agent(&w.svc, &w.admin, "bot", &Permission::ALL).await;
-    let mut child = stdio_command(&w.db.url, Some(&key))
-        .env("PARALLAX_STDIO_MAX_LINE_BYTES", "2000")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(10), out.next_line())
-            .await
-            .expect("an answer")
-            .unwrap()
-            .expect("a line");
-        serde_json::from_str(&line).unwrap()
-    };
-    let mut send = async |v: &[u8]| {
-        stdin.write_all(v).await.unwrap();
-        stdin.flush().await.unwrap();
-    };
-    send(format!("{}\n", init_body("2025-11-25")).as_bytes()).await;
-    assert_eq!(next().await["id"], 1);
-    send(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n").await;
+    let mut cmd = stdio_command(&w.db.url, Some(&key));
+    cmd.env("PARALLAX_STDIO_MAX_LINE_BYTES", "2000");
+    let mut s = RawStdio::spawn(cmd);
+    s.write(&format!("{}\n", init_body("2025-11-25"))).await;
+    assert_eq!(s.next().await["id"], 1);
+    s.write("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}\n")
+        .await;
     // 100 KB without a newline for a while, then the newline: never buffered whole.
     let big = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}",
         "x".repeat(100_000)
     );
-    send(&big.as_bytes()[..50_000]).await;
+    s.write(&big[..50_000]).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    send(&big.as_bytes()[50_000..]).await;
-    send(b"\n").await;
-    let err = next().await;
+    s.write(&big[50_000..]).await;
+    s.write("\n").await;
+    let err = s.next().await;
     assert_eq!(err["id"], Value::Null, "{err}");
     assert_eq!(err["error"]["code"], -32600, "{err}");
     assert!(
@@ -1041,17 +1022,18 @@ async fn an_oversized_stdio_line_is_skipped_with_an_error_and_the_session_goes_o
     let pad = "y".repeat(2000 - prefix.len() - 3);
     let exact = format!("{prefix}{pad}\"}}}}");
     assert_eq!(exact.len(), 2000);
-    send(format!("{exact}\n").as_bytes()).await;
-    let pong = next().await;
+    s.write(&format!("{exact}\n")).await;
+    let pong = s.next().await;
     assert_eq!(pong["id"], 4, "{pong}");
     assert!(pong["result"].is_object(), "{pong}");
     // And the session goes on.
-    send(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/list\"}\n").await;
-    let list = next().await;
+    s.write("{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/list\"}\n")
+        .await;
+    let list = s.next().await;
     assert_eq!(list["id"], 3);
     assert_eq!(list["result"]["tools"].as_array().unwrap().len(), 5);
-    drop(stdin);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    drop(s.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
         .await
         .unwrap()
         .unwrap();
