@@ -124,10 +124,11 @@
 //! - A bearer credential is re-checked against the store on every request (keys and tokens alike):
 //!   the store keeps credentials, their agents and workspaces, and members in memory, but serves
 //!   them only after one statement shows the authorization generation unchanged, or, for a plain
-//!   call of the read tool with an API key (over HTTP or stdio) or an access token that passed
-//!   before, unconfirmed (`auth::Unconfirmed`, never an `AgentCaller` outside the gate's one read)
-//!   with its decision's audit entry committed only by a transaction that finds both generations
-//!   unchanged under its write lock (`AuditWriter::record_checked`); otherwise nothing is written
+//!   call of the read tool or of a note that is only entries, with an API key (over HTTP or stdio)
+//!   or an access token that passed before, unconfirmed (`auth::Unconfirmed`, never an
+//!   `AgentCaller` outside the gate's one read and `Service::log_agent_note_checked`) with its
+//!   entries committed only by a transaction that finds both generations unchanged under its
+//!   write lock (`AuditWriter::record_checked`, `append_checked`); otherwise nothing is written
 //!   and the call is decided again on a confirmed caller, and any other request is confirmed before
 //!   it goes on. The store's own write methods for agents, keys, workspace settings and members
 //!   bump it in the change's transaction, so a revocation applies to the next call on every replica

@@ -230,9 +230,10 @@ pub async fn agent_presented(
 
 /// An agent authenticated from the store's snapshot without reading the generations (see
 /// `Store::unconfirmed_credential_view`). Not an [`AgentCaller`]: services take
-/// only confirmed callers. Its one use is a decision whose audit entry commits only if the
-/// generations are still those it was made on (`AuditWriter::record_checked` with
-/// [`Unconfirmed::seen`]); anything else authenticates the credential again.
+/// only confirmed callers, but for `Service::log_agent_note_checked`, which takes this. Its
+/// one use is a decision whose entries commit only if the generations are still those it was
+/// made on (`AuditWriter::record_checked` or `append_checked` with [`Unconfirmed::seen`]);
+/// anything else authenticates the credential again.
 #[derive(Debug, Clone)]
 pub struct Unconfirmed {
     caller: AgentCaller,

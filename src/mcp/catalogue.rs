@@ -125,6 +125,13 @@ pub static CATALOGUE: [ToolSpec; 5] = [
     },
 ];
 
+/// The tools a call may be decided on for a credential the store's snapshot holds, before its
+/// generations are read (`Gate::call_unconfirmed`): the read tool, and the note that is only
+/// entries. Their decisions stand only if their audit commit finds the snapshot current.
+pub fn decided_unconfirmed(name: &str) -> bool {
+    name == MY_ASSIGNMENTS || name == LOG_ACTIVITY
+}
+
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
     CATALOGUE.iter().find(|t| t.name == name)
 }

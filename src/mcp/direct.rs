@@ -57,26 +57,27 @@ struct Plain {
 /// How the transport left the caller's credential.
 enum PlainAuth {
     Checked(Arc<Result<AgentCaller, AgentAuthRefusal>>),
-    /// Unconfirmed (see `PendingAuth`): only the read tool's call may be decided on it.
+    /// Unconfirmed (see `PendingAuth`): only a call of a tool `catalogue::decided_unconfirmed`
+    /// names may be decided on it.
     Pending(Arc<Pending>),
 }
 
-/// Whether `req` may be a plain call of the read tool that the unconfirmed `caller` may make,
-/// which [`call`] decides on it (`PendingAuth`): any other request has it confirmed first
+/// Whether `req` may be a plain call of a tool decided unconfirmed
+/// (`catalogue::decided_unconfirmed`) that the unconfirmed `caller` may make, which [`call`]
+/// decides on it (`PendingAuth`) if it can: any other request has it confirmed first
 /// (`mcp::http::confirm`, which also checks a token's scope when the confirmed caller's grant
 /// turns out wider than the token).
 pub fn may_decide_unconfirmed(req: &Request, caller: &AgentCaller) -> bool {
-    let allowed = super::catalogue::find(super::catalogue::MY_ASSIGNMENTS)
-        .is_some_and(|spec| spec.requirement.is_met_by(caller));
-    allowed
-        && req.extensions().get::<RpcMessage>().is_some_and(|m| {
-            m.method.as_deref() == Some("tools/call")
-                && m.params
-                    .as_ref()
-                    .and_then(|p| p.get("name"))
-                    .and_then(Value::as_str)
-                    == Some(super::catalogue::MY_ASSIGNMENTS)
-        })
+    req.extensions().get::<RpcMessage>().is_some_and(|m| {
+        m.method.as_deref() == Some("tools/call")
+            && m.params
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .filter(|name| super::catalogue::decided_unconfirmed(name))
+                .and_then(super::catalogue::find)
+                .is_some_and(|spec| spec.requirement.is_met_by(caller))
+    })
 }
 
 /// What this path answers.
@@ -353,11 +354,11 @@ fn encoded(message: &ServerJsonRpcMessage) -> BytesMut {
 /// a line crosses the framing pump's pipe, is parsed again into rmcp's types, runs in a handler
 /// task of its own, and its answer is cloned, serialised and piped back through the pump; here
 /// the pump hands the line over and writes the answer. The key is checked on every call, as
-/// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]); a call of the read tool is
-/// decided on the key as the store's snapshot holds it and stands only if its audit commit finds
-/// the snapshot current (`Gate::call_unconfirmed`), as over HTTP. A line that is anything
-/// else (a call with a task, other `_meta` than trace context and a progress token, another method)
-/// goes on to rmcp.
+/// rmcp's handler checks it ([`ParallaxServer::authenticate_key`]); a call of the read tool or a
+/// note is decided on the key as the store's snapshot holds it and stands only if its audit
+/// commit finds the snapshot current (`Gate::call_unconfirmed`), as over HTTP. A line that is
+/// anything else (a call with a task, other `_meta` than trace context and a progress token,
+/// another method) goes on to rmcp.
 pub struct Stdio {
     server: ParallaxServer,
     key: Arc<crate::auth::PresentedKey>,
@@ -399,13 +400,13 @@ impl Stdio {
         // went into its task and again as the task finished (a few per cent of CPU at W = 32).
         Some(Box::pin(async move {
             let parent = || stdio_request_span(trace.0.as_deref(), trace.1.as_deref());
-            // A call of the read tool is decided on the key as the snapshot holds it, as over
-            // HTTP, when the snapshot can say; the rate is counted then, and not again if the
-            // call is decided again on the key checked now.
+            // A call of the read tool, or a note, is decided on the key as the snapshot holds
+            // it, as over HTTP, when the snapshot can say; the rate is counted then, and not
+            // again if the call is decided again on the key checked now.
             let mut count = true;
             let mut checked = None;
             if let Work::Call(call) = &work
-                && call.name == super::catalogue::MY_ASSIGNMENTS
+                && super::catalogue::decided_unconfirmed(&call.name)
                 && let Some(unconfirmed) = server.key_unconfirmed(&key)
             {
                 count = false;

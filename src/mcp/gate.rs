@@ -6,7 +6,7 @@ use super::tools::{self, ToolOutput};
 use crate::auth::{AgentAuthRefusal, AgentCaller, Unconfirmed};
 use crate::domain::{ActivityEntry, Actor, Delegation, DelegationStatus};
 use crate::http::ratelimit::AgentLimiter;
-use crate::service::{Activity, AuditWriter, Service, ServiceError};
+use crate::service::{Activity, AuditWriter, CheckedChange, Service, ServiceError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
@@ -199,19 +199,20 @@ impl Gate {
         }
     }
 
-    /// A call of the read tool decided on an unconfirmed caller (see [`Unconfirmed`]): allowed
-    /// when the catalogue allows it on the snapshot, and answered only once its entry has
-    /// committed with the check that the generations it was decided on are still current.
-    /// `None` when this path does not decide it (another tool, arguments the tool refuses, a
-    /// requirement not met, or generations that moved before the commit): nothing was
-    /// written, and the call goes to [`Gate::call`] with a confirmed caller.
+    /// A call decided on an unconfirmed caller (see [`Unconfirmed`]): the read tool, or a note
+    /// that is only entries (`catalogue::decided_unconfirmed`), allowed when the catalogue
+    /// allows it on the snapshot, and answered only once its entries have committed with the
+    /// check that the generations it was decided on are still current. `None` when this path
+    /// does not decide it (another tool, arguments the tool refuses, a requirement not met, a
+    /// note that changes more than the trail, or generations that moved before the commit):
+    /// nothing was written, and the call goes to [`Gate::call`] with a confirmed caller.
     pub async fn call_unconfirmed(
         &self,
         unconfirmed: &Unconfirmed,
         name: &str,
         args: Option<&Map<String, Value>>,
     ) -> Option<Result<CallOutcome, GateError>> {
-        if name != catalogue::MY_ASSIGNMENTS {
+        if !catalogue::decided_unconfirmed(name) {
             return None;
         }
         let spec = catalogue::find(name)?;
@@ -223,26 +224,51 @@ impl Gate {
         span.record("workspace", caller.workspace_id());
         span.record("agent", caller.agent_id());
         let args = Value::Object(args.cloned().unwrap_or_default());
-        let input = parse(name, &args).ok()?;
         let allowed = self.entry(caller, name, &args, "allowed", "");
         let service =
             crate::telemetry::traces::span(|| tracing::info_span!("service", tool = spec.name));
-        let (audited, result) = tokio::join!(
-            self.audit().record_checked(allowed, unconfirmed.seen()),
-            tools::my_assignments(&self.service, caller, input).instrument(service)
-        );
-        match audited {
-            Ok(committed) => {
-                crate::telemetry::metrics::unconfirmed_decision(committed);
-                if !committed {
+        let result = if name == catalogue::MY_ASSIGNMENTS {
+            let input = parse(name, &args).ok()?;
+            let (audited, result) = tokio::join!(
+                self.audit().record_checked(allowed, unconfirmed.seen()),
+                tools::my_assignments(&self.service, caller, input).instrument(service)
+            );
+            match audited {
+                Ok(true) => result,
+                Ok(false) => {
+                    crate::telemetry::metrics::unconfirmed_decision(false);
                     return None;
                 }
-                Some(self.finish(caller, name, &args, result).await)
+                Err(e) => {
+                    return Some(Err(GateError::Internal(format!(
+                        "audit log unavailable: {e}"
+                    ))));
+                }
             }
-            Err(e) => Some(Err(GateError::Internal(format!(
-                "audit log unavailable: {e}"
-            )))),
-        }
+        } else {
+            let input = parse(name, &args).ok()?;
+            let checked = Box::pin(tools::log_activity_checked(
+                &self.service,
+                unconfirmed,
+                &allowed,
+                input,
+            ))
+            .instrument(service)
+            .await;
+            match checked {
+                Ok(CheckedChange::Committed(output)) => Ok(output),
+                Ok(CheckedChange::Stale) => {
+                    crate::telemetry::metrics::unconfirmed_decision(false);
+                    return None;
+                }
+                Ok(CheckedChange::NeedsCaller) => return None,
+                // Nothing committed (the batch failed, or the store could not be read): audited
+                // and answered as the confirmed path answers a store that failed.
+                Err(e) => return Some(self.finish(caller, name, &args, Err(e)).await),
+            }
+        };
+        crate::telemetry::metrics::unconfirmed_decision(true);
+        Some(self.finish(caller, name, &args, result).await)
     }
 
     /// A tool body's result as the call's outcome; a failure is audited here, since the

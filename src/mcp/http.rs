@@ -126,18 +126,18 @@ impl Pipeline {
         res
     }
 
-    /// An unconfirmed key confirmed unless the request is a plain call of the read tool on a
-    /// session of the caller's (or none); then the session's owner, and `mcp::direct` or rmcp
-    /// (which is never given an unconfirmed key).
+    /// An unconfirmed key confirmed unless the request is a plain call of a tool decided
+    /// unconfirmed (the read tool, a note) on a session of the caller's (or none); then the
+    /// session's owner, and `mcp::direct` or rmcp (which is never given an unconfirmed key).
     async fn past_envelope(&self, req: Request) -> Response {
-        let unconfirmed_read = |req: &Request, pending: &Pending| {
+        let unconfirmed_call = |req: &Request, pending: &Pending| {
             super::direct::may_decide_unconfirmed(req, pending.unconfirmed.caller())
                 && self
                     .binder
                     .sessions
                     .would_pass(req, pending.unconfirmed.caller())
         };
-        confirm(&self.ctx, req, unconfirmed_read, |req| {
+        confirm(&self.ctx, req, unconfirmed_call, |req| {
             sessions::bind(&self.binder, req, |req| async move {
                 let confirm_now =
                     |pending: Arc<Pending>| async move { confirmed(&self.ctx, &pending).await };

@@ -55,9 +55,9 @@ pub const RATE_LIMITED: rmcp::model::ErrorCode = rmcp::model::ErrorCode(-32029);
 pub struct HttpAuth(pub Arc<Result<AgentCaller, AgentAuthRefusal>>);
 
 /// In place of [`HttpAuth`], an API key or access token the transport authenticated unconfirmed
-/// (`auth::Unconfirmed`) and the credential itself: a plain call of the read tool is decided on
-/// it (`mcp::direct`), and any other request is confirmed before it goes further
-/// (`mcp::http::confirm`). Never `Debug`: it holds the credential.
+/// (`auth::Unconfirmed`) and the credential itself: a plain call of the read tool or a note is
+/// decided on it if it can be (`mcp::direct`), and any other request is confirmed before it
+/// goes further (`mcp::http::confirm`). Never `Debug`: it holds the credential.
 #[derive(Clone)]
 pub struct PendingAuth(pub Arc<Pending>);
 

@@ -1,9 +1,9 @@
 //! The five agent tools: wire types (with schemars schemas) and the bodies that convert them to
 //! domain calls. One function per tool; each parses its input, calls one service, shapes output.
 
-use crate::auth::AgentCaller;
+use crate::auth::{AgentCaller, Unconfirmed};
 use crate::domain::*;
-use crate::service::{AgentLogEntry, Service, ServiceResult};
+use crate::service::{AgentLogEntry, CheckedChange, LoggedActivity, Service, ServiceResult};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -307,25 +307,52 @@ pub async fn log_activity(
 ) -> ServiceResult<ToolOutput> {
     let kind = input.kind;
     let logged = svc
-        .log_agent_activity(
-            caller,
-            audit,
-            AgentLogEntry {
-                kind,
-                description: input.description,
-                project_id: input.project_id,
-                task_id: input.task_id,
-                page_id: input.page_id,
-                metadata: input.metadata.map(Value::Object),
-            },
-        )
+        .log_agent_activity(caller, audit, log_entry(input))
         .await?;
-    Ok(render(&LogActivityOutput {
+    Ok(logged_output(kind, logged))
+}
+
+/// [`log_activity`] for an agent taken unconfirmed (see `Service::log_agent_note_checked`):
+/// nothing is written unless it says `Committed`.
+pub async fn log_activity_checked(
+    svc: &Service,
+    unconfirmed: &Unconfirmed,
+    audit: &ActivityEntry,
+    input: LogActivityInput,
+) -> ServiceResult<CheckedChange<ToolOutput>> {
+    let kind = input.kind;
+    Ok(
+        match svc
+            .log_agent_note_checked(unconfirmed, audit, log_entry(input))
+            .await?
+        {
+            CheckedChange::Committed(logged) => {
+                CheckedChange::Committed(logged_output(kind, logged))
+            }
+            CheckedChange::Stale => CheckedChange::Stale,
+            CheckedChange::NeedsCaller => CheckedChange::NeedsCaller,
+        },
+    )
+}
+
+fn log_entry(input: LogActivityInput) -> AgentLogEntry {
+    AgentLogEntry {
+        kind: input.kind,
+        description: input.description,
+        project_id: input.project_id,
+        task_id: input.task_id,
+        page_id: input.page_id,
+        metadata: input.metadata.map(Value::Object),
+    }
+}
+
+fn logged_output(kind: AgentActivityKind, logged: LoggedActivity) -> ToolOutput {
+    render(&LogActivityOutput {
         activity_id: logged.entry.id,
         kind,
         created_at: ts(&logged.entry.created_at),
         task_status: logged.task_status,
-    }))
+    })
 }
 
 pub async fn list_workspace(

@@ -5,7 +5,7 @@
 //! so a change is never recorded without its decision, nor the decision without the change.
 
 use super::*;
-use crate::auth::AgentCaller;
+use crate::auth::{AgentCaller, Unconfirmed};
 use crate::store::AgentWork;
 
 /// An agent's current work: projects and tasks it is assigned to, borrowed from the store's work
@@ -71,6 +71,26 @@ struct CheckedLogEntry {
     project_id: Option<RecordId>,
     task_id: Option<RecordId>,
     page_id: Option<RecordId>,
+}
+
+/// What an [`AgentLogEntry`] comes to once checked.
+enum Note {
+    /// Its entry is the whole change.
+    Alone(ActivityEntry),
+    /// It changes more than the trail (or names what may not be there), in a transaction.
+    Change(CheckedLogEntry),
+}
+
+/// What a change decided on an unconfirmed caller came to (see
+/// [`Service::log_agent_note_checked`]).
+#[derive(Debug)]
+pub enum CheckedChange<T> {
+    /// Committed: the generations were still those it was decided on.
+    Committed(T),
+    /// Nothing written: the generations had moved.
+    Stale,
+    /// Nothing written: it needs a confirmed caller (a transaction, or a refusal to make).
+    NeedsCaller,
 }
 
 /// The outcome of logging: the entry, and the task's new status if logging moved it.
@@ -219,6 +239,58 @@ impl Service {
         audit: &ActivityEntry,
         entry: AgentLogEntry,
     ) -> ServiceResult<LoggedActivity> {
+        let checked = match self.agent_note(caller, entry).await? {
+            Note::Alone(logged) => {
+                self.writer()
+                    .append(vec![audit.clone(), logged.clone()])
+                    .await?;
+                return Ok(LoggedActivity {
+                    entry: logged,
+                    task_status: None,
+                });
+            }
+            Note::Change(checked) => checked,
+        };
+        // Group-committed with other calls' changes and audit entries (see `audit`).
+        let (svc, caller, audit) = (self.clone(), caller.clone(), audit.clone());
+        self.writer()
+            .run(move |tx| Box::pin(async move { svc.log_in(tx, &caller, &audit, checked).await }))
+            .await
+    }
+
+    /// [`Service::log_agent_activity`] for an agent authenticated from the store's snapshot
+    /// alone: a note that is its entry alone is appended with the call's decision only if the
+    /// generations are still those the snapshot was read at when they commit
+    /// (`AuditWriter::append_checked`). Anything else writes nothing and says why, and the call
+    /// is decided again on a confirmed caller; so is an entry this refuses, so that its
+    /// refusal is made and audited on current data.
+    pub async fn log_agent_note_checked(
+        &self,
+        unconfirmed: &Unconfirmed,
+        audit: &ActivityEntry,
+        entry: AgentLogEntry,
+    ) -> ServiceResult<CheckedChange<LoggedActivity>> {
+        let logged = match self.agent_note(unconfirmed.caller(), entry).await {
+            Ok(Note::Alone(logged)) => logged,
+            Err(e @ ServiceError::Store(_)) => return Err(e),
+            Ok(Note::Change(_)) | Err(_) => return Ok(CheckedChange::NeedsCaller),
+        };
+        let committed = self
+            .writer()
+            .append_checked(vec![audit.clone(), logged.clone()], unconfirmed.seen())
+            .await?;
+        Ok(if committed {
+            CheckedChange::Committed(LoggedActivity {
+                entry: logged,
+                task_status: None,
+            })
+        } else {
+            CheckedChange::Stale
+        })
+    }
+
+    /// Checks `entry`'s fields and tells a note that is its entry alone from a change.
+    async fn agent_note(&self, caller: &AgentCaller, entry: AgentLogEntry) -> ServiceResult<Note> {
         let description = required_text("description", &entry.description, 4000)?;
         let metadata = entry.metadata.unwrap_or_else(|| json!({}));
         if !metadata.is_object() {
@@ -252,7 +324,7 @@ impl Service {
         // work snapshot as of the request's own authentication, which every change to
         // assignments and tasks invalidates from any process or replica, as a read sees it.
         // Anything else (a task not there, a project that is not the task's, a page) is checked
-        // in a transaction below, which also names what is wrong.
+        // in a transaction, which also names what is wrong.
         if entry.kind.event().is_none() && page_id.is_none() {
             let on = match (&project_id, &task_id) {
                 (None, None) => Some(None),
@@ -274,38 +346,28 @@ impl Service {
                 (Some(_), None) => None,
             };
             if let Some(on) = on {
-                let logged = Activity::new(
-                    caller.workspace_id(),
-                    &caller.actor(),
-                    &format!("agent.{}", entry.kind),
-                )
-                .project(on.as_ref().map(|(p, _)| p.as_str()))
-                .task(on.as_ref().map(|(_, t)| t.as_str()))
-                .description(&description)
-                .metadata(metadata)
-                .build();
-                self.writer()
-                    .append(vec![audit.clone(), logged.clone()])
-                    .await?;
-                return Ok(LoggedActivity {
-                    entry: logged,
-                    task_status: None,
-                });
+                return Ok(Note::Alone(
+                    Activity::new(
+                        caller.workspace_id(),
+                        &caller.actor(),
+                        &format!("agent.{}", entry.kind),
+                    )
+                    .project(on.as_ref().map(|(p, _)| p.as_str()))
+                    .task(on.as_ref().map(|(_, t)| t.as_str()))
+                    .description(&description)
+                    .metadata(metadata)
+                    .build(),
+                ));
             }
         }
-        // Group-committed with other calls' changes and audit entries (see `audit`).
-        let checked = CheckedLogEntry {
+        Ok(Note::Change(CheckedLogEntry {
             kind: entry.kind,
             description,
             metadata,
             project_id,
             task_id,
             page_id,
-        };
-        let (svc, caller, audit) = (self.clone(), caller.clone(), audit.clone());
-        self.writer()
-            .run(move |tx| Box::pin(async move { svc.log_in(tx, &caller, &audit, checked).await }))
-            .await
+        }))
     }
 
     /// [`Service::log_agent_activity`]'s change, in the batch's transaction `tx`.

@@ -13,7 +13,8 @@
 //! ([`AuditWriter::append`]) and commits the way decision entries do.
 //!
 //! A decision made on an unconfirmed caller (`auth::Unconfirmed`) is submitted
-//! with the generations it was made on ([`AuditWriter::record_checked`]): its batch commits it
+//! with the generations it was made on ([`AuditWriter::record_checked`], or
+//! [`AuditWriter::append_checked`] for a change that is only entries): its batch commits it
 //! only if they are still current, and otherwise leaves it out and says so, so that the call is
 //! decided again on a confirmed caller. A batch with a writing tool's change in it leaves such
 //! decisions out unchecked (rare, and the call is only decided again).
@@ -46,7 +47,11 @@ enum Work {
     Entry(ActivityEntry),
     /// An audit entry to commit only if the generations are still these when it commits.
     Checked(ActivityEntry, Seen),
-    /// A checked entry its batch left out (the generations moved); it acknowledges `false`.
+    /// Entries (a change that is nothing but entries) to commit together only if the
+    /// generations are still these when they commit; left out as [`Work::Entries`] is.
+    CheckedEntries(Vec<ActivityEntry>, Seen),
+    /// A checked submission its batch left out (the generations moved); it acknowledges
+    /// `false`.
     Stale,
     /// A change that is nothing but entries (a writing tool's decision and what it appends),
     /// committed together, in this order, or not at all. Left out if its caller stopped waiting
@@ -178,6 +183,18 @@ impl AuditWriter {
         self.submit(Work::Entries(entries)).await.map(drop)
     }
 
+    /// [`AuditWriter::append`] for a change decided on generations `seen` that were not read for
+    /// it (an unconfirmed caller), checked as [`AuditWriter::record_checked`] checks a decision:
+    /// `Ok(true)` once all of `entries` committed, `Ok(false)` if none did because the
+    /// generations had moved.
+    pub async fn append_checked(
+        &self,
+        entries: Vec<ActivityEntry>,
+        seen: Seen,
+    ) -> ServiceResult<bool> {
+        self.submit(Work::CheckedEntries(entries, seen)).await
+    }
+
     /// Runs `job` in the next batch's transaction and returns its result once that batch has
     /// committed. A job that fails is rolled back alone; a batch that fails to commit fails every
     /// job in it. The job must queue its own audit entry (it commits with the change).
@@ -289,22 +306,29 @@ async fn write(
     if !batch.iter().any(|(w, _)| matches!(w, Work::Job(_))) {
         // Decision entries alone: the store commits them in one go.
         let mut entries: Vec<ActivityEntry> = Vec::with_capacity(batch.len());
-        // The generations the checked entries were decided on; those entries' places in the
-        // batch and in `entries`.
+        // The generations the checked entries were decided on; each checked submission's place
+        // in the batch and its entries' places in `entries`.
         let mut expect: Option<Seen> = None;
-        let mut checked: Vec<(usize, usize)> = Vec::new();
+        let mut checked: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         for (i, (work, ack)) in batch.iter_mut().enumerate() {
             match std::mem::replace(work, Work::Flush) {
                 Work::Entry(e) => entries.push(e),
                 Work::Entries(es) if !ack.is_closed() => entries.extend(es),
                 Work::Checked(e, seen) if expect.is_none_or(|x| x == seen) => {
                     expect = Some(seen);
-                    checked.push((i, entries.len()));
+                    checked.push((i, entries.len()..entries.len() + 1));
                     entries.push(e);
+                }
+                Work::CheckedEntries(es, seen)
+                    if !ack.is_closed() && expect.is_none_or(|x| x == seen) =>
+                {
+                    expect = Some(seen);
+                    checked.push((i, entries.len()..entries.len() + es.len()));
+                    entries.extend(es);
                 }
                 // Decided on other generations than the batch's other checked entries: one
                 // of the two is out of date, so this one is decided again.
-                Work::Checked(..) => *work = Work::Stale,
+                Work::Checked(..) | Work::CheckedEntries(..) => *work = Work::Stale,
                 _ => {}
             }
         }
@@ -327,7 +351,7 @@ async fn write(
         let rest: Vec<ActivityEntry> = back
             .into_iter()
             .enumerate()
-            .filter(|(at, _)| !checked.iter().any(|(_, c)| c == at))
+            .filter(|(at, _)| !checked.iter().any(|(_, c)| c.contains(at)))
             .map(|(_, e)| e)
             .collect();
         if rest.is_empty() {
@@ -355,7 +379,7 @@ async fn write(
             Work::Entries(es) if !ack.is_closed() => entries.extend(es),
             Work::Entries(_) => {}
             // Not checked in a batch with jobs: decided again instead.
-            Work::Checked(..) | Work::Stale => *work = Work::Stale,
+            Work::Checked(..) | Work::CheckedEntries(..) | Work::Stale => *work = Work::Stale,
             Work::Job(job) => {
                 // Entries submitted before the job are chained before its own.
                 tx.insert_activities(std::mem::take(&mut entries)).await?;

@@ -20,7 +20,7 @@ mod work;
 mod workspaces;
 
 pub use access::{AccessOutcome, AccessRequest, AgentDetails};
-pub use agent_tools::{AgentLogEntry, LoggedActivity, MyAssignments};
+pub use agent_tools::{AgentLogEntry, CheckedChange, LoggedActivity, MyAssignments};
 pub use audit::AuditWriter;
 pub use checkpoints::check_signature;
 pub use delegations::DelegationResolution;

@@ -215,21 +215,44 @@ impl Changer {
     }
 }
 
-/// A read tool call that must succeed (twice: the second is served from the warm snapshot).
-async fn works(client: &Client) {
-    for _ in 0..2 {
-        ok(client, "agent_my_assignments", json!({})).await;
+/// The call each case makes first after its change: the read tool, or a note naming nothing
+/// (a write that is only entries). Both are decided on the snapshot's credential when it holds
+/// it, so each must be refused on the change the snapshot has not seen yet.
+#[derive(Clone, Copy, PartialEq)]
+enum Probe {
+    Read,
+    Note,
+}
+
+impl Probe {
+    fn call(self) -> (&'static str, Value) {
+        match self {
+            Probe::Read => ("agent_my_assignments", json!({})),
+            Probe::Note => (
+                "agent_log_activity",
+                json!({ "type": "note", "description": "still here" }),
+            ),
+        }
     }
 }
 
-/// A call that must not run: refused at the transport (401) or as a tool error.
-async fn refused_now(client: &Client, what: &str) {
-    match call(client, "agent_my_assignments", json!({})).await {
+/// The probe's call, which must succeed (twice: the second is served from the warm snapshot).
+async fn works(client: &Client, probe: Probe) {
+    let (tool, args) = probe.call();
+    for _ in 0..2 {
+        ok(client, tool, args.clone()).await;
+    }
+}
+
+/// The probe's call, which must not run: refused at the transport (401) or as a tool error.
+async fn refused_now(client: &Client, probe: Probe, what: &str) {
+    let (tool, args) = probe.call();
+    match call(client, tool, args).await {
         Err(_) => {}
         Ok(res) => assert_eq!(
             res.is_error,
             Some(true),
-            "{what}: the next call was answered from a stale decision: {res:?}"
+            "{what}: the next {tool} call was answered from a stale decision: {res:?}"
         ),
     }
 }
@@ -267,7 +290,7 @@ async fn connect(over: Over, url: &str, db_url: &str, key: &str) -> Client {
     }
 }
 
-async fn no_stale_decision(via: Via, over: Over) {
+async fn no_stale_decision(via: Via, over: Over, probe: Probe) {
     let w = world().await;
     let read = [Permission::ReadTasks, Permission::ReadProjects];
     let revoked = approved_agent(&w.svc, &w.admin, "revoked", &read).await;
@@ -291,30 +314,32 @@ async fn no_stale_decision(via: Via, over: Over) {
 
     // Revocation.
     let client = agent(&revoked).await;
-    works(&client).await;
+    works(&client, probe).await;
     changer.revoke("revoked").await;
-    refused_now(&client, "revoke").await;
+    refused_now(&client, probe, "revoke").await;
 
-    // A permission change: the grant loses read:tasks.
+    // A permission change: the grant loses read:tasks. (A note needs no permission.)
     let client = agent(&narrowed).await;
-    works(&client).await;
-    changer
-        .set_permissions("narrowed", &["read:projects"])
-        .await;
-    let res = call(&client, "agent_my_assignments", json!({}))
-        .await
-        .expect("still authenticated");
-    assert_eq!(
-        res.is_error,
-        Some(true),
-        "permission change: the next call ran with the old grant: {res:?}"
-    );
+    works(&client, probe).await;
+    if probe == Probe::Read {
+        changer
+            .set_permissions("narrowed", &["read:projects"])
+            .await;
+        let res = call(&client, "agent_my_assignments", json!({}))
+            .await
+            .expect("still authenticated");
+        assert_eq!(
+            res.is_error,
+            Some(true),
+            "permission change: the next call ran with the old grant: {res:?}"
+        );
+    }
 
     // A key rotation: the old key stops working.
     let client = agent(&rotated).await;
-    works(&client).await;
+    works(&client, probe).await;
     changer.rotate_key("rotated").await;
-    refused_now(&client, "rotate key").await;
+    refused_now(&client, probe, "rotate key").await;
 
     // A member removal: the member's token stops working on the admin API.
     assert_eq!(member_status(&http, &server.url, &bob).await, 200);
@@ -328,31 +353,58 @@ async fn no_stale_decision(via: Via, over: Over) {
 
     // Disabling the workspace: every agent in it is refused.
     let client = agent(&last).await;
-    works(&client).await;
+    works(&client, probe).await;
     changer.disable_workspace().await;
-    refused_now(&client, "workspace disabled").await;
+    refused_now(&client, probe, "workspace disabled").await;
+
+    // Each refused note left nothing in the trail: the notes there are the warm-up calls'.
+    let notes = crate::support::activity_of(&w.svc, &w.admin.workspace().id, "agent.note").await;
+    let expected = if probe == Probe::Note { 8 } else { 0 };
+    assert_eq!(notes.len(), expected, "notes written: {notes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_the_cli_apply_to_the_very_next_call() {
-    no_stale_decision(Via::Cli, Over::Http).await;
+    no_stale_decision(Via::Cli, Over::Http, Probe::Read).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_on_another_replica_apply_to_the_very_next_call() {
-    no_stale_decision(Via::Replica, Over::Http).await;
+    no_stale_decision(Via::Replica, Over::Http, Probe::Read).await;
 }
 
 /// An access token's read is decided on its credential as the snapshot holds it, as a key's is:
 /// the same changes still apply to its very next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_the_cli_apply_to_the_very_next_call_with_a_token() {
-    no_stale_decision(Via::Cli, Over::Token).await;
+    no_stale_decision(Via::Cli, Over::Token, Probe::Read).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_on_another_replica_apply_to_the_very_next_call_with_a_token() {
-    no_stale_decision(Via::Replica, Over::Token).await;
+    no_stale_decision(Via::Replica, Over::Token, Probe::Read).await;
+}
+
+/// A note that is only entries is decided on the snapshot's credential too, and commits only if
+/// the snapshot is still current: the same changes apply to the very next note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_note() {
+    no_stale_decision(Via::Cli, Over::Http, Probe::Note).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_on_another_replica_apply_to_the_very_next_note() {
+    no_stale_decision(Via::Replica, Over::Http, Probe::Note).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_note_with_a_token() {
+    no_stale_decision(Via::Cli, Over::Token, Probe::Note).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_by_the_cli_apply_to_the_very_next_stdio_note() {
+    no_stale_decision(Via::Cli, Over::Stdio, Probe::Note).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +416,7 @@ async fn work_changed_by_the_cli_shows_in_the_very_next_read_with_a_token() {
 /// changes by another process still apply to its very next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_by_the_cli_apply_to_the_very_next_stdio_call() {
-    no_stale_decision(Via::Cli, Over::Stdio).await;
+    no_stale_decision(Via::Cli, Over::Stdio, Probe::Read).await;
 }
 
 /// The agent's assigned tasks as `(id, status)`, read twice so the second is served warm; both
@@ -429,6 +481,34 @@ async fn no_stale_work(via: Via, over: Over) {
         my_tasks(&client).await,
         vec![],
         "unassignment: the next read still listed the task"
+    );
+
+    // A note naming one of the agent's tasks is only entries, the task looked up in the work
+    // snapshot: the first note after each change must see it too.
+    let note = json!({ "type": "note", "description": "on it", "taskId": task });
+    let assignment = changer.assign("worker", &task).await;
+    let logged = ok(&client, "agent_log_activity", note.clone()).await;
+    let id = logged["activityId"]
+        .as_str()
+        .expect("activityId")
+        .to_owned();
+    changer.unassign(&assignment).await;
+    let res = call(&client, "agent_log_activity", note)
+        .await
+        .expect("still authenticated");
+    assert_eq!(
+        res.is_error,
+        Some(true),
+        "unassignment: the next note named the task as the agent's: {res:?}"
+    );
+    let notes = crate::support::activity_of(&w.svc, &w.admin.workspace().id, "agent.note").await;
+    assert_eq!(
+        notes
+            .iter()
+            .map(|e| (e.id.as_str(), e.task_id.as_deref()))
+            .collect::<Vec<_>>(),
+        [(id.as_str(), Some(task.as_str()))],
+        "only the note made while assigned is in the trail"
     );
 }
 
@@ -560,6 +640,140 @@ async fn a_decision_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_cur
     for left in ["stale", "after revocation"] {
         assert!(
             !described.iter().any(|d| d == left),
+            "{left} written: {described:?}"
+        );
+    }
+    let report = svc.verify_chain(&s.workspace, None).await.unwrap();
+    assert!(report.intact, "{report:?}");
+}
+
+/// A note that is only entries, decided on a key taken unconfirmed
+/// (`Service::log_agent_note_checked`), commits its decision and its note together only while
+/// the snapshot is current; otherwise, and for a note that needs more than entries or that the
+/// service refuses, nothing of it is written, and the call is decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_on_an_unconfirmed_key_commits_only_while_the_snapshot_is_current() {
+    use crate::support::*;
+    use parallax_mcp::auth;
+    use parallax_mcp::domain::{ActivityEntry, ActorKind, AgentActivityKind, new_id};
+    use parallax_mcp::service::{AgentLogEntry, CheckedChange};
+
+    let db = TestDb::new().await;
+    let svc = db.service().await;
+    let s = seed_workspace(&svc, "acme").await;
+    let (_, key) = approved_agent(&svc, &s.admin, "writer", &[Permission::ReadTasks]).await;
+    approved_agent(&svc, &s.admin, "bystander", &[Permission::ReadTasks]).await;
+    let replica = db.service().await;
+    let replica_admin = member(&replica, "acme", "admin").await;
+    agent_caller(&svc, &key).await;
+
+    let decision = |what: &str| ActivityEntry {
+        id: new_id(),
+        workspace_id: s.ws().to_owned(),
+        actor_kind: ActorKind::Agent,
+        actor_id: "writer".into(),
+        agent_id: Some("writer".into()),
+        activity_type: "tool.call".into(),
+        outcome: Some("allowed".into()),
+        description: format!("decision {what}"),
+        metadata: json!({ "tool": "agent_log_activity" }),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        created_at: chrono::Utc::now(),
+    };
+    let note = |what: &str| AgentLogEntry {
+        kind: AgentActivityKind::Note,
+        description: format!("note {what}"),
+        project_id: None,
+        task_id: None,
+        page_id: None,
+        metadata: None,
+    };
+    let taken = || auth::agent_unconfirmed(svc.store(), key.expose()).expect("in the snapshot");
+
+    let current = taken();
+    let outcome = svc
+        .log_agent_note_checked(&current, &decision("current"), note("current"))
+        .await
+        .unwrap();
+    let CheckedChange::Committed(logged) = outcome else {
+        panic!("nothing changed: the note commits, got {outcome:?}");
+    };
+    assert_eq!(logged.entry.description, "note current");
+
+    // Another agent revoked on the replica: neither the decision nor the note is written.
+    replica
+        .revoke_agent(&replica_admin, "bystander", "test")
+        .await
+        .unwrap();
+    let outcome = svc
+        .log_agent_note_checked(&current, &decision("stale"), note("stale"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CheckedChange::Stale),
+        "a note decided before a committed change must not stand: {outcome:?}"
+    );
+
+    // Checked again, the key is current: a note naming a page needs a transaction, and an
+    // empty one is refused; neither is written here, both go to a confirmed caller.
+    agent_caller(&svc, &key).await;
+    let again = taken();
+    assert_ne!(again.seen(), current.seen());
+    let on_page = AgentLogEntry {
+        page_id: Some(new_id()),
+        ..note("on a page")
+    };
+    let empty = AgentLogEntry {
+        description: String::new(),
+        ..note("empty")
+    };
+    for (what, entry) in [("on a page", on_page), ("empty", empty)] {
+        let outcome = svc
+            .log_agent_note_checked(&again, &decision(what), entry)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, CheckedChange::NeedsCaller),
+            "{what}: {outcome:?}"
+        );
+    }
+    let outcome = svc
+        .log_agent_note_checked(&again, &decision("again"), note("again"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CheckedChange::Committed(_)),
+        "{outcome:?}"
+    );
+
+    // The writer itself revoked on the replica: its snapshot still holds the key approved, but
+    // its note does not stand.
+    replica
+        .revoke_agent(&replica_admin, "writer", "test")
+        .await
+        .unwrap();
+    let outcome = svc
+        .log_agent_note_checked(&taken(), &decision("revoked"), note("revoked"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CheckedChange::Stale), "{outcome:?}");
+
+    let described: Vec<String> = all_activity(&svc, s.ws())
+        .await
+        .into_iter()
+        .map(|e| e.description)
+        .collect();
+    for kept in ["current", "again"] {
+        for entry in ["decision", "note"] {
+            let d = format!("{entry} {kept}");
+            assert!(described.contains(&d), "{d} missing: {described:?}");
+        }
+    }
+    for left in ["stale", "on a page", "empty", "revoked"] {
+        assert!(
+            !described.iter().any(|d| d.ends_with(left)),
             "{left} written: {described:?}"
         );
     }

@@ -192,6 +192,12 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
     // decided on the snapshot, is decided again on the store, and still answered.
     approved_agent(&w.svc, &w.admin, "bystander", &[Permission::ReadTasks]).await;
     ok(&client, "agent_my_assignments", json!({})).await;
+    // A note naming nothing is decided on the snapshot too: it commits on the current snapshot,
+    // and after another approval it is decided again, still answered, and written once.
+    let note = |what: &str| json!({ "type": "note", "description": what });
+    ok(&client, "agent_log_activity", note("first")).await;
+    approved_agent(&w.svc, &w.admin, "bystander-2", &[Permission::ReadTasks]).await;
+    ok(&client, "agent_log_activity", note("second")).await;
     for _ in 0..2 {
         refused(&client, "agent_list_workspace", json!({})).await;
     }
@@ -231,11 +237,25 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         ),
         4.0
     );
-    // Keys are taken unconfirmed: the three reads on a current snapshot commit as decided, the
-    // fourth is decided again.
+    // Keys are taken unconfirmed: the three reads and the first note on a current snapshot
+    // commit as decided, the fourth read and the second note are decided again.
     let unconfirmed = "parallax_unconfirmed_decisions_total";
-    assert_eq!(delta(unconfirmed, &[("outcome", "committed")]), 3.0);
-    assert_eq!(delta(unconfirmed, &[("outcome", "decided_again")]), 1.0);
+    assert_eq!(delta(unconfirmed, &[("outcome", "committed")]), 4.0);
+    assert_eq!(delta(unconfirmed, &[("outcome", "decided_again")]), 2.0);
+    assert_eq!(
+        delta(
+            calls,
+            &[("tool", "agent_log_activity"), ("outcome", "allowed")]
+        ),
+        2.0
+    );
+    let ws = w.admin.workspace().id.clone();
+    let notes: Vec<String> = crate::support::activity_of(&w.svc, &ws, "agent.note")
+        .await
+        .into_iter()
+        .map(|e| e.description)
+        .collect();
+    assert_eq!(notes, ["second", "first"], "each note written once");
     assert_eq!(
         delta(
             calls,
@@ -260,7 +280,7 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         .filter(|((n, _), _)| n == calls)
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total, 7.0, "no other call was counted");
+    assert_eq!(total, 9.0, "no other call was counted");
     let latency = "parallax_tool_call_duration_seconds_count";
     assert_eq!(
         delta(
@@ -294,8 +314,8 @@ async fn metrics_count_exactly_the_calls_made_and_leak_no_ids() {
         delta("parallax_rate_limited_total", &[("limit", "failed_auth")]),
         1.0
     );
-    // 7 decisions were audited (4 allowed, 3 denied), in one or more batches.
-    assert!(delta("parallax_audit_batch_entries_sum", &[]) >= 7.0);
+    // 9 decisions were audited (6 allowed, 3 denied), in one or more batches.
+    assert!(delta("parallax_audit_batch_entries_sum", &[]) >= 9.0);
     assert!(delta("parallax_audit_batch_entries_count", &[]) >= 1.0);
     assert!(delta("parallax_audit_commit_duration_seconds_count", &[]) >= 1.0);
     assert!(after.get("parallax_db_pool_max_connections", &[]) >= 1.0);
