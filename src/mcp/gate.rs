@@ -227,18 +227,15 @@ impl Gate {
         let allowed = self.entry(caller, name, &args, "allowed", "");
         let service =
             crate::telemetry::traces::span(|| tracing::info_span!("service", tool = spec.name));
-        let result = if name == catalogue::MY_ASSIGNMENTS {
+        let checked = if name == catalogue::MY_ASSIGNMENTS {
             let input = parse(name, &args).ok()?;
             let (audited, result) = tokio::join!(
                 self.audit().record_checked(allowed, unconfirmed.seen()),
                 tools::my_assignments(&self.service, caller, input).instrument(service)
             );
             match audited {
-                Ok(true) => result,
-                Ok(false) => {
-                    crate::telemetry::metrics::unconfirmed_decision(false);
-                    return None;
-                }
+                Ok(true) => CheckedChange::Committed(result),
+                Ok(false) => CheckedChange::Stale,
                 Err(e) => {
                     return Some(Err(GateError::Internal(format!(
                         "audit log unavailable: {e}"
@@ -256,19 +253,23 @@ impl Gate {
             .instrument(service)
             .await;
             match checked {
-                Ok(CheckedChange::Committed(output)) => Ok(output),
-                Ok(CheckedChange::Stale) => {
-                    crate::telemetry::metrics::unconfirmed_decision(false);
-                    return None;
-                }
-                Ok(CheckedChange::NeedsCaller) => return None,
+                Ok(checked) => checked.map(Ok),
                 // Nothing committed (the batch failed, or the store could not be read): audited
                 // and answered as the confirmed path answers a store that failed.
                 Err(e) => return Some(self.finish(caller, name, &args, Err(e)).await),
             }
         };
-        crate::telemetry::metrics::unconfirmed_decision(true);
-        Some(self.finish(caller, name, &args, result).await)
+        match checked {
+            CheckedChange::Committed(result) => {
+                crate::telemetry::metrics::unconfirmed_decision(true);
+                Some(self.finish(caller, name, &args, result).await)
+            }
+            CheckedChange::Stale => {
+                crate::telemetry::metrics::unconfirmed_decision(false);
+                None
+            }
+            CheckedChange::NeedsCaller => None,
+        }
     }
 
     /// A tool body's result as the call's outcome; a failure is audited here, since the

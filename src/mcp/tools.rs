@@ -321,18 +321,10 @@ pub async fn log_activity_checked(
     input: LogActivityInput,
 ) -> ServiceResult<CheckedChange<ToolOutput>> {
     let kind = input.kind;
-    Ok(
-        match svc
-            .log_agent_note_checked(unconfirmed, audit, log_entry(input))
-            .await?
-        {
-            CheckedChange::Committed(logged) => {
-                CheckedChange::Committed(logged_output(kind, logged))
-            }
-            CheckedChange::Stale => CheckedChange::Stale,
-            CheckedChange::NeedsCaller => CheckedChange::NeedsCaller,
-        },
-    )
+    let checked = svc
+        .log_agent_note_checked(unconfirmed, audit, log_entry(input))
+        .await?;
+    Ok(checked.map(|logged| logged_output(kind, logged)))
 }
 
 fn log_entry(input: LogActivityInput) -> AgentLogEntry {

@@ -93,6 +93,17 @@ pub enum CheckedChange<T> {
     NeedsCaller,
 }
 
+impl<T> CheckedChange<T> {
+    /// What was committed, made into something else.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> CheckedChange<U> {
+        match self {
+            CheckedChange::Committed(t) => CheckedChange::Committed(f(t)),
+            CheckedChange::Stale => CheckedChange::Stale,
+            CheckedChange::NeedsCaller => CheckedChange::NeedsCaller,
+        }
+    }
+}
+
 /// The outcome of logging: the entry, and the task's new status if logging moved it.
 #[derive(Debug, Clone)]
 pub struct LoggedActivity {
